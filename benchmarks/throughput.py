@@ -1,0 +1,137 @@
+"""Training throughput of one method/backbone on synthetic uint8 images; prints JSON.
+
+    python benchmarks/throughput.py --precision fp32 bf16      # both, with the bf16/fp32 ratio
+
+Per precision: source images/s (each image gives the method's views), the step time split
+into data (index + copy to device), augmentation, forward+backward and optimizer, peak
+memory, and model FLOP/s (counted by torch's FlopCounterMode on one step) as a fraction of
+this machine's matmul peak, which the script measures itself in the same precision.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from selfsup.config import load_config
+from selfsup.optim import build_optimizer
+from selfsup.train import build_method, peak_memory_mb, resolve_device, step_generator
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(precision: str, device, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large square matmul in the given precision: the machine's practical peak."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - t)
+
+
+def measure(args, precision: str) -> dict:
+    device = resolve_device(args.device)
+    cfg = load_config(overrides=[f"method.name={args.method}", f"backbone.name={args.backbone}",
+                                 f"backbone.width={args.width}", f"backbone.stem={args.stem}",
+                                 f"train.batch_size={args.batch}", f"augment.size={args.size}",
+                                 f"augment.mean={[0.5] * args.channels}", f"augment.std={[0.25] * args.channels}",
+                                 f"train.channels_last={args.channels_last}"])
+    method = build_method(cfg, args.channels).to(device)
+    if args.channels_last:
+        method = method.use_channels_last()
+    method.train()
+    optimizer = build_optimizer(method, cfg.optim)
+    images = torch.randint(0, 256, (args.batch * 4, args.channels, args.size, args.size), dtype=torch.uint8)
+    use_bf16 = precision == "bf16"
+
+    def one_step(step: int, timings: dict | None):
+        t0 = time.perf_counter()
+        idx = torch.randint(0, images.shape[0], (args.batch,))
+        batch = images[idx].to(device, non_blocking=True)
+        sync(device)
+        t1 = time.perf_counter()
+        views = method.views(batch, step_generator(0, step, 0, device))
+        sync(device)
+        t2 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss, _ = method.loss(views)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        sync(device)
+        t3 = time.perf_counter()
+        optimizer.step()
+        method.after_step(0.5)
+        sync(device)
+        t4 = time.perf_counter()
+        if timings is not None:
+            for key, dt in (("data", t1 - t0), ("augment", t2 - t1), ("forward_backward", t3 - t2),
+                            ("optimizer", t4 - t3)):
+                timings[key] += dt
+
+    for step in range(args.warmup):
+        one_step(step, None)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        one_step(args.warmup, None)
+    flops_per_step = counter.get_total_flops()
+    timings = dict(data=0.0, augment=0.0, forward_backward=0.0, optimizer=0.0)
+    for step in range(args.steps):
+        one_step(args.warmup + 1 + step, timings)
+    step_time = sum(timings.values()) / args.steps
+    peak = matmul_peak(precision, device)
+    model_flops = flops_per_step / (timings["forward_backward"] / args.steps)
+    return {
+        "precision": precision,
+        "images_per_s": round(args.batch / step_time, 1),
+        "step_ms": round(1000 * step_time, 2),
+        "split_ms": {k: round(1000 * v / args.steps, 2) for k, v in timings.items()},
+        "augment_share": round(timings["augment"] / sum(timings.values()), 4),
+        "model_gflop_per_step": round(flops_per_step / 1e9, 2),
+        "model_tflop_s": round(model_flops / 1e12, 3),
+        "matmul_peak_tflop_s": round(peak / 1e12, 3),
+        "fraction_of_matmul_peak": round(model_flops / peak, 3),
+        "peak_memory_mb": round(peak_memory_mb(device)),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default="simclr")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--stem", default="cifar")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--size", type=int, default=28)
+    p.add_argument("--channels", type=int, default=1)
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--channels-last", default=True, action=argparse.BooleanOptionalAction)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per precision")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    args = p.parse_args()
+    results = [measure(args, precision) for precision in args.precision]
+    out = {"benchmark": "throughput", "method": args.method, "backbone": args.backbone, "width": args.width,
+           "stem": args.stem, "batch": args.batch, "size": args.size, "channels": args.channels,
+           "device": str(resolve_device(args.device)), "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpu": platform.processor() or platform.machine(), "results": results}
+    by_precision = {r["precision"]: r for r in results}
+    if "fp32" in by_precision and "bf16" in by_precision:
+        out["bf16_speedup"] = round(by_precision["bf16"]["images_per_s"] / by_precision["fp32"]["images_per_s"], 2)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

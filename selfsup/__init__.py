@@ -1,0 +1,25 @@
+"""selfsup: self-supervised learning on PyTorch.
+
+    import selfsup
+    cfg = selfsup.load_config(overrides=["train.epochs=1"])
+    result = selfsup.pretrain(cfg, "runs/demo")
+    run = selfsup.load_run("runs/demo")
+    feats = run.embed(images_u8)                       # (N, D), L2-normalised
+"""
+from selfsup.augment import AugmentConfig, augment, eval_transform
+from selfsup.backbones import backbone_names, build_backbone
+from selfsup.config import Config, ConfigError, load_config
+from selfsup.data import DataError, ImageSet, from_array, load_images
+from selfsup.evaluate import extract_features, knn_accuracy, knn_predict
+from selfsup.methods import Method, method_class, method_names
+from selfsup.methods.losses import nt_xent
+from selfsup.run import Run, knn_report, load_run
+from selfsup.train import TrainingError, pretrain
+
+__version__ = "0.1.0"
+__all__ = [
+    "AugmentConfig", "augment", "eval_transform", "backbone_names", "build_backbone", "Config", "ConfigError",
+    "load_config", "DataError", "ImageSet", "from_array", "load_images", "extract_features", "knn_accuracy",
+    "knn_predict", "Method", "method_class", "method_names", "nt_xent", "Run", "knn_report", "load_run",
+    "TrainingError", "pretrain",
+]

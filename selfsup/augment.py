@@ -1,0 +1,217 @@
+"""Batched image augmentations in torch, on whole uint8 batches, on the training device.
+
+Every op draws its randomness per sample from one ``torch.Generator``, so a batch
+augmented twice with equally seeded generators gives the same views, and a resumed
+run (which reseeds from (seed, step, rank)) draws the same views as an unbroken one.
+
+1-channel images are first class: saturation, hue and grayscale need colour and
+are the identity on 1 channel; brightness, contrast, blur and solarization work
+on any channel count.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AugmentConfig:
+    """One view recipe. Defaults are SimCLR's (Chen et al., 2020), tuned for 28x28 grayscale."""
+    size: int = 0                      # output side in pixels; 0 = the data set's own size
+    crop_scale: tuple[float, float] = (0.25, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4            # colour only
+    hue: float = 0.1                   # colour only
+    grayscale_p: float = 0.2           # colour only
+    blur_p: float = 0.0                # SimCLR drops blur for small images
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+    mean: list[float] = field(default_factory=list)   # empty = measured on the training data
+    std: list[float] = field(default_factory=list)
+
+    def validate(self) -> None:
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"augment.{name} must be a probability in [0, 1], got {p}")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
+        if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"augment.crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        if self.size < 0:
+            raise ValueError(f"augment.size must be >= 0 (0 keeps the data set's size), got {self.size}")
+        if len(self.mean) != len(self.std):
+            raise ValueError("augment.mean and augment.std must have the same length")
+
+
+def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+
+
+def _coin(gen: torch.Generator, n: int, p: float, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device) < p
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, gen) -> torch.Tensor:
+    """Crop a box of area fraction ~U(scale) and aspect ~logU(ratio) from each image, flip it
+    horizontally with probability flip_p, and resize it to size x size: one ``grid_sample``.
+
+    A box that would not fit is shrunk to fit (torchvision instead retries, then centre-crops).
+    """
+    b, device = x.shape[0], x.device
+    area = _uniform(gen, b, scale[0], scale[1], device)
+    log_r = _uniform(gen, b, math.log(ratio[0]), math.log(ratio[1]), device)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)        # fractions of the image's width / height
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (1 - w) * torch.rand(b, generator=gen, device=device) + w / 2
+    cy = (1 - h) * torch.rand(b, generator=gen, device=device) + h / 2
+    flip = torch.where(_coin(gen, b, flip_p, device), -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=device)
+    theta[:, 0, 0] = w * flip
+    theta[:, 0, 2] = 2 * cx - 1
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = 2 * cy - 1
+    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 1, H, W) grayscale (ITU-R 601 weights for RGB)."""
+    if x.shape[1] == 3:
+        w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        return (x * w).sum(1, keepdim=True)
+    return x.mean(1, keepdim=True)
+
+
+def _per_sample(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def adjust_brightness(x, factor):
+    return (x * _per_sample(factor)).clamp(0, 1)
+
+
+def adjust_contrast(x, factor):
+    mean = _luma(x).mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * _per_sample(factor) + mean).clamp(0, 1)
+
+
+def adjust_saturation(x, factor):
+    if x.shape[1] != 3:
+        return x
+    gray = _luma(x)
+    return ((x - gray) * _per_sample(factor) + gray).clamp(0, 1)
+
+
+def adjust_hue(x, shift):
+    """Rotate the chroma of RGB images by shift * 360 degrees in YIQ space (shift in [-0.5, 0.5])."""
+    if x.shape[1] != 3:
+        return x
+    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    from_yiq = torch.linalg.inv(to_yiq)
+    angle = shift * 2 * math.pi
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(x.shape[0], 3, 3, device=x.device, dtype=x.dtype)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
+    rot[:, 2, 1], rot[:, 2, 2] = sin, cos
+    m = from_yiq @ rot @ to_yiq                                  # (B, 3, 3)
+    return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+
+
+def color_jitter(x, brightness, contrast, saturation, hue, p, gen):
+    """Brightness, contrast, saturation, hue, in that fixed order, on a random p of the batch."""
+    b, device = x.shape[0], x.device
+    apply = _coin(gen, b, p, device)
+    fb = _uniform(gen, b, max(0.0, 1 - brightness), 1 + brightness, device)
+    fc = _uniform(gen, b, max(0.0, 1 - contrast), 1 + contrast, device)
+    fs = _uniform(gen, b, max(0.0, 1 - saturation), 1 + saturation, device)
+    fh = _uniform(gen, b, -hue, hue, device)
+    out = adjust_brightness(x, fb) if brightness > 0 else x
+    out = adjust_contrast(out, fc) if contrast > 0 else out
+    out = adjust_saturation(out, fs) if saturation > 0 else out
+    out = adjust_hue(out, fh) if hue > 0 else out
+    return torch.where(_per_sample(apply), out, x)
+
+
+def random_grayscale(x, p, gen):
+    apply = _coin(gen, x.shape[0], p, x.device)
+    if x.shape[1] != 3:
+        return x
+    return torch.where(_per_sample(apply), _luma(x).expand_as(x), x)
+
+
+def gaussian_blur(x, sigma_range, p, gen):
+    """Separable gaussian blur, kernel side ~10% of the image (odd, >= 3), sigma ~U(sigma_range)."""
+    b, c, h, w = x.shape
+    apply = _coin(gen, b, p, x.device)
+    sigma = _uniform(gen, b, sigma_range[0], sigma_range[1], x.device)
+    if not apply.any():
+        return x
+    k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
+    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)
+    identity = (offsets == 0).to(x.dtype).expand(b, k)
+    kernel = torch.where(apply[:, None], kernel, identity)           # (B, k)
+    kernel = kernel.repeat_interleave(c, 0)                          # (B*C, k)
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kernel.view(b * c, 1, 1, k), groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kernel.view(b * c, 1, k, 1), groups=b * c)
+    return y.view(b, c, h, w)
+
+
+def random_solarize(x, p, gen, threshold: float = 0.5):
+    apply = _coin(gen, x.shape[0], p, x.device)
+    return torch.where(_per_sample(apply) & (x >= threshold), 1 - x, x)
+
+
+def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
+    return batch_u8.float().div_(255)
+
+
+def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    if not mean:
+        return x
+    m = x.new_tensor(mean).view(1, -1, 1, 1)
+    s = x.new_tensor(std).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> one augmented, normalised float view (B, C, size, size)."""
+    x = to_float(batch_u8)
+    size = cfg.size or x.shape[-1]
+    x = random_resized_crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, gen)
+    x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, gen)
+    x = random_grayscale(x, cfg.grayscale_p, gen)
+    if cfg.blur_p > 0:
+        x = gaussian_blur(x, cfg.blur_sigma, cfg.blur_p, gen)
+    if cfg.solarize_p > 0:
+        x = random_solarize(x, cfg.solarize_p, gen)
+    return normalize(x, cfg.mean, cfg.std)
+
+
+def eval_transform(batch_u8: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """The deterministic view used for features: resize to the training size, normalise."""
+    x = to_float(batch_u8)
+    size = cfg.size or x.shape[-1]
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return normalize(x, cfg.mean, cfg.std)
+
+
+def channel_stats(images_u8: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, from up to max_images evenly spaced images."""
+    step = max(1, images_u8.shape[0] // max_images)
+    x = to_float(images_u8[::step])
+    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()

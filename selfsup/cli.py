@@ -1,0 +1,228 @@
+"""The `selfsup` command: pretrain, evaluate, embed, data.
+
+    selfsup pretrain                                   # SimCLR on Fashion-MNIST, then kNN
+    selfsup pretrain --data path/to/images optim.lr=1.0 train.epochs=10
+    selfsup evaluate knn runs/<name>
+    selfsup embed runs/<name> --data path/to/images --out emb.npy
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+EPILOG_OVERRIDES = """\
+Any config value can be set as KEY=VALUE after the options (dotted keys, YAML values):
+  optim.lr=1.0  train.epochs=10  backbone.width=1.0  augment.crop_scale=[0.2,1.0]
+Sections: data, backbone, method, augment, optim, train, eval.
+`selfsup config` prints every key with its default."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from selfsup.errors import USER_ERRORS
+    try:
+        return args.func(args) or 0
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if e.__class__.__name__ in ("ConfigError", "DataError") else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="selfsup", description="Self-supervised pretraining on unlabeled data, and evaluation of what it learned.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled images, then evaluate it with kNN",
+                       description="Pretrain an encoder with a pretext task on unlabeled images. Writes the run "
+                                   "folder runs/<name>/ (config.yaml, metrics.jsonl, checkpoints/, eval/) and ends "
+                                   "by printing kNN top-1 on the labelled test split next to the same backbone at "
+                                   "random initialisation and raw pixels.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_OVERRIDES)
+    p.add_argument("--config", help="YAML config file (see configs/); KEY=VALUE overrides apply on top")
+    p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth) "
+                                  "[data.source; default fashion-mnist]")
+    p.add_argument("--data-dir", help="extra folder to search for built-in data sets [data.data_dir]")
+    p.add_argument("--method", help="pretext task [method.name; default simclr]")
+    p.add_argument("--name", help="run name; the run folder is RUNS_DIR/NAME [default: <method>-<data>-<time>]")
+    p.add_argument("--runs-dir", default="runs", help="parent folder of run folders [default: runs]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint "
+                                                       "(its config.yaml is used; overrides still apply)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--no-eval", action="store_true", help="skip the kNN evaluation at the end")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1.0")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("evaluate", help="evaluate a pretrained run", description="Evaluate a run's frozen encoder.")
+    protocols = p.add_subparsers(title="protocols", metavar="PROTOCOL")
+    k = protocols.add_parser("knn", help="weighted kNN top-1 on frozen, L2-normalised features",
+                             description="Weighted kNN (cosine similarity, votes weighted by exp(sim/T)) of the "
+                                         "run's backbone features: the labelled train split is the memory, the "
+                                         "test split is scored. An image folder with class subfolders is split "
+                                         "80/20. Writes RUN_DIR/eval/knn.json.")
+    k.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    k.add_argument("--data", help="labelled data: a built-in data set or a folder with class subfolders "
+                                  "[default: the run's training source]")
+    k.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    k.add_argument("--k", type=int, help="neighbours [default: eval.knn_k of the run, 200]")
+    k.add_argument("--temperature", type=float, help="vote temperature [default: eval.knn_temperature, 0.1]")
+    k.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
+    k.add_argument("--quiet", action="store_true", help="no progress bars")
+    k.set_defaults(func=cmd_knn)
+
+    p = sub.add_parser("embed", help="write backbone embeddings of images to a .npy file",
+                       description="Embed images with a run's frozen backbone (eval mode, no augmentation) and "
+                                   "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
+                                   "OUT.paths.txt lists the image of each row.")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--data", required=True, help="a folder of images, or a built-in data set name")
+    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    p.add_argument("--out", required=True, help="output .npy path")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("data", help="find or download built-in data sets",
+                       description="check: say where a built-in data set was found (exit 1 if not). "
+                                   "download: fetch it into ~/.cache/selfsup (needs internet).")
+    p.add_argument("action", choices=["check", "download"])
+    p.add_argument("name", choices=["fashion-mnist"])
+    p.add_argument("--data-dir", default="", help="folder to search (check) or to download into (download)")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("config", help="print the full default config (or a method's) as YAML",
+                       description="Print every config key with its default, as YAML, with overrides applied.")
+    p.add_argument("--method", default="simclr", help="method whose config section to show")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def _cli_overrides(args) -> list[str]:
+    extra = list(args.overrides)
+    if getattr(args, "data", None):
+        extra.append(f"data.source={args.data}")
+    if getattr(args, "data_dir", None):
+        extra.append(f"data.data_dir={args.data_dir}")
+    if getattr(args, "method", None):
+        extra.append(f"method.name={args.method}")
+    if getattr(args, "strict", False):
+        extra.append("data.strict=true")
+    return extra
+
+
+def cmd_pretrain(args) -> int:
+    from selfsup.config import load_config
+    from selfsup.train import pretrain
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; pass a run folder of `selfsup pretrain`")
+        cfg = load_config(run_dir / "config.yaml", _cli_overrides(args))
+    else:
+        cfg = load_config(args.config, _cli_overrides(args))
+        if not cfg.name:
+            source = Path(cfg.data.source).name or "data"
+            cfg.name = args.name or f"{cfg.method.name}-{source}-{time.strftime('%Y%m%d-%H%M%S')}"
+        elif args.name:
+            cfg.name = args.name
+        run_dir = Path(args.runs_dir) / cfg.name
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    result = pretrain(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(result.seconds, 1),
+               "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
+               "final_loss": round(result.final_loss, 4)}
+    print(f"pretraining: {summary['steps']} steps ({summary['epochs']} epochs) in {summary['seconds']} s, "
+          f"{summary['images_per_s']} images/s, peak memory {summary['peak_memory_mb']} MB")
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    if result.stopped_early or args.no_eval:
+        return 0
+    _knn_and_print(run_dir, source="", data_dir="", k=None, temperature=None, baselines=True, progress=not args.quiet)
+    return 0
+
+
+def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progress) -> dict | None:
+    from selfsup.run import knn_report, labelled_eval_sets, load_run
+    run = load_run(run_dir)
+    try:
+        train, test = labelled_eval_sets(run.config, source, data_dir)
+    except Exception as e:            # unlabeled data: nothing to score, not an error of the run
+        if source:
+            raise
+        print(f"kNN skipped: no labelled evaluation data ({e})", file=sys.stderr)
+        return None
+    if train.labels is None:
+        print("kNN skipped: the evaluation data has no labels", file=sys.stderr)
+        return None
+    t = time.time()
+    report = knn_report(run, train, test, k, temperature, baselines=baselines, progress=progress)
+    report["seconds"] = round(time.time() - t, 1)
+    report["step"] = run.step
+    out = Path(run_dir) / "eval"
+    out.mkdir(exist_ok=True)
+    (out / "knn.json").write_text(json.dumps(report, indent=1))
+    print(f"kNN top-1 (k={report['k']}, T={report['temperature']}, {report['train_size']} train / "
+          f"{report['test_size']} test images):")
+    print(f"  pretrained backbone    {100 * report['knn_top1']:.2f}%")
+    if baselines:
+        print(f"  random-init backbone   {100 * report['knn_top1_random_init']:.2f}%")
+        print(f"  raw pixels             {100 * report['knn_top1_pixels']:.2f}%")
+    print(f"saved {out / 'knn.json'}")
+    return report
+
+
+def cmd_knn(args) -> int:
+    _knn_and_print(args.run_dir, args.data or "", args.data_dir, args.k, args.temperature, args.baselines,
+                   not args.quiet)
+    return 0
+
+
+def cmd_embed(args) -> int:
+    import numpy as np
+    from selfsup.data import load_images
+    from selfsup.run import load_run
+    run = load_run(args.run_dir)
+    cfg = run.config
+    data = load_images(args.data, args.split, data_dir=args.data_dir or None, channels=len(cfg.augment.mean),
+                       size=cfg.data.size or cfg.augment.size, strict=args.strict)
+    feats = run.embed(data.images, cfg.eval.batch_size, progress=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, feats.numpy().astype(np.float32))
+    print(f"saved {tuple(feats.shape)} embeddings to {out}")
+    if data.paths:
+        Path(f"{out}.paths.txt").write_text("\n".join(data.paths) + "\n")
+        print(f"row order: {out}.paths.txt")
+    if data.labels is not None:
+        np.save(out.with_name(out.stem + ".labels.npy"), data.labels.numpy())
+    return 0
+
+
+def cmd_data(args) -> int:
+    from selfsup.data import fashion_mnist
+    if args.action == "download":
+        print(f"Fashion-MNIST is in {fashion_mnist.download(args.data_dir or None)}")
+        return 0
+    paths = [fashion_mnist.find_files(split, args.data_dir or None) for split in ("train", "test")]
+    print("Fashion-MNIST found:\n  " + "\n  ".join(str(p) for pair in paths for p in pair))
+    return 0
+
+
+def cmd_config(args) -> int:
+    import yaml
+    from selfsup.config import load_config
+    cfg = load_config(overrides=[f"method.name={args.method}", *args.overrides])
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

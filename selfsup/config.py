@@ -1,0 +1,264 @@
+"""Configs are dataclasses: one place for each default, validated on load, written back resolved.
+
+YAML files and dotted overrides (``optim.lr=0.3``) both map onto ``Config``. An unknown key
+is an error that lists the valid ones; a value of the wrong type is an error that names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from selfsup.augment import AugmentConfig
+from selfsup.methods import MethodConfig, method_class
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and says what is valid."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"      # a built-in data set name or an image folder path
+    data_dir: str = ""                 # extra folder to search for built-in data sets
+    channels: int = 0                  # 0 = as stored (image folders: 3)
+    size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
+    subset: int = 0                    # train on the first N images only; 0 = all
+    strict: bool = False               # unreadable image files are an error instead of skipped
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"
+    width: float = 0.5
+    stem: str = "cifar"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "lars"                 # sgd | lars | adamw
+    lr: float = 2.0                    # peak learning rate, reached after warm-up
+    weight_decay: float = 1e-5         # never applied to biases and norm layers
+    momentum: float = 0.9              # sgd / lars
+    betas: tuple[float, float] = (0.9, 0.999)   # adamw
+    trust_coefficient: float = 0.001   # lars
+    warmup_epochs: float = 0.5
+    schedule: str = "cosine"           # cosine | constant (after warm-up)
+    min_lr_ratio: float = 0.0          # final lr = lr * min_lr_ratio
+    grad_clip: float = 0.0             # max global grad norm; 0 = off
+
+    def validate(self) -> None:
+        if self.name not in ("sgd", "lars", "adamw"):
+            raise ConfigError(f"optim.name must be one of sgd, lars, adamw; got {self.name!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ConfigError(f"optim.schedule must be 'cosine' or 'constant'; got {self.schedule!r}")
+        for key in ("lr", "weight_decay", "momentum", "warmup_epochs", "grad_clip", "min_lr_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
+        if self.lr == 0:
+            raise ConfigError("optim.lr must be > 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 4.0                # used when steps is 0
+    steps: int = 0                     # total optimizer steps; overrides epochs when > 0
+    batch_size: int = 256
+    precision: str = "auto"            # auto (bf16 where the hardware has it) | fp32 | bf16
+    channels_last: bool = True
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    threads: int = 0                   # CPU threads for torch; 0 = torch's default
+    log_every: int = 20                # steps between metrics.jsonl lines
+    checkpoint_every: int = 500        # steps between checkpoints (and one at the end)
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError(f"train.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {self.precision!r}")
+        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
+            raise ConfigError("train.epochs must be > 0 (or set train.steps > 0)")
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ConfigError("train.log_every, train.checkpoint_every and train.keep_checkpoints must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    source: str = ""                   # labelled data for kNN; "" = the test split of a built-in source
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    batch_size: int = 1024
+    max_train: int = 0                 # use only the first N labelled train images; 0 = all
+    max_test: int = 0                  # score only the first N test images; 0 = all
+
+    def validate(self) -> None:
+        if self.knn_k < 1 or self.knn_temperature <= 0:
+            raise ConfigError("eval.knn_k must be >= 1 and eval.knn_temperature > 0")
+
+
+@dataclass
+class Config:
+    name: str = ""                     # run name; "" = <method>-<source>-<time>
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    method: MethodConfig = field(default_factory=lambda: method_class("simclr").config_class())
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        for section in (self.method, self.augment, self.optim, self.train, self.eval):
+            check = getattr(section, "validate", None)
+            if check:
+                try:
+                    check()
+                except ConfigError:
+                    raise
+                except ValueError as e:
+                    raise ConfigError(str(e)) from e
+        return self
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _plain(value):
+    """Tuples become lists so the YAML stays readable by any YAML reader."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _coerce(value, hint, key: str):
+    """Check value against a field's type hint, converting where it is lossless (int -> float, list -> tuple)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a {hint}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):       # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+    if hint in (int, str, bool):
+        if type(value) is hint:
+            return value
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r} ({type(value).__name__})")
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        if origin is tuple and len(args) != len(value) and Ellipsis not in args:
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        item_hints = [args[0]] * len(value) if origin is list or Ellipsis in args else args
+        items = [_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(zip(value, item_hints))]
+        return origin(items)
+    if hint is typing.Any:
+        return value
+    raise ConfigError(f"{key}: unsupported type {hint}")
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        where = f"in section '{prefix[:-1]}'" if prefix else "at the top level"
+        raise ConfigError(f"unknown config key(s) {', '.join(repr(prefix + k) for k in unknown)} {where}; "
+                          f"valid keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in values:
+            continue
+        key = prefix + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) or (isinstance(hint, type) and issubclass(hint, MethodConfig)):
+            sub_cls = hint
+            if name == "method":
+                sub_cls = _method_config_class(values[name])
+            kwargs[name] = _build(sub_cls, values[name] or {}, key + ".")
+        else:
+            kwargs[name] = _coerce(values[name], hint, key)
+    if cls is Config and "method" not in kwargs:
+        kwargs["method"] = method_class("simclr").config_class()
+    return cls(**kwargs)
+
+
+def _method_config_class(section):
+    name = (section or {}).get("name", "simclr") if isinstance(section, dict) else "simclr"
+    try:
+        return method_class(name).config_class
+    except ValueError as e:
+        raise ConfigError(f"method.name: {e}") from e
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """['optim.lr=0.3', 'train.epochs=2'] -> nested dict; values parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value (e.g. optim.lr=0.3)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: cannot parse value: {e}") from e
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Defaults <- YAML file <- overrides, checked key by key and validated."""
+    values: dict = {}
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
+    if overrides:
+        extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        values = _merge(values, extra)
+    return _build(Config, values, "").validate()

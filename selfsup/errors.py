@@ -1,0 +1,7 @@
+"""The errors a user can cause and fix; the CLI prints their message without a traceback."""
+from selfsup.checkpoint import CheckpointError
+from selfsup.config import ConfigError
+from selfsup.data import DataError
+from selfsup.train import TrainingError
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)

@@ -1,0 +1,82 @@
+"""Pretext tasks. One file per method holds its whole recipe; the trainer sees only this interface:
+
+    method.backbone                    the encoder a user keeps
+    method.views(batch_u8, gen)        uint8 (B, C, H, W) -> list of float views
+    method.loss(views)                 -> (scalar loss, {name: float} to log)
+    method.after_step(progress)        EMA teachers, queues, schedules (progress in [0, 1])
+    method.embed(x)                    features for evaluation
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from selfsup.augment import AugmentConfig, augment, eval_transform
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has; a method's own config subclasses this."""
+    name: str = "simclr"
+
+
+class Method(nn.Module):
+    """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
+
+    config_class = MethodConfig
+    num_views = 2
+    # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
+    # backbone inputs in the layout its weights use.
+    memory_format = torch.contiguous_format
+
+    def __init__(self, backbone: nn.Module, cfg: MethodConfig, augment_cfg: AugmentConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.cfg = cfg
+        self.augment_cfg = augment_cfg
+
+    def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        return [self._layout(augment(batch_u8, self.augment_cfg, gen)) for _ in range(self.num_views)]
+
+    def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    def after_step(self, progress: float) -> None:
+        """Called after each optimizer step; methods with teachers or queues update them here."""
+
+    @torch.no_grad()
+    def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+
+    def use_channels_last(self) -> "Method":
+        self.memory_format = torch.channels_last
+        return self.to(memory_format=torch.channels_last)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def add(cls):
+        _REGISTRY[name] = cls
+        return cls
+    return add
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(method_names())}")
+    return _REGISTRY[name]
+
+
+from selfsup.methods import simclr  # noqa: E402,F401  (fills the registry)

@@ -1,0 +1,113 @@
+"""A run folder as an object: its config, its method with the newest weights, and kNN on it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from selfsup.config import Config, load_config
+from selfsup.data import ImageSet, convert, load_images
+from selfsup.evaluate import extract_features, knn_accuracy, pixel_features
+from selfsup.methods import Method
+from selfsup.train import build_method, resolve_device, resolve_precision
+
+
+@dataclass
+class Run:
+    path: Path
+    config: Config
+    method: Method
+    step: int
+
+    @property
+    def backbone(self) -> torch.nn.Module:
+        return self.method.backbone
+
+    def embed(self, images_u8: torch.Tensor, batch_size: int = 1024, device: str = "auto",
+              progress: bool = False) -> torch.Tensor:
+        """uint8 (N, C, H, W) -> L2-normalised backbone features (N, D), backbone in eval mode."""
+        dev = resolve_device(device)
+        self.method.to(dev).eval()
+        images_u8 = self.match_input(images_u8)
+        return extract_features(self.method.embed, images_u8, batch_size, dev,
+                                resolve_precision(self.config.train.precision, dev), progress)
+
+    def match_input(self, images_u8: torch.Tensor) -> torch.Tensor:
+        """Convert images to the channel count the backbone was trained on (size is handled by the method)."""
+        channels = self.method.backbone.arch["in_channels"] if hasattr(self.method.backbone, "arch") else 0
+        if channels and images_u8.shape[1] != channels:
+            images_u8 = convert(ImageSet(images_u8), channels=channels).images
+        return images_u8
+
+
+def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
+    """Rebuild a run's method from its config.yaml and load its newest (or the given) checkpoint."""
+    path = Path(path)
+    if not (path / "config.yaml").is_file():
+        raise CheckpointError(f"{path} is not a selfsup run folder (no config.yaml); "
+                              "pass the folder `selfsup pretrain` wrote, e.g. runs/<name>")
+    cfg = load_config(path / "config.yaml")
+    stem = Path(checkpoint) if checkpoint else latest_checkpoint(path / "checkpoints")
+    if stem is None:
+        raise CheckpointError(f"{path} has no checkpoint yet; was pretraining stopped before its first save?")
+    tensors, meta = load_checkpoint(stem)
+    in_channels = len(cfg.augment.mean) or 3
+    method = build_method(cfg, in_channels)
+    if cfg.train.channels_last:
+        method = method.use_channels_last()
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        method.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{stem}: weights do not fit the run's config ({e})") from e
+    return Run(path, cfg, method, int(meta["step"]))
+
+
+def labelled_eval_sets(cfg: Config, source: str = "", data_dir: str = "") -> tuple[ImageSet, ImageSet]:
+    """(train, test) labelled sets for kNN: a built-in data set's splits, or an image folder with class
+    subfolders split into train/test by a fixed 80/20 draw."""
+    source = source or cfg.eval.source or cfg.data.source
+    data_dir = data_dir or cfg.data.data_dir or None
+    channels = len(cfg.augment.mean)
+    if Path(source).is_dir():
+        full = load_images(source, labels=True, channels=channels, size=cfg.data.size or cfg.augment.size)
+        train, test = split_labelled(full)
+    else:
+        train = load_images(source, "train", data_dir=data_dir, channels=channels, size=cfg.data.size)
+        test = load_images(source, "test", data_dir=data_dir, channels=channels, size=cfg.data.size)
+    return train.subset(cfg.eval.max_train), test.subset(cfg.eval.max_test)
+
+
+def split_labelled(data: ImageSet, test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageSet, ImageSet]:
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, int(len(data) * test_fraction))
+    pick = lambda idx: ImageSet(data.images[idx], data.labels[idx], data.classes, data.name)  # noqa: E731
+    return pick(order[n_test:]), pick(order[:n_test])
+
+
+def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, temperature: float | None = None,
+               baselines: bool = True, progress: bool = True) -> dict:
+    """kNN top-1 of the run's backbone; with baselines, also of the same backbone at random
+    initialisation and of raw pixels."""
+    if train.labels is None or test.labels is None:
+        raise ValueError("kNN needs labelled train and test sets")
+    k = k or run.config.eval.knn_k
+    t = temperature or run.config.eval.knn_temperature
+    bs = run.config.eval.batch_size
+
+    def score(feats_train, feats_test):
+        return knn_accuracy(feats_train, train.labels, feats_test, test.labels, k, t)
+
+    result = {"k": k, "temperature": t, "train_size": len(train), "test_size": len(test),
+              "knn_top1": score(run.embed(train.images, bs, progress=progress), run.embed(test.images, bs, progress=progress))}
+    if baselines:
+        untrained = build_method(run.config, len(run.config.augment.mean) or 3)
+        if run.config.train.channels_last:
+            untrained = untrained.use_channels_last()
+        random_init = Run(run.path, run.config, untrained, 0)
+        result["knn_top1_random_init"] = score(random_init.embed(train.images, bs, progress=progress),
+                                               random_init.embed(test.images, bs, progress=progress))
+        result["knn_top1_pixels"] = score(pixel_features(train.images), pixel_features(test.images))
+    return result

@@ -1,0 +1,304 @@
+"""The one training loop for every method: data -> views -> loss -> optimizer, with the
+schedule, precision, checkpoints, metrics and progress around it. It calls the method through
+its small interface (views / loss / after_step) and never branches on the method's name.
+
+Everything a resumed run needs is in the checkpoint or derived from (seed, step, rank): the
+epoch's order comes from (seed, epoch), each step's augmentation generator from (seed, step, rank).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import resource
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from selfsup.augment import channel_stats
+from selfsup.backbones import build_backbone
+from selfsup.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                optimizer_state, restore_optimizer, save_checkpoint)
+from selfsup.config import Config
+from selfsup.data import DataError, ImageSet, load_images
+from selfsup.methods import Method, method_class
+from selfsup.optim import build_optimizer, lr_factor
+
+
+class TrainingError(RuntimeError):
+    """Training stopped; the message says at which step, why, and what was kept."""
+
+
+# ----------------------------------------------------------------------------- set-up helpers
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """'auto' takes bf16 on CUDA GPUs that support it and on CPUs with native bf16 (AMX / AVX512-BF16)."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_native_bf16() else "fp32"
+
+
+def _cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def step_generator(seed: int, step: int, rank: int, device: torch.device) -> torch.Generator:
+    """The augmentation generator of one step: a function of (seed, step, rank) alone."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + step) * 1024 + rank)
+    return gen
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """This rank's share of the epoch's permutation of n samples, seeded by (seed, epoch)."""
+    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
+    return torch.randperm(n, generator=gen)[rank::world_size]
+
+
+def build_method(cfg: Config, in_channels: int) -> Method:
+    """The method with freshly initialised weights; the same config and seed give the same weights."""
+    torch.manual_seed(cfg.train.seed)
+    backbone = build_backbone(cfg.backbone.name, width=cfg.backbone.width, stem=cfg.backbone.stem,
+                              in_channels=in_channels)
+    return method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
+
+
+def load_training_data(cfg: Config) -> ImageSet:
+    data = load_images(cfg.data.source, "train", data_dir=cfg.data.data_dir or None, channels=cfg.data.channels,
+                       size=cfg.data.size, strict=cfg.data.strict)
+    return data.subset(cfg.data.subset)
+
+
+def complete_config(cfg: Config, data: ImageSet) -> None:
+    """Fill the values the data decides (normalisation, view size), so config.yaml holds them resolved."""
+    if not cfg.augment.mean:
+        cfg.augment.mean, cfg.augment.std = channel_stats(data.images)
+    elif len(cfg.augment.mean) != data.channels:
+        raise DataError(f"augment.mean has {len(cfg.augment.mean)} values but the images have {data.channels} channels")
+    if not cfg.augment.size:
+        cfg.augment.size = data.images.shape[-1]
+    if cfg.train.batch_size > len(data):
+        raise DataError(f"train.batch_size={cfg.train.batch_size} is larger than the data set ({len(data)} images); "
+                        f"lower it, e.g. train.batch_size={max(2, len(data) // 4)}")
+    if torch.is_floating_point(data.images) or data.images.dtype != torch.uint8:
+        raise DataError("training images must be uint8")
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    method: Method
+    steps: int
+    epochs: float
+    seconds: float
+    images_per_second: float
+    peak_memory_mb: float
+    final_loss: float
+    stopped_early: bool
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves and returns."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:           # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:               # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, resume: bool = False,
+             progress: bool = True) -> TrainResult:
+    """Pretrain cfg.method on the unlabeled images, writing config, metrics and checkpoints to run_dir."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = data if data is not None else load_training_data(cfg)
+    complete_config(cfg, data)
+    images = data.images.to(device) if device.type == "cuda" else data.images.pin_memory() \
+        if torch.cuda.is_available() else data.images
+
+    method = build_method(cfg, data.channels).to(device)
+    if cfg.train.channels_last:
+        method = method.use_channels_last()
+    optimizer = build_optimizer(method, cfg.optim)
+
+    steps_per_epoch = len(data) // cfg.train.batch_size
+    total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+
+    ckpt_dir = run_dir / "checkpoints"
+    start_step = 0
+    if resume:
+        start_step = _resume(method, optimizer, ckpt_dir, device)
+    elif list_checkpoints(ckpt_dir):
+        raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
+                            "or choose another run name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+
+    def checkpoint(step: int) -> Path:
+        tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        tensors.update(opt_tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {"epoch": step / steps_per_epoch, "method": cfg.method.name, "optimizer": opt_meta,
+                "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
+                "config": cfg.to_dict()}
+        return save_checkpoint(ckpt_dir, step, tensors, meta, keep=cfg.train.keep_checkpoints)
+
+    metrics = open(run_dir / "metrics.jsonl", "a")
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"{cfg.method.name}", unit="step",
+               disable=not progress, dynamic_ncols=True, file=sys.stderr)
+    method.train()
+    order, order_epoch = None, -1
+    step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
+    last_saved = start_step
+    with _StopRequest() as stop:
+        while step < total_steps and not stop.requested:
+            epoch, position = divmod(step, steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = epoch_order(len(data), cfg.train.seed, epoch), epoch
+            idx = order[position * cfg.train.batch_size:(position + 1) * cfg.train.batch_size]
+            batch = images[idx.to(images.device)].to(device, non_blocking=True)
+
+            lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            views = method.views(batch, step_generator(cfg.train.seed, step, 0, device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                loss, logs = method.loss(views)
+            if not torch.isfinite(loss):
+                metrics.close()
+                bar.close()
+                kept = latest_checkpoint(ckpt_dir)
+                raise TrainingError(
+                    f"loss became {loss.item()} at step {step}; training stopped. "
+                    + (f"The last good checkpoint is {kept}.safetensors (step {last_saved}); " if kept else
+                       "No checkpoint was written yet; ")
+                    + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            step += 1
+            method.after_step(step / total_steps)
+            images_seen += batch.shape[0]
+            loss_value = logs.get("loss", loss.item())
+
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                now = time.time()
+                rate = images_seen / max(now - t_window, 1e-9)
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
+                          "images_per_s": round(rate, 1), "time": round(now - t_start, 2), **logs}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
+                t_window, images_seen = now, 0
+            bar.update(1)
+            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+                checkpoint(step)
+                last_saved = step
+        if step != last_saved:
+            checkpoint(step)
+    bar.close()
+    metrics.close()
+    seconds = time.time() - t_start
+    done = step - start_step
+    if stop.requested and step < total_steps:
+        print(f"\nstopped at step {step}/{total_steps}; checkpoint saved. Continue with:\n"
+              f"  selfsup pretrain --resume {run_dir}", file=sys.stderr)
+    return TrainResult(run_dir=run_dir, method=method, steps=step, epochs=step / steps_per_epoch, seconds=seconds,
+                       images_per_second=done * cfg.train.batch_size / max(seconds, 1e-9),
+                       peak_memory_mb=peak_memory_mb(device), final_loss=loss_value,
+                       stopped_early=step < total_steps)
+
+
+def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device) -> int:
+    """Load the newest checkpoint that reads cleanly, falling back to older ones; return its step."""
+    candidates = list_checkpoints(ckpt_dir)
+    pointed = latest_checkpoint(ckpt_dir)
+    if pointed is not None and pointed in candidates:
+        candidates = candidates[:candidates.index(pointed) + 1]
+    if not candidates:
+        raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}; start the run without --resume")
+    errors = []
+    for stem in reversed(candidates):
+        try:
+            tensors, meta = load_checkpoint(stem)
+            model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            method.load_state_dict(model_state)
+            restore_optimizer(optimizer, tensors, meta["optimizer"])
+        except (CheckpointError, RuntimeError, KeyError, ValueError) as e:
+            errors.append(f"{stem.name}: {e}")
+            print(f"warning: cannot resume from {stem}: {e}; trying an older checkpoint", file=sys.stderr)
+            continue
+        torch.set_rng_state(tensors["rng.torch"])
+        random.setstate(_python_rng(meta["rng"]["python"]))
+        np.random.set_state(_numpy_rng(meta["rng"]["numpy"]))
+        method.to(device)
+        return int(meta["step"])
+    raise TrainingError("--resume: no checkpoint could be loaded:\n  " + "\n  ".join(errors))
+
+
+def _jsonable(state):
+    if isinstance(state, np.ndarray):
+        return state.tolist()
+    if isinstance(state, (tuple, list)):
+        return [_jsonable(s) for s in state]
+    return state
+
+
+def _python_rng(state):
+    return (state[0], tuple(state[1]), state[2])
+
+
+def _numpy_rng(state):
+    return (state[0], np.array(state[1], dtype=np.uint32), state[2], state[3], state[4])

@@ -1,0 +1,31 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+
+def write_idx(path, array: np.ndarray) -> None:
+    """Write an IDX file (gzip when path ends in .gz): the format Fashion-MNIST ships in."""
+    type_code = {np.dtype(np.uint8): 0x08, np.dtype(">i4"): 0x0C}[array.dtype]
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path):
+    """A fake Fashion-MNIST folder: 10 classes, separable by which image block is bright."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "fmnist"
+    folder.mkdir()
+    for split, n, prefix in (("train", 400, "train"), ("test", 100, "t10k")):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, y in enumerate(labels):
+            r, c = divmod(int(y), 5)
+            images[i, r * 14:(r + 1) * 14, c * 5:(c + 1) * 5] = 220
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return folder

@@ -1,0 +1,244 @@
+"""Semantics of each batched augmentation on tiny uint8 batches."""
+import pytest
+import torch
+
+from selfsup.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
+                             augment, color_jitter, gaussian_blur, random_grayscale, random_resized_crop_flip,
+                             random_solarize, to_float)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one thread avoids contention with other work on the machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+B, H = 8, 12
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def batch_u8(channels, seed=0):
+    torch.manual_seed(seed)
+    return torch.randint(0, 256, (B, channels, H, H), dtype=torch.uint8)
+
+
+def batch_f(channels, seed=0):
+    return to_float(batch_u8(channels, seed))
+
+
+def identity_cfg(**kw):
+    base = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                blur_p=0.0, solarize_p=0.0, mean=[], std=[])
+    base.update(kw)
+    return AugmentConfig(**base)
+
+
+# ---------------------------------------------------------------- identity settings
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_full_crop_without_flip_is_identity(c):
+    x = batch_f(c)
+    y = random_resized_crop_flip(x, H, (1.0, 1.0), (1.0, 1.0), 0.0, gen())
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_color_jitter_identity_settings(c):
+    x = batch_f(c)
+    # all strengths 0, always applied
+    torch.testing.assert_close(color_jitter(x, 0.0, 0.0, 0.0, 0.0, 1.0, gen()), x, atol=1e-6, rtol=0)
+    # strong jitter, never applied
+    torch.testing.assert_close(color_jitter(x, 0.8, 0.8, 0.8, 0.4, 0.0, gen()), x, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_p0_ops_are_identity(c):
+    x = batch_f(c)
+    assert torch.equal(random_grayscale(x, 0.0, gen()), x)
+    torch.testing.assert_close(gaussian_blur(x, (0.1, 2.0), 0.0, gen()), x, atol=0, rtol=0)
+    assert torch.equal(random_solarize(x, 0.0, gen()), x)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_augment_identity_config_is_to_float(c):
+    cfg = identity_cfg()
+    cfg.validate()
+    x = batch_u8(c)
+    y = augment(x, cfg, gen())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, to_float(x), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- flip
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_flip_p1_full_crop_is_horizontal_flip_and_involution(c):
+    x = batch_f(c)
+    y = random_resized_crop_flip(x, H, (1.0, 1.0), (1.0, 1.0), 1.0, gen())
+    torch.testing.assert_close(y, torch.flip(x, dims=[-1]), atol=1e-5, rtol=0)
+    assert not torch.allclose(y, x)  # the batch is random, so a flip must change it
+    z = random_resized_crop_flip(y, H, (1.0, 1.0), (1.0, 1.0), 1.0, gen(1))
+    torch.testing.assert_close(z, x, atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- grayscale / saturation
+
+def test_grayscale_p1_on_rgb_gives_equal_channels_with_luma():
+    x = batch_f(3)
+    y = random_grayscale(x, 1.0, gen())
+    assert y.shape == x.shape
+    torch.testing.assert_close(y[:, 0], y[:, 1], atol=0, rtol=0)
+    torch.testing.assert_close(y[:, 0], y[:, 2], atol=0, rtol=0)
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(y[:, 0], expected, atol=1e-6, rtol=0)
+
+
+def test_grayscale_p1_on_one_channel_is_identity():
+    x = batch_f(1)
+    assert torch.equal(random_grayscale(x, 1.0, gen()), x)
+
+
+def test_saturation_zero_gives_gray():
+    x = batch_f(3)
+    y = adjust_saturation(x, torch.zeros(B))
+    torch.testing.assert_close(y[:, 0], y[:, 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(y[:, 1], y[:, 2], atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------- solarize
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_solarize_p1(c):
+    x = batch_f(c)
+    y = random_solarize(x, 1.0, gen())
+    flat_x, flat_y = x.flatten().tolist(), y.flatten().tolist()
+    for a, b in zip(flat_x, flat_y):
+        expected = 1 - a if a >= 0.5 else a
+        assert b == pytest.approx(expected, abs=1e-7)
+
+
+# ---------------------------------------------------------------- brightness / contrast
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_brightness_half_halves(c):
+    x = batch_f(c)
+    y = adjust_brightness(x, torch.full((B,), 0.5))
+    torch.testing.assert_close(y, x / 2, atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_contrast_zero_gives_constant_mean_luma(c):
+    x = batch_f(c)
+    y = adjust_contrast(x, torch.zeros(B))
+    for i in range(B):
+        # per-image mean luma, by hand
+        total = 0.0
+        for r in range(H):
+            for col in range(H):
+                if c == 3:
+                    total += (0.299 * x[i, 0, r, col] + 0.587 * x[i, 1, r, col] + 0.114 * x[i, 2, r, col]).item()
+                else:
+                    total += x[i, 0, r, col].item()
+        mean = total / (H * H)
+        torch.testing.assert_close(y[i], torch.full_like(y[i], mean), atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- hue
+
+def test_hue_shift_zero_is_identity():
+    x = batch_f(3)
+    torch.testing.assert_close(adjust_hue(x, torch.zeros(B)), x, atol=1e-5, rtol=0)
+
+
+def test_hue_shift_changes_colour_but_keeps_gray_gray():
+    torch.manual_seed(0)
+    x = batch_f(3)
+    shift = torch.linspace(-0.5, 0.5, B)
+    assert not torch.allclose(adjust_hue(x, torch.full((B,), 0.25)), x, atol=1e-3)
+    gray = x[:, :1].expand(-1, 3, -1, -1).contiguous()
+    y = adjust_hue(gray, shift)
+    torch.testing.assert_close(y[:, 0], y[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y[:, 0], y[:, 2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y, gray, atol=1e-5, rtol=0)
+
+
+def test_hue_on_one_channel_is_identity():
+    x = batch_f(1)
+    assert torch.equal(adjust_hue(x, torch.full((B,), 0.3)), x)
+
+
+# ---------------------------------------------------------------- blur
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_blur_keeps_constant_image(c):
+    x = torch.full((B, c, H, H), 0.3)
+    y = gaussian_blur(x, (0.5, 2.0), 1.0, gen())
+    assert y.shape == x.shape
+    torch.testing.assert_close(y.mean(), torch.tensor(0.3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(y, x, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_blur_reduces_variance_of_noise(c):
+    x = batch_f(c)
+    y = gaussian_blur(x, (1.0, 2.0), 1.0, gen())
+    var_x = x.var(dim=(2, 3))
+    var_y = y.var(dim=(2, 3))
+    assert bool((var_y < var_x).all()), (var_x, var_y)
+
+
+# ---------------------------------------------------------------- randomness
+
+def test_draws_are_per_sample():
+    one = batch_u8(1)[:1]
+    x = one.repeat(B, 1, 1, 1)
+    cfg = AugmentConfig(mean=[0.5], std=[0.5])
+    cfg.validate()
+    y = augment(x, cfg, gen())
+    distinct = {tuple(v.flatten().tolist()) for v in y}
+    assert len(distinct) > 1
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_same_seed_same_views_different_seed_different_views(c):
+    x = batch_u8(c)
+    cfg = AugmentConfig(blur_p=0.5, solarize_p=0.5, mean=[0.5] * c, std=[0.5] * c)
+    a = augment(x, cfg, gen(7))
+    b = augment(x, cfg, gen(7))
+    d = augment(x, cfg, gen(8))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, d)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_augment_output_shape_and_dtype(c):
+    cfg = AugmentConfig(size=20, blur_p=0.5, solarize_p=0.5)
+    y = augment(batch_u8(c), cfg, gen())
+    assert y.shape == (B, c, 20, 20)
+    assert y.dtype == torch.float32
+    y = augment(batch_u8(c), AugmentConfig(size=6), gen())
+    assert y.shape == (B, c, 6, 6)
+
+
+# ---------------------------------------------------------------- validate
+
+def test_validate_rejects_bad_probability():
+    with pytest.raises(ValueError, match="flip_p"):
+        AugmentConfig(flip_p=1.5).validate()
+    with pytest.raises(ValueError, match="solarize_p"):
+        AugmentConfig(solarize_p=1.5).validate()
+
+
+def test_validate_rejects_bad_crop_scale():
+    with pytest.raises(ValueError, match="crop_scale"):
+        AugmentConfig(crop_scale=(0.5, 0.2)).validate()
+
+
+def test_validate_accepts_defaults():
+    AugmentConfig().validate()

@@ -1,0 +1,102 @@
+"""The command line end to end: pretrain a few steps on Fashion-MNIST, evaluate, embed; bad input."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from selfsup.cli import main
+
+FAST = ["backbone.width=0.125", "train.batch_size=64", "train.steps=3", "train.log_every=1",
+        "eval.max_train=2000", "eval.max_test=500", "eval.batch_size=500"]
+
+
+@pytest.fixture(scope="module")
+def fashion_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    code = main(["pretrain", "--runs-dir", str(runs), "--name", "fm", "--quiet", "data.subset=1024", *FAST])
+    assert code == 0
+    return runs / "fm"
+
+
+def test_pretrain_writes_the_run_folder_and_knn(fashion_run, capsys):
+    for name in ("config.yaml", "metrics.jsonl", "train_summary.json", "eval/knn.json", "checkpoints/latest"):
+        assert (fashion_run / name).exists(), name
+    knn = json.loads((fashion_run / "eval" / "knn.json").read_text())
+    assert knn["train_size"] == 2000 and knn["test_size"] == 500
+    for key in ("knn_top1", "knn_top1_random_init", "knn_top1_pixels"):
+        assert 0.3 < knn[key] <= 1.0, (key, knn[key])          # 10 classes: chance is 0.1
+    lines = (fashion_run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_evaluate_knn_prints_top1(fashion_run, capsys):
+    assert main(["evaluate", "knn", str(fashion_run), "--k", "10", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "pretrained backbone" in out and "k=10" in out
+    assert json.loads((fashion_run / "eval" / "knn.json").read_text())["k"] == 10
+
+
+def test_embed_a_folder_writes_features_and_row_order(fashion_run, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        Image.new("RGB", (40 + i, 30), (50 * i, 20, 200)).save(folder / f"{i}.png")
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(fashion_run), "--data", str(folder), "--out", str(out)]) == 0
+    feats = np.load(out)
+    assert feats.shape == (5, 64) and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-4)
+    assert (tmp_path / "emb.npy.paths.txt").read_text().split() == [f"{i}.png" for i in range(5)]
+
+
+def test_resume_continues_a_finished_run_with_more_steps(fashion_run, tmp_path):
+    import shutil
+    copy = tmp_path / "fm"
+    shutil.copytree(fashion_run, copy)
+    assert main(["pretrain", "--resume", str(copy), "--quiet", "--no-eval", "train.steps=4"]) == 0
+    assert json.loads((copy / "train_summary.json").read_text())["steps"] == 4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optim.lrr=0.3"], "valid keys: name, lr"),
+    (["optim.lr=fast"], "optim.lr: expected a number"),
+    (["optim.lr=-1"], "optim.lr must be"),
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--data", "/no/such/images"], "neither a built-in data set"),
+])
+def test_bad_input_gives_a_clear_message_and_exit_2(args, message, tmp_path, capsys):
+    assert main(["pretrain", "--runs-dir", str(tmp_path), "--quiet", *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())                  # nothing half-made left behind
+
+
+def test_folder_without_images_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert main(["pretrain", "--runs-dir", str(tmp_path / "runs"), "--data", str(tmp_path), "--quiet"]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_pretrain_on_an_image_folder_with_unreadable_file(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(20):
+            Image.new("L", (20, 20), 40 if cls == "a" else 200).save(folder / cls / f"{i}.png")
+    (folder / "a" / "broken.jpg").write_bytes(b"not a jpeg")
+    args = ["pretrain", "--runs-dir", str(tmp_path / "runs"), "--name", "f", "--data", str(folder), "--quiet",
+            "data.size=16", "backbone.width=0.125", "train.batch_size=8", "train.steps=2"]
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        assert main(args) == 0
+    assert "pretrained backbone" in capsys.readouterr().out
+    strict = ["pretrain", "--strict", "--runs-dir", str(tmp_path / "runs"), "--name", "g", *args[5:]]
+    assert main(strict) == 2
+    assert "broken.jpg" in capsys.readouterr().err
+
+
+def test_help_explains_every_command(capsys):
+    for command in (["pretrain"], ["evaluate", "knn"], ["embed"], ["data"], ["config"]):
+        with pytest.raises(SystemExit) as e:
+            main(command + ["--help"])
+        assert e.value.code == 0
+    assert "KEY=VALUE" in capsys.readouterr().out

@@ -1,0 +1,124 @@
+"""Config loading: defaults, dotted overrides, type checks, error messages, YAML round trip."""
+import pytest
+
+from selfsup.config import Config, ConfigError, load_config
+from selfsup.methods.simclr import SimCLRConfig
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert isinstance(cfg.method, SimCLRConfig)
+    assert cfg.to_dict() == Config().to_dict()
+    Config().validate()
+
+
+def test_dotted_overrides_set_nested_values_with_coercion():
+    cfg = load_config(overrides=["optim.lr=1", "augment.crop_scale=[0.5, 1]", "train.batch_size=64",
+                                 "backbone.name=resnet34", "method.temperature=0.1", "train.channels_last=false"])
+    assert cfg.optim.lr == 1.0 and type(cfg.optim.lr) is float
+    assert cfg.augment.crop_scale == (0.5, 1.0)
+    assert type(cfg.augment.crop_scale) is tuple
+    assert all(type(v) is float for v in cfg.augment.crop_scale)
+    assert cfg.train.batch_size == 64
+    assert cfg.backbone.name == "resnet34"
+    assert cfg.method.temperature == 0.1
+    assert cfg.train.channels_last is False
+    # untouched neighbours keep their defaults
+    assert cfg.optim.momentum == Config().optim.momentum
+
+
+def test_dict_overrides():
+    cfg = load_config(overrides={"optim": {"lr": 3}})
+    assert cfg.optim.lr == 3.0 and type(cfg.optim.lr) is float
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["optim.lrate=0.1"])
+    msg = str(info.value)
+    assert "optim.lrate" in msg
+    for key in ("lr", "weight_decay", "momentum", "warmup_epochs"):
+        assert key in msg
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["optimiser.lr=0.1"])
+    msg = str(info.value)
+    assert "optimiser" in msg and "optim" in msg and "train" in msg
+
+
+@pytest.mark.parametrize("override,key", [("train.batch_size=abc", "train.batch_size"),
+                                          ("optim.lr=fast", "optim.lr"),
+                                          ("train.batch_size=2.5", "train.batch_size"),
+                                          ("augment.crop_scale=[0.5]", "augment.crop_scale"),
+                                          ("train.channels_last=1", "train.channels_last")])
+def test_wrong_type_names_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_negative_lr_rejected():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(overrides=["optim.lr=-0.1"])
+
+
+def test_invalid_section_values_become_config_errors():
+    with pytest.raises(ConfigError, match="flip_p"):
+        load_config(overrides=["augment.flip_p=1.5"])
+    with pytest.raises(ConfigError, match="temperature"):
+        load_config(overrides=["method.temperature=0"])
+
+
+def test_unknown_method():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["method.name=mocov9"])
+    msg = str(info.value)
+    assert "mocov9" in msg and "simclr" in msg
+
+
+def test_exponent_without_dot_is_a_number():
+    cfg = load_config(overrides=["optim.lr=1e-3"])
+    assert cfg.optim.lr == pytest.approx(1e-3)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = load_config(overrides=["optim.lr=0.3", "augment.crop_scale=[0.3, 0.9]", "augment.mean=[0.5]",
+                                 "augment.std=[0.25]", "train.steps=10", "name=run-a"])
+    path = tmp_path / "cfg.yaml"
+    cfg.save(path)
+    again = load_config(path)
+    assert again.to_dict() == cfg.to_dict()
+    assert again.augment.crop_scale == (0.3, 0.9)
+    assert again.name == "run-a"
+
+
+def test_yaml_file_with_overrides(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim:\n  lr: 0.5\n  momentum: 0.8\n")
+    cfg = load_config(path, overrides=["optim.lr=0.25"])
+    assert cfg.optim.lr == 0.25
+    assert cfg.optim.momentum == 0.8
+
+
+def test_missing_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(missing)
+
+
+def test_yaml_unknown_nested_key(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("train:\n  batch_size: 32\n  bach_size: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "train.bach_size" in str(info.value)
+    assert "batch_size" in str(info.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("optim: [unclosed\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        load_config(path)

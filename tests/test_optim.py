@@ -1,0 +1,122 @@
+"""The learning-rate schedule, weight-decay groups and LARS, checked by hand."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from selfsup.config import OptimConfig
+from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups
+
+
+# ---------------------------------------------------------------- lr_factor
+
+def test_warmup_is_linear():
+    for step in range(10):
+        assert lr_factor(step, 100, 10) == pytest.approx((step + 1) / 10)
+    assert lr_factor(0, 100, 4) == pytest.approx(0.25)
+
+
+def test_peak_right_after_warmup():
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(0, 100, 0) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1])
+def test_cosine_midpoint_and_end(min_ratio):
+    total, warm = 110, 10
+    mid = warm + (total - warm) // 2
+    assert lr_factor(mid, total, warm, "cosine", min_ratio) == pytest.approx(min_ratio + (1 - min_ratio) * 0.5)
+    assert lr_factor(total, total, warm, "cosine", min_ratio) == pytest.approx(min_ratio)
+    assert lr_factor(total + 5, total, warm, "cosine", min_ratio) == pytest.approx(min_ratio)
+    # a quarter of the way: 0.5 * (1 + cos(pi / 4))
+    q = warm + (total - warm) // 4
+    expected = min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi / 4))
+    assert lr_factor(q, total, warm, "cosine", min_ratio) == pytest.approx(expected)
+
+
+def test_cosine_is_monotone_after_warmup():
+    values = [lr_factor(s, 50, 5) for s in range(5, 51)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_constant_schedule_stays_one():
+    for step in range(10, 100, 7):
+        assert lr_factor(step, 100, 10, "constant", 0.1) == 1.0
+    assert lr_factor(3, 100, 10, "constant") == pytest.approx(0.4)
+
+
+# ---------------------------------------------------------------- param groups
+
+def test_param_groups_keep_decay_off_biases_and_norms():
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4), nn.LayerNorm(4))
+    model[0].bias.requires_grad_(True)
+    groups = param_groups(model, 0.01)
+    decay, no_decay = groups
+    assert decay["weight_decay"] == 0.01 and decay["lars"] is True
+    assert no_decay["weight_decay"] == 0.0 and no_decay["lars"] is False
+    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
+    assert ids(decay["params"]) == ids([model[0].weight, model[3].weight])
+    assert ids(no_decay["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias,
+                                           model[4].weight, model[4].bias])
+
+
+def test_param_groups_skip_frozen():
+    model = nn.Linear(3, 2)
+    model.bias.requires_grad_(False)
+    decay, no_decay = param_groups(model, 0.1)
+    assert len(decay["params"]) == 1 and len(no_decay["params"]) == 0
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lars", LARS)])
+def test_build_optimizer(name, cls):
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(model, OptimConfig(name=name, lr=0.5, weight_decay=0.01))
+    assert isinstance(opt, cls)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
+    assert all(g["lr"] == 0.5 for g in opt.param_groups)
+
+
+# ---------------------------------------------------------------- LARS by hand
+
+def _norm(values):
+    return math.sqrt(sum(v * v for v in values))
+
+
+def test_lars_steps_match_docstring_formula():
+    lr, momentum, wd, tc = 0.5, 0.9, 0.1, 0.02
+    w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
+    b = nn.Parameter(torch.tensor([0.3, -0.7]))
+    opt = LARS([dict(params=[w], weight_decay=wd, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+               lr=lr, momentum=momentum, trust_coefficient=tc)
+
+    pw = w.detach().flatten().tolist()
+    pb = b.detach().tolist()
+    buf_w, buf_b = None, None
+    grads = [([0.2, -0.1, 0.4, 0.3], [1.0, -2.0]), ([-0.5, 0.25, 0.1, 0.0], [0.5, 0.5])]
+    for gw, gb in grads:
+        w.grad = torch.tensor(gw).view(2, 2)
+        b.grad = torch.tensor(gb)
+        opt.step()
+
+        # weight (lars group): g <- g + wd*p; g <- g * tc*||p||/||g||; buf <- m*buf + g; p <- p - lr*buf
+        g = [gi + wd * pi for gi, pi in zip(gw, pw)]
+        ratio = tc * _norm(pw) / _norm(g)
+        g = [gi * ratio for gi in g]
+        buf_w = g if buf_w is None else [momentum * bi + gi for bi, gi in zip(buf_w, g)]
+        pw = [pi - lr * bi for pi, bi in zip(pw, buf_w)]
+        # bias (plain momentum SGD, no decay, no trust ratio)
+        buf_b = list(gb) if buf_b is None else [momentum * bi + gi for bi, gi in zip(buf_b, gb)]
+        pb = [pi - lr * bi for pi, bi in zip(pb, buf_b)]
+
+        torch.testing.assert_close(w.detach().flatten(), torch.tensor(pw), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b.detach(), torch.tensor(pb), rtol=1e-5, atol=1e-6)
+
+
+def test_lars_zero_weight_takes_unscaled_step():
+    w = nn.Parameter(torch.zeros(2, 2))
+    opt = LARS([dict(params=[w], weight_decay=0.0, lars=True)], lr=0.1, trust_coefficient=0.001)
+    w.grad = torch.ones(2, 2)
+    opt.step()
+    torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.1))

@@ -1,0 +1,114 @@
+"""The training loop: it learns, resumes exactly, stops cleanly on a NaN loss, keeps checkpoints."""
+import json
+
+import pytest
+import torch
+
+import selfsup.train
+
+from selfsup.checkpoint import list_checkpoints, load_checkpoint
+from selfsup.config import load_config
+from selfsup.data import DataError, load_images
+from selfsup.methods.simclr import SimCLR
+from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.train import TrainingError, pretrain
+
+SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
+         "optim.warmup_epochs=0", "eval.batch_size=256"]
+
+
+def small_config(*extra):
+    return load_config(overrides=SMALL + list(extra))
+
+
+def model_tensors(run_dir):
+    tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
+    return {k: v for k, v in tensors.items() if k.startswith("model.")}
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_gives_bitwise_the_weights_of_an_unbroken_run(tiny_fashion, tmp_path, monkeypatch):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    pretrain(small_config("train.steps=6", "train.checkpoint_every=100"), tmp_path / "straight", data=data,
+             progress=False)
+
+    real_save = selfsup.train.save_checkpoint
+
+    def save_then_die(folder, step, *args, **kwargs):
+        real_save(folder, step, *args, **kwargs)
+        if step == 3:
+            raise Killed
+    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        pretrain(small_config("train.steps=6", "train.checkpoint_every=3"), tmp_path / "broken", data=data,
+                 progress=False)
+    monkeypatch.undo()
+    cfg = load_config(tmp_path / "broken" / "config.yaml")
+    result = pretrain(cfg, tmp_path / "broken", data=data, resume=True, progress=False)
+    assert result.steps == 6
+    straight, resumed = model_tensors(tmp_path / "straight"), model_tensors(tmp_path / "broken")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_fashion, tmp_path, monkeypatch):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    real_loss = SimCLR.loss
+    calls = {"n": 0}
+
+    def loss_that_breaks(self, views):
+        calls["n"] += 1
+        loss, logs = real_loss(self, views)
+        return (loss * float("nan"), logs) if calls["n"] == 4 else (loss, logs)
+
+    monkeypatch.setattr(SimCLR, "loss", loss_that_breaks)
+    with pytest.raises(TrainingError) as e:
+        pretrain(small_config("train.steps=10", "train.checkpoint_every=2"), tmp_path / "run", data=data,
+                 progress=False)
+    message = str(e.value)
+    assert "at step 3" in message and "step-0000002" in message
+    run = load_run(tmp_path / "run")
+    assert run.step == 2
+    assert all(torch.isfinite(p).all() for p in run.method.parameters())
+
+
+def test_existing_run_is_not_overwritten_without_resume(tiny_fashion, tmp_path):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    pretrain(small_config("train.steps=1"), tmp_path / "run", data=data, progress=False)
+    with pytest.raises(TrainingError, match="--resume"):
+        pretrain(small_config("train.steps=1"), tmp_path / "run", data=data, progress=False)
+
+
+def test_batch_larger_than_data_is_a_clear_error(tiny_fashion, tmp_path):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    with pytest.raises(DataError, match="larger than the data set"):
+        pretrain(small_config("train.batch_size=1000"), tmp_path / "run", data=data, progress=False)
+
+
+def test_resume_falls_back_when_the_newest_checkpoint_is_damaged(tiny_fashion, tmp_path, capsys):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    pretrain(small_config("train.steps=4", "train.checkpoint_every=2"), tmp_path / "run", data=data, progress=False)
+    newest = list_checkpoints(tmp_path / "run" / "checkpoints")[-1].with_suffix(".safetensors")
+    newest.write_bytes(newest.read_bytes()[:100])
+    cfg = load_config(tmp_path / "run" / "config.yaml", ["train.steps=5"])
+    result = pretrain(cfg, tmp_path / "run", data=data, resume=True, progress=False)
+    assert result.steps == 5
+    assert "step-0000004" in capsys.readouterr().err
+
+
+def test_short_training_beats_random_init_on_knn(tiny_fashion, tmp_path):
+    """Separable synthetic classes: a few SimCLR epochs must move kNN above the untrained backbone."""
+    cfg = small_config("train.epochs=8", "optim.lr=1.0", f"data.data_dir={tiny_fashion}",
+                       "augment.crop_scale=[0.6,1.0]", "augment.flip_p=0.0")
+    result = pretrain(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    train, test = labelled_eval_sets(run.config)
+    report = knn_report(run, train, test, k=20, progress=False)
+    assert result.final_loss < 4.0
+    assert report["knn_top1"] > report["knn_top1_random_init"]
