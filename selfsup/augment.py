@@ -50,6 +50,15 @@ class AugmentConfig:
             raise ValueError(f"augment.size must be >= 0 (0 keeps the data set's size), got {self.size}")
         if len(self.mean) != len(self.std):
             raise ValueError("augment.mean and augment.std must have the same length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"augment.std values must be > 0, got {self.std}")
+        for name in ("brightness", "contrast", "saturation"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"augment.hue must lie in [0, 0.5], got {self.hue}")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
@@ -210,8 +219,17 @@ def eval_transform(batch_u8: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     return normalize(x, cfg.mean, cfg.std)
 
 
-def channel_stats(images_u8: torch.Tensor, max_images: int = 10000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units, from up to max_images evenly spaced images."""
-    step = max(1, images_u8.shape[0] // max_images)
-    x = to_float(images_u8[::step])
-    return x.mean(dim=(0, 2, 3)).tolist(), x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+def channel_stats(images_u8: torch.Tensor, max_images: int = 10000, chunk: int = 256) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units, from up to max_images evenly spaced images,
+    summed in chunks so large images never need a float copy of the whole sample."""
+    sample = images_u8[::max(1, images_u8.shape[0] // max_images)]
+    total = torch.zeros(sample.shape[1], dtype=torch.float64)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, sample.shape[0], chunk):
+        x = sample[start:start + chunk].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.square().sum(dim=(0, 2, 3))
+    count = sample.shape[0] * sample.shape[2] * sample.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-3)
+    return mean.tolist(), std.tolist()

@@ -50,10 +50,24 @@ def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tens
     record = {"format": FORMAT, "version": VERSION, "step": step, **meta}
     atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=1).encode())
     atomic_write(folder / "latest", stem.name.encode())
-    for old in list_checkpoints(folder)[:-keep]:
+    older = [s for s in list_checkpoints(folder) if s.name < stem.name]
+    for old in older[:max(0, len(older) - (keep - 1))]:
         for suffix in (".safetensors", ".json"):
             old.with_suffix(suffix).unlink(missing_ok=True)
     return stem.with_suffix(".safetensors")
+
+
+def set_aside_newer(folder: str | Path, stem: Path) -> list[Path]:
+    """Rename checkpoints newer than `stem` (ones a resume could not load) to *.damaged, so the
+    resumed run's own checkpoints are not mistaken for or pruned in favour of them."""
+    moved = []
+    for newer in (s for s in list_checkpoints(folder) if s.name > stem.name):
+        for suffix in (".safetensors", ".json"):
+            path = newer.with_suffix(suffix)
+            if path.exists():
+                path.rename(path.with_name(path.name + ".damaged"))
+        moved.append(newer)
+    return moved
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:

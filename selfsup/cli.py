@@ -100,23 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the full default config (or a method's) as YAML",
                        description="Print every config key with its default, as YAML, with overrides applied.")
-    p.add_argument("--method", default="simclr", help="method whose config section to show")
+    p.add_argument("--method", help="method whose config section to show [default: simclr]")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     p.set_defaults(func=cmd_config)
     return parser
 
 
-def _cli_overrides(args) -> list[str]:
-    extra = list(args.overrides)
+def _cli_overrides(args) -> dict:
+    """KEY=VALUE overrides (YAML-parsed) plus the options, which are taken as given (a path stays a string)."""
+    from selfsup.config import merge, parse_overrides
+    options: dict = {}
     if getattr(args, "data", None):
-        extra.append(f"data.source={args.data}")
+        options.setdefault("data", {})["source"] = args.data
     if getattr(args, "data_dir", None):
-        extra.append(f"data.data_dir={args.data_dir}")
+        options.setdefault("data", {})["data_dir"] = args.data_dir
     if getattr(args, "method", None):
-        extra.append(f"method.name={args.method}")
+        options["method"] = {"name": args.method}
     if getattr(args, "strict", False):
-        extra.append("data.strict=true")
-    return extra
+        options.setdefault("data", {})["strict"] = True
+    return merge(parse_overrides(args.overrides), options)
 
 
 def cmd_pretrain(args) -> int:
@@ -152,9 +154,10 @@ def cmd_pretrain(args) -> int:
 def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progress) -> dict | None:
     from selfsup.run import knn_report, labelled_eval_sets, load_run
     run = load_run(run_dir)
+    from selfsup.data import DataError
     try:
         train, test = labelled_eval_sets(run.config, source, data_dir)
-    except Exception as e:            # unlabeled data: nothing to score, not an error of the run
+    except DataError as e:            # unlabeled training data: nothing to score, not an error of the run
         if source:
             raise
         print(f"kNN skipped: no labelled evaluation data ({e})", file=sys.stderr)
@@ -191,8 +194,8 @@ def cmd_embed(args) -> int:
     from selfsup.run import load_run
     run = load_run(args.run_dir)
     cfg = run.config
-    data = load_images(args.data, args.split, data_dir=args.data_dir or None, channels=len(cfg.augment.mean),
-                       size=cfg.data.size or cfg.augment.size, strict=args.strict)
+    data = load_images(args.data, args.split, data_dir=args.data_dir or None, channels=cfg.data.channels,
+                       size=cfg.data.size, strict=args.strict)
     feats = run.embed(data.images, cfg.eval.batch_size, progress=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +222,7 @@ def cmd_data(args) -> int:
 def cmd_config(args) -> int:
     import yaml
     from selfsup.config import load_config
-    cfg = load_config(overrides=[f"method.name={args.method}", *args.overrides])
+    cfg = load_config(overrides=_cli_overrides(args))
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
     return 0
 

@@ -6,6 +6,7 @@ is an error that lists the valid ones; a value of the wrong type is an error tha
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import types
 import typing
 from dataclasses import dataclass, field
@@ -30,12 +31,29 @@ class DataConfig:
     subset: int = 0                    # train on the first N images only; 0 = all
     strict: bool = False               # unreadable image files are an error instead of skipped
 
+    def validate(self) -> None:
+        if self.channels not in (0, 1, 3):
+            raise ConfigError(f"data.channels must be 0 (as stored), 1 or 3; got {self.channels}")
+        for key in ("size", "subset"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"data.{key} must be >= 0 (0 = {'as stored' if key == 'size' else 'all'}), "
+                                  f"got {getattr(self, key)}")
+
 
 @dataclass
 class BackboneConfig:
     name: str = "resnet18"
     width: float = 0.5
     stem: str = "cifar"
+
+    def validate(self) -> None:
+        from selfsup.backbones import backbone_names
+        if self.name not in backbone_names():
+            raise ConfigError(f"backbone.name {self.name!r} is unknown; choose one of: {', '.join(backbone_names())}")
+        if self.width <= 0:
+            raise ConfigError(f"backbone.width must be > 0, got {self.width}")
+        if self.stem not in ("cifar", "imagenet"):
+            raise ConfigError(f"backbone.stem must be 'cifar' (small images) or 'imagenet', got {self.stem!r}")
 
 
 @dataclass
@@ -82,8 +100,12 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {self.precision!r}")
-        if self.steps < 0 or self.epochs <= 0 and self.steps == 0:
+        if self.steps < 0:
+            raise ConfigError(f"train.steps must be >= 0 (0 = use train.epochs), got {self.steps}")
+        if self.epochs <= 0 and self.steps == 0:
             raise ConfigError("train.epochs must be > 0 (or set train.steps > 0)")
+        if self.threads < 0:
+            raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train.log_every, train.checkpoint_every and train.keep_checkpoints must be >= 1")
 
@@ -114,7 +136,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
-        for section in (self.method, self.augment, self.optim, self.train, self.eval):
+        for section in (self.data, self.backbone, self.method, self.augment, self.optim, self.train, self.eval):
             check = getattr(section, "validate", None)
             if check:
                 try:
@@ -128,8 +150,11 @@ class Config:
     def to_dict(self) -> dict:
         return _plain(dataclasses.asdict(self))
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        Path(path).write_text(self.to_yaml())
 
 
 def _plain(value):
@@ -160,6 +185,8 @@ def _coerce(value, hint, key: str):
             except ValueError:
                 pass
         raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
+    if hint is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
+        return str(value)                # e.g. name: 2024 or name: 2024-01-01 in a YAML file
     if hint in (int, str, bool):
         if type(value) is hint:
             return value
@@ -240,10 +267,11 @@ def parse_overrides(overrides: list[str]) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge(base: dict, extra: dict) -> dict:
+    """Nested dict update: values of `extra` win, sub-dicts merge."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -260,5 +288,5 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-        values = _merge(values, extra)
+        values = merge(values, extra)
     return _build(Config, values, "").validate()

@@ -11,15 +11,15 @@ from torch import nn
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios (You et al., 2017), as used by SimCLR and BYOL.
 
-    For a parameter group with ``lars=True``: g <- g + wd * p; g <- g * tc * ||p|| / ||g||;
-    buf <- momentum * buf + g; p <- p - lr * buf. Groups with ``lars=False`` (biases, norm
+    For a parameter group with ``decay=True``: g <- g + wd * p; g <- g * tc * ||p|| / ||g||;
+    buf <- momentum * buf + g; p <- p - lr * buf. Groups with ``decay=False`` (biases, norm
     layers) take plain momentum SGD steps.
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  trust_coefficient: float = 0.001, eps: float = 1e-8):
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                                      trust_coefficient=trust_coefficient, eps=eps, lars=True))
+                                      trust_coefficient=trust_coefficient, eps=eps, decay=True))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -28,7 +28,7 @@ class LARS(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 g = p.grad
-                if group["lars"]:
+                if group["decay"]:
                     if group["weight_decay"]:
                         g = g.add(p, alpha=group["weight_decay"])
                     p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
@@ -49,21 +49,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay, lars=True),
-            dict(params=no_decay, weight_decay=0.0, lars=False)]
+    return [dict(params=decay, weight_decay=weight_decay, decay=True),
+            dict(params=no_decay, weight_decay=0.0, decay=False)]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "sgd":
-        for g in groups:
-            g.pop("lars")
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
-        for g in groups:
-            g.pop("lars")
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
     return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg) -> None:
+    """Set the config's momentum / betas / weight decay on restored groups (load_state_dict brings back
+    the saved ones), keeping biases and norm layers free of weight decay."""
+    for group in optimizer.param_groups:
+        group["weight_decay"] = cfg.weight_decay if group["decay"] else 0.0
+        for key, value in (("momentum", cfg.momentum), ("betas", cfg.betas),
+                           ("trust_coefficient", cfg.trust_coefficient)):
+            if key in group:
+                group[key] = value
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "cosine",

@@ -8,7 +8,7 @@ import torch
 
 from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from selfsup.config import Config, load_config
-from selfsup.data import ImageSet, convert, load_images
+from selfsup.data import BUILTIN, DataError, ImageSet, convert, load_images
 from selfsup.evaluate import extract_features, knn_accuracy, pixel_features
 from selfsup.methods import Method
 from selfsup.train import build_method, resolve_device, resolve_precision
@@ -53,8 +53,7 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     if stem is None:
         raise CheckpointError(f"{path} has no checkpoint yet; was pretraining stopped before its first save?")
     tensors, meta = load_checkpoint(stem)
-    in_channels = len(cfg.augment.mean) or 3
-    method = build_method(cfg, in_channels)
+    method = build_method(cfg, cfg.data.channels)
     if cfg.train.channels_last:
         method = method.use_channels_last()
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -70,13 +69,16 @@ def labelled_eval_sets(cfg: Config, source: str = "", data_dir: str = "") -> tup
     subfolders split into train/test by a fixed 80/20 draw."""
     source = source or cfg.eval.source or cfg.data.source
     data_dir = data_dir or cfg.data.data_dir or None
-    channels = len(cfg.augment.mean)
-    if Path(source).is_dir():
-        full = load_images(source, labels=True, channels=channels, size=cfg.data.size or cfg.augment.size)
-        train, test = split_labelled(full)
+    read_as = dict(channels=cfg.data.channels, size=cfg.data.size)     # as the training images were read
+    if source in BUILTIN:
+        train = load_images(source, "train", data_dir=data_dir, **read_as)
+        test = load_images(source, "test", data_dir=data_dir, **read_as)
     else:
-        train = load_images(source, "train", data_dir=data_dir, channels=channels, size=cfg.data.size)
-        test = load_images(source, "test", data_dir=data_dir, channels=channels, size=cfg.data.size)
+        full = load_images(source, labels=True, **read_as)
+        if len(full.classes) < 2:
+            raise DataError(f"{source} has {len(full.classes)} class subfolder(s); kNN needs at least 2 "
+                            "(put each class's images in its own subfolder)")
+        train, test = split_labelled(full)
     return train.subset(cfg.eval.max_train), test.subset(cfg.eval.max_test)
 
 
@@ -103,7 +105,7 @@ def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, 
     result = {"k": k, "temperature": t, "train_size": len(train), "test_size": len(test),
               "knn_top1": score(run.embed(train.images, bs, progress=progress), run.embed(test.images, bs, progress=progress))}
     if baselines:
-        untrained = build_method(run.config, len(run.config.augment.mean) or 3)
+        untrained = build_method(run.config, run.config.data.channels)
         if run.config.train.channels_last:
             untrained = untrained.use_channels_last()
         random_init = Run(run.path, run.config, untrained, 0)

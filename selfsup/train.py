@@ -23,12 +23,12 @@ from tqdm import tqdm
 
 from selfsup.augment import channel_stats
 from selfsup.backbones import build_backbone
-from selfsup.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                optimizer_state, restore_optimizer, save_checkpoint)
+from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                optimizer_state, restore_optimizer, save_checkpoint, set_aside_newer)
 from selfsup.config import Config
 from selfsup.data import DataError, ImageSet, load_images
 from selfsup.methods import Method, method_class
-from selfsup.optim import build_optimizer, lr_factor
+from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
 
 
 class TrainingError(RuntimeError):
@@ -91,7 +91,10 @@ def load_training_data(cfg: Config) -> ImageSet:
 
 
 def complete_config(cfg: Config, data: ImageSet) -> None:
-    """Fill the values the data decides (normalisation, view size), so config.yaml holds them resolved."""
+    """Fill the values the data decides (image size and channels, normalisation, view size), so
+    config.yaml holds them resolved and evaluation reads images exactly as training did."""
+    cfg.data.channels = data.channels
+    cfg.data.size = data.images.shape[-1]
     if not cfg.augment.mean:
         cfg.augment.mean, cfg.augment.std = channel_stats(data.images)
     elif len(cfg.augment.mean) != data.channels:
@@ -161,8 +164,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
         torch.set_num_threads(cfg.train.threads)
     data = data if data is not None else load_training_data(cfg)
     complete_config(cfg, data)
-    images = data.images.to(device) if device.type == "cuda" else data.images.pin_memory() \
-        if torch.cuda.is_available() else data.images
+    # On a GPU the whole uint8 data set lives on the device: a batch is one index op, no copy.
+    images = data.images.to(device) if device.type == "cuda" else data.images
 
     method = build_method(cfg, data.channels).to(device)
     if cfg.train.channels_last:
@@ -172,35 +175,44 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
     steps_per_epoch = len(data) // cfg.train.batch_size
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
+    if warmup_steps > total_steps // 2:
+        print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most of "
+              f"the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
+        warmup_steps = total_steps // 2
 
     ckpt_dir = run_dir / "checkpoints"
+    # What the data order and optimizer depend on: a resume that changes these cannot continue the same run.
+    identity = {"optimizer_name": cfg.optim.name, "batch_size": cfg.train.batch_size, "num_images": len(data),
+                "seed": cfg.train.seed}
     start_step = 0
     if resume:
-        start_step = _resume(method, optimizer, ckpt_dir, device)
+        start_step = _resume(method, optimizer, ckpt_dir, device, identity)
+        apply_hyperparameters(optimizer, cfg.optim)       # overrides given with --resume take effect
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
+    atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
+    _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
 
     def checkpoint(step: int) -> Path:
         tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
         opt_tensors, opt_meta = optimizer_state(optimizer)
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"epoch": step / steps_per_epoch, "method": cfg.method.name, "optimizer": opt_meta,
+        meta = {"epoch": step / steps_per_epoch, "method": cfg.method.name, "optimizer": opt_meta, **identity,
                 "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
                 "config": cfg.to_dict()}
         return save_checkpoint(ckpt_dir, step, tensors, meta, keep=cfg.train.keep_checkpoints)
 
-    metrics = open(run_dir / "metrics.jsonl", "a")
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"{cfg.method.name}", unit="step",
-               disable=not progress, dynamic_ncols=True, file=sys.stderr)
     method.train()
     order, order_epoch = None, -1
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved = start_step
-    with _StopRequest() as stop:
+    with open(run_dir / "metrics.jsonl", "a") as metrics, \
+            tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
+                 dynamic_ncols=True, file=sys.stderr) as bar, \
+            _StopRequest() as stop:
         while step < total_steps and not stop.requested:
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
@@ -214,24 +226,24 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
             views = method.views(batch, step_generator(cfg.train.seed, step, 0, device))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss, logs = method.loss(views)
-            if not torch.isfinite(loss):
-                metrics.close()
-                bar.close()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
+            # Checked before the update, so a NaN never reaches the weights or a checkpoint.
+            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
                 kept = latest_checkpoint(ckpt_dir)
+                what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
+                    f"the gradient norm became {grad_norm.item()}"
                 raise TrainingError(
-                    f"loss became {loss.item()} at step {step}; training stopped. "
+                    f"{what} at step {step}; training stopped before updating the weights. "
                     + (f"The last good checkpoint is {kept}.safetensors (step {last_saved}); " if kept else
                        "No checkpoint was written yet; ")
                     + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip)
             optimizer.step()
             step += 1
             method.after_step(step / total_steps)
             images_seen += batch.shape[0]
-            loss_value = logs.get("loss", loss.item())
+            loss_value = logs["loss"] if "loss" in logs else loss.item()
 
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.time()
@@ -248,8 +260,6 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
                 last_saved = step
         if step != last_saved:
             checkpoint(step)
-    bar.close()
-    metrics.close()
     seconds = time.time() - t_start
     done = step - start_step
     if stop.requested and step < total_steps:
@@ -261,7 +271,15 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
                        stopped_early=step < total_steps)
 
 
-def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device) -> int:
+def _keep_metrics_until(path: Path, step: int) -> None:
+    """Drop metric rows after `step` (all rows for a fresh run), so a resumed run does not repeat them."""
+    if not path.exists():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    atomic_write(path, "".join(row + "\n" for row in rows).encode())
+
+
+def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device, identity: dict) -> int:
     """Load the newest checkpoint that reads cleanly, falling back to older ones; return its step."""
     candidates = list_checkpoints(ckpt_dir)
     pointed = latest_checkpoint(ckpt_dir)
@@ -273,19 +291,33 @@ def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device) -> 
     for stem in reversed(candidates):
         try:
             tensors, meta = load_checkpoint(stem)
+            _check_same_run(meta, identity, stem)
             model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             method.load_state_dict(model_state)
             restore_optimizer(optimizer, tensors, meta["optimizer"])
-        except (CheckpointError, RuntimeError, KeyError, ValueError) as e:
+            rng_states = (tensors["rng.torch"], _python_rng(meta["rng"]["python"]), _numpy_rng(meta["rng"]["numpy"]))
+            step = int(meta["step"])
+        except (CheckpointError, RuntimeError, KeyError, ValueError, TypeError) as e:
             errors.append(f"{stem.name}: {e}")
             print(f"warning: cannot resume from {stem}: {e}; trying an older checkpoint", file=sys.stderr)
             continue
-        torch.set_rng_state(tensors["rng.torch"])
-        random.setstate(_python_rng(meta["rng"]["python"]))
-        np.random.set_state(_numpy_rng(meta["rng"]["numpy"]))
+        torch.set_rng_state(rng_states[0])
+        random.setstate(rng_states[1])
+        np.random.set_state(rng_states[2])
         method.to(device)
-        return int(meta["step"])
+        for damaged in set_aside_newer(ckpt_dir, stem):
+            print(f"warning: set aside {damaged.name} (could not be loaded) as *.damaged", file=sys.stderr)
+        print(f"resuming from {stem.name} (step {step})", file=sys.stderr)
+        return step
     raise TrainingError("--resume: no checkpoint could be loaded:\n  " + "\n  ".join(errors))
+
+
+def _check_same_run(meta: dict, identity: dict, stem: Path) -> None:
+    changed = {k: (meta[k], v) for k, v in identity.items() if k in meta and meta[k] != v}
+    if changed:
+        what = ", ".join(f"{k}: {old} -> {new}" for k, (old, new) in changed.items())
+        raise TrainingError(f"cannot resume {stem.name}: the run's {what} changed since it was saved; "
+                            "resume with the original settings or start a new run")
 
 
 def _jsonable(state):

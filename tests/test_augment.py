@@ -7,15 +7,6 @@ from selfsup.augment import (AugmentConfig, adjust_brightness, adjust_contrast, 
                              random_solarize, to_float)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids contention with other work on the machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 B, H = 8, 12
 
 

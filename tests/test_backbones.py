@@ -5,15 +5,6 @@ import torch
 from selfsup.backbones import backbone_names, build_backbone
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids contention with other work on the machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 BASE_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 CASES = [(name, stem, width, c)

@@ -9,14 +9,6 @@ from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint
                                 load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_model(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.ReLU(), nn.Linear(3, 2))

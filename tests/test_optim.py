@@ -54,8 +54,8 @@ def test_param_groups_keep_decay_off_biases_and_norms():
     model[0].bias.requires_grad_(True)
     groups = param_groups(model, 0.01)
     decay, no_decay = groups
-    assert decay["weight_decay"] == 0.01 and decay["lars"] is True
-    assert no_decay["weight_decay"] == 0.0 and no_decay["lars"] is False
+    assert decay["weight_decay"] == 0.01 and decay["decay"] is True
+    assert no_decay["weight_decay"] == 0.0 and no_decay["decay"] is False
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == ids([model[0].weight, model[3].weight])
     assert ids(no_decay["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias,
@@ -88,7 +88,7 @@ def test_lars_steps_match_docstring_formula():
     lr, momentum, wd, tc = 0.5, 0.9, 0.1, 0.02
     w = nn.Parameter(torch.tensor([[1.0, -2.0], [0.5, 3.0]]))
     b = nn.Parameter(torch.tensor([0.3, -0.7]))
-    opt = LARS([dict(params=[w], weight_decay=wd, lars=True), dict(params=[b], weight_decay=0.0, lars=False)],
+    opt = LARS([dict(params=[w], weight_decay=wd, decay=True), dict(params=[b], weight_decay=0.0, decay=False)],
                lr=lr, momentum=momentum, trust_coefficient=tc)
 
     pw = w.detach().flatten().tolist()
@@ -116,7 +116,7 @@ def test_lars_steps_match_docstring_formula():
 
 def test_lars_zero_weight_takes_unscaled_step():
     w = nn.Parameter(torch.zeros(2, 2))
-    opt = LARS([dict(params=[w], weight_decay=0.0, lars=True)], lr=0.1, trust_coefficient=0.001)
+    opt = LARS([dict(params=[w], weight_decay=0.0, decay=True)], lr=0.1, trust_coefficient=0.001)
     w.grad = torch.ones(2, 2)
     opt.step()
     torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.1))

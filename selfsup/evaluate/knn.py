@@ -22,8 +22,9 @@ def knn_predict(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feat
     for start in range(0, test_feats.shape[0], chunk):
         sims = test_feats[start:start + chunk] @ train_feats.T                  # (m, N)
         top_sims, top_idx = sims.topk(k, dim=1)
-        weights = (top_sims / temperature).exp()
-        votes = torch.zeros(sims.shape[0], num_classes, dtype=weights.dtype)
+        # Shifting by the row's best similarity leaves the vote ranking unchanged and keeps exp finite.
+        weights = ((top_sims - top_sims[:, :1]) / temperature).exp()
+        votes = torch.zeros(sims.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
         predictions.append(votes.argmax(1))
     return torch.cat(predictions)
