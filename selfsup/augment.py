@@ -10,6 +10,8 @@ on any channel count.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -33,6 +35,9 @@ class AugmentConfig:
     blur_p: float = 0.0                # SimCLR drops blur for small images
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+    local_crops: int = 0               # extra small views (multi-crop, Caron et al. 2020); 0 = off
+    local_size: int = 12               # their side in pixels
+    local_crop_scale: tuple[float, float] = (0.1, 0.4)
     mean: list[float] = field(default_factory=list)   # empty = measured on the training data
     std: list[float] = field(default_factory=list)
 
@@ -46,6 +51,10 @@ class AugmentConfig:
             raise ValueError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")
         if not 0.0 < self.crop_ratio[0] <= self.crop_ratio[1]:
             raise ValueError(f"augment.crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
+        if self.local_crops < 0 or self.local_crops and self.local_size < 1:
+            raise ValueError("augment.local_crops must be >= 0 and augment.local_size >= 1")
+        if not 0.0 < self.local_crop_scale[0] <= self.local_crop_scale[1] <= 1.0:
+            raise ValueError(f"augment.local_crop_scale must satisfy 0 < min <= max <= 1, got {self.local_crop_scale}")
         if self.size < 0:
             raise ValueError(f"augment.size must be >= 0 (0 keeps the data set's size), got {self.size}")
         if len(self.mean) != len(self.std):
@@ -93,10 +102,16 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: f
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant on the device, copied there once (a host copy each step would sync a GPU)."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 1, H, W) grayscale (ITU-R 601 weights for RGB)."""
     if x.shape[1] == 3:
-        w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        w = _constant((0.299, 0.587, 0.114), x.device, x.dtype).view(1, 3, 1, 1)
         return (x * w).sum(1, keepdim=True)
     return x.mean(1, keepdim=True)
 
@@ -121,12 +136,16 @@ def adjust_saturation(x, factor):
     return ((x - gray) * _per_sample(factor) + gray).clamp(0, 1)
 
 
+_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
+_YIQ_TO_RGB = tuple(tuple(row) for row in torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist())
+
+
 def adjust_hue(x, shift):
     """Rotate the chroma of RGB images by shift * 360 degrees in YIQ space (shift in [-0.5, 0.5])."""
     if x.shape[1] != 3:
         return x
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    from_yiq = torch.linalg.inv(to_yiq)
+    to_yiq = _constant(_RGB_TO_YIQ, x.device, x.dtype)
+    from_yiq = _constant(_YIQ_TO_RGB, x.device, x.dtype)
     angle = shift * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
     rot = torch.zeros(x.shape[0], 3, 3, device=x.device, dtype=x.dtype)
@@ -164,8 +183,6 @@ def gaussian_blur(x, sigma_range, p, gen):
     b, c, h, w = x.shape
     apply = _coin(gen, b, p, x.device)
     sigma = _uniform(gen, b, sigma_range[0], sigma_range[1], x.device)
-    if not apply.any():
-        return x
     k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
     offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
@@ -191,8 +208,8 @@ def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     if not mean:
         return x
-    m = x.new_tensor(mean).view(1, -1, 1, 1)
-    s = x.new_tensor(std).view(1, -1, 1, 1)
+    m = _constant(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
+    s = _constant(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
     return (x - m) / s
 
 
@@ -208,6 +225,16 @@ def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
     if cfg.solarize_p > 0:
         x = random_solarize(x, cfg.solarize_p, gen)
     return normalize(x, cfg.mean, cfg.std)
+
+
+def multi_crop(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, global_views: int = 2) -> list[torch.Tensor]:
+    """`global_views` views at cfg.size, then cfg.local_crops small views at cfg.local_size cut from
+    cfg.local_crop_scale of the image (same colour recipe): the multi-crop of SwAV / DINO."""
+    views = [augment(batch_u8, cfg, gen) for _ in range(global_views)]
+    if cfg.local_crops:
+        local = dataclasses.replace(cfg, size=cfg.local_size, crop_scale=cfg.local_crop_scale)
+        views += [augment(batch_u8, local, gen) for _ in range(cfg.local_crops)]
+    return views
 
 
 def eval_transform(batch_u8: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:

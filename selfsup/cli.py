@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -141,7 +142,7 @@ def cmd_pretrain(args) -> int:
     result = pretrain(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
     summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
-               "final_loss": round(result.final_loss, 4)}
+               "final_loss": round(result.final_loss, 4) if math.isfinite(result.final_loss) else None}
     print(f"pretraining: {summary['steps']} steps ({summary['epochs']} epochs) in {summary['seconds']} s, "
           f"{summary['images_per_s']} images/s, peak memory {summary['peak_memory_mb']} MB")
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))

@@ -216,9 +216,9 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
         while step < total_steps and not stop.requested:
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(len(data), cfg.train.seed, epoch), epoch
+                order, order_epoch = epoch_order(len(data), cfg.train.seed, epoch).to(images.device), epoch
             idx = order[position * cfg.train.batch_size:(position + 1) * cfg.train.batch_size]
-            batch = images[idx.to(images.device)].to(device, non_blocking=True)
+            batch = images[idx].to(device, non_blocking=True)
 
             lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -229,8 +229,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
-            # Checked before the update, so a NaN never reaches the weights or a checkpoint.
-            if not (torch.isfinite(loss) and torch.isfinite(grad_norm)):
+            # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
+            if not torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all():
                 kept = latest_checkpoint(ckpt_dir)
                 what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
                     f"the gradient norm became {grad_norm.item()}"
@@ -243,11 +243,13 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
             step += 1
             method.after_step(step / total_steps)
             images_seen += batch.shape[0]
-            loss_value = logs["loss"] if "loss" in logs else loss.item()
 
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.time()
                 rate = images_seen / max(now - t_window, 1e-9)
+                logs = {"loss": loss, **logs}
+                logs = {k: float(v) for k, v in logs.items()}
+                loss_value = logs["loss"]
                 record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lr,
                           "images_per_s": round(rate, 1), "time": round(now - t_start, 2), **logs}
                 metrics.write(json.dumps(record) + "\n")

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints,
-                                load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint)
+                                load_checkpoint, optimizer_state, restore_optimizer, save_checkpoint,
+                                set_aside_newer)
 
 
 def make_model(seed):
@@ -148,3 +149,19 @@ def test_atomic_write_failure_keeps_old_content(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+
+
+def test_pruning_never_removes_the_checkpoint_just_written(tmp_path):
+    """A resume from step 10 past a newer, damaged step 15 must not lose step 12 when it saves."""
+    t = {"w": torch.ones(2)}
+    save_checkpoint(tmp_path, 10, t, {}, keep=1)
+    save_checkpoint(tmp_path, 15, t, {}, keep=1)
+    damaged = tmp_path / "step-0000015.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:10])
+    moved = set_aside_newer(tmp_path, tmp_path / "step-0000010")
+    assert [m.name for m in moved] == ["step-0000015"]
+    assert (tmp_path / "step-0000015.safetensors.damaged").exists()
+    save_checkpoint(tmp_path, 12, t, {}, keep=1)
+    assert [s.name for s in list_checkpoints(tmp_path)] == ["step-0000012"]
+    assert latest_checkpoint(tmp_path).name == "step-0000012"
+    load_checkpoint(latest_checkpoint(tmp_path))

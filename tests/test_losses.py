@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from selfsup.methods.heads import mlp
-from selfsup.methods.losses import nt_xent
+from selfsup.methods.losses import multi_view_nt_xent, nt_xent
 
 
 def _cos(a, b):
@@ -99,3 +99,28 @@ def test_mlp_is_linear_bn_relu_linear():
 def test_mlp_needs_two_sizes():
     with pytest.raises(ValueError):
         mlp([8])
+
+
+def multi_view_reference(z, t):
+    """Direct loops over the multi-positive NT-Xent: every other view of a sample is a positive."""
+    views, n, _ = z.shape
+    flat = [torch.nn.functional.normalize(z[v, i], dim=0) for v in range(views) for i in range(n)]
+    total = 0.0
+    for a in range(views * n):
+        denom = sum(math.exp(float(flat[a] @ flat[k]) / t) for k in range(views * n) if k != a)
+        positives = [p for p in range(views * n) if p != a and p % n == a % n]
+        total += -sum(math.log(math.exp(float(flat[a] @ flat[p]) / t) / denom) for p in positives) / len(positives)
+    return total / (views * n)
+
+
+@pytest.mark.parametrize("views,n,t", [(2, 3, 0.5), (3, 2, 0.1), (6, 4, 0.2)])
+def test_multi_view_nt_xent_matches_loops(views, n, t):
+    torch.manual_seed(1)
+    z = torch.randn(views, n, 5)
+    assert multi_view_nt_xent(z, t).item() == pytest.approx(multi_view_reference(z, t), rel=1e-5)
+
+
+def test_multi_view_nt_xent_with_two_views_is_nt_xent():
+    torch.manual_seed(2)
+    z = torch.randn(2, 7, 4)
+    assert multi_view_nt_xent(z, 0.3).item() == pytest.approx(nt_xent(z[0], z[1], 0.3).item(), rel=1e-6)

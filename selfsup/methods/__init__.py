@@ -2,7 +2,7 @@
 
     method.backbone                    the encoder a user keeps
     method.views(batch_u8, gen)        uint8 (B, C, H, W) -> list of float views
-    method.loss(views)                 -> (scalar loss, {name: float} to log)
+    method.loss(views)                 -> (scalar loss, {name: scalar tensor or float} to log)
     method.after_step(progress)        EMA teachers, queues, schedules (progress in [0, 1])
     method.embed(x)                    features for evaluation
 """
@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from selfsup.augment import AugmentConfig, augment, eval_transform
+from selfsup.augment import AugmentConfig, eval_transform, multi_crop
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Method(nn.Module):
     """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
 
     config_class = MethodConfig
-    num_views = 2
+    num_views = 2            # global views; augment.local_crops adds small ones after them
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format
@@ -39,9 +39,9 @@ class Method(nn.Module):
         self.augment_cfg = augment_cfg
 
     def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
-        return [self._layout(augment(batch_u8, self.augment_cfg, gen)) for _ in range(self.num_views)]
+        return [self._layout(v) for v in multi_crop(batch_u8, self.augment_cfg, gen, self.num_views)]
 
-    def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
 
     def after_step(self, progress: float) -> None:

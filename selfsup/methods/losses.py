@@ -20,3 +20,24 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
         logits.fill_diagonal_(float("-inf"))
         positives = torch.arange(2 * n, device=z.device).roll(n)  # i <-> i + n
         return F.cross_entropy(logits, positives)
+
+
+def multi_view_nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+    """NT-Xent over V >= 2 views of N samples, every other view of a sample a positive (the
+    multi-positive form of Khosla et al. 2020, as solo-learn uses for SimCLR with multi-crop).
+    z: (V, N, D). For V = 2 it equals nt_xent(z[0], z[1]).
+
+    l(a) = -1/|P(a)| sum_{p in P(a)} log exp(sim(a, p)/t) / sum_{k != a} exp(sim(a, k)/t), averaged over all VN anchors.
+    """
+    if z.dim() != 3 or z.shape[0] < 2:
+        raise ValueError(f"multi_view_nt_xent expects (V >= 2, N, D), got {tuple(z.shape)}")
+    views, n = z.shape[:2]
+    with torch.autocast(z.device.type, enabled=False):
+        flat = F.normalize(z.float().reshape(views * n, -1), dim=1)
+        logits = flat @ flat.T / temperature
+        self_mask = torch.eye(views * n, dtype=torch.bool, device=z.device)
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        log_prob = (logits - logits.logsumexp(dim=1, keepdim=True)).masked_fill(self_mask, 0.0)
+        sample = torch.arange(n, device=z.device).repeat(views)
+        positive = (sample[:, None] == sample[None, :]) & ~self_mask
+        return -(log_prob * positive).sum(1).div(views - 1).mean()

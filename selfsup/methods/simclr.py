@@ -2,7 +2,8 @@
 
 Two augmented views of each image pass through the backbone and a projection head
 (Linear-BN-ReLU-Linear); NT-Xent pulls each view towards its twin and away from the
-2N-2 other views in the batch.
+2N-2 other views in the batch. With augment.local_crops > 0 (multi-crop, Caron et al. 2020)
+the small views join in and every other view of the same image counts as a positive.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 from selfsup.methods import Method, MethodConfig, register_method
 from selfsup.methods.heads import mlp
-from selfsup.methods.losses import nt_xent
+from selfsup.methods.losses import multi_view_nt_xent, nt_xent
 
 
 @dataclass
@@ -37,6 +38,15 @@ class SimCLR(Method):
 
     def loss(self, views: list[torch.Tensor]):
         b = views[0].shape[0]
-        z = self.projector(self.backbone(torch.cat(views)))   # one pass: BN sees both views
-        loss = nt_xent(z[:b], z[b:], self.cfg.temperature)
-        return loss, {"loss": loss.item()}
+        # One backbone pass per view size, so BatchNorm sees all views of that size together.
+        by_size: dict[tuple, list[int]] = {}
+        for i, v in enumerate(views):
+            by_size.setdefault(tuple(v.shape[-2:]), []).append(i)
+        order = [i for group in by_size.values() for i in group]
+        feats = torch.cat([self.backbone(torch.cat([views[i] for i in group])) for group in by_size.values()])
+        z = self.projector(feats).view(len(views), b, -1)[torch.tensor(order).argsort()]
+        if len(views) == 2:
+            loss = nt_xent(z[0], z[1], self.cfg.temperature)
+        else:
+            loss = multi_view_nt_xent(z, self.cfg.temperature)
+        return loss, {"loss": loss.detach()}
