@@ -83,7 +83,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 4.0                # used when steps is 0
+    epochs: float = 5.5                # used when steps is 0 (5.5 on Fashion-MNIST: about 9 min on 2 CPU cores)
     steps: int = 0                     # total optimizer steps; overrides epochs when > 0
     batch_size: int = 256
     precision: str = "auto"            # auto (bf16 where the hardware has it) | fp32 | bf16

@@ -36,8 +36,8 @@ class Run:
 
     def match_input(self, images_u8: torch.Tensor) -> torch.Tensor:
         """Convert images to the channel count the backbone was trained on (size is handled by the method)."""
-        channels = self.method.backbone.arch["in_channels"] if hasattr(self.method.backbone, "arch") else 0
-        if channels and images_u8.shape[1] != channels:
+        channels = self.config.data.channels
+        if images_u8.shape[1] != channels:
             images_u8 = convert(ImageSet(images_u8), channels=channels).images
         return images_u8
 

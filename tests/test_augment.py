@@ -4,7 +4,7 @@ import torch
 
 from selfsup.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                              augment, color_jitter, gaussian_blur, random_grayscale, random_resized_crop_flip,
-                             random_solarize, to_float)
+                             eval_transform, random_solarize, to_float)
 
 
 B, H = 8, 12
@@ -24,7 +24,7 @@ def batch_f(channels, seed=0):
 
 
 def identity_cfg(**kw):
-    base = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+    base = dict(size=0, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
                 blur_p=0.0, solarize_p=0.0, mean=[], std=[])
     base.update(kw)
     return AugmentConfig(**base)
@@ -233,3 +233,13 @@ def test_validate_rejects_bad_crop_scale():
 
 def test_validate_accepts_defaults():
     AugmentConfig().validate()
+
+
+def test_eval_transform_keeps_native_size_unless_eval_size_is_set():
+    x = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    cfg = AugmentConfig(size=20, mean=[0.5], std=[0.25])
+    native = eval_transform(x, cfg)
+    assert native.shape == (4, 1, 28, 28)
+    torch.testing.assert_close(native, (to_float(x) - 0.5) / 0.25)
+    cfg.eval_size = 14
+    assert eval_transform(x, cfg).shape == (4, 1, 14, 14)

@@ -64,6 +64,8 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown stem {stem!r}; choose 'cifar' (small images) or 'imagenet'")
         if width <= 0:
             raise ValueError(f"width must be > 0, got {width}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
         planes = [max(1, round(64 * width * 2**i)) for i in range(4)]
         self.arch = dict(width=width, stem=stem, in_channels=in_channels)
         if stem == "cifar":

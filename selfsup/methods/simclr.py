@@ -19,7 +19,7 @@ from selfsup.methods.losses import multi_view_nt_xent, nt_xent
 @dataclass
 class SimCLRConfig(MethodConfig):
     name: str = "simclr"
-    temperature: float = 0.2
+    temperature: float = 0.1
     proj_hidden_dim: int = 512
     proj_dim: int = 128
 
