@@ -59,7 +59,7 @@ class BackboneConfig:
 @dataclass
 class OptimConfig:
     name: str = "lars"                 # sgd | lars | adamw
-    lr: float = 2.0                    # peak learning rate, reached after warm-up
+    lr: float = 8.0                    # peak learning rate, reached after warm-up
     weight_decay: float = 1e-5         # never applied to biases and norm layers
     momentum: float = 0.9              # sgd / lars
     betas: tuple[float, float] = (0.9, 0.999)   # adamw
