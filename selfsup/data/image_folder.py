@@ -1,0 +1,162 @@
+"""Image folder source: every image file under a folder, at any depth, as one uint8 tensor.
+
+    root/cat/001.jpg, root/cat/more/002.png, root/dog/003.webp   ->  labels from "cat", "dog"
+
+Every image is converted the same way, whatever its file mode:
+- transparency (RGBA, LA, palette or grey/RGB with a transparent colour) is composited onto
+  black, so a transparent background reads as 0, like the zero padding the models already see;
+- 16-bit grey (I;16) is scaled to 8 bit by dividing by 257 (65535 -> 255), not clipped; 32-bit
+  integer (I) and float (F) images have no fixed range, so they are stretched so that their
+  maximum is 255 when it lies above 255, and taken as they are otherwise;
+- CMYK and everything else goes through Pillow's own conversion to RGB or L;
+- animated GIF / WebP: the first frame;
+- the whole image is resized to size x size (no crop, so the aspect ratio is not kept).
+
+Large images: JPEGs are decoded at up to 8x reduced scale when they are much larger than size,
+and the resize first shrinks by whole factors (reducing_gap), so a 10000 x 10000 photo loads in
+well under a second. Pillow's decompression-bomb limit (Image.MAX_IMAGE_PIXELS) is left as the
+user set it: an image above twice the limit is skipped as unreadable with Pillow's message (raise
+the limit yourself to load it), and Pillow's warning for images between one and two times the
+limit is silenced, since each image is shrunk right away and only a few are decoded at a time.
+
+Hidden files and folders (names starting with ".") are ignored, so ".ipynb_checkpoints" or
+macOS "._x.jpg" files never become a class or a skipped image.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+PROGRESS_ABOVE = 2000          # files; smaller folders load in a few seconds without a bar
+SHOWN_SKIPPED = 5              # unreadable files named in the warning
+
+
+def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = False, strict: bool = False):
+    """Load every image under the folder `path` as an ImageSet of uint8 (N, channels, size, size).
+
+    labels=True: each image is labelled with its first-level subfolder (the class); `classes`
+    holds the sorted subfolder names and images directly in `path` are an error.
+    Unreadable files are skipped with one warning naming up to five of them; strict=True raises
+    a DataError on the first one instead.
+    """
+    from selfsup.data import DataError, ImageSet
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        what = "is not a folder" if root.exists() else "does not exist"
+        raise DataError(f"image folder {str(root)!r} {what}")
+    if channels not in (1, 3):
+        raise DataError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+    if size < 1:
+        raise DataError(f"size must be a positive number of pixels, got {size}")
+
+    files, other_files = _find_image_files(root)
+    if not files:
+        raise DataError(f"no images found in {str(root)!r}: looked for files ending in {', '.join(EXTENSIONS)} "
+                        f"(at any depth, in any case) and found {other_files} file(s) with other extensions")
+
+    classes: list[str] = []
+    if labels:
+        in_root = [f for f in files if len(f.parts) == 1]
+        if in_root:
+            raise DataError(f"with labels, images must be inside class subfolders ({root}/<class>/...), "
+                            f"but {len(in_root)} are directly in {str(root)!r}, e.g. {in_root[0]}; "
+                            f"move them into a class folder or load without labels")
+        classes = sorted({f.parts[0] for f in files})
+    class_index = {name: i for i, name in enumerate(classes)}
+
+    mode = "L" if channels == 1 else "RGB"
+    images = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
+    targets: list[int] = []
+    skipped: list[str] = []
+    kept: list[str] = []
+    # Decoding and resizing release the GIL, so threads give a near-linear speed-up; a few
+    # workers keep the memory of several very large images decoded at once bounded.
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            results = pool.map(lambda f: _read(root / f, mode, size), files)
+            for file, (pixels, error) in tqdm(zip(files, results), total=len(files), unit="img", file=sys.stderr,
+                                              desc=f"loading {root.name}", disable=len(files) <= PROGRESS_ABOVE):
+                if error is not None:
+                    if strict:
+                        raise DataError(f"cannot read image {str(root / file)!r}: {error}; "
+                                        f"without --strict (strict=False) it would be skipped")
+                    skipped.append(f"{file} ({error})")
+                    continue
+                images[len(targets)] = torch.from_numpy(pixels.reshape(size, size, channels)).permute(2, 0, 1)
+                targets.append(class_index[file.parts[0]] if labels else 0)
+                kept.append(str(file))
+    finally:
+        # On an error or Ctrl-C, do not wait for the rest of the folder to decode.
+        pool.shutdown(cancel_futures=True)
+
+    if not targets:
+        raise DataError(f"no readable images in {str(root)!r}: all {len(files)} files ending in "
+                        f"{', '.join(EXTENSIONS)} could not be read, e.g. {skipped[0]}")
+    if skipped:
+        more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) of {len(files)} in {str(root)!r}: "
+                      f"{'; '.join(skipped[:SHOWN_SKIPPED])}{more} (strict=True / --strict makes this an error)",
+                      stacklevel=2)
+    # A view, not a copy: the rows left over are only those of the skipped files.
+    images = images[:len(targets)]
+    label_tensor = torch.tensor(targets, dtype=torch.int64) if labels else None
+    return ImageSet(images, label_tensor, classes, root.resolve().name, paths=kept)
+
+
+def _find_image_files(root: Path) -> tuple[list[Path], int]:
+    """Image files under root as paths relative to it, sorted by path parts; and how many other files."""
+    found, others = [], 0
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in names:
+            if name.startswith("."):
+                continue
+            if name.lower().endswith(EXTENSIONS):
+                found.append(Path(folder, name).relative_to(root))
+            else:
+                others += 1
+    return sorted(found, key=lambda p: p.parts), others
+
+
+def _read(file: Path, mode: str, size: int) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None) with pixels uint8 (size, size[, 3]) in `mode`, or (None, why) for a file that cannot be read."""
+    try:
+        with Image.open(file) as img:
+            img.draft(mode, (size, size))   # JPEG only; a no-op for other formats
+            img = _to_8_bit(img)
+            img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
+            if img.mode == "RGBA":
+                black = Image.new("RGBA", img.size, (0, 0, 0, 255))
+                img = Image.alpha_composite(black, img)
+            return np.array(img.convert(mode)), None   # a writable copy, as torch.from_numpy wants
+    # Decoders signal bad data with many exception types (OSError for truncated files, but also
+    # ValueError, SyntaxError, EOFError, DecompressionBombError...); the message goes into the
+    # warning or the strict error, so a real bug here would still show.
+    except Exception as e:  # noqa: BLE001
+        return None, f"{type(e).__name__}: {e}"
+
+
+def _to_8_bit(img: Image.Image) -> Image.Image:
+    """The image as L, RGB or RGBA (RGBA exactly when it has transparency), scaling deeper pixels to 8 bit."""
+    if img.has_transparency_data:
+        return img.convert("RGBA")
+    if img.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(img) / 257).round().astype(np.uint8))
+    if img.mode in ("I", "F"):
+        pixels = np.asarray(img, dtype=np.float64).clip(min=0)
+        peak = pixels.max()
+        if peak > 255:
+            pixels = pixels * (255 / peak)
+        return Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+    return img if img.mode in ("L", "RGB") else img.convert("RGB")
