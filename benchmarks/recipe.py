@@ -1,0 +1,43 @@
+"""One recipe experiment: pretrain with KEY=VALUE overrides, then kNN on the labelled test split;
+prints one JSON line (train seconds, epochs, images/s, peak memory, kNN top-1).
+
+    python benchmarks/recipe.py NAME train.epochs=2 optim.lr=4.0 [--baselines] [--eval-size 28]
+
+The run folder is /tmp/selfsup-recipes/NAME. This is how docs/results.md's recipe tables were made.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from selfsup.config import load_config
+from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.train import pretrain
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name")
+    p.add_argument("overrides", nargs="*")
+    p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
+    p.add_argument("--eval-size", type=int, help="re-evaluate at this image side (augment.eval_size)")
+    args = p.parse_args()
+    run_dir = f"/tmp/selfsup-recipes/{args.name}"
+    t = time.time()
+    result = pretrain(load_config(overrides=args.overrides), run_dir, progress=False)
+    train_s = time.time() - t
+    run = load_run(run_dir)
+    if args.eval_size is not None:
+        run.config.augment.eval_size = args.eval_size
+    train, test = labelled_eval_sets(run.config)
+    t = time.time()
+    report = knn_report(run, train, test, baselines=args.baselines, progress=False)
+    print(json.dumps({"name": args.name, "overrides": args.overrides, "train_s": round(train_s),
+                      "eval_s": round(time.time() - t), "epochs": result.epochs,
+                      "images_per_s": round(result.images_per_second), "peak_memory_mb": round(result.peak_memory_mb),
+                      "final_loss": result.final_loss, **report}))
+
+
+if __name__ == "__main__":
+    main()
