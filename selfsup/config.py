@@ -154,7 +154,9 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml())
+        """Write the resolved config as YAML, atomically (a kill mid-write keeps the old file)."""
+        from selfsup.checkpoint import atomic_write
+        atomic_write(Path(path), self.to_yaml().encode())
 
 
 def _plain(value):

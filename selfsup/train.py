@@ -192,7 +192,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", cfg.to_yaml().encode())
+    cfg.save(run_dir / "config.yaml")
     _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
 
     def checkpoint(step: int) -> Path:
