@@ -43,8 +43,11 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = "resnet18"
-    width: float = 0.5
-    stem: str = "cifar"
+    # Each backbone takes the fields that apply to it (see `selfsup.backbones`); the rest are ignored.
+    width: float = 0.5                 # ResNet: channel multiplier
+    stem: str = "cifar"                # ResNet: "cifar" (3x3, no max-pool) for small images, or "imagenet"
+    patch_size: int = 4                # ViT: pixels per patch side
+    pos_embed: str = "sincos"          # ViT: "sincos" (fixed) or "learned"
 
     def validate(self) -> None:
         from selfsup.backbones import backbone_names
@@ -54,6 +57,10 @@ class BackboneConfig:
             raise ConfigError(f"backbone.width must be > 0, got {self.width}")
         if self.stem not in ("cifar", "imagenet"):
             raise ConfigError(f"backbone.stem must be 'cifar' (small images) or 'imagenet', got {self.stem!r}")
+        if self.patch_size < 1:
+            raise ConfigError(f"backbone.patch_size must be >= 1, got {self.patch_size}")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
 
 
 @dataclass
@@ -278,7 +285,10 @@ def merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
-    """Defaults <- YAML file <- overrides, checked key by key and validated."""
+    """Defaults <- the method's recipe <- YAML file <- overrides, checked key by key and validated.
+
+    A method's recipe (`Method.recipe`) holds the settings of other sections its paper needs,
+    e.g. DINO's multi-crop, so `--method dino` alone trains DINO as published."""
     values: dict = {}
     if path:
         path = Path(path)
@@ -291,4 +301,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
         values = merge(values, extra)
-    return _build(Config, values, "").validate()
+    method = values.get("method") if isinstance(values.get("method"), dict) else {}
+    try:
+        recipe = method_class(method.get("name", "simclr")).recipe
+    except ValueError as e:
+        raise ConfigError(f"method.name: {e}") from e
+    return _build(Config, merge(recipe, values), "").validate()

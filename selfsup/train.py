@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from selfsup.augment import channel_stats
-from selfsup.backbones import build_backbone
+from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 optimizer_state, restore_optimizer, save_checkpoint, set_aside_newer)
 from selfsup.config import Config
@@ -79,8 +79,7 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 
 def build_method(cfg: Config, in_channels: int) -> Method:
     """The method with freshly initialised weights; the same config and seed give the same weights."""
     torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone(cfg.backbone.name, width=cfg.backbone.width, stem=cfg.backbone.stem,
-                              in_channels=in_channels)
+    backbone = build_backbone_from_config(cfg.backbone, in_channels, cfg.augment.size or cfg.data.size)
     return method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
 
 

@@ -5,6 +5,7 @@ exposes ``feature_dim``; a method puts its heads on top.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 from torch import nn
@@ -27,6 +28,18 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(backbone_names())}")
     return _REGISTRY[name](**kwargs)
+
+
+def build_backbone_from_config(cfg, in_channels: int, image_size: int) -> nn.Module:
+    """The backbone a config's `backbone` section names, given the fields its factory takes (a ResNet
+    takes width and stem, a ViT patch_size and pos_embed); image_size is the training view size."""
+    if cfg.name not in _REGISTRY:
+        raise ValueError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(backbone_names())}")
+    factory = _REGISTRY[cfg.name]
+    offered = {**{k: v for k, v in vars(cfg).items() if k != "name"}, "in_channels": in_channels,
+               "image_size": image_size}
+    accepted = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in offered.items() if k in accepted})
 
 
 from selfsup.backbones import resnet  # noqa: E402,F401  (fills the registry)

@@ -27,6 +27,9 @@ class Method(nn.Module):
     """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
 
     config_class = MethodConfig
+    # Settings of other config sections the method's paper needs, under the user's file and overrides:
+    # e.g. {"augment": {"local_crops": 6}, "optim": {"name": "adamw"}}.
+    recipe: dict = {}
     num_views = 2            # global views; augment.local_crops adds small ones after them
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
@@ -79,4 +82,25 @@ def method_class(name: str) -> type[Method]:
     return _REGISTRY[name]
 
 
-from selfsup.methods import simclr  # noqa: E402,F401  (fills the registry)
+def encode_views(network: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """network(view) for every view, in one pass per view size, so BatchNorm sees all views of a
+    size together (as the papers' multi-crop code does) and the big ones share one batch."""
+    by_size: dict[tuple, list[int]] = {}
+    for i, v in enumerate(views):
+        by_size.setdefault(tuple(v.shape[1:]), []).append(i)
+    out: list[torch.Tensor | None] = [None] * len(views)
+    for group in by_size.values():
+        for i, chunk in zip(group, network(torch.cat([views[i] for i in group])).chunk(len(group))):
+            out[i] = chunk
+    return out
+
+
+def _import_all_methods() -> None:
+    """Every module in this package registers its method on import; a new method is just a new file."""
+    import importlib
+    import pkgutil
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_all_methods()

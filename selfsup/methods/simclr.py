@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from selfsup.methods import Method, MethodConfig, register_method
+from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import multi_view_nt_xent, nt_xent
 
@@ -37,14 +37,8 @@ class SimCLR(Method):
         self.projector = mlp([backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim])
 
     def loss(self, views: list[torch.Tensor]):
-        b = views[0].shape[0]
-        # One backbone pass per view size, so BatchNorm sees all views of that size together.
-        by_size: dict[tuple, list[int]] = {}
-        for i, v in enumerate(views):
-            by_size.setdefault(tuple(v.shape[-2:]), []).append(i)
-        order = [i for group in by_size.values() for i in group]
-        feats = torch.cat([self.backbone(torch.cat([views[i] for i in group])) for group in by_size.values()])
-        z = self.projector(feats).view(len(views), b, -1)[torch.tensor(order).argsort()]
+        # The projector's BN sees all views at once, as in the single-batch formulation of the paper.
+        z = self.projector(torch.cat(encode_views(self.backbone, views))).view(len(views), views[0].shape[0], -1)
         if len(views) == 2:
             loss = nt_xent(z[0], z[1], self.cfg.temperature)
         else:

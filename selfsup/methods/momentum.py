@@ -1,0 +1,75 @@
+"""Mechanisms several methods share: a momentum (EMA) copy of a network, its momentum schedule,
+and a FIFO queue of embeddings (MoCo's negatives, NNCLR's support set, SwAV's feature queue)."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+def momentum_copy(network: nn.Module) -> nn.Module:
+    """A frozen copy of `network` to be moved by ema_update: no gradients, not in the optimizer."""
+    target = copy.deepcopy(network)
+    for p in target.parameters():
+        p.requires_grad_(False)
+    return target
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """target <- m * target + (1 - m) * online for every parameter; buffers (BN statistics) are copied."""
+    target_params, online_params = list(target.parameters()), list(online.parameters())
+    torch._foreach_mul_(target_params, momentum)
+    torch._foreach_add_(target_params, online_params, alpha=1 - momentum)
+    for t, o in zip(target.buffers(), online.buffers()):
+        t.copy_(o)
+
+
+def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
+    """BYOL's schedule (Grill et al. 2020, sec. 3.2): m = 1 - (1 - base) * (cos(pi * progress) + 1) / 2,
+    from `base` at progress 0 to `final` (1.0 in the paper) at progress 1."""
+    progress = min(max(progress, 0.0), 1.0)
+    return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
+
+
+class Queue(nn.Module):
+    """A FIFO ring of the last `size` embeddings (size, dim), saved with the model's state.
+
+    `push` writes without gradient and wraps around; `filled` says how many rows hold real
+    entries, so a method can ignore the empty ones at the start of training.
+    """
+
+    def __init__(self, size: int, dim: int, normalize: bool = True):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"queue size must be >= 1, got {size}")
+        init = torch.randn(size, dim)
+        self.register_buffer("items", nn.functional.normalize(init, dim=1) if normalize else init)
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    @property
+    def size(self) -> int:
+        return self.items.shape[0]
+
+    @property
+    def filled(self) -> int:
+        return int(self.count)
+
+    @torch.no_grad()
+    def push(self, batch: torch.Tensor) -> None:
+        """Enqueue (B, dim) rows, oldest overwritten first; B > size keeps the last `size` rows."""
+        batch = batch.detach().to(self.items.dtype)[-self.size:]
+        n, start = batch.shape[0], int(self.pointer)
+        idx = (torch.arange(n, device=self.items.device) + start) % self.size
+        self.items[idx] = batch
+        self.pointer.fill_((start + n) % self.size)
+        self.count.fill_(min(self.size, int(self.count) + n))
+
+    def contents(self) -> torch.Tensor:
+        """The filled rows, oldest first."""
+        if self.filled < self.size:
+            return self.items[:self.filled]
+        return torch.roll(self.items, -int(self.pointer), dims=0)
