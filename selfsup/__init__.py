@@ -5,12 +5,15 @@
     result = selfsup.pretrain(cfg, "runs/demo")
     run = selfsup.load_run("runs/demo")
     feats = run.embed(images_u8)                       # (N, D), L2-normalised
+    selfsup.export_encoder("runs/demo", "encoder.safetensors")
+    encoder = selfsup.load_encoder("encoder.safetensors")   # a plain nn.Module, eval mode
 """
 from selfsup.augment import AugmentConfig, augment, eval_transform
 from selfsup.backbones import backbone_names, build_backbone
 from selfsup.config import Config, ConfigError, load_config
 from selfsup.data import DataError, ImageSet, from_array, load_images
 from selfsup.evaluate import extract_features, knn_accuracy, knn_predict
+from selfsup.export import export_encoder, import_weights, load_encoder
 from selfsup.methods import Method, method_class, method_names
 from selfsup.methods.losses import nt_xent
 from selfsup.run import Run, knn_report, load_run
@@ -21,5 +24,5 @@ __all__ = [
     "AugmentConfig", "augment", "eval_transform", "backbone_names", "build_backbone", "Config", "ConfigError",
     "load_config", "DataError", "ImageSet", "from_array", "load_images", "extract_features", "knn_accuracy",
     "knn_predict", "Method", "method_class", "method_names", "nt_xent", "Run", "knn_report", "load_run",
-    "TrainingError", "pretrain",
+    "TrainingError", "pretrain", "export_encoder", "import_weights", "load_encoder",
 ]

@@ -34,15 +34,30 @@ def atomic_write(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)       # the rename itself must reach the disk before we rely on it
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:                      # e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tensor], meta: dict,
                     keep: int = 2) -> Path:
-    """Write tensors + meta as the checkpoint of `step`, point `latest` at it, keep the newest `keep`."""
+    """Write tensors + meta as the checkpoint of `step`, point `latest` at it, keep the newest `keep`
+    (and the one the `best` pointer names, if any)."""
     folder = Path(folder)
     stem = folder / f"step-{step:07d}"
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -50,7 +65,8 @@ def save_checkpoint(folder: str | Path, step: int, tensors: dict[str, torch.Tens
     record = {"format": FORMAT, "version": VERSION, "step": step, **meta}
     atomic_write(stem.with_suffix(".json"), json.dumps(record, indent=1).encode())
     atomic_write(folder / "latest", stem.name.encode())
-    older = [s for s in list_checkpoints(folder) if s.name < stem.name]
+    best = read_pointer(folder, "best")
+    older = [s for s in list_checkpoints(folder) if s.name < stem.name and s != best]
     for old in older[:max(0, len(older) - (keep - 1))]:
         for suffix in (".safetensors", ".json"):
             old.with_suffix(suffix).unlink(missing_ok=True)
@@ -96,14 +112,27 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """The stem the `latest` pointer names, or else the newest complete checkpoint; None if there is none."""
+def read_pointer(folder: str | Path, name: str) -> Path | None:
+    """The checkpoint stem a pointer file (`latest`, `best`) names, if the pointer and both files exist."""
     folder = Path(folder)
-    pointer = folder / "latest"
+    pointer = folder / name
     if pointer.is_file():
         stem = folder / pointer.read_text().strip()
         if stem.with_suffix(".json").is_file() and stem.with_suffix(".safetensors").is_file():
             return stem
+    return None
+
+
+def mark_best(folder: str | Path, stem: Path) -> None:
+    """Point `best` at stem (kept by pruning from then on); the checkpoint it named before may go."""
+    atomic_write(Path(folder) / "best", stem.name.encode())
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The stem the `latest` pointer names, or else the newest complete checkpoint; None if there is none."""
+    pointed = read_pointer(folder, "latest")
+    if pointed is not None:
+        return pointed
     complete = [s for s in list_checkpoints(folder) if s.with_suffix(".safetensors").is_file()]
     return complete[-1] if complete else None
 

@@ -4,6 +4,7 @@
     selfsup pretrain --data path/to/images optim.lr=1.0 train.epochs=10
     selfsup evaluate knn runs/<name>
     selfsup embed runs/<name> --data path/to/images --out emb.npy
+    selfsup export runs/<name> --out encoder.safetensors
 """
 from __future__ import annotations
 
@@ -90,6 +91,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npy path")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("export", help="write a run's encoder alone to a safetensors file",
+                       description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT "
+                                   "(.safetensors) with its rebuild recipe and input normalisation in the file's "
+                                   "header and in OUT.json. Load it with selfsup.load_encoder(OUT).")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-weights", help="convert another library's backbone weights to a selfsup encoder",
+                       description="Read a state dict (.pt/.pth with torch.load(weights_only=True), so no code "
+                                   "runs; or .safetensors), rename its keys with an explicit key map, check every "
+                                   "weight fits the backbone you describe, and write a selfsup encoder file.")
+    p.add_argument("weights", help="the foreign weights file")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--backbone", default="resnet50", help="backbone name [default: resnet50]")
+    p.add_argument("--key-map", default="torchvision-resnet", help="key naming of the file: torchvision-resnet "
+                                                                   "or selfsup [default: torchvision-resnet]")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels [default: 3]")
+    p.add_argument("--image-size", type=int, default=224, help="image size the weights expect [default: 224]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="backbone_fields",
+                   help="a backbone field, repeatable: --set width=0.5 --set stem=cifar "
+                        "[defaults: width 1.0, stem imagenet]")
+    p.set_defaults(func=cmd_import_weights)
 
     p = sub.add_parser("data", help="find or download built-in data sets",
                        description="check: say where a built-in data set was found (exit 1 if not). "
@@ -207,6 +233,29 @@ def cmd_embed(args) -> int:
         print(f"row order: {out}.paths.txt")
     if data.labels is not None:
         np.save(out.with_name(out.stem + ".labels.npy"), data.labels.numpy())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from selfsup.export import export_encoder
+    out = export_encoder(args.run_dir, args.out, args.checkpoint)
+    print(f"saved the encoder to {out} (recipe in {out.with_suffix('.json')}); "
+          f"load it with selfsup.load_encoder({str(out)!r})")
+    return 0
+
+
+def cmd_import_weights(args) -> int:
+    from selfsup.backbones import build_backbone_from_config
+    from selfsup.config import backbone_config, parse_overrides
+    from selfsup.export import encoder_spec, import_weights, save_encoder
+    backbone_cfg = backbone_config({"name": args.backbone, "width": 1.0, "stem": "imagenet",
+                                    **parse_overrides(args.backbone_fields)})
+    backbone = build_backbone_from_config(backbone_cfg, args.in_channels, args.image_size)
+    dropped = import_weights(args.weights, backbone, args.key_map)
+    spec = encoder_spec(backbone_cfg, args.in_channels, args.image_size, origin={"imported": str(args.weights)})
+    out = save_encoder(backbone, spec, args.out)
+    print(f"saved {out}" + (f"; dropped {len(dropped)} key(s) with no counterpart: {', '.join(dropped)}"
+                            if dropped else ""))
     return 0
 
 

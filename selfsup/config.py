@@ -99,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0                   # CPU threads for torch; 0 = torch's default
     log_every: int = 20                # steps between metrics.jsonl lines
-    checkpoint_every: int = 500        # steps between checkpoints (and one at the end)
+    checkpoint_every: int = 500        # steps between checkpoints (also one at every epoch end and at the end)
     keep_checkpoints: int = 2
 
     def validate(self) -> None:
@@ -125,10 +125,17 @@ class EvalConfig:
     batch_size: int = 1024
     max_train: int = 0                 # use only the first N labelled train images; 0 = all
     max_test: int = 0                  # score only the first N test images; 0 = all
+    # Online kNN during pretraining on a small labelled split (when the source has labels): logged to
+    # metrics.jsonl, and the best-scoring checkpoint is kept apart from train.keep_checkpoints.
+    online_every: float = 1.0          # epochs between online kNN evaluations; 0 = off
+    online_train: int = 5000           # labelled images the online kNN votes with
+    online_test: int = 1000            # images it scores
 
     def validate(self) -> None:
         if self.knn_k < 1 or self.knn_temperature <= 0:
             raise ConfigError("eval.knn_k must be >= 1 and eval.knn_temperature > 0")
+        if self.online_every < 0 or self.online_train < 1 or self.online_test < 1:
+            raise ConfigError("eval.online_every must be >= 0 (0 = off), eval.online_train and eval.online_test >= 1")
 
 
 @dataclass
@@ -282,6 +289,16 @@ def merge(base: dict, extra: dict) -> dict:
     for k, v in extra.items():
         out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+def backbone_config(values: dict) -> BackboneConfig:
+    """A validated backbone section from a mapping (for tools that build a backbone without a run)."""
+    cfg = _build(BackboneConfig, values, "backbone.")
+    try:
+        cfg.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:

@@ -8,8 +8,9 @@ import torch
 
 from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from selfsup.config import Config, load_config
-from selfsup.data import BUILTIN, DataError, ImageSet, convert, load_images
+from selfsup.data import ImageSet, convert
 from selfsup.evaluate import extract_features, knn_accuracy, pixel_features
+from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
 from selfsup.train import build_method, resolve_device, resolve_precision
 
@@ -62,31 +63,6 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     except RuntimeError as e:
         raise CheckpointError(f"{stem}: weights do not fit the run's config ({e})") from e
     return Run(path, cfg, method, int(meta["step"]))
-
-
-def labelled_eval_sets(cfg: Config, source: str = "", data_dir: str = "") -> tuple[ImageSet, ImageSet]:
-    """(train, test) labelled sets for kNN: a built-in data set's splits, or an image folder with class
-    subfolders split into train/test by a fixed 80/20 draw."""
-    source = source or cfg.eval.source or cfg.data.source
-    data_dir = data_dir or cfg.data.data_dir or None
-    read_as = dict(channels=cfg.data.channels, size=cfg.data.size)     # as the training images were read
-    if source in BUILTIN:
-        train = load_images(source, "train", data_dir=data_dir, **read_as)
-        test = load_images(source, "test", data_dir=data_dir, **read_as)
-    else:
-        full = load_images(source, labels=True, **read_as)
-        if len(full.classes) < 2:
-            raise DataError(f"{source} has {len(full.classes)} class subfolder(s); kNN needs at least 2 "
-                            "(put each class's images in its own subfolder)")
-        train, test = split_labelled(full)
-    return train.subset(cfg.eval.max_train), test.subset(cfg.eval.max_test)
-
-
-def split_labelled(data: ImageSet, test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
-    n_test = max(1, int(len(data) * test_fraction))
-    pick = lambda idx: ImageSet(data.images[idx], data.labels[idx], data.classes, data.name)  # noqa: E731
-    return pick(order[n_test:]), pick(order[:n_test])
 
 
 def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, temperature: float | None = None,

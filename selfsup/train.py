@@ -24,9 +24,12 @@ from tqdm import tqdm
 from selfsup.augment import channel_stats
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
-                                optimizer_state, restore_optimizer, save_checkpoint, set_aside_newer)
+                                mark_best, optimizer_state, read_pointer, restore_optimizer, save_checkpoint,
+                                set_aside_newer)
 from selfsup.config import Config
 from selfsup.data import DataError, ImageSet, load_images
+from selfsup.evaluate.datasets import labelled_eval_sets
+from selfsup.evaluate.online import OnlineKNN
 from selfsup.methods import Method, method_class
 from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
 
@@ -113,6 +116,24 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
+def online_monitor(cfg: Config, device: torch.device, precision: str,
+                   labelled: tuple[ImageSet, ImageSet] | None) -> OnlineKNN | None:
+    """Online kNN on `labelled` (train, test), or on the config's labelled data when that is None;
+    None when it is switched off or the data has no labels (a note says so)."""
+    if not cfg.eval.online_every:
+        return None
+    if labelled is None:
+        try:
+            labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test)
+        except (DataError, ValueError) as e:
+            print(f"note: no online kNN during pretraining ({e})", file=sys.stderr)
+            return None
+    train, test = labelled
+    return OnlineKNN(train.subset(cfg.eval.online_train), test.subset(cfg.eval.online_test),
+                     min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature, cfg.eval.batch_size,
+                     device, precision)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 @dataclass
@@ -154,14 +175,18 @@ class _StopRequest:
 
 
 def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, resume: bool = False,
-             progress: bool = True) -> TrainResult:
-    """Pretrain cfg.method on the unlabeled images, writing config, metrics and checkpoints to run_dir."""
+             progress: bool = True, labelled: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
+    """Pretrain cfg.method on the unlabeled images, writing config, metrics and checkpoints to run_dir.
+
+    Online kNN (eval.online_every) scores on `labelled` (train, test) when given; otherwise on the
+    config's source when its images were loaded from the config (not passed as `data`) and have labels."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = data if data is not None else load_training_data(cfg)
+    data_from_config = data is None
+    data = load_training_data(cfg) if data_from_config else data
     complete_config(cfg, data)
     # On a GPU the whole uint8 data set lives on the device: a batch is one index op, no copy.
     images = data.images.to(device) if device.type == "cuda" else data.images
@@ -181,8 +206,8 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
 
     ckpt_dir = run_dir / "checkpoints"
     # What the data order and optimizer depend on: a resume that changes these cannot continue the same run.
-    identity = {"optimizer_name": cfg.optim.name, "batch_size": cfg.train.batch_size, "num_images": len(data),
-                "seed": cfg.train.seed}
+    identity = {"method": cfg.method.name, "optimizer_name": cfg.optim.name, "batch_size": cfg.train.batch_size,
+                "num_images": len(data), "seed": cfg.train.seed}
     start_step = 0
     if resume:
         start_step = _resume(method, optimizer, ckpt_dir, device, identity)
@@ -193,21 +218,31 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+    monitor = online_monitor(cfg, device, precision, labelled) if (labelled or data_from_config) else None
+    online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
+    best_score = _best_score(ckpt_dir)
 
-    def checkpoint(step: int) -> Path:
+    def checkpoint(step: int, online_knn: float | None) -> Path:
         tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
         opt_tensors, opt_meta = optimizer_state(optimizer)
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
-        meta = {"epoch": step / steps_per_epoch, "method": cfg.method.name, "optimizer": opt_meta, **identity,
+        meta = {"epoch": step / steps_per_epoch, "optimizer": opt_meta, **identity, "online_knn": online_knn,
                 "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
                 "config": cfg.to_dict()}
-        return save_checkpoint(ckpt_dir, step, tensors, meta, keep=cfg.train.keep_checkpoints)
+        try:
+            return save_checkpoint(ckpt_dir, step, tensors, meta, keep=cfg.train.keep_checkpoints)
+        except OSError as e:
+            kept = latest_checkpoint(ckpt_dir)
+            raise TrainingError(
+                f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror or e}); training stopped. "
+                + (f"The previous checkpoint {kept.name} is intact; " if kept else "No earlier checkpoint exists; ")
+                + f"free some disk space, then continue with: selfsup pretrain --resume {run_dir}") from e
 
     method.train()
     order, order_epoch = None, -1
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
-    last_saved = start_step
+    last_saved, online_knn = start_step, None
     with open(run_dir / "metrics.jsonl", "a") as metrics, \
             tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
                  dynamic_ncols=True, file=sys.stderr) as bar, \
@@ -256,11 +291,23 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
                 bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}", img_s=f"{rate:.0f}")
                 t_window, images_seen = now, 0
             bar.update(1)
-            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
-                checkpoint(step)
+            online_knn = None
+            if monitor is not None and (step % online_steps == 0 or step == total_steps):
+                online_knn = monitor(method)
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "online_knn_top1": online_knn}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                if progress:
+                    bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): online kNN top-1 {online_knn:.2%}")
+            epoch_end = step % steps_per_epoch == 0
+            if step % cfg.train.checkpoint_every == 0 or epoch_end or step == total_steps or online_knn is not None:
+                saved = checkpoint(step, online_knn)
                 last_saved = step
+                if online_knn is not None and (best_score is None or online_knn > best_score):
+                    best_score = online_knn
+                    mark_best(ckpt_dir, saved.with_suffix(""))
         if step != last_saved:
-            checkpoint(step)
+            checkpoint(step, None)
     seconds = time.time() - t_start
     done = step - start_step
     if stop.requested and step < total_steps:
@@ -270,6 +317,17 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
                        images_per_second=done * cfg.train.batch_size / max(seconds, 1e-9),
                        peak_memory_mb=peak_memory_mb(device), final_loss=loss_value,
                        stopped_early=step < total_steps)
+
+
+def _best_score(ckpt_dir: Path) -> float | None:
+    """The online kNN of the checkpoint the `best` pointer names (None when there is none)."""
+    best = read_pointer(ckpt_dir, "best")
+    if best is None:
+        return None
+    try:
+        return json.loads(best.with_suffix(".json").read_text()).get("online_knn")
+    except (OSError, ValueError):
+        return None
 
 
 def _keep_metrics_until(path: Path, step: int) -> None:

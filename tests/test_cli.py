@@ -26,8 +26,10 @@ def test_pretrain_writes_the_run_folder_and_knn(fashion_run, capsys):
     assert knn["train_size"] == 2000 and knn["test_size"] == 500
     for key in ("knn_top1", "knn_top1_random_init", "knn_top1_pixels"):
         assert 0.3 < knn[key] <= 1.0, (key, knn[key])          # 10 classes: chance is 0.1
-    lines = (fashion_run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+    rows = [json.loads(line) for line in (fashion_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3]
+    online = [row for row in rows if "online_knn_top1" in row]
+    assert [row["step"] for row in online] == [3] and 0.1 < online[0]["online_knn_top1"] <= 1.0
 
 
 def test_evaluate_knn_prints_top1(fashion_run, capsys):
