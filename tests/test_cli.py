@@ -60,25 +60,6 @@ def test_resume_continues_a_finished_run_with_more_steps(fashion_run, tmp_path):
     assert json.loads((copy / "train_summary.json").read_text())["steps"] == 4
 
 
-@pytest.mark.parametrize("args, message", [
-    (["optim.lrr=0.3"], "valid keys: name, lr"),
-    (["optim.lr=fast"], "optim.lr: expected a number"),
-    (["optim.lr=-1"], "optim.lr must be"),
-    (["--method", "nope"], "unknown method 'nope'"),
-    (["--data", "/no/such/images"], "neither a built-in data set"),
-])
-def test_bad_input_gives_a_clear_message_and_exit_2(args, message, tmp_path, capsys):
-    assert main(["pretrain", "--runs-dir", str(tmp_path), "--quiet", *args]) == 2
-    assert message in capsys.readouterr().err
-    assert not any(tmp_path.iterdir())                  # nothing half-made left behind
-
-
-def test_folder_without_images_is_a_clear_error(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("hello")
-    assert main(["pretrain", "--runs-dir", str(tmp_path / "runs"), "--data", str(tmp_path), "--quiet"]) == 2
-    assert "no images found" in capsys.readouterr().err
-
-
 def test_pretrain_on_an_image_folder_with_unreadable_file(tmp_path, capsys):
     folder = tmp_path / "imgs"
     for cls in ("a", "b"):
