@@ -43,3 +43,4 @@ def build_backbone_from_config(cfg, in_channels: int, image_size: int) -> nn.Mod
 
 
 from selfsup.backbones import resnet  # noqa: E402,F401  (fills the registry)
+from selfsup.backbones import vit  # noqa: E402,F401
