@@ -41,3 +41,26 @@ def multi_view_nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tenso
         sample = torch.arange(n, device=z.device).repeat(views)
         positive = (sample[:, None] == sample[None, :]) & ~self_mask
         return -(log_prob * positive).sum(1).div(views - 1).mean()
+
+
+def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tensor | None = None,
+             temperature: float = 0.2) -> torch.Tensor:
+    """InfoNCE (van den Oord et al. 2018; MoCo, He et al. 2020, eq. 1). query, positive: (N, D), row i
+    of each a positive pair; negatives: (K, D) shared by every query (MoCo's queue), or None to use
+    the other rows of `positive` (in-batch keys, as in MoCo v3 and NNCLR). All rows are L2-normalised.
+
+    l_i = -log exp(q_i.k_i/t) / (exp(q_i.k_i/t) + sum_{n in negatives(i)} exp(q_i.n/t)), averaged over i.
+    """
+    if query.shape != positive.shape or query.dim() != 2:
+        raise ValueError(f"info_nce expects query and positive of one (N, D) shape, got {tuple(query.shape)} "
+                         f"and {tuple(positive.shape)}")
+    if negatives is not None and (negatives.dim() != 2 or negatives.shape[1] != query.shape[1]):
+        raise ValueError(f"info_nce expects negatives of shape (K, {query.shape[1]}), got {tuple(negatives.shape)}")
+    with torch.autocast(query.device.type, enabled=False):   # logits near 1/t need fp32 resolution
+        q, k = F.normalize(query.float(), dim=1), F.normalize(positive.float(), dim=1)
+        if negatives is None:
+            logits = q @ k.T / temperature                     # the positive of row i is column i
+            return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+        n = F.normalize(negatives.float(), dim=1)
+        logits = torch.cat([(q * k).sum(1, keepdim=True), q @ n.T], dim=1) / temperature
+        return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
