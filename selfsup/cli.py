@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfsup.methods import method_names
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining on unlabeled data, and evaluation of what it learned.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth) "
                                   "[data.source; default fashion-mnist]")
     p.add_argument("--data-dir", help="extra folder to search for built-in data sets [data.data_dir]")
-    p.add_argument("--method", help="pretext task [method.name; default simclr]")
+    p.add_argument("--method", help=f"pretext task: {', '.join(method_names())} (docs/methods.md) "
+                                    "[method.name; default simclr]")
     p.add_argument("--name", help="run name; the run folder is RUNS_DIR/NAME [default: <method>-<data>-<time>]")
     p.add_argument("--runs-dir", default="runs", help="parent folder of run folders [default: runs]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint "

@@ -179,12 +179,21 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
     """Pretrain cfg.method on the unlabeled images, writing config, metrics and checkpoints to run_dir.
 
     Online kNN (eval.online_every) scores on `labelled` (train, test) when given; otherwise on the
-    config's source when its images were loaded from the config (not passed as `data`) and have labels."""
-    run_dir = Path(run_dir)
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
+    config's source when its images were loaded from the config (not passed as `data`) and have labels.
+    train.threads applies for the call and is put back afterwards."""
+    threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    try:
+        return _pretrain(cfg, Path(run_dir), data, resume, progress, labelled)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, progress: bool,
+              labelled: tuple[ImageSet, ImageSet] | None) -> TrainResult:
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
     data_from_config = data is None
     data = load_training_data(cfg) if data_from_config else data
     complete_config(cfg, data)

@@ -1,0 +1,70 @@
+"""One row of the per-method table: pretrain METHOD on Fashion-MNIST for a fixed wall-clock budget
+with its default recipe, then kNN on the full test split. Prints one JSON line (and appends it to
+--out). Run one method per process, so peak memory is the method's own:
+
+    for m in simclr moco2 byol; do python benchmarks/methods.py $m --minutes 5 --out docs/methods.jsonl; done
+
+The budget is met by choosing train.epochs: a short calibration run (train.steps=--calibrate-steps)
+measures the method's images/s, and epochs = minutes * 60 * images/s / data set size, so every
+method gets a full warm-up + cosine schedule inside the same time. Online kNN stays on (it is part
+of what a user's run costs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from selfsup.config import load_config
+from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.train import load_training_data, pretrain
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("method")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE on top of the method's recipe")
+    p.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget [default: 15]")
+    p.add_argument("--calibrate-steps", type=int, default=16)
+    p.add_argument("--runs-dir", default="/tmp/selfsup-methods")
+    p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
+    p.add_argument("--out", help="append the JSON line to this file")
+    args = p.parse_args()
+
+    overrides = [f"method.name={args.method}", *args.overrides]
+    data = load_training_data(load_config(overrides=overrides))
+    scratch = Path(args.runs_dir) / f"{args.method}-calibrate"
+    shutil.rmtree(scratch, ignore_errors=True)
+    calibration = pretrain(load_config(overrides=overrides + [f"train.steps={args.calibrate_steps}",
+                                                              "eval.online_every=0"]),
+                           scratch, data=data, progress=False)
+    shutil.rmtree(scratch, ignore_errors=True)
+    epochs = round(args.minutes * 60 * calibration.images_per_second / len(data), 2)
+
+    run_dir = Path(args.runs_dir) / args.method
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cfg = load_config(overrides=overrides + [f"train.epochs={epochs}"])
+    t = time.time()
+    result = pretrain(cfg, run_dir, progress=False)
+    train_s = time.time() - t
+    run = load_run(run_dir)
+    train, test = labelled_eval_sets(run.config)
+    t = time.time()
+    report = knn_report(run, train, test, baselines=args.baselines, progress=False)
+    row = {"method": args.method, "overrides": args.overrides, "budget_min": args.minutes,
+           "backbone": f"{cfg.backbone.name} width {cfg.backbone.width}" if cfg.backbone.name.startswith("resnet")
+           else f"{cfg.backbone.name} patch {cfg.backbone.patch_size}",
+           "batch": cfg.train.batch_size, "epochs": round(result.epochs, 2), "train_s": round(train_s),
+           "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
+           "final_loss": result.final_loss, "eval_s": round(time.time() - t), **report}
+    line = json.dumps(row)
+    print(line, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
