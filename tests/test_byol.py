@@ -7,8 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-import selfsup.train
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods.byol import BYOL, BYOLConfig, byol_loss
@@ -16,6 +14,8 @@ from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import build_method, pretrain, step_generator
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 SMALL = ["method.name=byol", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "method.proj_hidden_dim=64",
@@ -141,37 +141,14 @@ def test_after_step_moves_the_target_by_the_cosine_momentum():
             assert torch.equal(v, frozen[k]), k
 
 
-class Killed(Exception):
-    pass
-
-
-def test_resume_restores_the_target_exactly(one_thread, tiny_fashion, tmp_path, monkeypatch):
+def test_resume_restores_the_target_exactly(tiny_fashion, tmp_path, monkeypatch):
     """The target lives in the checkpoint and its momentum is a function of progress alone, so a run
     killed after step 3 and resumed ends with bitwise the weights (target included) of an unbroken one."""
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    small = SMALL + ["train.threads=1", "train.steps=6"]
-    pretrain(load_config(overrides=small), tmp_path / "straight", data=data, progress=False)
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(load_config(overrides=small + ["train.checkpoint_every=3"]), tmp_path / "broken", data=data,
-                 progress=False)
-    monkeypatch.undo()
-    pretrain(load_config(tmp_path / "broken" / "config.yaml"), tmp_path / "broken", data=data, resume=True,
-             progress=False)
-
-    def model(run_dir):
-        tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-        return {k: v for k, v in tensors.items() if k.startswith("model.")}
-    straight, resumed = model(tmp_path / "straight"), model(tmp_path / "broken")
-    assert straight.keys() == resumed.keys() and any(k.startswith("model.target_backbone.") for k in straight)
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    small = SMALL + ["train.steps=6", "train.checkpoint_every=3"]
+    straight, resumed = straight_and_resumed(lambda: load_config(overrides=small), data, tmp_path, 3, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
+    assert any(k.startswith("model.target_backbone.") for k in straight)
 
 
 def test_load_config_gives_byol_with_its_recipe():

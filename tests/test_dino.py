@@ -7,8 +7,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import selfsup.train
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods import encode_views
@@ -17,6 +15,8 @@ from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import build_method, pretrain
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 SMALL = ["method.name=dino", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "eval.online_every=0",
@@ -222,37 +222,14 @@ def test_invalid_settings_are_config_errors(override):
         load_config(overrides=["method.name=dino", override])
 
 
-def model_tensors(run_dir):
-    tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {k: v for k, v in tensors.items() if k.startswith("model.")}
-
-
-class Killed(Exception):
-    pass
-
-
 def test_resume_gives_bitwise_the_state_of_an_unbroken_run(tiny_fashion, tmp_path, monkeypatch):
     """The teacher, centre and schedule position all come back: 3 + 3 steps equal 6 steps."""
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    extra = ["train.steps=6", "train.batch_size=16", "method.freeze_last_layer=0.4", "method.teacher_temperature_warmup=0.8"]
-    pretrain(small_config(*extra, "train.checkpoint_every=100"), tmp_path / "straight", data=data, progress=False)
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(small_config(*extra, "train.checkpoint_every=3"), tmp_path / "broken", data=data, progress=False)
-    monkeypatch.undo()
-    pretrain(load_config(tmp_path / "broken" / "config.yaml"), tmp_path / "broken", data=data, resume=True,
-             progress=False)
-    straight, resumed = model_tensors(tmp_path / "straight"), model_tensors(tmp_path / "broken")
-    assert straight.keys() == resumed.keys()
+    extra = ["train.steps=6", "train.batch_size=16", "method.freeze_last_layer=0.4", "method.teacher_temperature_warmup=0.8",
+             "train.checkpoint_every=3"]
+    straight, resumed = straight_and_resumed(lambda: small_config(*extra), data, tmp_path, 3, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
     assert {"model.center", "model.progress.value"} <= straight.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
     rows = [json.loads(line) for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
     expected = [min(0.07, 0.04 + 0.03 * step / 6 / 0.8) for step in range(6)]     # the warm-up ends at step 4.8
     assert [r["teacher_temperature"] for r in rows] == pytest.approx(expected)

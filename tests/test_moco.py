@@ -8,8 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import selfsup.train
-
 from selfsup.backbones import backbone_names
 from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
@@ -20,6 +18,8 @@ from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import build_method, pretrain, step_generator
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 # train.threads=1: on a CPU shared with other processes two OpenMP threads per process can run 10x slower.
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
@@ -265,33 +265,13 @@ def _model_tensors(run_dir):
     return {k: v for k, v in tensors.items() if k.startswith("model.")}
 
 
-class Killed(Exception):
-    pass
-
-
 @pytest.mark.parametrize("name", ["moco2", "moco3"])
 def test_resume_restores_key_encoder_and_queue_exactly(name, tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    pretrain(small(name, "train.steps=4", "train.checkpoint_every=100"), tmp_path / "straight", data=data,
-             progress=False)
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 2:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(small(name, "train.steps=4", "train.checkpoint_every=2"), tmp_path / "broken", data=data,
-                 progress=False)
-    monkeypatch.undo()
-    pretrain(load_config(tmp_path / "broken" / "config.yaml"), tmp_path / "broken", data=data, resume=True,
-             progress=False)
-    straight, resumed = _model_tensors(tmp_path / "straight"), _model_tensors(tmp_path / "broken")
-    assert straight.keys() == resumed.keys()
+    make = lambda: small(name, "train.steps=4", "train.checkpoint_every=2")  # noqa: E731
+    straight, resumed = straight_and_resumed(make, data, tmp_path, 2, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
     assert any("key_" in k or "momentum_" in k for k in straight)
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
     if name == "moco2":
         assert int(resumed["model.queue.count"]) == 96     # 4 steps x 32 keys filled the 96-slot queue
         assert int(resumed["model.queue.pointer"]) == 128 % 96

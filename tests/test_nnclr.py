@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import selfsup.train
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods.nnclr import NNCLR, NNCLRConfig, nearest_neighbours, nnclr_loss
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import build_method, pretrain, step_generator
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 # train.threads=1: on a CPU shared with other processes two OpenMP threads per process can run 10x slower.
 SMALL = ["method.name=nnclr", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
@@ -186,35 +186,11 @@ def test_multi_crop_is_refused_with_a_clear_message():
 
 # ----------------------------------------------------------------------------- training
 
-class Killed(Exception):
-    pass
-
-
-def _model_tensors(run_dir):
-    tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {k: v for k, v in tensors.items() if k.startswith("model.")}
-
-
 def test_resume_restores_the_support_set_exactly(tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    pretrain(load_config(overrides=SMALL + ["train.steps=4"]), tmp_path / "straight", data=data, progress=False)
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 2:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(load_config(overrides=SMALL + ["train.steps=4", "train.checkpoint_every=2"]), tmp_path / "broken",
-                 data=data, progress=False)
-    monkeypatch.undo()
-    pretrain(load_config(tmp_path / "broken" / "config.yaml"), tmp_path / "broken", data=data, resume=True,
-             progress=False)
-    straight, resumed = _model_tensors(tmp_path / "straight"), _model_tensors(tmp_path / "broken")
-    assert straight.keys() == resumed.keys()
-    for key in straight:
-        assert torch.equal(straight[key], resumed[key]), key
+    make = lambda: load_config(overrides=SMALL + ["train.steps=4", "train.checkpoint_every=2"])  # noqa: E731
+    straight, resumed = straight_and_resumed(make, data, tmp_path, 2, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
     assert int(resumed["model.support.count"]) == 96 and int(resumed["model.support.pointer"]) == 128 % 96
 
 

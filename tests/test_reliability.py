@@ -20,7 +20,7 @@ from selfsup.config import load_config
 from selfsup.data import load_images
 from selfsup.evaluate.datasets import labelled_eval_sets
 from selfsup.evaluate.online import OnlineKNN
-from selfsup.export import export_encoder, import_weights, load_encoder
+from selfsup.export import import_weights, load_encoder
 from selfsup.methods import method_names
 from selfsup.run import load_run
 from selfsup.train import TrainingError, pretrain

@@ -8,14 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import selfsup.train
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods import encode_views
 from selfsup.methods.swav import SwAV, SwAVConfig, sinkhorn, swav_loss
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import build_method, pretrain
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 SMALL = ["method.name=swav", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "eval.online_every=0",
@@ -222,39 +222,15 @@ def test_invalid_settings_are_config_errors(override):
         load_config(overrides=["method.name=swav", override])
 
 
-def model_tensors(run_dir):
-    tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {k: v for k, v in tensors.items() if k.startswith("model.")}
-
-
-class Killed(Exception):
-    pass
-
-
 def test_resume_gives_bitwise_the_state_of_an_unbroken_run(tiny_fashion, tmp_path, monkeypatch):
     """Prototypes, queues and the schedule position come back: 3 + 3 steps equal 6 steps."""
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
     extra = ["train.steps=6", "train.batch_size=16", "method.queue_size=40", "method.queue_start=0.2",
-             "method.freeze_prototypes=0.4"]
-    pretrain(small_config(*extra, "train.checkpoint_every=100"), tmp_path / "straight", data=data, progress=False)
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(small_config(*extra, "train.checkpoint_every=3"), tmp_path / "broken", data=data, progress=False)
-    monkeypatch.undo()
-    pretrain(load_config(tmp_path / "broken" / "config.yaml"), tmp_path / "broken", data=data, resume=True,
-             progress=False)
-    straight, resumed = model_tensors(tmp_path / "straight"), model_tensors(tmp_path / "broken")
-    assert straight.keys() == resumed.keys()
+             "method.freeze_prototypes=0.4", "train.checkpoint_every=3"]
+    straight, resumed = straight_and_resumed(lambda: small_config(*extra), data, tmp_path, 3, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
     assert {"model.queues.0.items", "model.queues.1.count", "model.progress.value"} <= straight.keys()
     assert int(straight["model.queues.0.count"]) == 40       # pushes at steps 2-5 (progress >= 0.2): 64, capped
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
 
 
 def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(tiny_fashion, tmp_path):

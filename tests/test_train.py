@@ -4,14 +4,14 @@ import json
 import pytest
 import torch
 
-import selfsup.train
-
-from selfsup.checkpoint import list_checkpoints, load_checkpoint
+from selfsup.checkpoint import list_checkpoints
 from selfsup.config import load_config
 from selfsup.data import DataError, load_images
 from selfsup.methods.simclr import SimCLR
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import TrainingError, pretrain
+
+from resume import assert_bitwise_equal, straight_and_resumed
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
          "optim.warmup_epochs=0", "eval.batch_size=256"]
@@ -21,38 +21,11 @@ def small_config(*extra):
     return load_config(overrides=SMALL + list(extra))
 
 
-def model_tensors(run_dir):
-    tensors, _ = load_checkpoint(list_checkpoints(run_dir / "checkpoints")[-1])
-    return {k: v for k, v in tensors.items() if k.startswith("model.")}
-
-
-class Killed(Exception):
-    pass
-
-
 def test_resume_gives_bitwise_the_weights_of_an_unbroken_run(tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    pretrain(small_config("train.steps=6", "train.checkpoint_every=100"), tmp_path / "straight", data=data,
-             progress=False)
-
-    real_save = selfsup.train.save_checkpoint
-
-    def save_then_die(folder, step, *args, **kwargs):
-        real_save(folder, step, *args, **kwargs)
-        if step == 3:
-            raise Killed
-    monkeypatch.setattr(selfsup.train, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        pretrain(small_config("train.steps=6", "train.checkpoint_every=3"), tmp_path / "broken", data=data,
-                 progress=False)
-    monkeypatch.undo()
-    cfg = load_config(tmp_path / "broken" / "config.yaml")
-    result = pretrain(cfg, tmp_path / "broken", data=data, resume=True, progress=False)
-    assert result.steps == 6
-    straight, resumed = model_tensors(tmp_path / "straight"), model_tensors(tmp_path / "broken")
-    assert straight.keys() == resumed.keys()
-    for name in straight:
-        assert torch.equal(straight[name], resumed[name]), name
+    make = lambda: small_config("train.steps=6", "train.checkpoint_every=3")  # noqa: E731
+    straight, resumed = straight_and_resumed(make, data, tmp_path, 3, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
     steps = [json.loads(line)["step"] for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 

@@ -21,8 +21,8 @@ from torch import nn
 
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
-from selfsup.methods.momentum import cosine_momentum, ema_update, momentum_copy
-from selfsup.methods.swav import TrainingProgress, cross_view_cross_entropy
+from selfsup.methods.losses import cross_view_cross_entropy
+from selfsup.methods.momentum import TrainingProgress, cosine_momentum, ema_update, momentum_copy
 
 
 @dataclass

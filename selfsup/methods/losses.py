@@ -64,3 +64,19 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
         n = F.normalize(negatives.float(), dim=1)
         logits = torch.cat([(q * k).sum(1, keepdim=True), q @ n.T], dim=1) / temperature
         return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def cross_view_cross_entropy(targets: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
+    """Multi-crop cross-entropy: targets (G, B, K) of the G global views, log_probs (V, B, K) of all V >= G
+    views (the global ones first, in the same order). Target view i is never compared with itself.
+
+    L = 1/(G(V-1)) sum_{i<G} sum_{j != i} 1/B sum_b -sum_k targets[i,b,k] log_probs[j,b,k].
+    """
+    g, v = targets.shape[0], log_probs.shape[0]
+    if targets.dim() != 3 or log_probs.dim() != 3 or targets.shape[1:] != log_probs.shape[1:] or not 1 <= g <= v \
+            or v < 2:
+        raise ValueError(f"expected targets (G, B, K) and log_probs (V >= max(G, 2), B, K), got "
+                         f"{tuple(targets.shape)} and {tuple(log_probs.shape)}")
+    cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / targets.shape[1]     # (G, V)
+    same_view = torch.eye(g, v, dtype=torch.bool, device=cross.device)
+    return cross.masked_fill(same_view, 0.0).sum() / (g * (v - 1))

@@ -1,5 +1,6 @@
 """Mechanisms several methods share: a momentum (EMA) copy of a network, its momentum schedule,
-and a FIFO queue of embeddings (MoCo's negatives, NNCLR's support set, SwAV's feature queue)."""
+a FIFO queue of embeddings (MoCo's negatives, NNCLR's support set, SwAV's feature queue), and
+the training progress that schedules read, kept in the checkpoint."""
 from __future__ import annotations
 
 import copy
@@ -73,3 +74,24 @@ class Queue(nn.Module):
         if self.filled < self.size:
             return self.items[:self.filled]
         return torch.roll(self.items, -int(self.pointer), dims=0)
+
+
+class TrainingProgress(nn.Module):
+    """The trainer's progress in [0, 1] as of the last after_step, saved with the model so a resumed
+    run sees the schedules an unbroken one does. Reading it costs no device sync: a host copy is
+    kept, and dropped whenever a state dict is loaded."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("value", torch.zeros((), dtype=torch.float64))
+        self._host: float | None = 0.0
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
+
+    def get(self) -> float:
+        if self._host is None:
+            self._host = float(self.value)
+        return self._host
+
+    def set(self, progress: float) -> None:
+        self.value.fill_(progress)
+        self._host = float(progress)

@@ -20,7 +20,8 @@ from torch import nn
 
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
-from selfsup.methods.momentum import Queue
+from selfsup.methods.losses import cross_view_cross_entropy
+from selfsup.methods.momentum import Queue, TrainingProgress
 
 
 @dataclass
@@ -54,43 +55,6 @@ class SwAVConfig(MethodConfig):
         for key in ("freeze_prototypes", "queue_start"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ValueError(f"method.{key} is a fraction of training in [0, 1], got {getattr(self, key)}")
-
-
-class TrainingProgress(nn.Module):
-    """The trainer's progress in [0, 1] as of the last after_step, saved with the model so a resumed
-    run sees the schedules an unbroken one does. Reading it costs no device sync: a host copy is
-    kept, and dropped whenever a state dict is loaded."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("value", torch.zeros((), dtype=torch.float64))
-        self._host: float | None = 0.0
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
-
-    def get(self) -> float:
-        if self._host is None:
-            self._host = float(self.value)
-        return self._host
-
-    def set(self, progress: float) -> None:
-        self.value.fill_(progress)
-        self._host = float(progress)
-
-
-def cross_view_cross_entropy(targets: torch.Tensor, log_probs: torch.Tensor) -> torch.Tensor:
-    """Multi-crop cross-entropy: targets (G, B, K) of the G global views, log_probs (V, B, K) of all V >= G
-    views (the global ones first, in the same order). Target view i is never compared with itself.
-
-    L = 1/(G(V-1)) sum_{i<G} sum_{j != i} 1/B sum_b -sum_k targets[i,b,k] log_probs[j,b,k].
-    """
-    g, v = targets.shape[0], log_probs.shape[0]
-    if targets.dim() != 3 or log_probs.dim() != 3 or targets.shape[1:] != log_probs.shape[1:] or not 1 <= g <= v \
-            or v < 2:
-        raise ValueError(f"expected targets (G, B, K) and log_probs (V >= max(G, 2), B, K), got "
-                         f"{tuple(targets.shape)} and {tuple(log_probs.shape)}")
-    cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / targets.shape[1]     # (G, V)
-    same_view = torch.eye(g, v, dtype=torch.bool, device=cross.device)
-    return cross.masked_fill(same_view, 0.0).sum() / (g * (v - 1))
 
 
 def _distributed() -> bool:
