@@ -1,6 +1,5 @@
 """Barlow Twins and VICReg: each loss against a loop over the paper's formula (Zbontar et al. 2021,
 eq. 1; Bardes et al. 2022, eqs. 1-6), the heads, the recipes, and short training runs that learn."""
-import json
 import math
 
 import pytest
@@ -10,20 +9,13 @@ from torch import nn
 from selfsup.config import ConfigError, load_config
 from selfsup.methods.barlow import BarlowTwins, BarlowTwinsConfig, barlow_twins_loss
 from selfsup.methods.vicreg import VICReg, VICRegConfig, vicreg_loss, vicreg_terms
-from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.run import labelled_eval_sets
+from selfsup.train import build_method, step_generator
+
+from training import knn_against_random_init, spread_of_projections, train_tiny
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
          "optim.warmup_epochs=0", "eval.batch_size=256", "method.proj_dim=64"]
-
-
-def spread_of_projections(run, test, head="projector"):
-    """SimSiam's collapse check (Chen & He 2021, sec. 4.1) on the trained head's test embeddings:
-    per-dimension std of the l2-normalised outputs times sqrt(dim): ~1 when spread, 0 when collapsed."""
-    method = run.method.eval()
-    with torch.no_grad():
-        z = torch.nn.functional.normalize(getattr(method, head)(method.embed(test.images[:100])).float(), dim=1)
-    return (z.std(dim=0).mean() * z.shape[1] ** 0.5).item()
 
 
 def columns(z):
@@ -206,23 +198,12 @@ def test_vicreg_config_recipe_head_and_logged_terms():
 
 # ----------------------------------------------------------------------------- training
 
-def train_tiny(tiny_fashion, run_dir, *overrides):
-    cfg = load_config(overrides=SMALL + ["train.epochs=4", "train.threads=1", "optim.lr=1.0",
-                                         f"data.data_dir={tiny_fashion}", "augment.crop_scale=[0.6,1.0]",
-                                         "augment.flip_p=0.0", *overrides])
-    pretrain(cfg, run_dir, progress=False)
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    run = load_run(run_dir)
-    return run, [row["loss"] for row in rows if "loss" in row]
-
-
 @pytest.mark.parametrize("name", ["barlow", "vicreg"])
 def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(one_thread, name, tiny_fashion, tmp_path):
-    run, losses = train_tiny(tiny_fashion, tmp_path / "run", f"method.name={name}")
+    run, losses = train_tiny(tiny_fashion, tmp_path / "run", SMALL + [f"method.name={name}"])
     assert len(losses) == 48
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
-    train, test = labelled_eval_sets(run.config)
-    report = knn_report(run, train, test, k=20, progress=False)
+    report, test = knn_against_random_init(run)
     assert report["knn_top1"] > report["knn_top1_random_init"], report
     # on this easy data kNN stays high even when the head collapses (see the next test), so check that too
     assert spread_of_projections(run, test, "expander" if name == "vicreg" else "projector") > 0.3
@@ -230,7 +211,7 @@ def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(one_thread,
 
 def test_vicreg_collapses_without_its_variance_and_covariance_terms(one_thread, tiny_fashion, tmp_path):
     """The paper's point (and what makes the spread check above able to fail): invariance alone collapses."""
-    run, losses = train_tiny(tiny_fashion, tmp_path / "run", "method.name=vicreg", "method.variance_weight=0",
-                             "method.covariance_weight=0")
+    run, losses = train_tiny(tiny_fashion, tmp_path / "run", SMALL + ["method.name=vicreg", "method.variance_weight=0",
+                                                                   "method.covariance_weight=0"])
     assert losses[-1] < 1e-3
     assert spread_of_projections(run, labelled_eval_sets(run.config)[1], "expander") < 0.05

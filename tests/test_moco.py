@@ -17,9 +17,10 @@ from selfsup.methods.moco3 import MoCo3, moco3_loss
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.train import build_method, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from training import dot, some_views, unit
 
 # train.threads=1: on a CPU shared with other processes two OpenMP threads per process can run 10x slower.
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
@@ -38,37 +39,25 @@ def built(name, *extra):
     return build_method(cfg, 1)
 
 
-def some_views(method, n=8, seed=0):
-    batch = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    return method.views(batch, step_generator(seed, 0, 0, torch.device("cpu")))
-
-
-def _unit(v):
-    n = math.sqrt(sum(x * x for x in v))
-    return [x / n for x in v]
-
-
-def _dot(a, b):
-    return sum(x * y for x, y in zip(a, b))
 
 
 def loop_queue_nce(q, k, queue, t):
     """MoCo eq. 1 literally: -log exp(q.k+/t) / (exp(q.k+/t) + sum over the queue's K keys exp(q.k-/t))."""
     total = 0.0
-    negatives = [_unit(r) for r in queue.tolist()]
+    negatives = [unit(r) for r in queue.tolist()]
     for qi, ki in zip(q.tolist(), k.tolist()):
-        qi, ki = _unit(qi), _unit(ki)
-        pos = math.exp(_dot(qi, ki) / t)
-        total += -math.log(pos / (pos + sum(math.exp(_dot(qi, n) / t) for n in negatives)))
+        qi, ki = unit(qi), unit(ki)
+        pos = math.exp(dot(qi, ki) / t)
+        total += -math.log(pos / (pos + sum(math.exp(dot(qi, n) / t) for n in negatives)))
     return total / len(q)
 
 
 def loop_ctr(q, k, t):
     """MoCo v3's ctr(q, k) literally: 2t * mean_i -log exp(q_i.k_i/t) / sum_j exp(q_i.k_j/t)."""
-    qs, ks = [_unit(r) for r in q.tolist()], [_unit(r) for r in k.tolist()]
+    qs, ks = [unit(r) for r in q.tolist()], [unit(r) for r in k.tolist()]
     total = 0.0
     for i, qi in enumerate(qs):
-        total += -math.log(math.exp(_dot(qi, ks[i]) / t) / sum(math.exp(_dot(qi, kj) / t) for kj in ks))
+        total += -math.log(math.exp(dot(qi, ks[i]) / t) / sum(math.exp(dot(qi, kj) / t) for kj in ks))
     return 2 * t * total / len(qs)
 
 

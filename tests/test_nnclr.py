@@ -1,7 +1,6 @@
 """NNCLR: the loss against a loop over the paper's formula, the nearest-neighbour lookup against
 brute force, no gradient through the support set, its update, the recipe, exact resume, and a
 short run that learns."""
-import json
 import math
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import torch.nn.functional as F
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods.nnclr import NNCLR, NNCLRConfig, nearest_neighbours, nnclr_loss
-from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.train import build_method
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from training import dot, knn_against_random_init, some_views, train_tiny, unit
 
 # train.threads=1: on a CPU shared with other processes two OpenMP threads per process can run 10x slower.
 SMALL = ["method.name=nnclr", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
@@ -29,38 +28,26 @@ def built(*extra):
     return build_method(cfg, 1)
 
 
-def some_views(method, n=8, seed=0):
-    batch = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-    return method.views(batch, step_generator(seed, 0, 0, torch.device("cpu")))
-
-
-def _unit(v):
-    n = math.sqrt(sum(x * x for x in v))
-    return [x / n for x in v]
-
-
-def _dot(a, b):
-    return sum(x * y for x, y in zip(a, b))
 
 
 def loop_l(nn, p, t):
     """The paper's eq. (NNCLR loss), literally: -1/N sum_i log exp(NN_i.p_i/t) / sum_k exp(NN_i.p_k/t)."""
-    nns, ps = [_unit(r) for r in nn.tolist()], [_unit(r) for r in p.tolist()]
+    nns, ps = [unit(r) for r in nn.tolist()], [unit(r) for r in p.tolist()]
     total = 0.0
     for i, a in enumerate(nns):
-        total += -math.log(math.exp(_dot(a, ps[i]) / t) / sum(math.exp(_dot(a, pk) / t) for pk in ps))
+        total += -math.log(math.exp(dot(a, ps[i]) / t) / sum(math.exp(dot(a, pk) / t) for pk in ps))
     return total / len(nns)
 
 
 def loop_nearest(z, support, filled):
     out = []
     for row in z.tolist():
-        row = _unit(row)
+        row = unit(row)
         if filled == 0:
             out.append(row)
             continue
-        sims = [_dot(row, _unit(s)) for s in support.tolist()[:filled]]
-        out.append(_unit(support.tolist()[max(range(filled), key=sims.__getitem__)]))
+        sims = [dot(row, unit(s)) for s in support.tolist()[:filled]]
+        out.append(unit(support.tolist()[max(range(filled), key=sims.__getitem__)]))
     return torch.tensor(out)
 
 
@@ -195,14 +182,8 @@ def test_resume_restores_the_support_set_exactly(tiny_fashion, tmp_path, monkeyp
 
 
 def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(tiny_fashion, tmp_path):
-    cfg = load_config(overrides=SMALL + ["train.epochs=4", "optim.lr=1.0", f"data.data_dir={tiny_fashion}",
-                                         "augment.crop_scale=[0.6,1.0]", "augment.flip_p=0.0"])
-    pretrain(cfg, tmp_path / "run", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [row["loss"] for row in rows if "loss" in row]
+    run, losses = train_tiny(tiny_fashion, tmp_path / "run", SMALL)
     assert len(losses) == 48
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
-    run = load_run(tmp_path / "run")
-    train, test = labelled_eval_sets(run.config)
-    report = knn_report(run, train, test, k=20, progress=False)
+    report, _ = knn_against_random_init(run)
     assert report["knn_top1"] > report["knn_top1_random_init"], report

@@ -1,6 +1,5 @@
 """SimSiam: the loss against a loop over eq. 2 of Chen & He (2021), the stop-gradient, the head
 layout, the recipe, and a short training run that learns."""
-import json
 import math
 
 import pytest
@@ -9,21 +8,13 @@ from torch import nn
 
 from selfsup.config import ConfigError, load_config
 from selfsup.methods.simsiam import SimSiam, SimSiamConfig, simsiam_loss
-from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.train import build_method, step_generator
+
+from training import knn_against_random_init, spread_of_projections, train_tiny
 
 SMALL = ["method.name=simsiam", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "method.proj_dim=64",
          "method.pred_hidden_dim=16"]
-
-
-def spread_of_projections(run, test, head="projector"):
-    """SimSiam's collapse check (Chen & He 2021, sec. 4.1) on the trained head's test embeddings:
-    per-dimension std of the l2-normalised outputs times sqrt(dim): ~1 when spread, 0 when collapsed."""
-    method = run.method.eval()
-    with torch.no_grad():
-        z = torch.nn.functional.normalize(getattr(method, head)(method.embed(test.images[:100])).float(), dim=1)
-    return (z.std(dim=0).mean() * z.shape[1] ** 0.5).item()
 
 
 def reference_simsiam(p1, p2, z1, z2):
@@ -109,17 +100,10 @@ def test_load_config_gives_simsiam_with_its_recipe():
 
 
 def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(one_thread, tiny_fashion, tmp_path):
-    cfg = load_config(overrides=SMALL + ["train.epochs=4", "train.threads=1", "optim.lr=1.0",
-                                         f"data.data_dir={tiny_fashion}", "augment.crop_scale=[0.6,1.0]",
-                                         "augment.flip_p=0.0"])
-    pretrain(cfg, tmp_path / "run", progress=False)
-    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    losses = [row["loss"] for row in rows if "loss" in row]
+    run, losses = train_tiny(tiny_fashion, tmp_path / "run", SMALL)
     assert len(losses) == 48
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5, losses
-    run = load_run(tmp_path / "run")
-    train, test = labelled_eval_sets(run.config)
-    report = knn_report(run, train, test, k=20, progress=False)
+    report, test = knn_against_random_init(run)
     assert report["knn_top1"] > report["knn_top1_random_init"], report
     # on this easy data kNN stays high even when the head collapses (see test_barlow_vicreg.py), so check that too
     assert spread_of_projections(run, test) > 0.3
