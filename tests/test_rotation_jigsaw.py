@@ -8,10 +8,11 @@ import torch
 from selfsup.augment import AugmentConfig
 from selfsup.backbones import build_backbone
 from selfsup.config import ConfigError, load_config
-from selfsup.methods.jigsaw import (Jigsaw, JigsawConfig, cut_tiles, jigsaw_loss, permutation_set, shuffle_tiles,
+from selfsup.methods.jigsaw import (Jigsaw, JigsawConfig, cut_tiles, permutation_set, shuffle_tiles,
                                     unshuffle_tiles)
 from selfsup.methods.masking import crop_flip_view
-from selfsup.methods.rotation import Rotation, RotationConfig, rotate, rotation_loss
+from selfsup.methods.losses import pretext_cross_entropy
+from selfsup.methods.rotation import Rotation, RotationConfig, rotate
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import pretrain
 
@@ -75,11 +76,13 @@ def test_one_rotation_per_image_when_configured():
     torch.testing.assert_close(images, rotate(upright, turns))
 
 
-@pytest.mark.parametrize("m", [2, 7])
-def test_rotation_loss_matches_loop(m):
+@pytest.mark.parametrize("m,classes,scale", [(2, 4, 3), (7, 4, 3), (2, 30, 2), (6, 100, 2)])
+def test_pretext_loss_matches_loop(m, classes, scale):
+    """Rotation (4 quarter turns) and jigsaw (30 or 100 permutations) share this cross-entropy."""
     torch.manual_seed(m)
-    logits, labels = torch.randn(m, 4) * 3, torch.randint(0, 4, (m,))
-    assert rotation_loss(logits, labels).item() == pytest.approx(reference_cross_entropy(logits, labels), rel=1e-5)
+    logits, labels = torch.randn(m, classes) * scale, torch.randint(0, classes, (m,))
+    assert pretext_cross_entropy(logits, labels).item() == pytest.approx(reference_cross_entropy(logits, labels),
+                                                                         rel=1e-5)
 
 
 def test_rotation_head_sizes_and_recipe():
@@ -153,13 +156,6 @@ def test_jigsaw_views_are_the_view_tiled_and_shuffled_by_the_labelled_permutatio
 def test_permutations_are_saved_with_the_model():
     method = Jigsaw(build_backbone("resnet18", width=0.125, in_channels=1), JigsawConfig(num_permutations=30), AUG)
     assert torch.equal(method.state_dict()["permutations"], permutation_set(9, 30))
-
-
-@pytest.mark.parametrize("b,p", [(2, 30), (6, 100)])
-def test_jigsaw_loss_matches_loop(b, p):
-    torch.manual_seed(b)
-    logits, labels = torch.randn(b, p) * 2, torch.randint(0, p, (b,))
-    assert jigsaw_loss(logits, labels).item() == pytest.approx(reference_cross_entropy(logits, labels), rel=1e-5)
 
 
 def test_jigsaw_config_recipe_and_errors():

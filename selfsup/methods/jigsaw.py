@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from selfsup.methods import Method, MethodConfig, register_method
 from selfsup.methods.heads import mlp
+from selfsup.methods.losses import pretext_cross_entropy
 from selfsup.methods.masking import crop_flip_view
 
 _PERMUTATION_SEED = 0     # the set is part of the task's definition: never drawn from the run's seed
@@ -96,12 +96,6 @@ def unshuffle_tiles(shuffled: torch.Tensor, perms: torch.Tensor) -> torch.Tensor
     return shuffle_tiles(shuffled, perms.argsort(dim=1))
 
 
-def jigsaw_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits (B, P) over the permutation set, labels (B,) -> L = -mean_b log softmax(logits_b)[labels_b]."""
-    with torch.autocast(logits.device.type, enabled=False):
-        return F.cross_entropy(logits.float(), labels)
-
-
 @register_method("jigsaw")
 class Jigsaw(Method):
     config_class = JigsawConfig
@@ -135,6 +129,6 @@ class Jigsaw(Method):
         tiles, labels = views
         features = self.backbone(tiles).view(labels.shape[0], -1)       # (B, T * F), in shuffled order
         logits = self.classifier(features)
-        loss = jigsaw_loss(logits, labels)
+        loss = pretext_cross_entropy(logits, labels)
         accuracy = (logits.detach().argmax(1) == labels).float().mean()
         return loss, {"loss": loss.detach(), "accuracy": accuracy}

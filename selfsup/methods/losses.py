@@ -80,3 +80,10 @@ def cross_view_cross_entropy(targets: torch.Tensor, log_probs: torch.Tensor) -> 
     cross = -torch.einsum("gbk,vbk->gv", targets, log_probs) / targets.shape[1]     # (G, V)
     same_view = torch.eye(g, v, dtype=torch.bool, device=cross.device)
     return cross.masked_fill(same_view, 0.0).sum() / (g * (v - 1))
+
+
+def pretext_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of a pretext classifier (rotation: which quarter turn; jigsaw: which permutation),
+    in fp32. logits (M, C), labels (M,) -> L = -mean_i log softmax(logits_i)[labels_i]."""
+    with torch.autocast(logits.device.type, enabled=False):
+        return F.cross_entropy(logits.float(), labels)

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from selfsup.methods import Method, MethodConfig, register_method
 from selfsup.methods.heads import mlp
+from selfsup.methods.losses import pretext_cross_entropy
 from selfsup.methods.masking import crop_flip_view
 
 NUM_ROTATIONS = 4
@@ -40,12 +40,6 @@ def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rotation needs square images, got {images.shape[-2]}x{images.shape[-1]}")
     turned = torch.stack([images.rot90(k, dims=(2, 3)) for k in range(NUM_ROTATIONS)])     # (4, B, C, S, S)
     return turned[quarter_turns, torch.arange(images.shape[0], device=images.device)]
-
-
-def rotation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """logits (M, 4), labels (M,) quarter turns -> L = -mean_i log softmax(logits_i)[labels_i]."""
-    with torch.autocast(logits.device.type, enabled=False):
-        return F.cross_entropy(logits.float(), labels)
 
 
 @register_method("rotation")
@@ -75,6 +69,6 @@ class Rotation(Method):
     def loss(self, views: list[torch.Tensor]):
         images, turns = views
         logits = self.classifier(self.backbone(images))
-        loss = rotation_loss(logits, turns)
+        loss = pretext_cross_entropy(logits, turns)
         accuracy = (logits.detach().argmax(1) == turns).float().mean()
         return loss, {"loss": loss.detach(), "accuracy": accuracy}
