@@ -13,10 +13,11 @@ from selfsup.methods import encode_views
 from selfsup.methods.dino import DINO, DINOConfig, dino_loss, teacher_temperature
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
-from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.run import load_run
 from selfsup.train import build_method, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from training import knn_against_random_init
 
 SMALL = ["method.name=dino", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "eval.online_every=0",
@@ -250,9 +251,7 @@ def test_short_training_learns_without_collapse_and_beats_random_init_on_knn(tin
         return sum(r[key] for r in part) / len(part)
     assert mean("kl", rows[-8:]) < 0.5 * mean("kl", rows[:4]), rows
     assert mean("teacher_entropy", rows[-8:]) < 0.95 * math.log(128), rows
-    run = load_run(tmp_path / "run")
-    train, test = labelled_eval_sets(run.config)
-    report = knn_report(run, train, test, k=20, progress=False)
+    report, _ = knn_against_random_init(load_run(tmp_path / "run"))
     assert report["knn_top1"] > report["knn_top1_random_init"], report
 
 

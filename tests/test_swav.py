@@ -12,10 +12,11 @@ from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods import encode_views
 from selfsup.methods.swav import SwAV, SwAVConfig, sinkhorn, swav_loss
-from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.run import load_run
 from selfsup.train import build_method, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from training import knn_against_random_init
 
 SMALL = ["method.name=swav", "backbone.width=0.125", "train.batch_size=32", "train.precision=fp32",
          "train.log_every=1", "optim.warmup_epochs=0", "eval.batch_size=256", "eval.online_every=0",
@@ -241,9 +242,7 @@ def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(tiny_fashio
     assert result.steps == len(rows) == 36
     first, last = sum(r["loss"] for r in rows[:4]) / 4, sum(r["loss"] for r in rows[-8:]) / 8
     assert last < first - 0.1, (first, last)
-    run = load_run(tmp_path / "run")
-    train, test = labelled_eval_sets(run.config)
-    report = knn_report(run, train, test, k=20, progress=False)
+    report, _ = knn_against_random_init(load_run(tmp_path / "run"))
     assert report["knn_top1"] > report["knn_top1_random_init"], report
 
 
