@@ -36,4 +36,14 @@ if ! .venv/bin/python -m selfsup data check fashion-mnist >/dev/null 2>&1; then
     .venv/bin/python -m selfsup data download fashion-mnist
   fi
 fi
+# The report test opens report.html in headless Chromium (Debian packages chromium, chromium-driver).
+if [ "${1:-}" = "--dev" ] && ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing headless Chromium for the report test (Debian chromium, chromium-driver)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "[setup] note: chromium and chromium-driver are not installed; the report's browser test will be skipped"
+  fi
+fi
 echo "[setup] ready: .venv/bin/selfsup"

@@ -1,8 +1,11 @@
 """The `selfsup` command: pretrain, evaluate, embed, data.
 
-    selfsup pretrain                                   # SimCLR on Fashion-MNIST, then kNN
+    selfsup pretrain                                   # SimCLR on Fashion-MNIST, evaluate, report
     selfsup pretrain --data path/to/images optim.lr=1.0 train.epochs=10
     selfsup evaluate knn runs/<name>
+    selfsup evaluate linear runs/<name> --labels 1% 10% --seeds 3
+    selfsup evaluate finetune runs/<name> --labels 1% --seeds 3 --baseline
+    selfsup report runs/<name>                         # runs/<name>/report.html
     selfsup embed runs/<name> --data path/to/images --out emb.npy
     selfsup export runs/<name> --out encoder.safetensors
 """
@@ -37,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfsup.evaluate.finetune import FinetuneSettings
     from selfsup.methods import method_names
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining on unlabeled data, and evaluation of what it learned.",
@@ -65,22 +69,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1.0")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="evaluate a pretrained run", description="Evaluate a run's frozen encoder.")
+    p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, finetune, supervised",
+                       description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
+                                   "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
+                                   "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
     protocols = p.add_subparsers(title="protocols", metavar="PROTOCOL")
-    k = protocols.add_parser("knn", help="weighted kNN top-1 on frozen, L2-normalised features",
-                             description="Weighted kNN (cosine similarity, votes weighted by exp(sim/T)) of the "
-                                         "run's backbone features: the labelled train split is the memory, the "
-                                         "test split is scored. An image folder with class subfolders is split "
-                                         "80/20. Writes RUN_DIR/eval/knn.json.")
-    k.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
-    k.add_argument("--data", help="labelled data: a built-in data set or a folder with class subfolders "
-                                  "[default: the run's training source]")
-    k.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
-    k.add_argument("--k", type=int, help="neighbours [default: eval.knn_k of the run, 200]")
+    k = _evaluate_parser(protocols, "knn", "weighted kNN top-1 on frozen, L2-normalised features",
+                         "Weighted kNN (cosine similarity, votes weighted by exp(sim/T)) of the run's backbone "
+                         "features: the labelled train split (or its few-label subset) is the memory, the test "
+                         "split is scored. Without --labels and with one k it also writes RUN_DIR/eval/knn.json.")
+    k.add_argument("--k", type=int, nargs="+", help="neighbours; several values sweep k "
+                                                    "[default: eval.knn_k of the run, 200]")
     k.add_argument("--temperature", type=float, help="vote temperature [default: eval.knn_temperature, 0.1]")
     k.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
-    k.add_argument("--quiet", action="store_true", help="no progress bars")
-    k.set_defaults(func=cmd_knn)
+    _evaluate_parser(protocols, "linear", "linear probe (logistic regression) on frozen features",
+                     "Multinomial logistic regression on frozen, standardised backbone features (cached in "
+                     "RUN_DIR/eval/features/), fitted with L-BFGS; the weight decay is chosen from "
+                     "1e-5..1e-1 on a 10%% validation split of the training labels, never on the test set.")
+    for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
+                       ("supervised", "the baseline: the same backbone trained from scratch on the same labels")):
+        f = _evaluate_parser(protocols, name, what,
+                             f"{what[0].upper() + what[1:]}: AdamW, warm-up + cosine schedule, random resized crop "
+                             "and flip, the same number of steps for every label budget. "
+                             + ("The backbone learns at --backbone-lr-scale times the head's rate. "
+                                if name == "finetune" else "The backbone learns at the full rate. "))
+        defaults = FinetuneSettings()
+        f.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps [default: {defaults.steps}]")
+        f.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"batch size [default: {defaults.batch_size}]")
+        f.add_argument("--lr", type=float, default=defaults.lr, help=f"head learning rate [default: {defaults.lr}]")
+        if name == "finetune":
+            f.add_argument("--backbone-lr-scale", type=float, default=defaults.backbone_lr_scale,
+                           help=f"backbone lr / head lr [default: {defaults.backbone_lr_scale}]")
+            f.add_argument("--layer-decay", type=float, default=0.0,
+                           help="ViT: each earlier block learns at this factor times the next one's rate; "
+                                "0 = off [default: 0]")
+            f.add_argument("--baseline", action="store_true",
+                           help="also train the supervised-from-scratch baseline on the same labels")
+
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: training curves, label efficiency, maps",
+                       description="Write one self-contained HTML page, RUN_DIR/report.html (images embedded; opens "
+                                   "from disk with no server or network), and its figures as PNGs in "
+                                   "RUN_DIR/report/: loss, lr and throughput; online kNN and RankMe; accuracy "
+                                   "against the number of labels from every `selfsup evaluate` so far; a 2-D map "
+                                   "of test embeddings; nearest-neighbour retrieval; the pretext task's views; "
+                                   "a table of evaluations and the config.")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("embed", help="write backbone embeddings of images to a .npy file",
                        description="Embed images with a run's frozen backbone (eval mode, no augmentation) and "
@@ -135,6 +171,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A `selfsup evaluate NAME` parser with the options every protocol shares."""
+    p = protocols.add_parser(name, help=help_text, description=description)
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--data", help="labelled data: a built-in data set or a folder with class subfolders (split "
+                                  "80/20), read at the run's image size and channels [default: the run's source]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    p.add_argument("--labels", nargs="+", metavar="BUDGET",
+                   help="training labels to use: 1%%, 10%%, 100/class, 600 (a total); several values give "
+                        "several results; class-balanced draws [default: 100%%]")
+    p.add_argument("--seeds", type=int, default=1, help="repeat each budget over this many draws and report "
+                                                        "mean ± std [default: 1]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate, protocol=name)
+    return p
+
+
 def _cli_overrides(args) -> dict:
     """KEY=VALUE overrides (YAML-parsed) plus the options, which are taken as given (a path stays a string)."""
     from selfsup.config import merge, parse_overrides
@@ -176,8 +229,24 @@ def cmd_pretrain(args) -> int:
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     if result.stopped_early or args.no_eval:
         return 0
-    _knn_and_print(run_dir, source="", data_dir="", k=None, temperature=None, baselines=True, progress=not args.quiet)
+    if _knn_and_print(run_dir, source="", data_dir="", k=None, temperature=None, baselines=True,
+                      progress=not args.quiet) and cfg.eval.after_pretrain:
+        _few_label_evaluations(run_dir, cfg.eval.after_pretrain, cfg.eval.labels, progress=not args.quiet)
+    if cfg.eval.report:
+        from selfsup.report import write_report
+        print(f"report: {write_report(run_dir, progress=not args.quiet).resolve()}  (open it in a browser)")
     return 0
+
+
+def _few_label_evaluations(run_dir, protocols, labels, progress) -> None:
+    from selfsup.evaluate.protocols import evaluate_protocol
+    from selfsup.run import labelled_eval_sets, load_run
+    run = load_run(run_dir)
+    train, test = labelled_eval_sets(run.config)
+    source = run.config.eval.source or run.config.data.source
+    print(f"few-label evaluation ({', '.join(protocols)} with {', '.join(labels)} of the labels):")
+    for protocol in protocols:
+        evaluate_protocol(run, protocol, train, test, labels, 1, source, progress=progress)
 
 
 def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progress) -> dict | None:
@@ -195,7 +264,8 @@ def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progres
         print("kNN skipped: the evaluation data has no labels", file=sys.stderr)
         return None
     t = time.time()
-    report = knn_report(run, train, test, k, temperature, baselines=baselines, progress=progress)
+    report = knn_report(run, train, test, k, temperature, baselines=baselines, progress=progress,
+                        data_name=source or run.config.eval.source or run.config.data.source)
     report["seconds"] = round(time.time() - t, 1)
     report["step"] = run.step
     out = Path(run_dir) / "eval"
@@ -211,9 +281,43 @@ def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progres
     return report
 
 
-def cmd_knn(args) -> int:
-    _knn_and_print(args.run_dir, args.data or "", args.data_dir, args.k, args.temperature, args.baselines,
-                   not args.quiet)
+def cmd_evaluate(args) -> int:
+    from selfsup.evaluate.finetune import FinetuneSettings
+    from selfsup.config import ConfigError
+    from selfsup.evaluate.protocols import evaluate_protocol
+    from selfsup.evaluate.splits import parse_label_budget
+    from selfsup.run import labelled_eval_sets, load_run
+    try:
+        for text in args.labels or []:
+            parse_label_budget(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    knn_ks = getattr(args, "k", None) or []
+    if args.protocol == "knn" and not args.labels and len(knn_ks) <= 1 and args.seeds == 1:
+        _knn_and_print(args.run_dir, args.data or "", args.data_dir, knn_ks[0] if knn_ks else None,
+                       args.temperature, args.baselines, not args.quiet)
+        return 0
+    run = load_run(args.run_dir)
+    train, test = labelled_eval_sets(run.config, args.data or "", args.data_dir)
+    data_name = args.data or run.config.eval.source or run.config.data.source
+    protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
+    settings = None
+    if args.protocol in ("finetune", "supervised"):
+        settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                    backbone_lr_scale=getattr(args, "backbone_lr_scale", 1.0),
+                                    layer_decay=getattr(args, "layer_decay", 0.0))
+    for protocol in protocols:
+        evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
+                          settings, progress=not args.quiet)
+    print(f"results appended to {Path(args.run_dir) / 'eval' / 'results.jsonl'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from selfsup.report import write_report
+    print(f"report: {write_report(args.run_dir, progress=not args.quiet).resolve()}")
     return 0
 
 

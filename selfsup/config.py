@@ -130,12 +130,27 @@ class EvalConfig:
     online_every: float = 1.0          # epochs between online kNN evaluations; 0 = off
     online_train: int = 5000           # labelled images the online kNN votes with
     online_test: int = 1000            # images it scores
+    # After pretraining: these protocols on these label budgets (docs/evaluation.md), then the report.
+    after_pretrain: list[str] = field(default_factory=lambda: ["knn", "linear"])
+    labels: list[str] = field(default_factory=lambda: ["1%", "10%", "100%"])
+    report: bool = True                # write RUN_DIR/report.html at the end of `selfsup pretrain`
 
     def validate(self) -> None:
         if self.knn_k < 1 or self.knn_temperature <= 0:
             raise ConfigError("eval.knn_k must be >= 1 and eval.knn_temperature > 0")
         if self.online_every < 0 or self.online_train < 1 or self.online_test < 1:
             raise ConfigError("eval.online_every must be >= 0 (0 = off), eval.online_train and eval.online_test >= 1")
+        from selfsup.evaluate.protocols import PROTOCOLS
+        from selfsup.evaluate.splits import parse_label_budget
+        unknown = [p for p in self.after_pretrain if p not in PROTOCOLS]
+        if unknown:
+            raise ConfigError(f"eval.after_pretrain: unknown protocol(s) {', '.join(unknown)}; "
+                              f"choose from {', '.join(PROTOCOLS)}")
+        for text in self.labels:
+            try:
+                parse_label_budget(text)
+            except ValueError as e:
+                raise ConfigError(f"eval.labels: {e}") from e
 
 
 @dataclass

@@ -10,6 +10,7 @@ from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoi
 from selfsup.config import Config, load_config
 from selfsup.data import ImageSet, convert
 from selfsup.evaluate import extract_features, knn_accuracy, pixel_features
+from selfsup.evaluate.protocols import cached_features
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
 from selfsup.train import build_method, resolve_device, resolve_precision
@@ -66,9 +67,10 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
 
 
 def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, temperature: float | None = None,
-               baselines: bool = True, progress: bool = True) -> dict:
+               baselines: bool = True, progress: bool = True, data_name: str = "") -> dict:
     """kNN top-1 of the run's backbone; with baselines, also of the same backbone at random
-    initialisation and of raw pixels."""
+    initialisation and of raw pixels. With a data_name, the backbone's features are cached in the
+    run folder for later evaluations (selfsup.evaluate.protocols.cached_features)."""
     if train.labels is None or test.labels is None:
         raise ValueError("kNN needs labelled train and test sets")
     k = k or run.config.eval.knn_k
@@ -78,8 +80,11 @@ def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, 
     def score(feats_train, feats_test):
         return knn_accuracy(feats_train, train.labels, feats_test, test.labels, k, t)
 
-    result = {"k": k, "temperature": t, "train_size": len(train), "test_size": len(test),
-              "knn_top1": score(run.embed(train.images, bs, progress=progress), run.embed(test.images, bs, progress=progress))}
+    if data_name:
+        feats = [cached_features(run, s, f"{data_name} {split}", progress) for s, split in ((train, "train"), (test, "test"))]
+    else:
+        feats = [run.embed(s.images, bs, progress=progress) for s in (train, test)]
+    result = {"k": k, "temperature": t, "train_size": len(train), "test_size": len(test), "knn_top1": score(*feats)}
     if baselines:
         untrained = build_method(run.config, run.config.data.channels)
         if run.config.train.channels_last:

@@ -29,7 +29,8 @@ from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint
 from selfsup.config import Config
 from selfsup.data import DataError, ImageSet, load_images
 from selfsup.evaluate.datasets import labelled_eval_sets
-from selfsup.evaluate.online import OnlineKNN
+from selfsup.evaluate.online import OnlineMonitor
+from selfsup.evaluate.representation import collapse_warning
 from selfsup.methods import Method, method_class
 from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
 
@@ -116,22 +117,25 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
-def online_monitor(cfg: Config, device: torch.device, precision: str,
-                   labelled: tuple[ImageSet, ImageSet] | None) -> OnlineKNN | None:
-    """Online kNN on `labelled` (train, test), or on the config's labelled data when that is None;
-    None when it is switched off or the data has no labels (a note says so)."""
+def online_monitor(cfg: Config, data: ImageSet, device: torch.device, precision: str,
+                   labelled: tuple[ImageSet, ImageSet] | None, look_for_labels: bool) -> OnlineMonitor | None:
+    """The online monitor: label-free measures on a fixed sample of images, and kNN on `labelled`
+    (train, test) or, when look_for_labels, on the config's labelled data if it has labels.
+    None when eval.online_every is 0."""
     if not cfg.eval.online_every:
         return None
-    if labelled is None:
+    if labelled is None and look_for_labels:
         try:
             labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test)
         except (DataError, ValueError) as e:
-            print(f"note: no online kNN during pretraining ({e})", file=sys.stderr)
-            return None
-    train, test = labelled
-    return OnlineKNN(train.subset(cfg.eval.online_train), test.subset(cfg.eval.online_test),
-                     min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature, cfg.eval.batch_size,
-                     device, precision)
+            print(f"note: no online kNN during pretraining ({e}); label-free measures only", file=sys.stderr)
+    if labelled is not None:
+        labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
+    # The held-out test images when there are labels; else evenly spaced training images.
+    sample = labelled[1].images if labelled is not None else \
+        data.images[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
+    return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
+                         cfg.eval.batch_size, device, precision)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -227,7 +231,7 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
-    monitor = online_monitor(cfg, device, precision, labelled) if (labelled or data_from_config) else None
+    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config)
     online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
     best_score = _best_score(ckpt_dir)
 
@@ -302,12 +306,20 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
             bar.update(1)
             online_knn = None
             if monitor is not None and (step % online_steps == 0 or step == total_steps):
-                online_knn = monitor(method)
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "online_knn_top1": online_knn}
+                measured = monitor(method)
+                online_knn = measured.get("online_knn_top1")
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **measured}
+                warning = collapse_warning(measured)
+                if warning:
+                    record["collapse_warning"] = warning
+                    bar.write(f"warning: step {step}: {warning}; check the learning rate and the method's "
+                              "anti-collapse settings (docs/evaluation.md)", file=sys.stderr)
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 if progress:
-                    bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): online kNN top-1 {online_knn:.2%}")
+                    knn_text = f"online kNN top-1 {online_knn:.2%}, " if online_knn is not None else ""
+                    bar.write(f"step {step} (epoch {step / steps_per_epoch:.2f}): {knn_text}"
+                              f"RankMe {measured['rankme']:.1f}, std {measured['std']:.2f}")
             epoch_end = step % steps_per_epoch == 0
             if step % cfg.train.checkpoint_every == 0 or epoch_end or step == total_steps or online_knn is not None:
                 saved = checkpoint(step, online_knn)

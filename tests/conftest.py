@@ -15,12 +15,10 @@ def write_idx(path, array: np.ndarray) -> None:
         f.write(header + array.tobytes())
 
 
-@pytest.fixture
-def tiny_fashion(tmp_path):
+def write_tiny_fashion(folder):
     """A fake Fashion-MNIST folder: 10 classes, separable by which image block is bright."""
     rng = np.random.default_rng(0)
-    folder = tmp_path / "fmnist"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for split, n, prefix in (("train", 400, "train"), ("test", 100, "t10k")):
         labels = np.arange(n) % 10
         images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
@@ -30,6 +28,11 @@ def tiny_fashion(tmp_path):
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     return folder
+
+
+@pytest.fixture
+def tiny_fashion(tmp_path):
+    return write_tiny_fashion(tmp_path / "fmnist")
 
 
 @pytest.fixture(autouse=True)

@@ -19,7 +19,7 @@ from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data import load_images
 from selfsup.evaluate.datasets import labelled_eval_sets
-from selfsup.evaluate.online import OnlineKNN
+from selfsup.evaluate.online import OnlineMonitor
 from selfsup.export import import_weights, load_encoder
 from selfsup.methods import method_names
 from selfsup.run import load_run
@@ -147,7 +147,8 @@ def test_best_online_knn_checkpoint_is_kept_beyond_keep_last(tiny_fashion, tmp_p
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
     labelled = labelled_eval_sets(small_config(f"data.data_dir={tiny_fashion}"))
     scores = iter([0.5, 0.9, 0.6, 0.7])
-    monkeypatch.setattr(OnlineKNN, "__call__", lambda self, method: next(scores))
+    healthy = {"rankme": 20.0, "std": 1.0, "uniformity": -3.0, "alignment": 0.5}
+    monkeypatch.setattr(OnlineMonitor, "__call__", lambda self, method: {**healthy, "online_knn_top1": next(scores)})
     pretrain(small_config("train.steps=24", "train.keep_checkpoints=1", "train.checkpoint_every=1000",
                           "eval.online_every=0.5"), tmp_path / "run", data=data, labelled=labelled, progress=False)
     folder = tmp_path / "run" / "checkpoints"           # online kNN every 6 steps: 6, 12, 18, 24

@@ -32,5 +32,7 @@ def labelled_eval_sets(cfg, source: str = "", data_dir: str = "", max_train: int
 def split_labelled(data: ImageSet, test_fraction: float = 0.2, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
     n_test = max(1, int(len(data) * test_fraction))
-    pick = lambda idx: ImageSet(data.images[idx], data.labels[idx], data.classes, data.name)  # noqa: E731
+    def pick(idx: torch.Tensor) -> ImageSet:
+        paths = [data.paths[i] for i in idx.tolist()] if data.paths else []
+        return ImageSet(data.images[idx], data.labels[idx], data.classes, data.name, paths)
     return pick(order[n_test:]), pick(order[:n_test])

@@ -1,0 +1,64 @@
+"""The few-label table of a run: kNN, linear probe, fine-tuning and the supervised-from-scratch
+baseline at several label budgets, each over several seeds, with the time each protocol takes.
+Prints one JSON line per (protocol, budget) and a final summary line; --out appends them.
+
+    python benchmarks/evaluation.py runs/default --labels 1% 10% 100% --seeds 3 --out docs/evaluation-cpu.jsonl
+
+The frozen-feature cache of the run is emptied first, so the first frozen protocol's time
+includes the one feature pass (reported apart as "feature_seconds"). Fine-tuning and the baseline
+train --steps batches for every budget, except 100%, which gets --full-steps (about one epoch).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from selfsup.evaluate.finetune import FinetuneSettings
+from selfsup.evaluate.protocols import cached_features, evaluate_protocol
+from selfsup.run import labelled_eval_sets, load_run
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"])
+    p.add_argument("--steps", type=int, default=FinetuneSettings.steps)
+    p.add_argument("--full-steps", type=int, default=470, help="fine-tuning steps with 100%% of the labels")
+    p.add_argument("--out", help="append the JSON lines to this file")
+    args = p.parse_args()
+
+    run = load_run(args.run_dir)
+    train, test = labelled_eval_sets(run.config)
+    name = run.config.data.source
+    shutil.rmtree(Path(args.run_dir) / "eval" / "features", ignore_errors=True)
+    started = time.time()
+    for split, images in (("train", train), ("test", test)):
+        cached_features(run, images, f"{name} {split}")
+    lines = [{"feature_seconds": round(time.time() - started, 1), "images": len(train) + len(test)}]
+    for protocol in args.protocols:
+        for labels in args.labels:
+            steps = args.full_steps if labels == "100%" else args.steps
+            settings = FinetuneSettings(steps=steps) if protocol in ("finetune", "supervised") else None
+            for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
+                                         progress=False, log=lambda text: print(text, file=sys.stderr)):
+                lines.append({k: row[k] for k in ("protocol", "labels", "num_labels", "seeds", "top1", "mean",
+                                                  "std", "seconds")} | {"steps": steps if settings else None})
+    lines.append({"run": str(args.run_dir), "step": run.step, "threads": torch.get_num_threads(),
+                  "total_seconds": round(time.time() - started, 1)})
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    print(text, end="")
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(text)
+
+
+if __name__ == "__main__":
+    main()

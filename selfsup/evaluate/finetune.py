@@ -1,0 +1,127 @@
+"""Fine-tuning: the whole encoder with a new linear head on a labelled (few-label) set, with
+light augmentation (random resized crop and flip), AdamW, warm-up + cosine schedule. The
+backbone learns at a fraction of the head's rate so the pretrained features are adjusted, not
+overwritten; for a ViT, layer-wise decay lowers it further for earlier blocks (BEiT, Bao et
+al., 2022). The supervised baseline is the same procedure from a randomly initialised backbone
+at the full rate, on the same labels with the same number of steps.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from selfsup.augment import normalize, random_resized_crop_flip, to_float
+from selfsup.data import ImageSet
+from selfsup.optim import lr_factor
+
+
+@dataclass
+class FinetuneSettings:
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 2e-3                   # the head's learning rate (AdamW)
+    backbone_lr_scale: float = 0.1     # backbone lr = lr * this (1.0 for the from-scratch baseline)
+    layer_decay: float = 0.0           # ViT: block i of n learns at scale * decay^(n - i); 0 = off
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip_p: float = 0.5
+
+
+class Classifier(nn.Module):
+    def __init__(self, backbone: nn.Module, num_classes: int, size: int, mean, std):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.feature_dim, num_classes)
+        self.size, self.mean, self.std = size, list(mean), list(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    def prepare(self, batch_u8: torch.Tensor, settings: FinetuneSettings | None = None,
+                gen: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 images -> normalised float at self.size: augmented when settings are given, else resized."""
+        x = to_float(batch_u8)
+        if settings is not None:
+            x = random_resized_crop_flip(x, self.size, settings.crop_scale, (3 / 4, 4 / 3), settings.flip_p, gen)
+        elif x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return normalize(x, self.mean, self.std)
+
+
+def lr_scales(backbone: nn.Module, settings: FinetuneSettings) -> list[tuple[list[nn.Parameter], float]]:
+    """(parameters, lr scale) groups of the backbone: one group, or one per ViT block with layer decay."""
+    blocks = getattr(backbone, "blocks", None)
+    if not settings.layer_decay or blocks is None:
+        return [(list(backbone.parameters()), settings.backbone_lr_scale)]
+    depth = len(blocks)
+    in_block = {id(p): i + 1 for i, block in enumerate(blocks) for p in block.parameters()}
+    groups: dict[int, list] = {}
+    for name, p in backbone.named_parameters():
+        # Patch and position embeddings count as layer 0, the final norm as layer depth + 1.
+        layer = in_block.get(id(p), 0 if not name.startswith("norm") else depth + 1)
+        groups.setdefault(layer, []).append(p)
+    return [(params, settings.backbone_lr_scale * settings.layer_decay ** (depth + 1 - layer))
+            for layer, params in sorted(groups.items())]
+
+
+def _optimizer(model: Classifier, settings: FinetuneSettings) -> torch.optim.AdamW:
+    groups = []
+    for params, scale in lr_scales(model.backbone, settings) + [(list(model.head.parameters()), 1.0)]:
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim > 1) == decay]
+            if chosen:
+                groups.append(dict(params=chosen, lr_scale=scale, weight_decay=settings.weight_decay if decay else 0.0))
+    return torch.optim.AdamW(groups, lr=settings.lr)
+
+
+def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: FinetuneSettings, size: int,
+             mean, std, seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32",
+             progress: bool = False, desc: str = "fine-tune") -> dict:
+    """Train a copy of `backbone` with a new head on `train`; top-1 on `test` and the final train loss.
+    `size` is the side images are seen at; mean/std normalise them as in pretraining."""
+    if train.labels is None or test.labels is None:
+        raise ValueError("fine-tuning needs labelled train and test sets")
+    device = torch.device(device)
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    torch.manual_seed(seed)
+    model = Classifier(copy.deepcopy(backbone), num_classes, size, mean, std).to(device)
+    optimizer = _optimizer(model, settings)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    order_gen = torch.Generator().manual_seed(seed)
+    batch_size = min(settings.batch_size, len(train))
+    warmup = round(settings.warmup_fraction * settings.steps)
+    order, position, loss = torch.randperm(len(train), generator=order_gen), 0, torch.tensor(float("nan"))
+    model.train()
+    for step in tqdm(range(settings.steps), desc=desc, disable=not progress, leave=False):
+        if position + batch_size > len(order):
+            order, position = torch.randperm(len(train), generator=order_gen), 0
+        idx = order[position:position + batch_size]
+        position += batch_size
+        factor = lr_factor(step, settings.steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * group["lr_scale"] * factor
+        x = model.prepare(train.images[idx].to(device), settings, gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x).float(), train.labels[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return {"top1": accuracy(model, test, device, precision), "final_train_loss": loss.item()}
+
+
+@torch.no_grad()
+def accuracy(model: Classifier, test: ImageSet, device: torch.device, precision: str, batch_size: int = 1024) -> float:
+    model.eval()
+    correct = 0
+    for start in range(0, len(test), batch_size):
+        x = model.prepare(test.images[start:start + batch_size].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            pred = model(x).argmax(1).cpu()
+        correct += (pred == test.labels[start:start + batch_size]).sum().item()
+    return correct / len(test)

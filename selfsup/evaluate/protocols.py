@@ -1,0 +1,147 @@
+"""The evaluation protocols of a run, with few labels: knn, linear, finetune and the supervised
+baseline, each over label budgets ('1%', '10%', '100/class') and seeds, reported as mean and std
+and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
+
+Frozen features (knn, linear) are extracted once per checkpoint and data set and cached in
+RUN_DIR/eval/features/, so a sweep over budgets, seeds or k costs one feature pass.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from selfsup.backbones import build_backbone_from_config
+from selfsup.checkpoint import atomic_write
+from selfsup.data import ImageSet
+from selfsup.evaluate.finetune import FinetuneSettings, finetune
+from selfsup.evaluate.knn import knn_accuracy
+from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
+
+PROTOCOLS = ("knn", "linear", "finetune", "supervised")
+
+
+def cached_features(run, data: ImageSet, description: str, progress: bool = False) -> torch.Tensor:
+    """The run's frozen features of `data`, from RUN_DIR/eval/features/ when this checkpoint already
+    computed them for the same images; `description` (e.g. 'fashion-mnist test') names the file."""
+    digest = hashlib.sha1(data.images[:: max(1, len(data) // 64)].numpy().tobytes())
+    digest.update(repr((tuple(data.images.shape), description)).encode())
+    folder = Path(run.path) / "eval" / "features"
+    stem = "".join(c if c.isalnum() else "-" for c in description)
+    path = folder / f"{stem}-{digest.hexdigest()[:10]}-step{run.step}.safetensors"
+    if path.is_file():
+        return load_file(path)["features"]
+    feats = run.embed(data.images, run.config.eval.batch_size, progress=progress)
+    folder.mkdir(parents=True, exist_ok=True)
+    for older in folder.glob(f"{stem}-{digest.hexdigest()[:10]}-step*.safetensors"):
+        older.unlink()                   # features of an earlier checkpoint: stale
+    save_file({"features": feats.contiguous()}, str(path))
+    return feats
+
+
+def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, labels: list[str] = ("100%",),
+                      seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
+                      settings: FinetuneSettings | None = None, progress: bool = True,
+                      log: Callable[[str], None] = print) -> list[dict]:
+    """Score `protocol` for every label budget (and every k for knn) over `seeds` class-balanced draws
+    of the training labels; each result row is logged, appended to eval/results.jsonl and returned."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    if train.labels is None or test.labels is None:
+        raise ValueError(f"{protocol} needs labelled train and test sets")
+    if seeds < 1:
+        raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    budgets = [parse_label_budget(text) for text in labels]
+    num_classes = int(train.labels.unique().numel())
+    score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress)
+    rows = []
+    for budget in budgets:
+        count = budget.count(len(train), num_classes)
+        for setting in variants:
+            started, scores, details = time.time(), [], []
+            for seed in range(seeds):
+                top1, detail = score(balanced_subset(train.labels, count, seed), seed, setting)
+                scores.append(top1)
+                details.append(detail)
+            row = _row(run, protocol, budget, count, scores, time.time() - started, setting, data_name, len(test))
+            if any(details):
+                row["per_seed"] = details
+            _append(Path(run.path) / "eval" / "results.jsonl", row)
+            log(_describe(row))
+            rows.append(row)
+    return rows
+
+
+def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress):
+    """(score(indices, seed, setting) -> (top-1, per-seed details or None), the settings to score)."""
+    cfg = run.config
+    if protocol in ("knn", "linear"):
+        train_f = cached_features(run, train, f"{data_name} train", progress)
+        test_f = cached_features(run, test, f"{data_name} test", progress)
+        if protocol == "knn":
+            def knn(idx, seed, setting):
+                return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
+                                    min(setting["k"], len(idx)), setting["temperature"]), None
+            return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (knn_ks or [cfg.eval.knn_k])]
+
+        def linear(idx, seed, setting):
+            result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed)
+            return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"]}
+        return linear, [{"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1}]
+
+    from selfsup.train import resolve_device, resolve_precision
+    settings = settings or FinetuneSettings()
+    if protocol == "supervised":           # a random backbone has nothing to preserve: full learning rate
+        settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0)
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    size = cfg.augment.eval_size or cfg.data.size
+
+    def tune(idx, seed, setting):
+        if protocol == "supervised":
+            torch.manual_seed(cfg.train.seed + 1000 + seed)
+            backbone = build_backbone_from_config(cfg.backbone, cfg.data.channels, cfg.augment.size or size)
+        else:
+            backbone = run.backbone
+        subset = ImageSet(train.images[idx], train.labels[idx], train.classes)
+        result = finetune(backbone, subset, test, settings, size, cfg.augment.mean, cfg.augment.std, seed, device,
+                          precision, progress, desc=f"{protocol} seed {seed}")
+        return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
+    return tune, [asdict(settings)]
+
+
+def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, data_name, test_size) -> dict:
+    return {"protocol": protocol, "labels": budget.text, "num_labels": count, "seeds": len(scores),
+            "top1": scores, "mean": statistics.fmean(scores),
+            "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+            "seconds": round(seconds, 2), "settings": setting, "data": data_name, "test_size": test_size,
+            "step": run.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _describe(row: dict) -> str:
+    extra = f" k={row['settings']['k']}" if row["protocol"] == "knn" else ""
+    spread = f" ± {100 * row['std']:.2f}" if row["seeds"] > 1 else ""
+    return (f"{row['protocol']:>10}{extra} with {row['labels']:>9} labels ({row['num_labels']} images, "
+            f"{row['seeds']} seed(s)): top-1 {100 * row['mean']:.2f}%{spread}  [{row['seconds']:.1f} s]")
+
+
+def _append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = path.read_bytes() if path.exists() else b""
+    atomic_write(path, previous + (json.dumps(row) + "\n").encode())
+
+
+def read_results(run_dir: str | Path) -> list[dict]:
+    """Every row of RUN_DIR/eval/results.jsonl, oldest first ([] when there are none)."""
+    path = Path(run_dir) / "eval" / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,181 @@
+"""`selfsup report RUN_DIR`: one self-contained HTML page (RUN_DIR/report.html, images embedded,
+opens from disk with no server or network) plus its figures as PNGs in RUN_DIR/report/.
+
+It shows how pretraining went (loss, lr, throughput; online kNN, RankMe), what it bought
+(the label-efficiency curve from eval/results.jsonl), what the encoder learned (a 2-D map of
+test embeddings, nearest-neighbour retrieval), what the pretext task saw (views from the run's
+own recipe), and every evaluation with its settings next to the run's config.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from selfsup.data import DataError, ImageSet
+from selfsup.evaluate.protocols import read_results
+from selfsup.report import plots
+
+MAP_IMAGES = 2000          # test images on the 2-D map
+MEMORY_IMAGES = 10000      # training images retrieval searches
+QUERIES, NEIGHBOURS = 8, 7
+
+
+def write_report(run_dir: str | Path, progress: bool = False) -> Path:
+    """Write RUN_DIR/report.html and RUN_DIR/report/*.png; return the page's path."""
+    from selfsup.run import labelled_eval_sets, load_run
+    from selfsup.train import load_training_data
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    cfg = run.config
+    metrics = _read_jsonl(run_dir / "metrics.jsonl")
+    results = read_results(run_dir)
+    try:
+        memory, queries = labelled_eval_sets(cfg, max_train=min(MEMORY_IMAGES, cfg.eval.max_train or MEMORY_IMAGES),
+                                             max_test=min(MAP_IMAGES, cfg.eval.max_test or MAP_IMAGES))
+    except DataError:                    # unlabeled data: map and retrieval on the training images
+        images = load_training_data(cfg).subset(MEMORY_IMAGES + MAP_IMAGES).images
+        on_map = min(MAP_IMAGES, len(images) // 2)
+        memory, queries = ImageSet(images[on_map:]), ImageSet(images[:on_map])
+
+    figures = {
+        "training": plots.training_curves(metrics),
+        "online": plots.online_curves(metrics),
+        "label_efficiency": plots.label_efficiency(results, cfg.eval.knn_k),
+    }
+    query_feats = run.embed(queries.images, cfg.eval.batch_size, progress=progress)
+    figures["embedding_map"] = plots.embedding_maps(_maps(query_feats), queries.labels, queries.classes)
+    figures["retrieval"] = _retrieval(run, memory, queries, query_feats, progress)
+    figures["views"] = _views(run, queries)
+
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    sections = []
+    for name, fig in figures.items():
+        if fig is None:
+            continue
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=90)
+        (out / f"{name}.png").write_bytes(buffer.getvalue())
+        sections.append((name, base64.b64encode(buffer.getvalue()).decode()))
+    page = run_dir / "report.html"
+    page.write_text(_page(run_dir, cfg, run.step, sections, results, metrics))
+    return page
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _maps(feats: torch.Tensor) -> dict[str, torch.Tensor]:
+    """PCA always; t-SNE as well when scikit-learn is installed."""
+    maps = {"PCA": plots.pca_2d(feats)}
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError:
+        return maps
+    maps["t-SNE"] = torch.from_numpy(TSNE(init="pca", random_state=0).fit_transform(feats.numpy())).float()
+    return maps
+
+
+def _pixels(images_u8: torch.Tensor) -> list[torch.Tensor]:
+    return list(images_u8.float().div(255))
+
+
+def _retrieval(run, memory: ImageSet, queries: ImageSet, query_feats: torch.Tensor, progress: bool):
+    """Query test images (one per class when labelled) and their nearest training images; a
+    neighbour's frame is green when its class matches the query's, red when not."""
+    memory_feats = run.embed(memory.images, run.config.eval.batch_size, progress=progress)
+    if queries.labels is not None:
+        picks = [int((queries.labels == c).nonzero()[0]) for c in queries.labels.unique()[:QUERIES]]
+    else:
+        picks = list(range(min(QUERIES, len(queries))))
+    neighbours = (query_feats[picks] @ memory_feats.T).topk(min(NEIGHBOURS, len(memory)), dim=1).indices
+    rows, frames, titles = [], [], []
+    for q, found in zip(picks, neighbours):
+        rows.append(_pixels(queries.images[q:q + 1]) + _pixels(memory.images[found]))
+        if queries.labels is not None and memory.labels is not None:
+            same = (memory.labels[found] == queries.labels[q]).tolist()
+            frames.append(["black"] + ["tab:green" if s else "tab:red" for s in same])
+            name = queries.classes[queries.labels[q]] if queries.classes else str(int(queries.labels[q]))
+            titles.append(f"query: {name}")
+        else:
+            frames.append(["black"] + [None] * len(found))
+            titles.append(f"query {q}")
+    return plots.image_grid(rows, titles, f"nearest training images of test queries (cosine, of {len(memory)})",
+                            frames)
+
+
+def _views(run, data: ImageSet):
+    """The first images and the views the run's method makes of them (images of any view size)."""
+    method, cfg = run.method, run.config.augment
+    batch = data.images[:6]
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        views = method.views(batch, gen)
+    mean = torch.tensor(cfg.mean or [0.0]).view(-1, 1, 1)
+    std = torch.tensor(cfg.std or [1.0]).view(-1, 1, 1)
+    images = [v.float() for v in views if v.dim() == 4 and v.is_floating_point()]
+    rows = []
+    for i in range(batch.shape[0]):
+        # A method may make several images per sample (rotations, tiles): take this sample's share.
+        shown = [v[i * (v.shape[0] // batch.shape[0]):(i + 1) * (v.shape[0] // batch.shape[0])] for v in images]
+        rows.append(_pixels(batch[i:i + 1]) + [(x * std + mean) for v in shown for x in v][:9])
+    return plots.image_grid(rows, [f"image {i}" for i in range(len(rows))],
+                            f"what {run.config.method.name} trains on: each image, then its views")
+
+
+def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics: list[dict]) -> str:
+    titles = {"training": "Pretraining", "online": "Online monitoring", "label_efficiency": "Label efficiency",
+              "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task"}
+    summary = _read_json(run_dir / "train_summary.json")
+    knn = _read_json(run_dir / "eval" / "knn.json")
+    warnings = [r["collapse_warning"] for r in metrics if "collapse_warning" in r]
+    parts = [f"<h1>selfsup run {html.escape(run_dir.name)}</h1>",
+             f"<p>{html.escape(cfg.method.name)} on {html.escape(cfg.data.source)}, backbone "
+             f"{html.escape(cfg.backbone.name)}; checkpoint step {step}; report written "
+             f"{time.strftime('%Y-%m-%d %H:%M')}.</p>"]
+    if summary:
+        parts.append("<p>Pretraining: " + html.escape(", ".join(f"{k} {v}" for k, v in summary.items())) + "</p>")
+    if knn:
+        parts.append("<p>kNN top-1 (all labels): " + ", ".join(
+            f"{label} <b>{100 * knn[key]:.2f}%</b>" for key, label in
+            (("knn_top1", "pretrained"), ("knn_top1_random_init", "random init"), ("knn_top1_pixels", "raw pixels"))
+            if key in knn) + "</p>")
+    for w in warnings[-3:]:
+        parts.append(f'<p class="warn">collapse warning: {html.escape(w)}</p>')
+    for name, encoded in sections:
+        parts.append(f"<h2>{titles[name]}</h2>")
+        parts.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}">')
+    parts.append("<h2>Evaluations</h2>" + _results_table(results))
+    parts.append(f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False))}</pre>")
+    style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
+             "img{max-width:100%;display:block;margin:.5em 0}table{border-collapse:collapse;font-size:.9em}"
+             "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}"
+             "pre{background:#f7f7f7;padding:1em;font-size:.85em}.warn{color:#b00;font-weight:bold}")
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>selfsup report: '
+            f'{html.escape(run_dir.name)}</title><style>{style}</style></head><body>\n'
+            + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _results_table(results: list[dict]) -> str:
+    if not results:
+        return "<p>No evaluations yet: run <code>selfsup evaluate linear RUN_DIR --labels 1% 10%</code>.</p>"
+    head = ["protocol", "data", "labels", "images", "seeds", "top-1 (%)", "seconds", "step", "settings"]
+    rows = []
+    for r in results:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
+        cells = [r["protocol"], r["data"], r["labels"], r["num_labels"], r["seeds"],
+                 f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}", r["seconds"], r["step"], settings]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,221 @@
+"""Evaluation protocols where the right answer is known: few-label splits, the linear probe, the
+label-free measures, fine-tuning and its layer-wise learning rates, the online monitor."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from selfsup.backbones import build_backbone
+from selfsup.data import ImageSet
+from selfsup.evaluate.finetune import FinetuneSettings, finetune, lr_scales
+from selfsup.evaluate.linear import fit_logistic_regression, linear_probe
+from selfsup.evaluate.online import OnlineMonitor
+from selfsup.evaluate.representation import (alignment, collapse_warning, normalised_std, rankme,
+                                             representation_metrics, uniformity)
+from selfsup.evaluate.splits import balanced_subset, parse_label_budget, train_val_split
+
+
+# ----------------------------------------------------------------------------- label budgets and splits
+
+@pytest.mark.parametrize("text, available, classes, count", [
+    ("1%", 60000, 10, 600), ("10%", 60000, 10, 6000), ("100%", 60000, 10, 60000), ("all", 500, 10, 500),
+    ("100/class", 60000, 10, 1000), ("600", 60000, 10, 600), ("0.001%", 60000, 10, 10), ("5000", 300, 3, 300)])
+def test_label_budgets_count_images(text, available, classes, count):
+    assert parse_label_budget(text).count(available, classes) == count
+
+
+@pytest.mark.parametrize("text", ["0%", "150%", "-3", "0", "ten", "5/klass", ""])
+def test_bad_label_budget_says_what_is_allowed(text):
+    with pytest.raises(ValueError, match="percentage .* per class .* total"):
+        parse_label_budget(text)
+
+
+def test_balanced_subset_is_balanced_and_repeats_with_its_seed():
+    labels = torch.arange(1000) % 10
+    idx = balanced_subset(labels, 100, seed=3)
+    assert len(idx) == len(idx.unique()) == 100
+    assert torch.bincount(labels[idx]).tolist() == [10] * 10
+    assert torch.equal(idx, balanced_subset(labels, 100, seed=3))
+    assert not torch.equal(idx, balanced_subset(labels, 100, seed=4))
+
+
+def test_balanced_subset_shares_out_what_a_small_class_lacks():
+    labels = torch.tensor([0] * 2 + [1] * 50 + [2] * 50)
+    counts = torch.bincount(labels[balanced_subset(labels, 30, seed=0)]).tolist()
+    assert counts == [2, 14, 14]
+
+
+def test_validation_split_is_disjoint_covers_and_has_every_class():
+    labels = torch.arange(200) % 4
+    train, val = train_val_split(labels, 0.1, seed=0)
+    assert set(train.tolist()).isdisjoint(val.tolist())
+    assert sorted(train.tolist() + val.tolist()) == list(range(200))
+    assert torch.bincount(labels[val]).tolist() == [5] * 4
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+def clusters(n, num_classes=10, dim=16, spread=0.2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(num_classes, dim, generator=torch.Generator().manual_seed(99))
+    labels = torch.arange(n) % num_classes
+    return centres[labels] + spread * torch.randn(n, dim, generator=gen), labels
+
+
+def test_linear_probe_separates_clusters():
+    (x, y), (xt, yt) = clusters(500), clusters(300, seed=1)
+    assert linear_probe(x, y, xt, yt)["top1"] > 0.99
+
+
+def test_linear_probe_on_random_labels_is_at_chance():
+    (x, _), (xt, _) = clusters(500), clusters(2000, seed=1)
+    gen = torch.Generator().manual_seed(5)
+    y, yt = torch.randint(0, 10, (500,), generator=gen), torch.randint(0, 10, (2000,), generator=gen)
+    assert 0.05 < linear_probe(x, y, xt, yt)["top1"] < 0.16
+
+
+def test_linear_probe_beats_closed_form_least_squares_where_that_masks_a_class():
+    """Three classes along a line (Hastie et al., ESL fig. 4.2): regressing one-hot targets in closed
+    form lets the middle class never win, logistic regression separates all three."""
+    def line_of_classes(n, seed):
+        gen = torch.Generator().manual_seed(seed)
+        y = torch.arange(n) % 3
+        x = torch.stack([y.float() * 4 + torch.randn(n, generator=gen), torch.randn(n, generator=gen)], 1)
+        return x, y
+    (x, y), (xt, yt) = line_of_classes(600, 0), line_of_classes(600, 1)
+    design = torch.cat([x, torch.ones(len(x), 1)], 1).double()
+    coef = torch.linalg.lstsq(design, F.one_hot(y, 3).double()).solution
+    least_squares = ((torch.cat([xt, torch.ones(len(xt), 1)], 1).double() @ coef).argmax(1) == yt).float().mean()
+    probe = linear_probe(x, y, xt, yt)["top1"]
+    assert least_squares < 0.8 and probe > 0.95
+
+
+def test_logistic_regression_reaches_the_optimum_of_its_objective():
+    x, y = clusters(300, num_classes=3, dim=5, spread=2.0)
+    fit = fit_logistic_regression(x, y, 3, weight_decay=1e-2)
+    w = fit.weight.clone().requires_grad_(True)
+    b = fit.bias.clone().requires_grad_(True)
+    z = (x - fit.mean) / fit.std
+    loss = F.cross_entropy(z @ w + b, y) + 1e-2 / 2 * w.square().sum()
+    loss.backward()
+    assert w.grad.abs().max() < 1e-4 and b.grad.abs().max() < 1e-4      # the gradient vanishes there
+
+
+def test_linear_probe_chooses_weight_decay_without_the_test_labels():
+    (x, y), (xt, yt) = clusters(400, spread=1.5), clusters(300, spread=1.5, seed=1)
+    honest = linear_probe(x, y, xt, yt)
+    scrambled = linear_probe(x, y, xt, yt[torch.randperm(len(yt), generator=torch.Generator().manual_seed(0))])
+    assert honest["weight_decay"] == scrambled["weight_decay"] and honest["val_top1"] == scrambled["val_top1"]
+    assert honest["top1"] > scrambled["top1"]
+
+
+# ----------------------------------------------------------------------------- label-free measures
+
+def test_rankme_counts_equally_used_dimensions():
+    basis = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    for k in (1, 4, 16):
+        z = basis[:, :k] @ basis[:k, :]          # k equal singular values, 64 - k zeros
+        eps = 1e-7                                               # the paper's epsilon on every p_k
+        p = [1 / k + eps] * k + [eps] * (64 - k)
+        assert rankme(z) == pytest.approx(math.exp(-sum(q * math.log(q) for q in p)), rel=1e-6)
+        assert rankme(z) == pytest.approx(k, rel=1e-3)
+
+
+def test_alignment_and_uniformity_against_their_formulas():
+    z1 = F.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(0)), dim=1)
+    z2 = F.normalize(torch.randn(12, 5, generator=torch.Generator().manual_seed(1)), dim=1)
+    assert alignment(z1, z2) == pytest.approx(sum((z1[i] - z2[i]).norm().item() ** 2 for i in range(12)) / 12, rel=1e-5)
+    assert alignment(z1, z1) == 0.0
+    pairs = [math.exp(-2 * (z1[i] - z1[j]).norm().item() ** 2) for i in range(12) for j in range(i + 1, 12)]
+    assert uniformity(z1) == pytest.approx(math.log(sum(pairs) / len(pairs)), rel=1e-5)
+
+
+def test_normalised_std_and_the_collapse_warning():
+    spread = torch.randn(2000, 64, generator=torch.Generator().manual_seed(0))
+    collapsed = torch.ones(2000, 64) + 1e-4 * spread
+    assert normalised_std(spread) == pytest.approx(1.0, abs=0.05)
+    assert normalised_std(collapsed) < 0.01
+    assert collapse_warning(representation_metrics(spread)) is None
+    assert "single point" in collapse_warning(representation_metrics(collapsed))
+    two_directions = spread[:, :2] @ torch.randn(2, 64, generator=torch.Generator().manual_seed(1))
+    metrics = representation_metrics(two_directions)
+    assert metrics["rankme"] < 2.0 and "effective dimensions" in collapse_warning(metrics)
+
+
+class ConstantBackbone(nn.Module):
+    feature_dim = 8
+
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.ones(8))
+
+    def forward(self, x):
+        return self.bias.expand(x.shape[0], -1) + 0 * x.mean()
+
+
+def test_online_monitor_reports_a_collapsed_backbone_without_labels():
+    from selfsup.augment import AugmentConfig
+    from selfsup.methods import method_class
+    method = method_class("simclr")(ConstantBackbone(), method_class("simclr").config_class(),
+                                    AugmentConfig(size=16, mean=[0.5], std=[0.25]))
+    method.train()
+    sample = torch.randint(0, 256, (64, 1, 16, 16), dtype=torch.uint8)
+    record = OnlineMonitor(sample, None, 10, 0.1, 32, torch.device("cpu"), "fp32")(method)
+    assert "online_knn_top1" not in record and record["std"] < 1e-3 and record["alignment"] < 1e-6
+    assert collapse_warning(record) is not None
+    assert method.training                       # put back in training mode
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+def bright_quadrant_images(n, seed, random_labels=False):
+    """16x16 images whose class (0-3) is the quadrant that is bright; noise elsewhere."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 4
+    images = torch.randint(0, 60, (n, 1, 16, 16), generator=gen, dtype=torch.uint8)
+    for i, y in enumerate(labels.tolist()):
+        r, c = divmod(y, 2)
+        images[i, :, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] = 220
+    if random_labels:
+        labels = torch.randint(0, 4, (n,), generator=gen)
+    return ImageSet(images, labels, ["a", "b", "c", "d"])
+
+
+def tiny_resnet():
+    torch.manual_seed(0)
+    return build_backbone("resnet18", width=0.125, stem="cifar", in_channels=1)
+
+
+def test_finetune_learns_a_visible_rule_and_not_random_labels():
+    settings = FinetuneSettings(steps=40, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, crop_scale=(0.9, 1.0),
+                                flip_p=0.0)
+    learned = finetune(tiny_resnet(), bright_quadrant_images(128, 0), bright_quadrant_images(200, 1), settings,
+                       16, [0.2], [0.3])
+    assert learned["top1"] > 0.9
+    noise = finetune(tiny_resnet(), bright_quadrant_images(128, 0, True), bright_quadrant_images(400, 1, True),
+                     settings, 16, [0.2], [0.3])
+    assert noise["top1"] < 0.4                                     # 4 classes: chance is 0.25
+
+
+def test_finetune_leaves_the_given_backbone_untouched():
+    backbone = tiny_resnet()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    finetune(backbone, bright_quadrant_images(32, 0), bright_quadrant_images(16, 1), FinetuneSettings(steps=2,
+             batch_size=16), 16, [0.2], [0.3])
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_vit_layer_decay_gives_earlier_blocks_smaller_learning_rates():
+    vit = build_backbone("vit_tiny", patch_size=4, in_channels=1, image_size=16)
+    depth = len(vit.blocks)
+    groups = lr_scales(vit, FinetuneSettings(backbone_lr_scale=0.5, layer_decay=0.75))
+    scale_of = {id(p): scale for params, scale in groups for p in params}
+    assert scale_of[id(vit.patch_embed.weight)] == pytest.approx(0.5 * 0.75 ** (depth + 1))
+    for i, block in enumerate(vit.blocks):
+        assert scale_of[id(block.attn.qkv.weight)] == pytest.approx(0.5 * 0.75 ** (depth - i))
+    assert scale_of[id(vit.norm.weight)] == pytest.approx(0.5)
+    assert len(scale_of) == len(list(vit.parameters()))
+    flat = lr_scales(vit, FinetuneSettings(backbone_lr_scale=0.5, layer_decay=0.0))
+    assert len(flat) == 1 and flat[0][1] == 0.5

@@ -1,0 +1,171 @@
+"""Few-label evaluation from the command line on a real (tiny) run, transfer to another data set,
+and the report: written at the end of pretraining, and rendered without errors in headless Chromium."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import write_tiny_fashion
+from selfsup.cli import main
+from selfsup.data import load_images
+from selfsup.evaluate.protocols import read_results
+from selfsup.evaluate.splits import balanced_subset
+from selfsup.run import Run, split_labelled
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+TINY = ["--quiet", "backbone.width=0.125", "train.batch_size=50", "train.steps=8", "train.threads=1",
+        "eval.knn_k=20", "eval.online_every=0.5"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    data = write_tiny_fashion(tmp_path_factory.mktemp("data") / "fmnist")
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", "--runs-dir", str(runs), "--name", "r", "--data-dir", str(data), *TINY,
+                 "eval.labels=[5/class,20/class]"]) == 0
+    return runs / "r"
+
+
+def copy_of(run_dir, tmp_path):
+    return Path(shutil.copytree(run_dir, tmp_path / "run"))
+
+
+def stripes_folder(root, size=32):
+    """An RGB image folder with two classes a linear probe can tell apart: horizontal and vertical stripes."""
+    for cls in ("horizontal", "vertical"):
+        (root / cls).mkdir(parents=True)
+        for i in range(30):
+            img = Image.new("RGB", (size, size), (20, 20 + i, 20))
+            for k in range(0, size, 6):
+                box = (0, k, size, k + 2) if cls == "horizontal" else (k, 0, k + 2, size)
+                img.paste((230, 200, 60), box)
+            img.save(root / cls / f"{i}.png")
+    return root
+
+
+def test_pretrain_ends_with_few_label_results_online_measures_and_a_report(tiny_run, capsys):
+    rows = read_results(tiny_run)
+    assert [(r["protocol"], r["labels"], r["num_labels"]) for r in rows] == [
+        ("knn", "5/class", 50), ("knn", "20/class", 200), ("linear", "5/class", 50), ("linear", "20/class", 200)]
+    assert all(0.3 < r["mean"] <= 1.0 for r in rows)              # separable classes: far above chance (0.1)
+    online = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()
+              if "rankme" in line]
+    assert [r["step"] for r in online] == [4, 8]
+    assert all(1.0 <= r["rankme"] <= 64 and r["std"] > 0 and "alignment" in r and "uniformity" in r for r in online)
+    assert (tiny_run / "report.html").is_file()
+    for figure in ("training", "online", "label_efficiency", "embedding_map", "retrieval", "views"):
+        assert (tiny_run / "report" / f"{figure}.png").stat().st_size > 1000, figure
+
+
+def test_evaluate_over_budgets_and_seeds_reports_mean_and_std(tiny_run, tmp_path, capsys):
+    run_dir = copy_of(tiny_run, tmp_path)
+    assert main(["evaluate", "linear", str(run_dir), "--labels", "2/class", "10%", "--seeds", "3", "--quiet"]) == 0
+    rows = read_results(run_dir)[-2:]
+    assert [(r["labels"], r["num_labels"], r["seeds"], len(r["top1"])) for r in rows] == [
+        ("2/class", 20, 3, 3), ("10%", 40, 3, 3)]
+    for r in rows:
+        mean = sum(r["top1"]) / 3
+        assert r["mean"] == pytest.approx(mean)
+        assert r["std"] == pytest.approx((sum((t - mean) ** 2 for t in r["top1"]) / 2) ** 0.5)
+        assert len(r["per_seed"]) == 3 and all("weight_decay" in d for d in r["per_seed"])
+    assert "linear with   2/class labels (20 images, 3 seed(s))" in capsys.readouterr().out
+
+
+def test_knn_sweep_reuses_the_cached_features(tiny_run, tmp_path, monkeypatch):
+    run_dir = copy_of(tiny_run, tmp_path)
+    assert list((run_dir / "eval" / "features").glob("*.safetensors"))      # written by pretrain's evaluation
+
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("features should come from the cache")
+    monkeypatch.setattr(Run, "embed", no_extraction)
+    assert main(["evaluate", "knn", str(run_dir), "--k", "5", "20", "--labels", "10/class", "--quiet"]) == 0
+    rows = read_results(run_dir)[-2:]
+    assert [(r["settings"]["k"], r["num_labels"]) for r in rows] == [(5, 100), (20, 100)]
+
+
+def test_finetune_and_the_supervised_baseline_on_the_same_labels(tiny_run, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    assert main(["evaluate", "finetune", str(run_dir), "--labels", "5/class", "--steps", "4", "--batch-size", "25",
+                 "--baseline", "--quiet"]) == 0
+    finetuned, supervised = read_results(run_dir)[-2:]
+    assert (finetuned["protocol"], supervised["protocol"]) == ("finetune", "supervised")
+    assert finetuned["num_labels"] == supervised["num_labels"] == 50
+    assert finetuned["settings"]["steps"] == supervised["settings"]["steps"] == 4
+    assert finetuned["settings"]["backbone_lr_scale"] == 0.1 and supervised["settings"]["backbone_lr_scale"] == 1.0
+
+
+def test_bad_label_budget_is_refused_before_any_work(tiny_run, capsys):
+    assert main(["evaluate", "linear", str(tiny_run), "--labels", "5x"]) == 2
+    assert "give a percentage (1%, 10%, 100%)" in capsys.readouterr().err
+
+
+def test_transfer_to_an_rgb_folder_of_another_size(tiny_run, tmp_path, capsys):
+    """The encoder pretrained on 28x28 grayscale is evaluated on 32x32 RGB images: they are read at the
+    run's size and channel count, the folder is split 80/20, and the probe tells the classes apart."""
+    run_dir = copy_of(tiny_run, tmp_path)
+    folder = stripes_folder(tmp_path / "stripes")
+    assert main(["evaluate", "linear", str(run_dir), "--data", str(folder), "--quiet"]) == 0
+    row = read_results(run_dir)[-1]
+    assert row["data"] == str(folder) and row["num_labels"] == 48 and row["test_size"] == 12
+    assert row["mean"] >= 0.9
+
+
+def test_few_label_draws_never_touch_the_test_split(tmp_path):
+    folder = stripes_folder(tmp_path / "stripes")
+    full = load_images(str(folder), labels=True, channels=1, size=28)
+    train, test = split_labelled(full)
+    assert len(train.paths) == len(train) and len(test.paths) == len(test) == 12
+    assert set(train.paths).isdisjoint(test.paths) and set(train.paths) | set(test.paths) == set(full.paths)
+    drawn = {train.paths[i] for i in balanced_subset(train.labels, 10, seed=0).tolist()}
+    assert len(drawn) == 10 and drawn.isdisjoint(test.paths)
+
+
+def test_report_of_a_run_on_unlabelled_images(tmp_path, capsys):
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for i in range(40):
+        Image.new("L", (20, 20), 6 * i).save(folder / f"{i}.png")
+    assert main(["pretrain", "--runs-dir", str(tmp_path / "runs"), "--name", "u", "--data", str(folder),
+                 *TINY, "data.size=16", "train.batch_size=8"]) == 0
+    out = capsys.readouterr()
+    assert "report:" in out.out and "label-free measures only" in out.err
+    assert (tmp_path / "runs" / "u" / "report" / "embedding_map.png").is_file()
+
+
+def chromium_paths():
+    found = [shutil.which(name) for name in ("chromium", "chromium-browser", "chromedriver")]
+    browser, driver = found[0] or found[1], found[2]
+    if not (browser and driver):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs chromium and chromium-driver (scripts/setup.sh --dev installs them)")
+        pytest.skip("headless Chromium is not installed (apt-get install chromium chromium-driver)")
+    return browser, driver
+
+
+def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny_run):
+    browser, driver_path = chromium_paths()
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,1000"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        driver.get((tiny_run / "report.html").resolve().as_uri())
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        ARTIFACTS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "report.png"))
+        headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
+    finally:
+        driver.quit()
+    assert len(images) == 6 and all(complete and width > 0 for _, complete, width in images), images
+    assert errors == []
+    assert {"Label efficiency", "Evaluations", "Config"} <= set(headings)
