@@ -19,6 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from selfsup.config import load_config
 from selfsup.optim import build_optimizer
+from selfsup.precision import autocast, grad_scaler
 from selfsup.train import build_method, peak_memory_mb, resolve_device, step_generator
 
 
@@ -29,7 +30,7 @@ def sync(device):
 
 def matmul_peak(precision: str, device, n: int = 2048, repeats: int = 10) -> float:
     """FLOP/s of a large square matmul in the given precision: the machine's practical peak."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     for _ in range(2):
@@ -48,31 +49,36 @@ def measure(args, precision: str) -> dict:
                                  f"backbone.width={args.width}", f"backbone.stem={args.stem}",
                                  f"train.batch_size={args.batch}", f"augment.size={args.size}",
                                  f"augment.mean={[0.5] * args.channels}", f"augment.std={[0.25] * args.channels}",
-                                 f"train.channels_last={args.channels_last}"])
+                                 f"train.channels_last={args.channels_last}", f"backbone.patch_size={args.patch_size}"])
     method = build_method(cfg, args.channels).to(device)
     if args.channels_last:
         method = method.use_channels_last()
     method.train()
     optimizer = build_optimizer(method, cfg.optim)
-    images = torch.randint(0, 256, (args.batch * 4, args.channels, args.size, args.size), dtype=torch.uint8)
-    use_bf16 = precision == "bf16"
+    scaler = grad_scaler(device.type, precision)
+    # As in training: on a GPU the uint8 data set lives on the device.
+    images = torch.randint(0, 256, (args.batch * 4, args.channels, args.size, args.size), dtype=torch.uint8,
+                           device=device if device.type == "cuda" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     def one_step(step: int, timings: dict | None):
         t0 = time.perf_counter()
-        idx = torch.randint(0, images.shape[0], (args.batch,))
+        idx = torch.randint(0, images.shape[0], (args.batch,), device=images.device)
         batch = images[idx].to(device, non_blocking=True)
         sync(device)
         t1 = time.perf_counter()
         views = method.views(batch, step_generator(0, step, 0, device))
         sync(device)
         t2 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with autocast(device.type, precision):
             loss, _ = method.loss(views)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         sync(device)
         t3 = time.perf_counter()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         method.after_step(0.5)
         sync(device)
         t4 = time.perf_counter()
@@ -116,7 +122,9 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--size", type=int, default=28)
     p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--patch-size", type=int, default=4, help="ViT patch side [default: 4]")
+    p.add_argument("--out", help="append the JSON (one line) to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--channels-last", default=True, action=argparse.BooleanOptionalAction)
     p.add_argument("--steps", type=int, default=5, help="timed steps per precision")
@@ -131,6 +139,9 @@ def main():
     if "fp32" in by_precision and "bf16" in by_precision:
         out["bf16_speedup"] = round(by_precision["bf16"]["images_per_s"] / by_precision["fp32"]["images_per_s"], 2)
     print(json.dumps(out, indent=1))
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":

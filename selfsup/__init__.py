@@ -7,15 +7,20 @@
     feats = run.embed(images_u8)                       # (N, D), L2-normalised
     selfsup.export_encoder("runs/demo", "encoder.safetensors")
     encoder = selfsup.load_encoder("encoder.safetensors")   # a plain nn.Module, eval mode
+    selfsup.write_report("runs/demo")                  # runs/demo/report.html
 """
 from selfsup.augment import AugmentConfig, augment, eval_transform
 from selfsup.backbones import backbone_names, build_backbone
 from selfsup.config import Config, ConfigError, load_config
 from selfsup.data import DataError, ImageSet, from_array, load_images
 from selfsup.evaluate import extract_features, knn_accuracy, knn_predict
+from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.protocols import evaluate_protocol, read_results
+from selfsup.evaluate.representation import representation_metrics
 from selfsup.export import export_encoder, import_weights, load_encoder
 from selfsup.methods import Method, method_class, method_names
 from selfsup.methods.losses import nt_xent
+from selfsup.report import write_report
 from selfsup.run import Run, knn_report, load_run
 from selfsup.train import TrainingError, pretrain
 
@@ -24,5 +29,6 @@ __all__ = [
     "AugmentConfig", "augment", "eval_transform", "backbone_names", "build_backbone", "Config", "ConfigError",
     "load_config", "DataError", "ImageSet", "from_array", "load_images", "extract_features", "knn_accuracy",
     "knn_predict", "Method", "method_class", "method_names", "nt_xent", "Run", "knn_report", "load_run",
-    "TrainingError", "pretrain", "export_encoder", "import_weights", "load_encoder",
+    "TrainingError", "pretrain", "export_encoder", "import_weights", "load_encoder", "linear_probe",
+    "evaluate_protocol", "read_results", "representation_metrics", "write_report",
 ]

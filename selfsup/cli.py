@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -219,8 +220,12 @@ def cmd_pretrain(args) -> int:
         elif args.name:
             cfg.name = args.name
         run_dir = Path(args.runs_dir) / cfg.name
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    main_process = int(os.environ.get("RANK", "0")) == 0      # under torchrun, rank 0 alone reports
+    if main_process:
+        print(f"run folder: {run_dir}", file=sys.stderr)
     result = pretrain(cfg, run_dir, resume=bool(args.resume), progress=not args.quiet)
+    if not main_process:
+        return 0
     summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
                "final_loss": round(result.final_loss, 4) if math.isfinite(result.final_loss) else None}

@@ -93,7 +93,7 @@ class TrainConfig:
     epochs: float = 5.5                # used when steps is 0 (5.5 on Fashion-MNIST: about 9 min on 2 CPU cores)
     steps: int = 0                     # total optimizer steps; overrides epochs when > 0
     batch_size: int = 256
-    precision: str = "auto"            # auto (bf16 where the hardware has it) | fp32 | bf16
+    precision: str = "auto"            # auto (bf16 where the hardware has it) | fp32 | bf16 | fp16
     channels_last: bool = True
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -101,16 +101,21 @@ class TrainConfig:
     log_every: int = 20                # steps between metrics.jsonl lines
     checkpoint_every: int = 500        # steps between checkpoints (also one at every epoch end and at the end)
     keep_checkpoints: int = 2
+    # With several processes (torchrun): batch-norm statistics over the global batch. auto = as the
+    # method's paper (all but MoCo v2, whose shuffled BN is per GPU).
+    sync_batchnorm: str = "auto"       # auto | on | off
 
     def validate(self) -> None:
         if self.batch_size < 2:
             raise ConfigError(f"train.batch_size must be >= 2 (contrastive losses need negatives), got {self.batch_size}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"train.precision must be auto, fp32 or bf16; got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"train.precision must be auto, fp32, bf16 or fp16; got {self.precision!r}")
         if self.steps < 0:
             raise ConfigError(f"train.steps must be >= 0 (0 = use train.epochs), got {self.steps}")
         if self.epochs <= 0 and self.steps == 0:
             raise ConfigError("train.epochs must be > 0 (or set train.steps > 0)")
+        if self.sync_batchnorm not in ("auto", "on", "off"):
+            raise ConfigError(f"train.sync_batchnorm must be auto, on or off; got {self.sync_batchnorm!r}")
         if self.threads < 0:
             raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import resource
 import signal
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from selfsup import distributed
 from selfsup.augment import channel_stats
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
@@ -33,18 +35,33 @@ from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import collapse_warning
 from selfsup.methods import Method, method_class
 from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
+from selfsup.precision import autocast, grad_scaler
 
 
 class TrainingError(RuntimeError):
     """Training stopped; the message says at which step, why, and what was kept."""
 
 
+class _Objective(torch.nn.Module):
+    """The method's loss as a forward pass, so DistributedDataParallel sees the step's computation."""
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[torch.Tensor]):
+        return self.method.loss(views)
+
+
 # ----------------------------------------------------------------------------- set-up helpers
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The training device; under torchrun on CUDA, this process's GPU (LOCAL_RANK)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and device.index is None and torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
     return device
@@ -188,16 +205,29 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
     threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    in_a_group_already = torch.distributed.is_available() and torch.distributed.is_initialized()
     try:
         return _pretrain(cfg, Path(run_dir), data, resume, progress, labelled)
     finally:
         torch.set_num_threads(threads)
+        if not in_a_group_already and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()     # the group this call joined; evaluation is one process
 
 
 def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, progress: bool,
               labelled: tuple[ImageSet, ImageSet] | None) -> TrainResult:
-    device = resolve_device(cfg.train.device)
+    world = distributed.setup("cuda" if resolve_device(cfg.train.device).type == "cuda" else "cpu")
+    device = resolve_device(cfg.train.device, world.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     precision = resolve_precision(cfg.train.precision, device)
+    if cfg.train.batch_size % world.size:
+        raise TrainingError(f"train.batch_size={cfg.train.batch_size} is the global batch; it must divide evenly "
+                            f"among the {world.size} processes (e.g. train.batch_size="
+                            f"{cfg.train.batch_size // world.size * world.size})")
+    local_batch = cfg.train.batch_size // world.size
+    main = world.is_main
+    progress = progress and main
     data_from_config = data is None
     data = load_training_data(cfg) if data_from_config else data
     complete_config(cfg, data)
@@ -207,14 +237,23 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     method = build_method(cfg, data.channels).to(device)
     if cfg.train.channels_last:
         method = method.use_channels_last()
+    objective = _Objective(method)
+    if world.size > 1:
+        if cfg.train.sync_batchnorm == "on" or (cfg.train.sync_batchnorm == "auto" and method.sync_batchnorm):
+            distributed.synchronise_batch_norm(method, device.type)
+        objective = torch.nn.parallel.DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=method.skips_parameters)
     optimizer = build_optimizer(method, cfg.optim)
+    scaler = grad_scaler(device.type, precision)
 
     steps_per_epoch = len(data) // cfg.train.batch_size
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
     if warmup_steps > total_steps // 2:
-        print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most of "
-              f"the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
+        if main:
+            print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
+                  f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
         warmup_steps = total_steps // 2
 
     ckpt_dir = run_dir / "checkpoints"
@@ -223,24 +262,29 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
                 "num_images": len(data), "seed": cfg.train.seed}
     start_step = 0
     if resume:
-        start_step = _resume(method, optimizer, ckpt_dir, device, identity)
+        start_step = _resume(method, optimizer, scaler, ckpt_dir, device, identity, may_write=main)
         apply_hyperparameters(optimizer, cfg.optim)       # overrides given with --resume take effect
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
-    _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
-    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config)
+    if main:                             # rank 0 alone writes; every rank reads
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+        _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config) \
+        if main else None
     online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
     best_score = _best_score(ckpt_dir)
 
-    def checkpoint(step: int, online_knn: float | None) -> Path:
+    def checkpoint(step: int, online_knn: float | None) -> Path | None:
+        if not main:
+            return None
         tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
         opt_tensors, opt_meta = optimizer_state(optimizer)
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {"epoch": step / steps_per_epoch, "optimizer": opt_meta, **identity, "online_knn": online_knn,
+                "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
                 "config": cfg.to_dict()}
         try:
@@ -256,28 +300,32 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     order, order_epoch = None, -1
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved, online_knn = start_step, None
-    with open(run_dir / "metrics.jsonl", "a") as metrics, \
+    with open(run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics, \
             tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
                  dynamic_ncols=True, file=sys.stderr) as bar, \
             _StopRequest() as stop:
         while step < total_steps and not stop.requested:
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order, order_epoch = epoch_order(len(data), cfg.train.seed, epoch).to(images.device), epoch
-            idx = order[position * cfg.train.batch_size:(position + 1) * cfg.train.batch_size]
+                order = epoch_order(len(data), cfg.train.seed, epoch, world.rank, world.size).to(images.device)
+                order_epoch = epoch
+            idx = order[position * local_batch:(position + 1) * local_batch]
             batch = images[idx].to(device, non_blocking=True)
 
             lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            views = method.views(batch, step_generator(cfg.train.seed, step, 0, device))
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss, logs = method.loss(views)
+            views = method.views(batch, step_generator(cfg.train.seed, step, world.rank, device))
+            with autocast(device.type, precision):
+                loss, logs = objective(views)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
             # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
-            if not torch.isfinite(torch.stack([loss.detach().float(), grad_norm.float()])).all():
+            # With fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale.
+            checked = [loss.detach().float()] + ([] if scaler.is_enabled() else [grad_norm.float()])
+            if not torch.isfinite(torch.stack(checked)).all():
                 kept = latest_checkpoint(ckpt_dir)
                 what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
                     f"the gradient norm became {grad_norm.item()}"
@@ -286,10 +334,11 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
                     + (f"The last good checkpoint is {kept}.safetensors (step {last_saved}); " if kept else
                        "No checkpoint was written yet; ")
                     + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             method.after_step(step / total_steps)
-            images_seen += batch.shape[0]
+            images_seen += batch.shape[0] * world.size
 
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.time()
@@ -324,7 +373,7 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
             if step % cfg.train.checkpoint_every == 0 or epoch_end or step == total_steps or online_knn is not None:
                 saved = checkpoint(step, online_knn)
                 last_saved = step
-                if online_knn is not None and (best_score is None or online_knn > best_score):
+                if saved is not None and online_knn is not None and (best_score is None or online_knn > best_score):
                     best_score = online_knn
                     mark_best(ckpt_dir, saved.with_suffix(""))
         if step != last_saved:
@@ -359,7 +408,8 @@ def _keep_metrics_until(path: Path, step: int) -> None:
     atomic_write(path, "".join(row + "\n" for row in rows).encode())
 
 
-def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device, identity: dict) -> int:
+def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.device, identity: dict,
+            may_write: bool = True) -> int:
     """Load the newest checkpoint that reads cleanly, falling back to older ones; return its step."""
     candidates = list_checkpoints(ckpt_dir)
     pointed = latest_checkpoint(ckpt_dir)
@@ -375,6 +425,8 @@ def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device, ide
             model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
             method.load_state_dict(model_state)
             restore_optimizer(optimizer, tensors, meta["optimizer"])
+            if scaler.is_enabled() and meta.get("grad_scaler"):     # a run resumed in fp16 keeps its loss scale
+                scaler.load_state_dict(meta["grad_scaler"])
             rng_states = (tensors["rng.torch"], _python_rng(meta["rng"]["python"]), _numpy_rng(meta["rng"]["numpy"]))
             step = int(meta["step"])
         except (CheckpointError, RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -385,7 +437,7 @@ def _resume(method: Method, optimizer, ckpt_dir: Path, device: torch.device, ide
         random.setstate(rng_states[1])
         np.random.set_state(rng_states[2])
         method.to(device)
-        for damaged in set_aside_newer(ckpt_dir, stem):
+        for damaged in set_aside_newer(ckpt_dir, stem) if may_write else []:
             print(f"warning: set aside {damaged.name} (could not be loaded) as *.damaged", file=sys.stderr)
         print(f"resuming from {stem.name} (step {step})", file=sys.stderr)
         return step

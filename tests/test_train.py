@@ -7,11 +7,11 @@ import torch
 from selfsup.checkpoint import list_checkpoints
 from selfsup.config import load_config
 from selfsup.data import DataError, load_images
-from selfsup.methods.simclr import SimCLR
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import TrainingError, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from training import corrupt_loss_at_call
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
          "optim.warmup_epochs=0", "eval.batch_size=256"]
@@ -33,15 +33,7 @@ def test_resume_gives_bitwise_the_weights_of_an_unbroken_run(tiny_fashion, tmp_p
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    real_loss = SimCLR.loss
-    calls = {"n": 0}
-
-    def loss_that_breaks(self, views):
-        calls["n"] += 1
-        loss, logs = real_loss(self, views)
-        return (loss * float("nan"), logs) if calls["n"] == 4 else (loss, logs)
-
-    monkeypatch.setattr(SimCLR, "loss", loss_that_breaks)
+    corrupt_loss_at_call(monkeypatch, 4, float("nan"))
     with pytest.raises(TrainingError) as e:
         pretrain(small_config("train.steps=10", "train.checkpoint_every=2"), tmp_path / "run", data=data,
                  progress=False)

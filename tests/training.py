@@ -51,3 +51,17 @@ def unit(v):
 
 def dot(a, b):
     return sum(x * y for x, y in zip(a, b))
+
+
+def corrupt_loss_at_call(monkeypatch, call: int, factor: float) -> None:
+    """Make SimCLR's loss `factor` times itself at its call number `call` (1-based): a NaN or an
+    overflow arriving in the middle of a run."""
+    from selfsup.methods.simclr import SimCLR
+    real_loss = SimCLR.loss
+    calls = {"n": 0}
+
+    def corrupted(self, views):
+        calls["n"] += 1
+        loss, logs = real_loss(self, views)
+        return (loss * factor if calls["n"] == call else loss), logs
+    monkeypatch.setattr(SimCLR, "loss", corrupted)

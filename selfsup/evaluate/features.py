@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from selfsup.precision import autocast
+
 
 @torch.no_grad()
 def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], images_u8: torch.Tensor,
@@ -18,7 +20,7 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], images_u8: t
     starts = range(0, images_u8.shape[0], batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         batch = images_u8[start:start + batch_size].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device.type, precision):
             feats = embed(batch)
         chunks.append(F.normalize(feats.float(), dim=1).cpu())
     return torch.cat(chunks)

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from selfsup.augment import normalize, random_resized_crop_flip, to_float
 from selfsup.data import ImageSet
 from selfsup.optim import lr_factor
+from selfsup.precision import autocast, grad_scaler
 
 
 @dataclass
@@ -92,6 +93,7 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(backbone), num_classes, size, mean, std).to(device)
     optimizer = _optimizer(model, settings)
+    scaler = grad_scaler(device.type, precision)
     gen = torch.Generator(device=device).manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed)
     batch_size = min(settings.batch_size, len(train))
@@ -107,11 +109,12 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * group["lr_scale"] * factor
         x = model.prepare(train.images[idx].to(device), settings, gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device.type, precision):
             loss = F.cross_entropy(model(x).float(), train.labels[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
     return {"top1": accuracy(model, test, device, precision), "final_train_loss": loss.item()}
 
 
@@ -121,7 +124,7 @@ def accuracy(model: Classifier, test: ImageSet, device: torch.device, precision:
     correct = 0
     for start in range(0, len(test), batch_size):
         x = model.prepare(test.images[start:start + batch_size].to(device))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with autocast(device.type, precision):
             pred = model(x).argmax(1).cpu()
         correct += (pred == test.labels[start:start + batch_size]).sum().item()
     return correct / len(test)

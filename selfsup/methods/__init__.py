@@ -31,6 +31,8 @@ class Method(nn.Module):
     # e.g. {"augment": {"local_crops": 6}, "optim": {"name": "adamw"}}.
     recipe: dict = {}
     num_views = 2            # global views; augment.local_crops adds small ones after them
+    sync_batchnorm = True    # with several processes, BN over the global batch (train.sync_batchnorm=auto)
+    skips_parameters = False  # True when some trainable parameters get no gradient in some steps (DDP must know)
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from selfsup.distributed import gather
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 
@@ -72,5 +73,5 @@ class BarlowTwins(Method):
 
     def loss(self, views: list[torch.Tensor]):
         z1, z2 = self.projector(torch.cat(encode_views(self.backbone, views))).chunk(2)
-        loss = barlow_twins_loss(z1, z2, self.cfg.lambd)
+        loss = barlow_twins_loss(gather(z1), gather(z2), self.cfg.lambd)     # statistics of the global batch
         return self.cfg.scale_loss * loss, {"loss": loss.detach()}

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.distributed import all_reduce_mean
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import cross_view_cross_entropy
@@ -116,6 +116,7 @@ class DINOHead(nn.Module):
 @register_method("dino")
 class DINO(Method):
     config_class = DINOConfig
+    skips_parameters = True   # the head's last layer is frozen for the first steps
     recipe = {
         # Multi-crop, the paper's 2x224 + 10x96 scaled to 28 px images, with four 12 px local crops
         # (not ten) for the CPU budget.
@@ -159,10 +160,7 @@ class DINO(Method):
         ema_update(self.teacher_backbone, self.backbone, self.momentum)
         ema_update(self.teacher_head, self.head, self.momentum)
         if self._batch_center is not None:
-            batch_center = self._batch_center
-            if dist.is_available() and dist.is_initialized():     # the centre is the mean over all ranks' batches
-                dist.all_reduce(batch_center)
-                batch_center /= dist.get_world_size()
+            batch_center = all_reduce_mean(self._batch_center)     # the mean over all ranks' batches
             self.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)
             self._batch_center = None
         self.progress.set(progress)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.distributed import gather
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import info_nce
@@ -69,6 +70,9 @@ def moco_loss(q1: torch.Tensor, k2: torch.Tensor, queue: torch.Tensor, temperatu
 @register_method("moco2")
 class MoCo2(Method):
     config_class = MoCo2Config
+    # MoCo keeps batch norm per GPU (with shuffled keys against leaking batch statistics); shuffling
+    # is not done here, so per-rank BN is the closest.
+    sync_batchnorm = False
     # The key encoder's forward pass makes a step ~1.3x SimCLR's (measured on CPU): ~4 epochs fit the
     # ~13 minutes SimCLR fills with 5.5. The optimizer stays the library's LARS (tuned for SimCLR's
     # short runs); the paper's SGD at lr 0.03 per 256 images is a 200-epoch schedule.
@@ -99,7 +103,7 @@ class MoCo2(Method):
             k2 = k
             loss = moco_loss(q, k2, negatives, self.cfg.temperature)
         # One key per image, so the queue holds queue_size different images.
-        self._keys_to_enqueue = k2
+        self._keys_to_enqueue = gather(k2)      # every rank's keys, so all ranks hold the same queue
         return loss, {"loss": loss.detach()}
 
     def after_step(self, progress: float) -> None:

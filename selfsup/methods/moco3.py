@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from selfsup.distributed import gather
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import info_nce
@@ -79,7 +80,8 @@ class MoCo3(Method):
         q1, q2 = self.predictor(self.projector(torch.cat(encode_views(self.backbone, views)))).chunk(2)
         with torch.no_grad():
             k1, k2 = self.momentum_projector(torch.cat(encode_views(self.momentum_backbone, views))).chunk(2)
-        loss = moco3_loss(q1, q2, k1, k2, self.cfg.temperature)
+        # Keys of every rank's batch are the negatives; the queries too, so each rank computes the global loss.
+        loss = moco3_loss(gather(q1), gather(q2), gather(k1), gather(k2), self.cfg.temperature)
         return loss, {"loss": loss.detach()}
 
     def after_step(self, progress: float) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selfsup.distributed import gather
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import info_nce
@@ -90,7 +91,8 @@ class NNCLR(Method):
     def loss(self, views: list[torch.Tensor]):
         z = self.projector(torch.cat(encode_views(self.backbone, views)))
         p1, p2 = self.predictor(z).chunk(2)
-        z1, z2 = z.detach().float().chunk(2)
+        p1, p2 = gather(p1), gather(p2)                       # negatives and support set from every rank
+        z1, z2 = (gather(half) for half in z.detach().float().chunk(2))
         # The count is read as a tensor: no host sync; the neighbours carry no gradient (a queue lookup).
         nn1 = nearest_neighbours(z1, self.support.items, self.support.count)
         nn2 = nearest_neighbours(z2, self.support.items, self.support.count)

@@ -13,6 +13,7 @@ import torch
 
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
+from selfsup.distributed import gather
 from selfsup.methods.losses import multi_view_nt_xent, nt_xent
 
 
@@ -39,6 +40,7 @@ class SimCLR(Method):
     def loss(self, views: list[torch.Tensor]):
         # The projector's BN sees all views at once, as in the single-batch formulation of the paper.
         z = self.projector(torch.cat(encode_views(self.backbone, views))).view(len(views), views[0].shape[0], -1)
+        z = torch.stack([gather(view) for view in z])      # negatives from every rank's batch
         if len(views) == 2:
             loss = nt_xent(z[0], z[1], self.cfg.temperature)
         else:

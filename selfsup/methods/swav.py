@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.distributed import all_reduce_max, all_reduce_sum, world
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import cross_view_cross_entropy
@@ -57,16 +57,6 @@ class SwAVConfig(MethodConfig):
                 raise ValueError(f"method.{key} is a fraction of training in [0, 1], got {getattr(self, key)}")
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(x)
-    return x
-
-
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
     """Sinkhorn-Knopp codes (SwAV, sec. 3.1 and its distributed_sinkhorn). scores: (B, K) -> (B, K), each row
@@ -77,15 +67,11 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
         # In float64, after a global shift (it cancels in the first normalisation): exp() of cosines / eps
         # then neither overflows nor, for eps >= 0.01, underflows to a prototype column of zeros (0 / 0).
         scores = scores.double()
-        shift = scores.max()
-        if _distributed():
-            dist.all_reduce(shift, op=dist.ReduceOp.MAX)
-        q = torch.exp((scores - shift) / epsilon)
-        world = dist.get_world_size() if _distributed() else 1
-        b, k = q.shape[0] * world, q.shape[1]
-        q /= _all_reduce_sum(q.sum())
+        q = torch.exp((scores - all_reduce_max(scores.max())) / epsilon)
+        b, k = q.shape[0] * world().size, q.shape[1]
+        q /= all_reduce_sum(q.sum())
         for _ in range(iterations):
-            q /= _all_reduce_sum(q.sum(dim=0, keepdim=True)) * k
+            q /= all_reduce_sum(q.sum(dim=0, keepdim=True)) * k
             q /= q.sum(dim=1, keepdim=True) * b
         return (q * b).float()
 
@@ -104,6 +90,7 @@ def swav_loss(scores: torch.Tensor, codes: torch.Tensor, temperature: float = 0.
 @register_method("swav")
 class SwAV(Method):
     config_class = SwAVConfig
+    skips_parameters = True   # the prototypes are frozen for the first steps
     recipe = {
         # Multi-crop, the paper's 2x224 + 6x96 scaled to 28 px images, with four 12 px crops (not six)
         # for the CPU budget.

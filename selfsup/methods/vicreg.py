@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selfsup.distributed import gather
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 
@@ -97,7 +98,7 @@ class VICReg(Method):
     def loss(self, views: list[torch.Tensor]):
         cfg = self.cfg
         z1, z2 = self.expander(torch.cat(encode_views(self.backbone, views))).chunk(2)
-        invariance, variance, covariance = vicreg_terms(z1, z2, cfg.gamma, cfg.eps)
+        invariance, variance, covariance = vicreg_terms(gather(z1), gather(z2), cfg.gamma, cfg.eps)
         loss = (cfg.invariance_weight * invariance + cfg.variance_weight * variance
                 + cfg.covariance_weight * covariance)
         return loss, {"loss": loss.detach(), "invariance": invariance.detach(), "variance": variance.detach(),

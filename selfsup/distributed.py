@@ -1,0 +1,157 @@
+"""Multi-process training with torch.distributed, as torchrun launches it:
+
+    torchrun --nproc_per_node 2 -m selfsup pretrain ...            # gloo on CPU, NCCL on CUDA
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; `setup` joins the process group from them (one
+process without them: nothing to join, and every helper here is the identity). The trainer
+wraps the trainable networks in DistributedDataParallel, so gradients are averaged; losses that
+need the whole batch (negatives, batch statistics, Sinkhorn, centres) use `gather`, which keeps
+gradients: each rank then computes the loss of the global batch, and the sum its backward takes
+over ranks, with DDP's average, gives exactly the gradient of one process on the global batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world() -> World:
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+
+
+def setup(device_type: str) -> World:
+    """Join the process group torchrun describes in the environment (gloo for CPU, NCCL for CUDA)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+    return world()
+
+
+class _Gather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        # Every rank computed the same global loss; the sum of their gradients for this rank's rows,
+        # averaged again by DDP, is the single-process gradient.
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows:(ctx.rank + 1) * ctx.rows]
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) on each rank -> (world * B, ...), ranks in order, with gradients to this rank's rows."""
+    if not active():
+        return x
+    if not x.requires_grad:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+    return _Gather.apply(x)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (with gradients); x itself on one process."""
+    return _AllReduceSum.apply(x) if active() else x
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    return all_reduce_sum(x) / dist.get_world_size() if active() else x
+
+
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    if active():
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the global batch over all ranks, on any
+    device (torch's SyncBatchNorm runs on GPUs only); a plain batch norm on one process."""
+
+    def _check_input_dim(self, x):
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and active()):
+            return super().forward(x)
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() / x.shape[1]], device=x.device, dtype=torch.float32)
+        wide = x.to(torch.promote_types(x.dtype, torch.float32))        # bf16 sums lose digits
+        stats = all_reduce_sum(torch.cat([wide.sum(dims), wide.square().sum(dims), count.to(wide.dtype)]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean.square()).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        y = (x - mean.view(shape).to(x.dtype)) * torch.rsqrt(var + self.eps).view(shape).to(x.dtype)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def synchronise_batch_norm(module: nn.Module, device_type: str) -> nn.Module:
+    """Every BatchNorm layer takes global-batch statistics: torch's SyncBatchNorm on CUDA, GlobalBatchNorm
+    elsewhere; weights, buffers and requires_grad are kept."""
+    if device_type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, GlobalBatchNorm):
+            replacement = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats)
+            replacement.load_state_dict(child.state_dict())
+            if child.affine:
+                replacement.weight.requires_grad_(child.weight.requires_grad)
+                replacement.bias.requires_grad_(child.bias.requires_grad)
+            setattr(module, name, replacement)
+        else:
+            synchronise_batch_norm(child, device_type)
+    return module

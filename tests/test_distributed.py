@@ -1,0 +1,156 @@
+"""Several processes (gloo on CPU) give what one process gives on the same global batch: the same
+loss and the same gradients; and `torchrun --nproc_per_node 2 -m selfsup pretrain` trains, writes
+from rank 0 alone, and resumes exactly."""
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from selfsup import distributed
+from selfsup.augment import AugmentConfig
+from selfsup.backbones import build_backbone
+from selfsup.checkpoint import latest_checkpoint, load_checkpoint
+from selfsup.methods import method_class
+from selfsup.train import _Objective, step_generator
+
+GLOBAL_BATCH, WORLD = 16, 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build(method_name: str):
+    torch.manual_seed(0)
+    backbone = build_backbone("resnet18", width=0.125, stem="cifar", in_channels=1)
+    cls = method_class(method_name)
+    config = cls.config_class()
+    for key, value in {"proj_dim": 32, "proj_hidden_dim": 64, "pred_hidden_dim": 32}.items():
+        if hasattr(config, key):
+            setattr(config, key, value)
+    return cls(backbone, config, AugmentConfig(size=16, mean=[0.3], std=[0.3]))
+
+
+def global_views(method):
+    images = torch.randint(0, 256, (GLOBAL_BATCH, 1, 20, 20), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    return method.views(images, step_generator(0, 0, 0, torch.device("cpu")))
+
+
+def loss_and_gradients(method, views, objective):
+    loss, _ = objective(views)
+    loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in method.named_parameters() if p.grad is not None}
+
+
+def one_rank(rank, method_name, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        method = distributed.synchronise_batch_norm(build(method_name), "cpu")
+        method.train()
+        share = GLOBAL_BATCH // WORLD
+        views = [v[rank * share:(rank + 1) * share] for v in global_views(method)]
+        ddp = torch.nn.parallel.DistributedDataParallel(_Objective(method), find_unused_parameters=True)
+        loss, grads = loss_and_gradients(method, views, ddp)
+        torch.save({"loss": loss, "grads": grads}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method_name", ["simclr", "barlow", "byol"])
+def test_two_processes_match_one_process_on_the_global_batch(method_name, tmp_path):
+    """SimCLR gathers negatives and Barlow Twins its cross-correlation over ranks; BYOL's loss is a
+    per-sample mean. With batch norm over the global batch, all three must equal one process."""
+    method = build(method_name)
+    method.train()
+    single_loss, single_grads = loss_and_gradients(method, global_views(method), _Objective(method))
+
+    mp.spawn(one_rank, args=(method_name, free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        if method_name != "byol":        # a gathered loss is the global loss on every rank
+            assert result["loss"] == pytest.approx(single_loss, rel=1e-4)
+        assert result["grads"].keys() == single_grads.keys()
+        # Entries that are zero in theory (a bias before batch norm) hold float noise: atol is set by
+        # the largest gradient of the network, not of the tensor.
+        scale = max(g.abs().max().item() for g in single_grads.values())
+        worst = max((result["grads"][k] - g).abs().max().item() for k, g in single_grads.items())
+        for name, grad in single_grads.items():
+            torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-6 * scale)
+        print(f"{method_name} rank {rank}: loss {result['loss']:.7f} vs {single_loss:.7f}, "
+              f"max abs gradient difference {worst:.2e} (largest gradient {scale:.2e})")
+    if method_name == "byol":            # per-rank losses are local means; their average is the global one
+        losses = [torch.load(tmp_path / f"rank{r}.pt")["loss"] for r in range(WORLD)]
+        assert sum(losses) / WORLD == pytest.approx(single_loss, rel=1e-4)
+
+
+def test_gather_keeps_order_and_its_gradient_sums_over_ranks(tmp_path):
+    mp.spawn(_gather_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"gather{rank}.pt")
+        assert result["gathered"].tolist() == [[0.0, 1.0], [10.0, 11.0]]
+        # loss = sum of squares of the gathered rows on both ranks: d/dx = 2 * x * (world ranks computing it)
+        assert result["grad"].tolist() == [[2 * WORLD * (10.0 * rank + c) for c in range(2)]]
+
+
+def _gather_rank(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        x = torch.tensor([[10.0 * rank, 10.0 * rank + 1]], requires_grad=True)
+        gathered = distributed.gather(x)
+        gathered.square().sum().backward()
+        torch.save({"gathered": gathered.detach(), "grad": x.grad}, Path(out_dir) / f"gather{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_process_helpers_are_the_identity():
+    x = torch.randn(3, 2)
+    assert distributed.gather(x) is x and distributed.all_reduce_sum(x) is x and distributed.world().size == 1
+
+
+def torchrun(tiny_fashion, runs, options, *overrides):
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), "-m", "selfsup", "pretrain", "--runs-dir", str(runs), "--quiet", *options,
+               "--data-dir", str(tiny_fashion), "backbone.width=0.125", "train.batch_size=40", "train.threads=1",
+               "train.log_every=1", "optim.schedule=constant", "optim.warmup_epochs=0", "eval.knn_k=20",
+               "eval.after_pretrain=[]", "eval.report=false", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_torchrun_two_processes_pretrain_and_resume_exactly(tiny_fashion, tmp_path):
+    straight = torchrun(tiny_fashion, tmp_path, ["--name", "straight"], "train.steps=8")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.stdout.count("pretraining: 8 steps") == 1          # rank 0 alone reports
+    first = torchrun(tiny_fashion, tmp_path, ["--name", "split", "--no-eval"], "train.steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = torchrun(tiny_fashion, tmp_path, ["--resume", str(tmp_path / "split"), "--no-eval"], "train.steps=8")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from step-0000004" in resumed.stderr
+
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))     # one writer: no repeated lines
+    a, _ = load_checkpoint(latest_checkpoint(tmp_path / "straight" / "checkpoints"))
+    b, _ = load_checkpoint(latest_checkpoint(tmp_path / "split" / "checkpoints"))
+    weights = [k for k in a if k.startswith("model.")]
+    assert weights and all(torch.equal(a[k], b[k]) for k in weights)
+    assert json.loads((tmp_path / "straight" / "eval" / "knn.json").read_text())["knn_top1"] > 0.3
+
+
+def test_batch_that_does_not_split_evenly_is_refused(tiny_fashion, tmp_path):
+    result = torchrun(tiny_fashion, tmp_path, ["--name", "odd"], "train.steps=2", "train.batch_size=41")
+    assert result.returncode != 0
+    assert "must divide evenly among the 2 processes" in result.stderr
