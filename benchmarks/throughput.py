@@ -54,6 +54,8 @@ def measure(args, precision: str) -> dict:
     if args.channels_last:
         method = method.use_channels_last()
     method.train()
+    if args.compile:
+        method.backbone.compile()
     optimizer = build_optimizer(method, cfg.optim)
     scaler = grad_scaler(device.type, precision)
     # As in training: on a GPU the uint8 data set lives on the device.
@@ -124,6 +126,7 @@ def main():
     p.add_argument("--channels", type=int, default=1)
     p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16", "fp16"])
     p.add_argument("--patch-size", type=int, default=4, help="ViT patch side [default: 4]")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (compiled in the warm-up)")
     p.add_argument("--out", help="append the JSON (one line) to this file")
     p.add_argument("--device", default="auto")
     p.add_argument("--channels-last", default=True, action=argparse.BooleanOptionalAction)
@@ -131,7 +134,7 @@ def main():
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     args = p.parse_args()
     results = [measure(args, precision) for precision in args.precision]
-    out = {"benchmark": "throughput", "method": args.method, "backbone": args.backbone, "width": args.width,
+    out = {"benchmark": "throughput", "compile": args.compile, "method": args.method, "backbone": args.backbone, "width": args.width,
            "stem": args.stem, "batch": args.batch, "size": args.size, "channels": args.channels,
            "device": str(resolve_device(args.device)), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "results": results}

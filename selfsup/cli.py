@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
             f.add_argument("--layer-decay", type=float, default=0.0,
                            help="ViT: each earlier block learns at this factor times the next one's rate; "
                                 "0 = off [default: 0]")
+            f.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
+                           help="start the head from a linear probe on the frozen features (LP-FT) "
+                                "[default: on]")
             f.add_argument("--baseline", action="store_true",
                            help="also train the supervised-from-scratch baseline on the same labels")
 
@@ -312,7 +315,8 @@ def cmd_evaluate(args) -> int:
     if args.protocol in ("finetune", "supervised"):
         settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                     backbone_lr_scale=getattr(args, "backbone_lr_scale", 1.0),
-                                    layer_decay=getattr(args, "layer_decay", 0.0))
+                                    layer_decay=getattr(args, "layer_decay", 0.0),
+                                    probe_init=getattr(args, "probe_init", False))
     for protocol in protocols:
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
                           settings, progress=not args.quiet)

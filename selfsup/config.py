@@ -104,6 +104,9 @@ class TrainConfig:
     # With several processes (torchrun): batch-norm statistics over the global batch. auto = as the
     # method's paper (all but MoCo v2, whose shuffled BN is per GPU).
     sync_batchnorm: str = "auto"       # auto | on | off
+    # torch.compile the backbone (in place, so checkpoints keep their keys). On the 2-core CPU it
+    # paid +2% images/s in bf16 after a minute of compiling: off by default (docs/scale.md).
+    compile: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 2:

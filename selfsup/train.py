@@ -237,6 +237,8 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     method = build_method(cfg, data.channels).to(device)
     if cfg.train.channels_last:
         method = method.use_channels_last()
+    if cfg.train.compile:
+        method.backbone.compile()
     objective = _Objective(method)
     if world.size > 1:
         if cfg.train.sync_batchnorm == "on" or (cfg.train.sync_batchnorm == "auto" and method.sync_batchnorm):

@@ -121,14 +121,14 @@ def test_one_process_helpers_are_the_identity():
     assert distributed.gather(x) is x and distributed.all_reduce_sum(x) is x and distributed.world().size == 1
 
 
-def torchrun(tiny_fashion, runs, options, *overrides):
+def torchrun(tiny_fashion, runs, options, *overrides, env=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), "-m", "selfsup", "pretrain", "--runs-dir", str(runs), "--quiet", *options,
                "--data-dir", str(tiny_fashion), "backbone.width=0.125", "train.batch_size=40", "train.threads=1",
                "train.log_every=1", "optim.schedule=constant", "optim.warmup_epochs=0", "eval.knn_k=20",
                "eval.after_pretrain=[]", "eval.report=false", *overrides]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def test_torchrun_two_processes_pretrain_and_resume_exactly(tiny_fashion, tmp_path):
@@ -154,3 +154,24 @@ def test_batch_that_does_not_split_evenly_is_refused(tiny_fashion, tmp_path):
     result = torchrun(tiny_fashion, tmp_path, ["--name", "odd"], "train.steps=2", "train.batch_size=41")
     assert result.returncode != 0
     assert "must divide evenly among the 2 processes" in result.stderr
+
+
+def test_an_error_on_one_rank_stops_every_rank_with_its_message(tiny_fashion, tmp_path):
+    """Rank 1's loss raises at its third step (injected through sitecustomize, which each worker
+    imports at start-up); torchrun must end the whole run, exit non-zero, and show the error."""
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    from selfsup.methods.simclr import SimCLR\n"
+        "    real, calls = SimCLR.loss, [0]\n"
+        "    def failing(self, views):\n"
+        "        calls[0] += 1\n"
+        "        if calls[0] == 3:\n"
+        "            raise RuntimeError('injected failure on rank 1')\n"
+        "        return real(self, views)\n"
+        "    SimCLR.loss = failing\n")
+    path = os.pathsep.join([str(tmp_path / "inject"), os.environ.get("PYTHONPATH", "")])
+    result = torchrun(tiny_fashion, tmp_path, ["--name", "failing"], "train.steps=20", env={"PYTHONPATH": path})
+    assert result.returncode != 0
+    assert "injected failure on rank 1" in result.stderr

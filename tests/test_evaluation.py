@@ -189,8 +189,9 @@ def tiny_resnet():
 
 
 def test_finetune_learns_a_visible_rule_and_not_random_labels():
+    # A random backbone, as the supervised baseline trains it: full learning rate, random head.
     settings = FinetuneSettings(steps=40, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, crop_scale=(0.9, 1.0),
-                                flip_p=0.0)
+                                flip_p=0.0, probe_init=False)
     learned = finetune(tiny_resnet(), bright_quadrant_images(128, 0), bright_quadrant_images(200, 1), settings,
                        16, [0.2], [0.3])
     assert learned["top1"] > 0.9
@@ -219,3 +220,19 @@ def test_vit_layer_decay_gives_earlier_blocks_smaller_learning_rates():
     assert len(scale_of) == len(list(vit.parameters()))
     flat = lr_scales(vit, FinetuneSettings(backbone_lr_scale=0.5, layer_decay=0.0))
     assert len(flat) == 1 and flat[0][1] == 0.5
+
+
+def test_probe_initialised_head_predicts_what_the_probe_predicts():
+    """LP-FT's start: with no fine-tuning steps, the classifier must give the linear probe's predictions."""
+    from selfsup.evaluate.finetune import Classifier, accuracy, init_head_from_probe
+    backbone, train, test = tiny_resnet(), bright_quadrant_images(64, 0), bright_quadrant_images(64, 1)
+    model = Classifier(backbone, 4, 16, [0.2], [0.3])
+    init_head_from_probe(model, train, 4, torch.device("cpu"), "fp32")
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone(model.prepare(train.images))
+        test_feats = model.backbone(model.prepare(test.images))
+    probe = fit_logistic_regression(feats, train.labels, 4, weight_decay=1e-3)
+    assert accuracy(model, test, torch.device("cpu"), "fp32") == pytest.approx(probe.accuracy(test_feats, test.labels))
+    with torch.no_grad():
+        torch.testing.assert_close(model.head(test_feats), probe.logits(test_feats), rtol=1e-4, atol=1e-4)

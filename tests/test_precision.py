@@ -52,3 +52,22 @@ def test_bf16_needs_no_scaler_and_fp32_no_autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
     with autocast("cpu", "fp16"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+
+
+def test_compile_option_compiles_the_backbone_in_place(tiny_fashion, tmp_path, monkeypatch):
+    """train.compile=true compiles the backbone without renaming its weights. The real compiler takes
+    minutes on this CPU, so the test compiles with the eager backend (same wrapping, no code generation)."""
+    compiled = []
+    real_compile = torch.nn.Module.compile
+
+    def eager_compile(module, *args, **kwargs):
+        compiled.append(type(module).__name__)
+        return real_compile(module, backend="eager")
+    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    overrides = ["backbone.width=0.125", "train.batch_size=32", "train.steps=2", "eval.online_every=0",
+                 "train.threads=1", "train.compile=true"]
+    pretrain(load_config(overrides=overrides), tmp_path / "run", data=data, progress=False)
+    tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    assert compiled == ["ResNet"]
+    assert not any("_orig_mod" in key for key in tensors) and "model.backbone.stem.0.weight" in tensors

@@ -32,6 +32,9 @@ class FinetuneSettings:
     warmup_fraction: float = 0.1
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip_p: float = 0.5
+    # Start the head from a linear probe on the frozen features (LP-FT, Kumar et al., 2022): a random
+    # head's first gradients would otherwise distort the pretrained features before it has learned.
+    probe_init: bool = True
 
 
 class Classifier(nn.Module):
@@ -92,6 +95,8 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(backbone), num_classes, size, mean, std).to(device)
+    if settings.probe_init:
+        init_head_from_probe(model, train, num_classes, device, precision)
     optimizer = _optimizer(model, settings)
     scaler = grad_scaler(device.type, precision)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -116,6 +121,26 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
         scaler.step(optimizer)
         scaler.update()
     return {"top1": accuracy(model, test, device, precision), "final_train_loss": loss.item()}
+
+
+@torch.no_grad()
+def init_head_from_probe(model: Classifier, train: ImageSet, num_classes: int, device, precision: str) -> None:
+    """Set the head to the logistic regression fitted on the backbone's frozen (eval-mode) features."""
+    from selfsup.evaluate.linear import fit_logistic_regression
+    model.eval()
+    feats = torch.cat([_features(model, train.images[i:i + 1024], device, precision)
+                       for i in range(0, len(train), 1024)])
+    probe = fit_logistic_regression(feats, train.labels, num_classes, weight_decay=1e-3)
+    # The probe standardises features: logits = ((f - mean) / std) @ W + b; fold that into the head.
+    weight = probe.weight / probe.std[:, None]
+    model.head.weight.copy_(weight.T)
+    model.head.bias.copy_(probe.bias - probe.mean @ weight)
+    model.train()
+
+
+def _features(model: Classifier, images_u8: torch.Tensor, device, precision: str) -> torch.Tensor:
+    with autocast(device.type, precision):
+        return model.backbone(model.prepare(images_u8.to(device))).float().cpu()
 
 
 @torch.no_grad()

@@ -99,8 +99,8 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress):
 
     from selfsup.train import resolve_device, resolve_precision
     settings = settings or FinetuneSettings()
-    if protocol == "supervised":           # a random backbone has nothing to preserve: full learning rate
-        settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0)
+    if protocol == "supervised":           # a random backbone has nothing to preserve: full rate, random head
+        settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     size = cfg.augment.eval_size or cfg.data.size
