@@ -246,6 +246,14 @@ def multi_crop(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator,
     return views
 
 
+def light_crop_flip(batch_u8: torch.Tensor, seed: int, scale=(0.5, 1.0)) -> torch.Tensor:
+    """uint8 -> uint8 at the same size: a random resized crop of `scale` of the image and a coin-flip
+    horizontal flip per image, drawn from `seed`; the light augmentation of evaluation protocols."""
+    gen = torch.Generator(device=batch_u8.device).manual_seed(seed)
+    x = random_resized_crop_flip(to_float(batch_u8), batch_u8.shape[-1], scale, (3 / 4, 4 / 3), 0.5, gen)
+    return x.mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
 def eval_transform(batch_u8: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
     """The deterministic view used for features: resize to cfg.eval_size (if set), normalise."""
     x = to_float(batch_u8)

@@ -83,10 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "[default: eval.knn_k of the run, 200]")
     k.add_argument("--temperature", type=float, help="vote temperature [default: eval.knn_temperature, 0.1]")
     k.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
-    _evaluate_parser(protocols, "linear", "linear probe (logistic regression) on frozen features",
+    linear = _evaluate_parser(protocols, "linear", "linear probe (logistic regression) on frozen features",
                      "Multinomial logistic regression on frozen, standardised backbone features (cached in "
                      "RUN_DIR/eval/features/), fitted with L-BFGS; the weight decay is chosen from "
                      "1e-5..1e-1 on a 10%% validation split of the training labels, never on the test set.")
+    linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
+                        help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
+                             "image; their features are extracted per seed [default: 0, no augmentation]")
     for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
                        ("supervised", "the baseline: the same backbone trained from scratch on the same labels")):
         f = _evaluate_parser(protocols, name, what,
@@ -319,7 +322,7 @@ def cmd_evaluate(args) -> int:
                                     probe_init=getattr(args, "probe_init", False))
     for protocol in protocols:
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
-                          settings, progress=not args.quiet)
+                          settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0))
     print(f"results appended to {Path(args.run_dir) / 'eval' / 'results.jsonl'}")
     return 0
 

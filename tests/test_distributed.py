@@ -17,7 +17,7 @@ from selfsup import distributed
 from selfsup.augment import AugmentConfig
 from selfsup.backbones import build_backbone
 from selfsup.checkpoint import latest_checkpoint, load_checkpoint
-from selfsup.methods import method_class
+from selfsup.methods import method_class, method_names
 from selfsup.train import _Objective, step_generator
 
 GLOBAL_BATCH, WORLD = 16, 2
@@ -148,6 +148,16 @@ def test_torchrun_two_processes_pretrain_and_resume_exactly(tiny_fashion, tmp_pa
     weights = [k for k in a if k.startswith("model.")]
     assert weights and all(torch.equal(a[k], b[k]) for k in weights)
     assert json.loads((tmp_path / "straight" / "eval" / "knn.json").read_text())["knn_top1"] > 0.3
+
+
+@pytest.mark.parametrize("method_name", method_names())
+def test_every_method_trains_under_torchrun(method_name, tiny_fashion, tmp_path):
+    """Three steps of each method in 2 processes: its gathers, frozen parameters (DDP must be told),
+    queues and teachers all work across ranks."""
+    result = torchrun(tiny_fashion, tmp_path, ["--name", method_name, "--method", method_name, "--no-eval"],
+                      "train.steps=3", "eval.online_every=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "pretraining: 3 steps" in result.stdout
 
 
 def test_batch_that_does_not_split_evenly_is_refused(tiny_fashion, tmp_path):

@@ -236,3 +236,24 @@ def test_probe_initialised_head_predicts_what_the_probe_predicts():
     assert accuracy(model, test, torch.device("cpu"), "fp32") == pytest.approx(probe.accuracy(test_feats, test.labels))
     with torch.no_grad():
         torch.testing.assert_close(model.head(test_feats), probe.logits(test_feats), rtol=1e-4, atol=1e-4)
+
+
+def test_augmented_copies_join_the_fit_only_for_their_own_training_images(monkeypatch):
+    import selfsup.evaluate.linear as linear
+    (x, y), (xt, yt) = clusters(200, num_classes=4, dim=6), clusters(100, num_classes=4, dim=6, seed=1)
+    # Copy c of image i is marked by its first coordinate, 1000 * (i + 1) + c: every row says where it came from.
+    augmented = x.repeat(2, 1, 1)
+    augmented[:, :, 0] = 1000 * (torch.arange(200) + 1).float() + torch.arange(2).float()[:, None]
+    fitted = []
+    real_fit = linear.fit_logistic_regression
+    monkeypatch.setattr(linear, "fit_logistic_regression",
+                        lambda feats, labels, *a, **k: fitted.append((feats, labels)) or real_fit(feats, labels, *a, **k))
+    result = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3,), seed=0, augmented=augmented)
+    _, val_idx = linear.train_val_split(y, 0.1, 0)
+    sweep_feats, sweep_labels = fitted[0]
+    sources = {int(v) // 1000 - 1 for v in sweep_feats[:, 0].tolist() if v >= 1000}
+    assert len(sweep_feats) == 3 * (200 - len(val_idx))
+    assert sources.isdisjoint(val_idx.tolist()) and len(sources) == 200 - len(val_idx)
+    final_feats, final_labels = fitted[-1]
+    assert len(final_feats) == 600 and torch.equal(final_labels, y.repeat(3))
+    assert 0 <= result["top1"] <= 1

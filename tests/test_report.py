@@ -169,3 +169,10 @@ def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny
     assert len(images) == 6 and all(complete and width > 0 for _, complete, width in images), images
     assert errors == []
     assert {"Label efficiency", "Evaluations", "Config"} <= set(headings)
+
+
+def test_linear_probe_with_augmented_copies(tiny_run, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    assert main(["evaluate", "linear", str(run_dir), "--labels", "5/class", "--augment", "2", "--quiet"]) == 0
+    row = read_results(run_dir)[-1]
+    assert row["settings"]["augment_copies"] == 2 and row["num_labels"] == 50 and 0.3 < row["mean"] <= 1.0

@@ -59,18 +59,26 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.1,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, augmented: torch.Tensor | None = None) -> dict:
     """Top-1 of a linear probe, the weight decay chosen on a validation split of the training
-    labels, and each candidate's validation accuracy."""
+    labels, and each candidate's validation accuracy. augmented: (A, N, D) features of A augmented
+    copies of the N training images, added to the training rows of their own images only (the
+    validation split sees clean features of images the fit never saw in any form)."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     fit_idx, val_idx = train_val_split(train_labels, val_fraction, seed)
+
+    def with_copies(idx):
+        if augmented is None:
+            return train_feats[idx], train_labels[idx]
+        return (torch.cat([train_feats[idx], augmented[:, idx].flatten(0, 1)]),
+                train_labels[idx].repeat(augmented.shape[0] + 1))
     val_scores, val_losses = {}, {}
     for wd in weight_decays:
-        classifier = fit_logistic_regression(train_feats[fit_idx], train_labels[fit_idx], num_classes, wd)
+        classifier = fit_logistic_regression(*with_copies(fit_idx), num_classes, wd)
         val_scores[wd] = classifier.accuracy(train_feats[val_idx], train_labels[val_idx])
         val_losses[wd] = F.cross_entropy(classifier.logits(train_feats[val_idx].float()), train_labels[val_idx]).item()
     # A small validation split often ties on accuracy; its cross-entropy then decides.
     best_wd = max(weight_decays, key=lambda wd: (val_scores[wd], -val_losses[wd]))
-    classifier = fit_logistic_regression(train_feats, train_labels, num_classes, best_wd)
+    classifier = fit_logistic_regression(*with_copies(torch.arange(len(train_labels))), num_classes, best_wd)
     return {"top1": classifier.accuracy(test_feats, test_labels), "weight_decay": best_wd,
             "val_top1": {str(wd): score for wd, score in val_scores.items()}, "val_size": len(val_idx)}

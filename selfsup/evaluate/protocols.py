@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import atomic_write
 from selfsup.data import ImageSet
@@ -50,9 +51,10 @@ def cached_features(run, data: ImageSet, description: str, progress: bool = Fals
 def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, labels: list[str] = ("100%",),
                       seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
                       settings: FinetuneSettings | None = None, progress: bool = True,
-                      log: Callable[[str], None] = print) -> list[dict]:
+                      log: Callable[[str], None] = print, augment_copies: int = 0) -> list[dict]:
     """Score `protocol` for every label budget (and every k for knn) over `seeds` class-balanced draws
-    of the training labels; each result row is logged, appended to eval/results.jsonl and returned."""
+    of the training labels; each result row is logged, appended to eval/results.jsonl and returned.
+    augment_copies (linear): also fit on that many light crop-and-flip copies of each labelled image."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if train.labels is None or test.labels is None:
@@ -61,7 +63,7 @@ def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, label
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     budgets = [parse_label_budget(text) for text in labels]
     num_classes = int(train.labels.unique().numel())
-    score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress)
+    score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies)
     rows = []
     for budget in budgets:
         count = budget.count(len(train), num_classes)
@@ -80,7 +82,7 @@ def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, label
     return rows
 
 
-def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress):
+def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0):
     """(score(indices, seed, setting) -> (top-1, per-seed details or None), the settings to score)."""
     cfg = run.config
     if protocol in ("knn", "linear"):
@@ -93,9 +95,15 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress):
             return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (knn_ks or [cfg.eval.knn_k])]
 
         def linear(idx, seed, setting):
-            result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed)
+            augmented = None
+            if augment_copies:             # features of crops of these images: drawn per seed, not cached
+                augmented = torch.stack([run.embed(light_crop_flip(train.images[idx], 7919 * seed + copy),
+                                                   cfg.eval.batch_size) for copy in range(augment_copies)])
+            result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
+                                  augmented=augmented)
             return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"]}
-        return linear, [{"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1}]
+        return linear, [{"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
+                         "augment_copies": augment_copies}]
 
     from selfsup.train import resolve_device, resolve_precision
     settings = settings or FinetuneSettings()
