@@ -36,14 +36,32 @@ def test_fp16_resume_is_bitwise_identical(tiny_fashion, tmp_path, monkeypatch):
     assert scalers[0] == scalers[1] and scalers[0]["scale"] < 2.0 ** 16       # it moved, and resumed where it was
 
 
+def scale_after_each_step(monkeypatch) -> list[float]:
+    """The gradient scaler's loss scale after each step's update, appended as training goes."""
+    history = []
+    real_update = torch.amp.GradScaler.update
+
+    def update(self, new_scale=None):
+        real_update(self, new_scale)
+        history.append(self.get_scale())
+    monkeypatch.setattr(torch.amp.GradScaler, "update", update)
+    return history
+
+
 def test_an_overflowing_fp16_step_is_skipped_not_fatal(tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    pretrain(load_config(overrides=FP16 + ["train.steps=3"]), tmp_path / "clean", data=data, progress=False)
-    corrupt_loss_at_call(monkeypatch, 2, 1e30)                # times the scale 2**16: infinite gradients
-    pretrain(load_config(overrides=FP16 + ["train.steps=3"]), tmp_path / "run", data=data, progress=False)
-    scales = [load_checkpoint(latest_checkpoint(tmp_path / run / "checkpoints"))[1]["grad_scaler"]["scale"]
-              for run in ("clean", "run")]
-    assert scales[1] == scales[0] / 2                  # the scaler backed off once more, at the overflow
+    clean = scale_after_each_step(monkeypatch)
+    pretrain(load_config(overrides=FP16 + ["train.steps=4"]), tmp_path / "clean", data=data, progress=False)
+    # Corrupt a step the clean run got through without overflowing (which steps overflow on their own
+    # depends on the CPU's fp16 kernels), so the only reason to back off there is the corruption.
+    before = [2.0 ** 16] + clean[:-1]
+    step = next(i for i in range(1, 4) if clean[i] == before[i])
+    monkeypatch.undo()
+    corrupted = scale_after_each_step(monkeypatch)
+    corrupt_loss_at_call(monkeypatch, step + 1, 1e30)        # times the scale: infinite gradients
+    pretrain(load_config(overrides=FP16 + ["train.steps=4"]), tmp_path / "run", data=data, progress=False)
+    assert corrupted[:step] == clean[:step]
+    assert corrupted[step] == before[step] / 2               # the scaler skipped the step and backed off
 
 
 def test_bf16_needs_no_scaler_and_fp32_no_autocast():
