@@ -21,7 +21,7 @@ import torch
 
 from selfsup.evaluate.finetune import FinetuneSettings
 from selfsup.evaluate.protocols import cached_features, evaluate_protocol
-from selfsup.run import labelled_eval_sets, load_run
+from selfsup.run import load_run
 
 
 def main():
@@ -29,14 +29,15 @@ def main():
     p.add_argument("run_dir")
     p.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"])
+    p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"],
+                   help="any of knn linear finetune supervised raw")
     p.add_argument("--steps", type=int, default=FinetuneSettings.steps)
     p.add_argument("--full-steps", type=int, default=470, help="fine-tuning steps with 100%% of the labels")
     p.add_argument("--out", help="append the JSON lines to this file")
     args = p.parse_args()
 
     run = load_run(args.run_dir)
-    train, test = labelled_eval_sets(run.config)
+    train, test = run.labelled_sets()
     name = run.config.data.source
     shutil.rmtree(Path(args.run_dir) / "eval" / "features", ignore_errors=True)
     started = time.time()

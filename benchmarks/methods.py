@@ -1,5 +1,7 @@
-"""One row of the per-method table: pretrain METHOD on Fashion-MNIST for a fixed wall-clock budget
-with its default recipe, then kNN on the full test split. Prints one JSON line (and appends it to
+"""One row of the per-method table: pretrain METHOD for a fixed wall-clock budget with its default
+recipe (on Fashion-MNIST unless data.source=... says otherwise), then kNN on the full test split when
+the data has labels, and for a language model (clm, mlm) the perplexity on the held-out text and a
+sample. Prints one JSON line (and appends it to
 --out). Run one method per process, so peak memory is the method's own:
 
     for m in simclr moco2 byol; do python benchmarks/methods.py $m --minutes 5 --out docs/methods.jsonl; done
@@ -18,7 +20,8 @@ import time
 from pathlib import Path
 
 from selfsup.config import load_config
-from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup.data import DataError
+from selfsup.run import knn_report, load_run
 from selfsup.train import load_training_data, pretrain
 
 
@@ -50,12 +53,18 @@ def main():
     result = pretrain(cfg, run_dir, progress=False)
     train_s = time.time() - t
     run = load_run(run_dir)
-    train, test = labelled_eval_sets(run.config)
     t = time.time()
-    report = knn_report(run, train, test, baselines=args.baselines, progress=False)
+    try:
+        train, test = run.labelled_sets()
+        report = knn_report(run, train, test, baselines=args.baselines, progress=False)
+    except DataError as e:                 # unlabeled data: nothing to score with kNN
+        report = {"knn": f"skipped: {e}"}
+    if hasattr(run.method, "summed_loss"):
+        report.update(language_model(run))
     row = {"method": args.method, "overrides": args.overrides, "budget_min": args.minutes,
            "backbone": f"{cfg.backbone.name} width {cfg.backbone.width}" if cfg.backbone.name.startswith("resnet")
-           else f"{cfg.backbone.name} patch {cfg.backbone.patch_size}",
+           else f"{cfg.backbone.name} patch {cfg.backbone.patch_size}" if cfg.backbone.name.startswith("vit")
+           else f"{cfg.backbone.name} dim {cfg.backbone.dim} depth {cfg.backbone.depth}",
            "batch": cfg.train.batch_size, "epochs": round(result.epochs, 2), "train_s": round(train_s),
            "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
            "final_loss": result.final_loss, "eval_s": round(time.time() - t), **report}
@@ -64,6 +73,19 @@ def main():
     if args.out:
         with open(args.out, "a") as f:
             f.write(line + "\n")
+
+
+def language_model(run) -> dict:
+    """Validation loss and perplexity on the held-out text; a sample for a next-token model."""
+    from selfsup.cli import _perplexity_and_print
+    from selfsup.text.generate import generate
+    measured = _perplexity_and_print(run)
+    result = {"val_loss": round(measured["loss"], 4), "val_perplexity": round(measured["perplexity"], 3),
+              "val_tokens": measured["tokens"]}
+    if getattr(run.backbone, "causal", False):
+        tokenizer = run.modality.tokenizer(run.config, run.path)
+        result["sample"] = "The " + generate(run.method, tokenizer, "The ", max_new_tokens=300, seed=0)
+    return result
 
 
 if __name__ == "__main__":

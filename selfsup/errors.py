@@ -4,4 +4,5 @@ from selfsup.config import ConfigError
 from selfsup.data import DataError
 from selfsup.train import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError)
+# ImportError: an optional extra is missing (tokenizers, pandas, rdata); its message names the pip command.
+USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, FileNotFoundError, ImportError)

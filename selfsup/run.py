@@ -5,14 +5,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from selfsup.config import Config, load_config
-from selfsup.data import ImageSet, convert
-from selfsup.evaluate import extract_features, knn_accuracy, pixel_features
+from selfsup.evaluate import extract_features, knn_accuracy
 from selfsup.evaluate.protocols import cached_features
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
+from selfsup.modalities import modality_of
 from selfsup.train import build_method, resolve_device, resolve_precision
 
 
@@ -27,21 +28,24 @@ class Run:
     def backbone(self) -> torch.nn.Module:
         return self.method.backbone
 
-    def embed(self, images_u8: torch.Tensor, batch_size: int = 1024, device: str = "auto",
+    @property
+    def modality(self):
+        return modality_of(self.config)
+
+    def embed(self, samples: torch.Tensor, batch_size: int = 1024, device: str = "auto",
               progress: bool = False) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> L2-normalised backbone features (N, D), backbone in eval mode."""
+        """Samples (uint8 images (N, C, H, W), token ids (N, L), table rows (N, F)) -> L2-normalised
+        backbone features (N, D), backbone in eval mode."""
         dev = resolve_device(device)
         self.method.to(dev).eval()
-        images_u8 = self.match_input(images_u8)
-        return extract_features(self.method.embed, images_u8, batch_size, dev,
+        samples = self.modality.match_input(self.config, samples)
+        return extract_features(self.method.embed, samples, batch_size, dev,
                                 resolve_precision(self.config.train.precision, dev), progress)
 
-    def match_input(self, images_u8: torch.Tensor) -> torch.Tensor:
-        """Convert images to the channel count the backbone was trained on (size is handled by the method)."""
-        channels = self.config.data.channels
-        if images_u8.shape[1] != channels:
-            images_u8 = convert(ImageSet(images_u8), channels=channels).images
-        return images_u8
+    def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,
+                      max_test: int | None = None):
+        """(train, test) labelled data read as this run's training data was (tokenizer, normalisation)."""
+        return labelled_eval_sets(self.config, source, data_dir, max_train, max_test, run_dir=self.path)
 
 
 def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
@@ -55,8 +59,8 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     if stem is None:
         raise CheckpointError(f"{path} has no checkpoint yet; was pretraining stopped before its first save?")
     tensors, meta = load_checkpoint(stem)
-    method = build_method(cfg, cfg.data.channels)
-    if cfg.train.channels_last:
+    method = build_method(cfg)
+    if cfg.train.channels_last and modality_of(cfg).channels_last:
         method = method.use_channels_last()
     state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
@@ -66,10 +70,10 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     return Run(path, cfg, method, int(meta["step"]))
 
 
-def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, temperature: float | None = None,
+def knn_report(run: Run, train, test, k: int | None = None, temperature: float | None = None,
                baselines: bool = True, progress: bool = True, data_name: str = "") -> dict:
     """kNN top-1 of the run's backbone; with baselines, also of the same backbone at random
-    initialisation and of raw pixels. With a data_name, the backbone's features are cached in the
+    initialisation and of the raw input (pixels, bag of words, the table's columns). With a data_name, the backbone's features are cached in the
     run folder for later evaluations (selfsup.evaluate.protocols.cached_features)."""
     if train.labels is None or test.labels is None:
         raise ValueError("kNN needs labelled train and test sets")
@@ -83,14 +87,16 @@ def knn_report(run: Run, train: ImageSet, test: ImageSet, k: int | None = None, 
     if data_name:
         feats = [cached_features(run, s, f"{data_name} {split}", progress) for s, split in ((train, "train"), (test, "test"))]
     else:
-        feats = [run.embed(s.images, bs, progress=progress) for s in (train, test)]
+        feats = [run.embed(s.samples, bs, progress=progress) for s in (train, test)]
     result = {"k": k, "temperature": t, "train_size": len(train), "test_size": len(test), "knn_top1": score(*feats)}
     if baselines:
-        untrained = build_method(run.config, run.config.data.channels)
-        if run.config.train.channels_last:
+        untrained = build_method(run.config)
+        if run.config.train.channels_last and run.modality.channels_last:
             untrained = untrained.use_channels_last()
         random_init = Run(run.path, run.config, untrained, 0)
-        result["knn_top1_random_init"] = score(random_init.embed(train.images, bs, progress=progress),
-                                               random_init.embed(test.images, bs, progress=progress))
-        result["knn_top1_pixels"] = score(pixel_features(train.images), pixel_features(test.images))
+        result["knn_top1_random_init"] = score(random_init.embed(train.samples, bs, progress=progress),
+                                               random_init.embed(test.samples, bs, progress=progress))
+        raw = run.modality.raw_features(train, test)
+        result["knn_top1_raw"] = score(*(F.normalize(f.float(), dim=1) for f in raw))
+        result["raw_features"] = run.modality.raw_name
     return result

@@ -23,17 +23,17 @@ import torch
 from tqdm import tqdm
 
 from selfsup import distributed
-from selfsup.augment import channel_stats
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 mark_best, optimizer_state, read_pointer, restore_optimizer, save_checkpoint,
                                 set_aside_newer)
-from selfsup.config import Config
-from selfsup.data import DataError, ImageSet, load_images
+from selfsup.config import Config, ConfigError
+from selfsup.data import DataError
 from selfsup.evaluate.datasets import labelled_eval_sets
 from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import collapse_warning
 from selfsup.methods import Method, method_class
+from selfsup.modalities import modality_of
 from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
 from selfsup.precision import autocast, grad_scaler
 
@@ -97,35 +97,34 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 
     return torch.randperm(n, generator=gen)[rank::world_size]
 
 
-def build_method(cfg: Config, in_channels: int) -> Method:
-    """The method with freshly initialised weights; the same config and seed give the same weights."""
+def build_method(cfg: Config, in_channels: int | None = None) -> Method:
+    """The method with freshly initialised weights; the same config and seed give the same weights.
+    The backbone's data-decided inputs (channels, vocabulary, columns) come from the resolved config;
+    in_channels overrides the image channel count."""
     torch.manual_seed(cfg.train.seed)
-    backbone = build_backbone_from_config(cfg.backbone, in_channels, cfg.augment.size or cfg.data.size)
-    return method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
+    inputs = modality_of(cfg).backbone_inputs(cfg)
+    if in_channels is not None:
+        inputs["in_channels"] = in_channels
+    try:
+        backbone = build_backbone_from_config(cfg.backbone, **inputs)
+        return method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
+    except ValueError as e:            # e.g. a next-token task on a bidirectional backbone
+        raise ConfigError(f"{cfg.method.name} with backbone {cfg.backbone.name}: {e}") from e
 
 
-def load_training_data(cfg: Config) -> ImageSet:
-    data = load_images(cfg.data.source, "train", data_dir=cfg.data.data_dir or None, channels=cfg.data.channels,
-                       size=cfg.data.size, strict=cfg.data.strict)
-    return data.subset(cfg.data.subset)
+def load_training_data(cfg: Config, run_dir: Path | None = None):
+    """The samples pretraining draws from; text and tables reuse the tokenizer / normalisation saved
+    in run_dir (a resumed run) instead of fitting new ones."""
+    return modality_of(cfg).training_data(cfg, run_dir)
 
 
-def complete_config(cfg: Config, data: ImageSet) -> None:
-    """Fill the values the data decides (image size and channels, normalisation, view size), so
-    config.yaml holds them resolved and evaluation reads images exactly as training did."""
-    cfg.data.channels = data.channels
-    cfg.data.size = data.images.shape[-1]
-    if not cfg.augment.mean:
-        cfg.augment.mean, cfg.augment.std = channel_stats(data.images)
-    elif len(cfg.augment.mean) != data.channels:
-        raise DataError(f"augment.mean has {len(cfg.augment.mean)} values but the images have {data.channels} channels")
-    if not cfg.augment.size:
-        cfg.augment.size = data.images.shape[-1]
+def complete_config(cfg: Config, data) -> None:
+    """Fill the values the data decides (image size and normalisation, vocabulary size, table
+    columns), so config.yaml holds them resolved and evaluation reads data exactly as training did."""
+    modality_of(cfg).complete_config(cfg, data)
     if cfg.train.batch_size > len(data):
-        raise DataError(f"train.batch_size={cfg.train.batch_size} is larger than the data set ({len(data)} images); "
+        raise DataError(f"train.batch_size={cfg.train.batch_size} is larger than the data set ({len(data)} samples); "
                         f"lower it, e.g. train.batch_size={max(2, len(data) // 4)}")
-    if torch.is_floating_point(data.images) or data.images.dtype != torch.uint8:
-        raise DataError("training images must be uint8")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -134,8 +133,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux reports KiB
 
 
-def online_monitor(cfg: Config, data: ImageSet, device: torch.device, precision: str,
-                   labelled: tuple[ImageSet, ImageSet] | None, look_for_labels: bool) -> OnlineMonitor | None:
+def online_monitor(cfg: Config, data, device: torch.device, precision: str, labelled: tuple | None,
+                   look_for_labels: bool, run_dir: Path | None = None) -> OnlineMonitor | None:
     """The online monitor: label-free measures on a fixed sample of images, and kNN on `labelled`
     (train, test) or, when look_for_labels, on the config's labelled data if it has labels.
     None when eval.online_every is 0."""
@@ -143,14 +142,15 @@ def online_monitor(cfg: Config, data: ImageSet, device: torch.device, precision:
         return None
     if labelled is None and look_for_labels:
         try:
-            labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test)
+            labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test,
+                                          run_dir=run_dir)
         except (DataError, ValueError) as e:
             print(f"note: no online kNN during pretraining ({e}); label-free measures only", file=sys.stderr)
     if labelled is not None:
         labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
-    # The held-out test images when there are labels; else evenly spaced training images.
-    sample = labelled[1].images if labelled is not None else \
-        data.images[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
+    # The held-out test samples when there are labels; else evenly spaced training samples.
+    sample = labelled[1].samples if labelled is not None else \
+        data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
                          cfg.eval.batch_size, device, precision)
 
@@ -195,9 +195,10 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, resume: bool = False,
-             progress: bool = True, labelled: tuple[ImageSet, ImageSet] | None = None) -> TrainResult:
-    """Pretrain cfg.method on the unlabeled images, writing config, metrics and checkpoints to run_dir.
+def pretrain(cfg: Config, run_dir: str | Path, *, data=None, resume: bool = False,
+             progress: bool = True, labelled: tuple | None = None) -> TrainResult:
+    """Pretrain cfg.method on the unlabeled data, writing config, metrics and checkpoints to run_dir.
+    `data` (optional) is a data set of the config's modality (ImageSet, TextSet, TableSet).
 
     Online kNN (eval.online_every) scores on `labelled` (train, test) when given; otherwise on the
     config's source when its images were loaded from the config (not passed as `data`) and have labels.
@@ -214,8 +215,7 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data: ImageSet | None = None, 
             torch.distributed.destroy_process_group()     # the group this call joined; evaluation is one process
 
 
-def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, progress: bool,
-              labelled: tuple[ImageSet, ImageSet] | None) -> TrainResult:
+def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, labelled: tuple | None) -> TrainResult:
     world = distributed.setup("cuda" if resolve_device(cfg.train.device).type == "cuda" else "cpu")
     device = resolve_device(cfg.train.device, world.local_rank)
     if device.type == "cuda":
@@ -229,13 +229,15 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     main = world.is_main
     progress = progress and main
     data_from_config = data is None
-    data = load_training_data(cfg) if data_from_config else data
+    modality = modality_of(cfg)
+    data = load_training_data(cfg, run_dir if resume else None) if data_from_config else data
     complete_config(cfg, data)
-    # On a GPU the whole uint8 data set lives on the device: a batch is one index op, no copy.
-    images = data.images.to(device) if device.type == "cuda" else data.images
+    # On a GPU an in-memory data set lives on the device: a batch is one index op, no copy. (A packed
+    # text corpus stays where it is, mapped from disk.)
+    samples = data.samples.to(device) if device.type == "cuda" and modality.fits_on_device else data.samples
 
-    method = build_method(cfg, data.channels).to(device)
-    if cfg.train.channels_last:
+    method = build_method(cfg).to(device)
+    if cfg.train.channels_last and modality.channels_last:
         method = method.use_channels_last()
     if cfg.train.compile:
         method.backbone.compile()
@@ -272,9 +274,10 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
     if main:                             # rank 0 alone writes; every rank reads
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
+        modality.save_assets(data, run_dir)
         _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
-    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config) \
-        if main else None
+    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
+                             run_dir=run_dir) if main else None
     online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
     best_score = _best_score(ckpt_dir)
 
@@ -285,6 +288,8 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
         opt_tensors, opt_meta = optimizer_state(optimizer)
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
+        if device.type == "cuda":            # dropout (SimCSE's augmentation) draws from the device's generator
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
         meta = {"epoch": step / steps_per_epoch, "optimizer": opt_meta, **identity, "online_knn": online_knn,
                 "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
@@ -309,10 +314,13 @@ def _pretrain(cfg: Config, run_dir: Path, data: ImageSet | None, resume: bool, p
         while step < total_steps and not stop.requested:
             epoch, position = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
-                order = epoch_order(len(data), cfg.train.seed, epoch, world.rank, world.size).to(images.device)
+                order = epoch_order(len(data), cfg.train.seed, epoch, world.rank, world.size).to(samples.device)
                 order_epoch = epoch
             idx = order[position * local_batch:(position + 1) * local_batch]
-            batch = images[idx].to(device, non_blocking=True)
+            batch = samples[idx]
+            if batch.dtype == torch.uint16:  # packed tokens: CUDA lacks most uint16 kernels
+                batch = batch.int()
+            batch = batch.to(device, non_blocking=True)
 
             lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
             for group in optimizer.param_groups:
@@ -436,6 +444,8 @@ def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.dev
             print(f"warning: cannot resume from {stem}: {e}; trying an older checkpoint", file=sys.stderr)
             continue
         torch.set_rng_state(rng_states[0])
+        if device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], device)
         random.setstate(rng_states[1])
         np.random.set_state(rng_states[2])
         method.to(device)

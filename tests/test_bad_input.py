@@ -191,7 +191,7 @@ CASES = [
     ("config: wrong type", wrong_type, 2, ["optim.lr: expected a number", "'fast'"]),
     ("config: negative lr", negative_lr, 2, ["optim.lr must be"]),
     ("config: unknown method", unknown_method, 2, ["unknown method 'nope'"]),
-    ("batch size larger than the data set", batch_larger_than_data, 2, ["larger than the data set (8 images)"]),
+    ("batch size larger than the data set", batch_larger_than_data, 2, ["larger than the data set (8 samples)"]),
     ("disk full while writing a checkpoint", full_disk, 1, ["No space left on device", "step-0000001 is intact",
                                                             "--resume"]),
     ("NaN in input data (array)", nan_in_array, 2, ["NaN"]),

@@ -24,7 +24,7 @@ def test_pretrain_writes_the_run_folder_and_knn(fashion_run, capsys):
         assert (fashion_run / name).exists(), name
     knn = json.loads((fashion_run / "eval" / "knn.json").read_text())
     assert knn["train_size"] == 2000 and knn["test_size"] == 500
-    for key in ("knn_top1", "knn_top1_random_init", "knn_top1_pixels"):
+    for key in ("knn_top1", "knn_top1_random_init", "knn_top1_raw"):
         assert 0.3 < knn[key] <= 1.0, (key, knn[key])          # 10 classes: chance is 0.1
     rows = [json.loads(line) for line in (fashion_run / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3]

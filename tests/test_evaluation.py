@@ -15,6 +15,7 @@ from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import (alignment, collapse_warning, normalised_std, rankme,
                                              representation_metrics, uniformity)
 from selfsup.evaluate.splits import balanced_subset, parse_label_budget, train_val_split
+from selfsup.modalities import image_input
 
 
 # ----------------------------------------------------------------------------- label budgets and splits
@@ -193,18 +194,19 @@ def test_finetune_learns_a_visible_rule_and_not_random_labels():
     settings = FinetuneSettings(steps=40, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, crop_scale=(0.9, 1.0),
                                 flip_p=0.0, probe_init=False)
     learned = finetune(tiny_resnet(), bright_quadrant_images(128, 0), bright_quadrant_images(200, 1), settings,
-                       16, [0.2], [0.3])
+                       image_input(16, [0.2], [0.3], settings))
     assert learned["top1"] > 0.9
     noise = finetune(tiny_resnet(), bright_quadrant_images(128, 0, True), bright_quadrant_images(400, 1, True),
-                     settings, 16, [0.2], [0.3])
+                     settings, image_input(16, [0.2], [0.3], settings))
     assert noise["top1"] < 0.4                                     # 4 classes: chance is 0.25
 
 
 def test_finetune_leaves_the_given_backbone_untouched():
     backbone = tiny_resnet()
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    finetune(backbone, bright_quadrant_images(32, 0), bright_quadrant_images(16, 1), FinetuneSettings(steps=2,
-             batch_size=16), 16, [0.2], [0.3])
+    settings = FinetuneSettings(steps=2, batch_size=16)
+    finetune(backbone, bright_quadrant_images(32, 0), bright_quadrant_images(16, 1), settings,
+             image_input(16, [0.2], [0.3], settings))
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
@@ -226,7 +228,7 @@ def test_probe_initialised_head_predicts_what_the_probe_predicts():
     """LP-FT's start: with no fine-tuning steps, the classifier must give the linear probe's predictions."""
     from selfsup.evaluate.finetune import Classifier, accuracy, init_head_from_probe
     backbone, train, test = tiny_resnet(), bright_quadrant_images(64, 0), bright_quadrant_images(64, 1)
-    model = Classifier(backbone, 4, 16, [0.2], [0.3])
+    model = Classifier(backbone, 4, image_input(16, [0.2], [0.3], FinetuneSettings()))
     init_head_from_probe(model, train, 4, torch.device("cpu"), "fp32")
     model.eval()
     with torch.no_grad():

@@ -8,11 +8,12 @@ import torch
 
 from selfsup.config import load_config
 from selfsup.data import load_images
-from selfsup.methods import method_names
+from selfsup.methods import method_class, method_names
 from selfsup.run import load_run
-from selfsup.train import pretrain
+from selfsup.train import load_training_data, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
+from small_data import write_corpus, write_table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = ["backbone.width=0.125", "train.batch_size=16", "train.precision=fp32", "train.log_every=1",
@@ -26,7 +27,10 @@ def tiny_config(method, *extra):
     return cfg
 
 
-@pytest.mark.parametrize("method", method_names())
+IMAGE_METHODS = [m for m in method_names() if method_class(m).modality == "image"]
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_trains_resumes_bitwise_and_embeds(method, tiny_fashion, tmp_path, monkeypatch):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
     straight = pretrain(tiny_config(method, "train.steps=4"), tmp_path / "straight", data=data, progress=False)
@@ -41,8 +45,45 @@ def test_trains_resumes_bitwise_and_embeds(method, tiny_fashion, tmp_path, monke
     assert feats.shape == (8, run.backbone.feature_dim) and torch.isfinite(feats).all()
 
 
-@pytest.mark.parametrize("method", method_names())
+@pytest.mark.parametrize("method", IMAGE_METHODS)
 def test_default_config_file_matches_the_method_defaults(method):
     path = CONFIGS / f"{method}-fashion-mnist.yaml"
     assert path.is_file(), f"configs/{path.name} is missing; write it with `selfsup config --method {method}`"
     assert load_config(path).to_dict() == load_config(overrides=[f"method.name={method}"]).to_dict()
+
+
+TEXT_AND_TABLE_METHODS = [m for m in method_names() if method_class(m).modality != "image"]
+
+
+def small_text_or_table(method, tmp_path, *extra):
+    """(config, data) for a few steps of a text or tabular method on a small synthetic file."""
+    if method_class(method).modality == "text":
+        source = write_corpus(tmp_path / "corpus.jsonl")
+        settings = ["text.field=body", "text.max_length=24", "backbone.dim=16", "backbone.heads=2"]
+    else:
+        source = write_table(tmp_path / "table.csv")
+        settings = ["table.label_column=label", "backbone.dim=16"]
+
+    def make_config():
+        return load_config(overrides=[f"method.name={method}", f"data.source={source}", *settings, *TINY, *extra])
+    return make_config, load_training_data(make_config())
+
+
+@pytest.mark.parametrize("method", TEXT_AND_TABLE_METHODS)
+def test_text_and_table_methods_train_resume_bitwise_and_embed(method, tmp_path, monkeypatch):
+    make_config, data = small_text_or_table(method, tmp_path, "train.steps=4")
+    straight, resumed = straight_and_resumed(make_config, data, tmp_path, 2, monkeypatch)
+    assert_bitwise_equal(straight, resumed)
+    run = load_run(tmp_path / "straight")
+    feats = run.embed(data.samples[:8])
+    assert feats.shape == (8, run.backbone.feature_dim) and torch.isfinite(feats).all()
+
+
+@pytest.mark.parametrize("method", TEXT_AND_TABLE_METHODS)
+def test_text_and_table_methods_have_a_config_file_with_their_defaults(method):
+    paths = sorted(CONFIGS.glob(f"{method}-*.yaml"))
+    assert paths, f"configs/{method}-<data>.yaml is missing"
+    for path in paths:
+        cfg = load_config(path)
+        assert cfg.modality == method_class(method).modality
+        assert cfg.method == load_config(overrides=[f"method.name={method}"]).method

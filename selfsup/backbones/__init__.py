@@ -1,7 +1,8 @@
 """Backbones built by name: ``build_backbone("resnet18", width=0.5, stem="cifar", in_channels=1)``.
 
-Every backbone maps images (B, C, H, W) to pooled features (B, feature_dim) and
-exposes ``feature_dim``; a method puts its heads on top.
+Every backbone maps a batch of samples -- images (B, C, H, W), token ids (B, L), table rows
+(B, F) -- to pooled features (B, feature_dim) and exposes ``feature_dim``; a method puts its
+heads on top.
 """
 from __future__ import annotations
 
@@ -30,17 +31,21 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     return _REGISTRY[name](**kwargs)
 
 
-def build_backbone_from_config(cfg, in_channels: int, image_size: int) -> nn.Module:
+def build_backbone_from_config(cfg, in_channels: int = 3, image_size: int = 32, **data_inputs) -> nn.Module:
     """The backbone a config's `backbone` section names, given the fields its factory takes (a ResNet
-    takes width and stem, a ViT patch_size and pos_embed); image_size is the training view size."""
+    takes width and stem, a ViT patch_size and pos_embed, a text transformer dim, depth and heads);
+    image_size is the training view size; data_inputs are what the data decides for text and tables
+    (vocab_size, max_length; numeric_features, cardinalities)."""
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(backbone_names())}")
     factory = _REGISTRY[cfg.name]
     offered = {**{k: v for k, v in vars(cfg).items() if k != "name"}, "in_channels": in_channels,
-               "image_size": image_size}
+               "image_size": image_size, **data_inputs}
     accepted = inspect.signature(factory).parameters
     return factory(**{k: v for k, v in offered.items() if k in accepted})
 
 
 from selfsup.backbones import resnet  # noqa: E402,F401  (fills the registry)
 from selfsup.backbones import vit  # noqa: E402,F401
+from selfsup.backbones import text  # noqa: E402,F401
+from selfsup.backbones import tabular  # noqa: E402,F401

@@ -38,12 +38,23 @@ class ImageSet:
     def channels(self) -> int:
         return self.images.shape[1]
 
+    @property
+    def samples(self) -> torch.Tensor:
+        """The tensor training batches are drawn from (every modality's data set has one)."""
+        return self.images
+
     def subset(self, n: int) -> "ImageSet":
         """The first n images (all when n <= 0 or n >= len)."""
         if n <= 0 or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
         return ImageSet(self.images[:n], labels, self.classes, self.name, self.paths[:n])
+
+    def select(self, idx: torch.Tensor) -> "ImageSet":
+        """The images at idx, with their labels and paths."""
+        labels = None if self.labels is None else self.labels[idx]
+        paths = [self.paths[i] for i in idx.tolist()] if self.paths else []
+        return ImageSet(self.images[idx], labels, self.classes, self.name, paths)
 
 
 from selfsup.data.arrays import from_array  # noqa: E402

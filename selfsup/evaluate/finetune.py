@@ -1,5 +1,5 @@
 """Fine-tuning: the whole encoder with a new linear head on a labelled (few-label) set, with
-light augmentation (random resized crop and flip), AdamW, warm-up + cosine schedule. The
+light augmentation for images (random resized crop and flip), AdamW, warm-up + cosine schedule. The
 backbone learns at a fraction of the head's rate so the pretrained features are adjusted, not
 overwritten; for a ViT, layer-wise decay lowers it further for earlier blocks (BEiT, Bao et
 al., 2022). The supervised baseline is the same procedure from a randomly initialised backbone
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from selfsup.augment import normalize, random_resized_crop_flip, to_float
-from selfsup.data import ImageSet
 from selfsup.optim import lr_factor
 from selfsup.precision import autocast, grad_scaler
 
@@ -38,24 +37,17 @@ class FinetuneSettings:
 
 
 class Classifier(nn.Module):
-    def __init__(self, backbone: nn.Module, num_classes: int, size: int, mean, std):
+    """backbone + linear head; `prepare(samples, gen)` turns stored samples into the backbone's input
+    (augmented when a generator is given: training; plain when it is None: evaluation)."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, prepare: Callable):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.feature_dim, num_classes)
-        self.size, self.mean, self.std = size, list(mean), list(std)
+        self.prepare = prepare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
-
-    def prepare(self, batch_u8: torch.Tensor, settings: FinetuneSettings | None = None,
-                gen: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 images -> normalised float at self.size: augmented when settings are given, else resized."""
-        x = to_float(batch_u8)
-        if settings is not None:
-            x = random_resized_crop_flip(x, self.size, settings.crop_scale, (3 / 4, 4 / 3), settings.flip_p, gen)
-        elif x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
-        return normalize(x, self.mean, self.std)
 
 
 def lr_scales(backbone: nn.Module, settings: FinetuneSettings) -> list[tuple[list[nn.Parameter], float]]:
@@ -84,17 +76,17 @@ def _optimizer(model: Classifier, settings: FinetuneSettings) -> torch.optim.Ada
     return torch.optim.AdamW(groups, lr=settings.lr)
 
 
-def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: FinetuneSettings, size: int,
-             mean, std, seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32",
+def finetune(backbone: nn.Module, train, test, settings: FinetuneSettings, prepare: Callable,
+             seed: int = 0, device: str | torch.device = "cpu", precision: str = "fp32",
              progress: bool = False, desc: str = "fine-tune") -> dict:
     """Train a copy of `backbone` with a new head on `train`; top-1 on `test` and the final train loss.
-    `size` is the side images are seen at; mean/std normalise them as in pretraining."""
+    prepare(samples, gen or None) makes the backbone's input (the modality's finetune_input)."""
     if train.labels is None or test.labels is None:
         raise ValueError("fine-tuning needs labelled train and test sets")
     device = torch.device(device)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     torch.manual_seed(seed)
-    model = Classifier(copy.deepcopy(backbone), num_classes, size, mean, std).to(device)
+    model = Classifier(copy.deepcopy(backbone), num_classes, prepare).to(device)
     if settings.probe_init:
         init_head_from_probe(model, train, num_classes, device, precision)
     optimizer = _optimizer(model, settings)
@@ -113,7 +105,7 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
         factor = lr_factor(step, settings.steps, warmup)
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * group["lr_scale"] * factor
-        x = model.prepare(train.images[idx].to(device), settings, gen)
+        x = model.prepare(train.samples[idx].to(device), gen)
         with autocast(device.type, precision):
             loss = F.cross_entropy(model(x).float(), train.labels[idx].to(device))
         optimizer.zero_grad(set_to_none=True)
@@ -124,11 +116,11 @@ def finetune(backbone: nn.Module, train: ImageSet, test: ImageSet, settings: Fin
 
 
 @torch.no_grad()
-def init_head_from_probe(model: Classifier, train: ImageSet, num_classes: int, device, precision: str) -> None:
+def init_head_from_probe(model: Classifier, train, num_classes: int, device, precision: str) -> None:
     """Set the head to the logistic regression fitted on the backbone's frozen (eval-mode) features."""
     from selfsup.evaluate.linear import fit_logistic_regression
     model.eval()
-    feats = torch.cat([_features(model, train.images[i:i + 1024], device, precision)
+    feats = torch.cat([_features(model, train.samples[i:i + 1024], device, precision)
                        for i in range(0, len(train), 1024)])
     probe = fit_logistic_regression(feats, train.labels, num_classes, weight_decay=1e-3)
     # The probe standardises features: logits = ((f - mean) / std) @ W + b; fold that into the head.
@@ -138,17 +130,17 @@ def init_head_from_probe(model: Classifier, train: ImageSet, num_classes: int, d
     model.train()
 
 
-def _features(model: Classifier, images_u8: torch.Tensor, device, precision: str) -> torch.Tensor:
+def _features(model: Classifier, samples: torch.Tensor, device, precision: str) -> torch.Tensor:
     with autocast(device.type, precision):
-        return model.backbone(model.prepare(images_u8.to(device))).float().cpu()
+        return model.backbone(model.prepare(samples.to(device))).float().cpu()
 
 
 @torch.no_grad()
-def accuracy(model: Classifier, test: ImageSet, device: torch.device, precision: str, batch_size: int = 1024) -> float:
+def accuracy(model: Classifier, test, device: torch.device, precision: str, batch_size: int = 1024) -> float:
     model.eval()
     correct = 0
     for start in range(0, len(test), batch_size):
-        x = model.prepare(test.images[start:start + batch_size].to(device))
+        x = model.prepare(test.samples[start:start + batch_size].to(device))
         with autocast(device.type, precision):
             pred = model(x).argmax(1).cpu()
         correct += (pred == test.labels[start:start + batch_size]).sum().item()

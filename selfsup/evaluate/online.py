@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import torch
 
-from selfsup.augment import augment
-from selfsup.data import ImageSet
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.representation import representation_metrics
@@ -16,9 +14,10 @@ VIEW_SEED = 20231
 
 
 class OnlineMonitor:
-    def __init__(self, sample: torch.Tensor, labelled: tuple[ImageSet, ImageSet] | None, k: int,
+    def __init__(self, sample: torch.Tensor, labelled: tuple | None, k: int,
                  temperature: float, batch_size: int, device: torch.device, precision: str):
-        """sample: uint8 images for the label-free measures; labelled: (train, test) for kNN, or None."""
+        """sample: samples (images, token ids, table rows) for the label-free measures; labelled:
+        (train, test) data sets for kNN, or None."""
         if labelled is not None and (labelled[0].labels is None or labelled[1].labels is None):
             raise ValueError("online kNN needs labelled train and test sets")
         self.sample, self.labelled = sample, labelled
@@ -34,7 +33,7 @@ class OnlineMonitor:
             record = self._label_free(method)
             if self.labelled is not None:
                 train, test = self.labelled
-                feats = [self._features(method.embed, s.images) for s in (train, test)]
+                feats = [self._features(method.embed, s.samples) for s in (train, test)]
                 record["online_knn_top1"] = knn_accuracy(feats[0], train.labels, feats[1], test.labels, self.k,
                                                          self.temperature)
         finally:
@@ -45,13 +44,14 @@ class OnlineMonitor:
         return extract_features(embed, images, self.batch_size, self.device, self.precision)
 
     def _label_free(self, method) -> dict[str, float]:
-        # Two views from the run's own crop-and-colour recipe, with a fixed seed so every
-        # evaluation of a run compares the same pairs.
-        gen = torch.Generator(device=self.device).manual_seed(VIEW_SEED)
-
-        def view_features(images_u8):
-            return method.backbone(method._layout(augment(images_u8, method.augment_cfg, gen)))
-
+        from selfsup.modalities import MODALITIES
         plain = self._features(method.embed, self.sample)
-        view1, view2 = (self._features(view_features, self.sample) for _ in range(2))
-        return {k: round(v, 5) for k, v in representation_metrics(plain, view1, view2).items()}
+        make_view = MODALITIES[method.modality].monitor_views(method)
+        views = (None, None)
+        if make_view is not None:
+            # Two views from the run's own augmentation recipe, with a fixed seed so every
+            # evaluation of a run compares the same pairs (alignment needs views; text and tables have none).
+            gen = torch.Generator(device=self.device).manual_seed(VIEW_SEED)
+            views = [self._features(lambda batch: method.backbone(make_view(batch, gen)), self.sample)
+                     for _ in range(2)]
+        return {k: round(v, 5) for k, v in representation_metrics(plain, *views).items()}

@@ -1,5 +1,6 @@
-"""The evaluation protocols of a run, with few labels: knn, linear, finetune and the supervised
-baseline, each over label budgets ('1%', '10%', '100/class') and seeds, reported as mean and std
+"""The evaluation protocols of a run, with few labels: knn, linear, finetune, and two baselines
+(supervised: the same backbone trained from scratch; raw: the linear probe on the raw input --
+pixels, a bag of words, the table's columns), each over label budgets ('1%', '10%', '100/class') and seeds, reported as mean and std
 and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
 
 Frozen features (knn, linear) are extracted once per checkpoint and data set and cached in
@@ -21,26 +22,25 @@ from safetensors.torch import load_file, save_file
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import atomic_write
-from selfsup.data import ImageSet
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
-PROTOCOLS = ("knn", "linear", "finetune", "supervised")
+PROTOCOLS = ("knn", "linear", "finetune", "supervised", "raw")
 
 
-def cached_features(run, data: ImageSet, description: str, progress: bool = False) -> torch.Tensor:
+def cached_features(run, data, description: str, progress: bool = False) -> torch.Tensor:
     """The run's frozen features of `data`, from RUN_DIR/eval/features/ when this checkpoint already
-    computed them for the same images; `description` (e.g. 'fashion-mnist test') names the file."""
-    digest = hashlib.sha1(data.images[:: max(1, len(data) // 64)].numpy().tobytes())
-    digest.update(repr((tuple(data.images.shape), description)).encode())
+    computed them for the same samples; `description` (e.g. 'fashion-mnist test') names the file."""
+    digest = hashlib.sha1(data.samples[:: max(1, len(data) // 64)].contiguous().numpy().tobytes())
+    digest.update(repr((tuple(data.samples.shape), description)).encode())
     folder = Path(run.path) / "eval" / "features"
     stem = "".join(c if c.isalnum() else "-" for c in description)
     path = folder / f"{stem}-{digest.hexdigest()[:10]}-step{run.step}.safetensors"
     if path.is_file():
         return load_file(path)["features"]
-    feats = run.embed(data.images, run.config.eval.batch_size, progress=progress)
+    feats = run.embed(data.samples, run.config.eval.batch_size, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
     for older in folder.glob(f"{stem}-{digest.hexdigest()[:10]}-step*.safetensors"):
         older.unlink()                   # features of an earlier checkpoint: stale
@@ -48,7 +48,7 @@ def cached_features(run, data: ImageSet, description: str, progress: bool = Fals
     return feats
 
 
-def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, labels: list[str] = ("100%",),
+def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100%",),
                       seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
                       settings: FinetuneSettings | None = None, progress: bool = True,
                       log: Callable[[str], None] = print, augment_copies: int = 0) -> list[dict]:
@@ -85,9 +85,14 @@ def evaluate_protocol(run, protocol: str, train: ImageSet, test: ImageSet, label
 def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0):
     """(score(indices, seed, setting) -> (top-1, per-seed details or None), the settings to score)."""
     cfg = run.config
-    if protocol in ("knn", "linear"):
-        train_f = cached_features(run, train, f"{data_name} train", progress)
-        test_f = cached_features(run, test, f"{data_name} test", progress)
+    if augment_copies and run.modality.name != "image":
+        raise ValueError("--augment (crop and flip copies) applies to images only")
+    if protocol in ("knn", "linear", "raw"):
+        if protocol == "raw":              # the no-learning baseline: the same probe on the raw input
+            train_f, test_f = run.modality.raw_features(train, test)
+        else:
+            train_f = cached_features(run, train, f"{data_name} train", progress)
+            test_f = cached_features(run, test, f"{data_name} test", progress)
         if protocol == "knn":
             def knn(idx, seed, setting):
                 return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
@@ -102,8 +107,10 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
             result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
                                   augmented=augmented)
             return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"]}
-        return linear, [{"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
-                         "augment_copies": augment_copies}]
+        setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1}
+        if protocol == "raw":
+            return linear, [{**setting, "features": run.modality.raw_name}]
+        return linear, [{**setting, "augment_copies": augment_copies}]
 
     from selfsup.train import resolve_device, resolve_precision
     settings = settings or FinetuneSettings()
@@ -111,16 +118,15 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    size = cfg.augment.eval_size or cfg.data.size
+    prepare = run.modality.finetune_input(cfg, settings)
 
     def tune(idx, seed, setting):
         if protocol == "supervised":
             torch.manual_seed(cfg.train.seed + 1000 + seed)
-            backbone = build_backbone_from_config(cfg.backbone, cfg.data.channels, cfg.augment.size or size)
+            backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
         else:
             backbone = run.backbone
-        subset = ImageSet(train.images[idx], train.labels[idx], train.classes)
-        result = finetune(backbone, subset, test, settings, size, cfg.augment.mean, cfg.augment.std, seed, device,
+        result = finetune(backbone, train.select(idx), test, settings, prepare, seed, device,
                           precision, progress, desc=f"{protocol} seed {seed}")
         return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
     return tune, [asdict(settings)]

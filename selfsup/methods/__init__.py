@@ -27,6 +27,8 @@ class Method(nn.Module):
     """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
 
     config_class = MethodConfig
+    modality = "image"       # the data the method's views are made from: image | text | tabular
+    packs_text = False       # text: train on the corpus cut into windows (text.pack=auto), not one row per document
     # Settings of other config sections the method's paper needs, under the user's file and overrides:
     # e.g. {"augment": {"local_crops": 6}, "optim": {"name": "adamw"}}.
     recipe: dict = {}

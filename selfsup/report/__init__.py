@@ -29,7 +29,7 @@ QUERIES, NEIGHBOURS = 8, 7
 
 def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     """Write RUN_DIR/report.html and RUN_DIR/report/*.png; return the page's path."""
-    from selfsup.run import labelled_eval_sets, load_run
+    from selfsup.run import load_run
     from selfsup.train import load_training_data
     run_dir = Path(run_dir)
     run = load_run(run_dir)
@@ -37,22 +37,27 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     metrics = _read_jsonl(run_dir / "metrics.jsonl")
     results = read_results(run_dir)
     try:
-        memory, queries = labelled_eval_sets(cfg, max_train=min(MEMORY_IMAGES, cfg.eval.max_train or MEMORY_IMAGES),
-                                             max_test=min(MAP_IMAGES, cfg.eval.max_test or MAP_IMAGES))
-    except DataError:                    # unlabeled data: map and retrieval on the training images
-        images = load_training_data(cfg).subset(MEMORY_IMAGES + MAP_IMAGES).images
-        on_map = min(MAP_IMAGES, len(images) // 2)
-        memory, queries = ImageSet(images[on_map:]), ImageSet(images[:on_map])
+        memory, queries = run.labelled_sets(max_train=min(MEMORY_IMAGES, cfg.eval.max_train or MEMORY_IMAGES),
+                                            max_test=min(MAP_IMAGES, cfg.eval.max_test or MAP_IMAGES))
+    except DataError:                    # unlabeled data: map and retrieval on the training samples
+        data = load_training_data(cfg, run_dir).subset(MEMORY_IMAGES + MAP_IMAGES)
+        on_map = min(MAP_IMAGES, len(data) // 2)
+        memory, queries = data.select(torch.arange(on_map, len(data))), data.select(torch.arange(on_map))
 
     figures = {
         "training": plots.training_curves(metrics),
         "online": plots.online_curves(metrics),
         "label_efficiency": plots.label_efficiency(results, cfg.eval.knn_k),
     }
-    query_feats = run.embed(queries.images, cfg.eval.batch_size, progress=progress)
+    query_feats = run.embed(queries.samples, cfg.eval.batch_size, progress=progress)
     figures["embedding_map"] = plots.embedding_maps(_maps(query_feats), queries.labels, queries.classes)
-    figures["retrieval"] = _retrieval(run, memory, queries, query_feats, progress)
-    figures["views"] = _views(run, queries)
+    extra_html = []
+    if run.modality.name == "image":
+        figures["retrieval"] = _retrieval(run, memory, queries, query_feats, progress)
+        figures["views"] = _views(run, queries)
+    elif run.modality.name == "text":
+        extra_html.append(_text_retrieval(run, memory, queries, query_feats, progress))
+        extra_html.append(_text_sample(run))
 
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
@@ -65,7 +70,7 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
         (out / f"{name}.png").write_bytes(buffer.getvalue())
         sections.append((name, base64.b64encode(buffer.getvalue()).decode()))
     page = run_dir / "report.html"
-    page.write_text(_page(run_dir, cfg, run.step, sections, results, metrics))
+    page.write_text(_page(run_dir, cfg, run.step, sections, results, metrics, [h for h in extra_html if h]))
     return page
 
 
@@ -91,20 +96,15 @@ def _pixels(images_u8: torch.Tensor) -> list[torch.Tensor]:
 def _retrieval(run, memory: ImageSet, queries: ImageSet, query_feats: torch.Tensor, progress: bool):
     """Query test images (one per class when labelled) and their nearest training images; a
     neighbour's frame is green when its class matches the query's, red when not."""
-    memory_feats = run.embed(memory.images, run.config.eval.batch_size, progress=progress)
-    if queries.labels is not None:
-        picks = [int((queries.labels == c).nonzero()[0]) for c in queries.labels.unique()[:QUERIES]]
-    else:
-        picks = list(range(min(QUERIES, len(queries))))
-    neighbours = (query_feats[picks] @ memory_feats.T).topk(min(NEIGHBOURS, len(memory)), dim=1).indices
+    picks = _query_picks(queries)
+    neighbours = _nearest(run, memory, query_feats, picks, progress)
     rows, frames, titles = [], [], []
     for q, found in zip(picks, neighbours):
         rows.append(_pixels(queries.images[q:q + 1]) + _pixels(memory.images[found]))
         if queries.labels is not None and memory.labels is not None:
             same = (memory.labels[found] == queries.labels[q]).tolist()
             frames.append(["black"] + ["tab:green" if s else "tab:red" for s in same])
-            name = queries.classes[queries.labels[q]] if queries.classes else str(int(queries.labels[q]))
-            titles.append(f"query: {name}")
+            titles.append(f"query: {_class_name(queries, q)}")
         else:
             frames.append(["black"] + [None] * len(found))
             titles.append(f"query {q}")
@@ -131,7 +131,63 @@ def _views(run, data: ImageSet):
                             f"what {run.config.method.name} trains on: each image, then its views")
 
 
-def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics: list[dict]) -> str:
+def _nearest(run, memory, query_feats: torch.Tensor, picks: list[int], progress: bool) -> torch.Tensor:
+    """Indices (len(picks), NEIGHBOURS) of the memory samples nearest (cosine) to the picked queries."""
+    memory_feats = run.embed(memory.samples, run.config.eval.batch_size, progress=progress)
+    return (query_feats[picks] @ memory_feats.T).topk(min(NEIGHBOURS, len(memory)), dim=1).indices
+
+
+def _query_picks(queries) -> list[int]:
+    """One query per class (the first of each) when labelled, else the first few."""
+    if queries.labels is not None:
+        return [int((queries.labels == c).nonzero()[0]) for c in queries.labels.unique()[:QUERIES]]
+    return list(range(min(QUERIES, len(queries))))
+
+
+def _class_name(data, i: int) -> str:
+    if data.labels is None:
+        return ""
+    label = int(data.labels[i])
+    return data.classes[label] if data.classes else str(label)
+
+
+def _text_retrieval(run, memory, queries, query_feats: torch.Tensor, progress: bool) -> str:
+    """Test documents and their nearest training documents, as a table of text snippets."""
+    if not queries.texts or not memory.texts:
+        return ""
+    picks = _query_picks(queries)
+    rows = []
+    for q, found in zip(picks, _nearest(run, memory, query_feats, picks, progress)):
+        cells = [f"<td><b>{html.escape(_class_name(queries, q))}</b> {html.escape(_snippet(queries.texts[q]))}</td>"]
+        for i in found.tolist()[:3]:
+            same = memory.labels is not None and queries.labels is not None and memory.labels[i] == queries.labels[q]
+            colour = "#e6f4e6" if same else "#fbe9e9" if memory.labels is not None else "#fff"
+            cells.append(f'<td style="background:{colour}"><b>{html.escape(_class_name(memory, i))}</b> '
+                         f"{html.escape(_snippet(memory.texts[i]))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    head = "<tr><th>query</th><th>nearest</th><th>2nd</th><th>3rd</th></tr>"
+    return (f"<h2>Retrieval</h2><p>Test documents and their nearest training documents (cosine, of "
+            f"{len(memory)}); green: same class.</p><table class=\"text\">{head}{''.join(rows)}</table>")
+
+
+def _snippet(text: str, length: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= length else text[:length] + "…"
+
+
+def _text_sample(run) -> str:
+    """For a next-token model: a sample it writes from a short prompt."""
+    if not (hasattr(run.method, "logits") and getattr(run.backbone, "causal", False)):
+        return ""
+    from selfsup.text.generate import generate
+    tokenizer = run.modality.tokenizer(run.config, run.path)
+    prompt = "The "
+    sample = prompt + generate(run.method, tokenizer, prompt, max_new_tokens=300, seed=0)
+    return f"<h2>Sample</h2><p>Generated from the prompt {prompt!r} (seed 0):</p><pre>{html.escape(sample)}</pre>"
+
+
+def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics: list[dict],
+          extra_html: list[str] = ()) -> str:
     titles = {"training": "Pretraining", "online": "Online monitoring", "label_efficiency": "Label efficiency",
               "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task"}
     summary = _read_json(run_dir / "train_summary.json")
@@ -146,13 +202,14 @@ def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics:
     if knn:
         parts.append("<p>kNN top-1 (all labels): " + ", ".join(
             f"{label} <b>{100 * knn[key]:.2f}%</b>" for key, label in
-            (("knn_top1", "pretrained"), ("knn_top1_random_init", "random init"), ("knn_top1_pixels", "raw pixels"))
-            if key in knn) + "</p>")
+            (("knn_top1", "pretrained"), ("knn_top1_random_init", "random init"),
+             ("knn_top1_raw", knn.get("raw_features", "raw input"))) if key in knn) + "</p>")
     for w in warnings[-3:]:
         parts.append(f'<p class="warn">collapse warning: {html.escape(w)}</p>')
     for name, encoded in sections:
         parts.append(f"<h2>{titles[name]}</h2>")
         parts.append(f'<img alt="{name}" src="data:image/png;base64,{encoded}">')
+    parts.extend(extra_html)
     parts.append("<h2>Evaluations</h2>" + _results_table(results))
     parts.append(f"<h2>Config</h2><pre>{html.escape(yaml.safe_dump(cfg.to_dict(), sort_keys=False))}</pre>")
     style = ("body{font-family:sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
