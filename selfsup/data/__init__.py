@@ -57,6 +57,15 @@ class ImageSet:
         return ImageSet(self.images[idx], labels, self.classes, self.name, paths)
 
 
+def require_class_subfolders(files: list[Path], root: Path, what: str) -> None:
+    """With labels from first-level subfolders, every file (a path relative to root) must be in one."""
+    in_root = [f for f in files if len(f.parts) == 1]
+    if in_root:
+        raise DataError(f"with labels, {what} must be inside class subfolders ({root}/<class>/...), "
+                        f"but {len(in_root)} are directly in {str(root)!r}, e.g. {in_root[0]}; "
+                        f"move them into a class folder or load without labels")
+
+
 from selfsup.data.arrays import from_array  # noqa: E402
 from selfsup.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from selfsup.data.image_folder import load_image_folder  # noqa: E402

@@ -48,7 +48,7 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
     Unreadable files are skipped with one warning naming up to five of them; strict=True raises
     a DataError on the first one instead.
     """
-    from selfsup.data import DataError, ImageSet
+    from selfsup.data import DataError, ImageSet, require_class_subfolders
     root = Path(path).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"
@@ -65,11 +65,7 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
 
     classes: list[str] = []
     if labels:
-        in_root = [f for f in files if len(f.parts) == 1]
-        if in_root:
-            raise DataError(f"with labels, images must be inside class subfolders ({root}/<class>/...), "
-                            f"but {len(in_root)} are directly in {str(root)!r}, e.g. {in_root[0]}; "
-                            f"move them into a class folder or load without labels")
+        require_class_subfolders(files, root, "images")
         classes = sorted({f.parts[0] for f in files})
     class_index = {name: i for i, name in enumerate(classes)}
 

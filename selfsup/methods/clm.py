@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones.text import CAUSAL_BACKBONES, language_model_head
-from selfsup.methods import Method, MethodConfig, register_method
+from selfsup.methods import MethodConfig, register_method
+from selfsup.methods.token_prediction import TokenPrediction
 from selfsup.text.tokenizer import PAD
 
 
@@ -26,9 +27,8 @@ class CLMConfig(MethodConfig):
 
 
 @register_method("clm")
-class CLM(Method):
+class CLM(TokenPrediction):
     config_class = CLMConfig
-    modality = "text"
     packs_text = True        # a language model learns from the running text, not from document-sized rows
     recipe = {
         "backbone": {"name": "gpt"},
@@ -62,12 +62,3 @@ class CLM(Method):
         with torch.autocast(logits.device.type, enabled=False):
             total = F.cross_entropy(logits.float(), targets[predicted], reduction="sum")
         return total, predicted.sum()
-
-    def loss(self, views: list[torch.Tensor]):
-        total, count = self.summed_loss(views)
-        loss = total / count.clamp_min(1)
-        return loss, {"loss": loss.detach(), "perplexity": loss.detach().exp()}
-
-    @torch.no_grad()
-    def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.backbone(batch)

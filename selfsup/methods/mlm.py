@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones.text import BIDIRECTIONAL_BACKBONES, language_model_head
-from selfsup.methods import Method, MethodConfig, register_method
+from selfsup.methods import MethodConfig, register_method
+from selfsup.methods.token_prediction import TokenPrediction
 from selfsup.text.tokenizer import MASK, NUM_SPECIAL
 
 IGNORE = -100        # target of positions that are not predicted (torch's ignore_index)
@@ -57,9 +58,8 @@ def bert_mask(ids: torch.Tensor, vocab_size: int, gen: torch.Generator, mask_rat
 
 
 @register_method("mlm")
-class MLM(Method):
+class MLM(TokenPrediction):
     config_class = MLMConfig
-    modality = "text"
     recipe = {
         "backbone": {"name": "transformer"},
         # BERT / RoBERTa's AdamW (betas (0.9, 0.98), weight decay 0.01) at a small model's lr.
@@ -92,12 +92,3 @@ class MLM(Method):
         with torch.autocast(logits.device.type, enabled=False):
             total = F.cross_entropy(logits.float(), targets[chosen], reduction="sum")
         return total, chosen.sum()
-
-    def loss(self, views: list[torch.Tensor]):
-        total, count = self.summed_loss(views)
-        loss = total / count.clamp_min(1)
-        return loss, {"loss": loss.detach(), "perplexity": loss.detach().exp()}
-
-    @torch.no_grad()
-    def embed(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.backbone(batch)

@@ -23,7 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from selfsup.data import DataError
+from selfsup.data import DataError, require_class_subfolders
 from selfsup.text.tokenizer import BOS, EOS, PAD, TOKENIZER_FILE
 
 SOURCE_KINDS = "a folder of .txt files, a .jsonl file, a .txt file or a list of strings"
@@ -89,11 +89,7 @@ def _folder_documents(root: Path, labels: bool):
     if not files:
         raise DataError(f"no .txt files found in the folder {str(root)!r} (searched at any depth)")
     if labels:
-        in_root = [f for f in files if len(f.parts) == 1]
-        if in_root:
-            raise DataError(f"with labels, text files must be inside class subfolders ({root}/<class>/...), "
-                            f"but {len(in_root)} are directly in {str(root)!r}, e.g. {in_root[0]}; move them "
-                            f"into a class folder or load without labels")
+        require_class_subfolders(files, root, "text files")
     for f in files:
         yield (root / f).read_text(encoding="utf-8", errors="replace"), (f.parts[0] if labels else None)
 
