@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()) + ".")
     p.add_argument("action", choices=["check", "download", "fetch"])
     p.add_argument("name", choices=["fashion-mnist", *DATASETS])
-    p.add_argument("--data-dir", default="", help="folder to search (check) or to download into (download)")
+    p.add_argument("--data-dir", default="", help="folder to search (check) or to write into (download, fetch) [default: $SELFSUP_DATA or ~/.cache/selfsup]")
     p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("config", help="print the full default config (or a method's) as YAML",
