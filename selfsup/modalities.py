@@ -248,16 +248,15 @@ class TabularModality:
     raw_name = "raw columns"
     PREPROCESSOR_FILE = "table.json"
 
-    def _table(self, cfg, source: str | Path, run_dir: Path | None, fit_rows=None):
-        """(columns, preprocessor): the run's fitted preprocessor when it has one, else fitted on fit_rows."""
-        from selfsup.tabular import TablePreprocessor, read_table
-        columns = read_table(source)
+    def _preprocessor(self, cfg, columns: dict, run_dir: Path | None, fit_rows=None):
+        """The run's fitted preprocessor when it has one, else one fitted on fit_rows (all rows when None)."""
+        from selfsup.tabular import TablePreprocessor
         saved = Path(run_dir) / self.PREPROCESSOR_FILE if run_dir else None
         if saved is not None and saved.is_file():
-            return columns, TablePreprocessor.load(saved)
+            return TablePreprocessor.load(saved)
         fit_on = columns if fit_rows is None else _rows(columns, fit_rows)
-        return columns, TablePreprocessor().fit(fit_on, label_column=cfg.table.label_column,
-                                                categorical=cfg.table.categorical, ignore=cfg.table.ignore)
+        return TablePreprocessor().fit(fit_on, label_column=cfg.table.label_column,
+                                       categorical=cfg.table.categorical, ignore=cfg.table.ignore)
 
     def _split(self, cfg, columns) -> tuple[torch.Tensor, torch.Tensor] | None:
         from selfsup.tabular import split_rows
@@ -268,10 +267,10 @@ class TabularModality:
         """The training rows (with a label column, its held-out share is the test set); the normalisation
         and vocabularies are fitted on them alone."""
         from selfsup.tabular import read_table
-        source = _require_source(cfg, "a .csv, .tsv or .parquet file")
-        split = self._split(cfg, read_table(source))
+        columns = read_table(_require_source(cfg, "a .csv, .tsv or .parquet file"))
+        split = self._split(cfg, columns)
         train_rows = None if split is None else split[0].tolist()
-        columns, preprocessor = self._table(cfg, source, run_dir, train_rows)
+        preprocessor = self._preprocessor(cfg, columns, run_dir, train_rows)
         data = self._encode(columns if train_rows is None else _rows(columns, train_rows), preprocessor, labels=False)
         data.assets = {self.PREPROCESSOR_FILE: preprocessor}
         return data.subset(cfg.data.subset)
@@ -299,7 +298,9 @@ class TabularModality:
         source = Path(source or cfg.eval.source or cfg.data.source).expanduser()
         if not cfg.table.label_column:
             raise DataError("the table has no label column: set table.label_column to evaluate")
-        columns, preprocessor = self._table(cfg, source, run_dir)
+        from selfsup.tabular import read_table
+        columns = read_table(source)
+        preprocessor = self._preprocessor(cfg, columns, run_dir)
         train_idx, test_idx = self._split(cfg, columns)
         train = self._encode(_rows(columns, train_idx.tolist()), preprocessor, labels=True)
         test = self._encode(_rows(columns, test_idx.tolist()), preprocessor, labels=True)
@@ -307,7 +308,9 @@ class TabularModality:
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
              strict: bool = False):
-        columns, preprocessor = self._table(cfg, Path(source).expanduser(), run_dir)
+        from selfsup.tabular import read_table
+        columns = read_table(Path(source).expanduser())
+        preprocessor = self._preprocessor(cfg, columns, run_dir)
         return self._encode(columns, preprocessor, labels=bool(cfg.table.label_column)
                             and cfg.table.label_column in columns)
 
