@@ -42,6 +42,13 @@ def rotate(images: torch.Tensor, quarter_turns: torch.Tensor) -> torch.Tensor:
     return turned[quarter_turns, torch.arange(images.shape[0], device=images.device)]
 
 
+def all_quarter_turns(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, S, S) -> (4B, C, S, S) holding every image turned by 0, 90, 180 and 270 degrees (in
+    that order, B at a time), and the (4B,) quarter turns each row was given."""
+    turns = torch.arange(NUM_ROTATIONS, device=images.device).repeat_interleave(images.shape[0])
+    return torch.cat([images.rot90(k, dims=(2, 3)) for k in range(NUM_ROTATIONS)]), turns
+
+
 @register_method("rotation")
 class Rotation(Method):
     config_class = RotationConfig
@@ -57,12 +64,10 @@ class Rotation(Method):
     def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         """[rotated images (M, C, S, S), their quarter turns (M,)]: M = 4B with all_rotations, else B."""
         x = crop_flip_view(batch_u8, self.augment_cfg, gen)
-        b = x.shape[0]
         if self.cfg.all_rotations:
-            turns = torch.arange(NUM_ROTATIONS, device=x.device).repeat_interleave(b)
-            x = torch.cat([x.rot90(k, dims=(2, 3)) for k in range(NUM_ROTATIONS)])
+            x, turns = all_quarter_turns(x)
         else:
-            turns = torch.randint(0, NUM_ROTATIONS, (b,), generator=gen, device=x.device)
+            turns = torch.randint(0, NUM_ROTATIONS, (x.shape[0],), generator=gen, device=x.device)
             x = rotate(x, turns)
         return [self._layout(x), turns]
 

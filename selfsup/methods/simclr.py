@@ -4,17 +4,27 @@ Two augmented views of each image pass through the backbone and a projection hea
 (Linear-BN-ReLU-Linear); NT-Xent pulls each view towards its twin and away from the
 2N-2 other views in the batch. With augment.local_crops > 0 (multi-crop, Caron et al. 2020)
 the small views join in and every other view of the same image counts as a positive.
+
+With method.rotation_weight > 0 it is E-SimCLR (Dangovski et al., 2022, "Equivariant Contrastive
+Learning"): a third, smaller view of each image is turned by all four quarter turns and a head on
+the backbone's features predicts the turn; L = NT-Xent + rotation_weight * cross-entropy. The
+contrastive term makes features invariant to crops and colour, the rotation term keeps them
+sensitive to orientation, which the paper found complementary (lambda 0.4, views at half size).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import dataclasses
+
 import torch
 
+from selfsup.augment import augment
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.distributed import gather
-from selfsup.methods.losses import multi_view_nt_xent, nt_xent
+from selfsup.methods.losses import multi_view_nt_xent, nt_xent, pretext_cross_entropy
+from selfsup.methods.rotation import NUM_ROTATIONS, all_quarter_turns
 
 
 @dataclass
@@ -23,10 +33,18 @@ class SimCLRConfig(MethodConfig):
     temperature: float = 0.1
     proj_hidden_dim: int = 512
     proj_dim: int = 128
+    rotation_weight: float = 0.0       # E-SimCLR's lambda (paper 0.4); 0 = plain SimCLR
+    rotation_size: int = 0             # side of the rotation views in px; 0 = half the contrastive views'
+    rotation_hidden_dim: int = 512
 
     def validate(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.rotation_weight < 0:
+            raise ValueError(f"method.rotation_weight must be >= 0 (0 turns rotation prediction off), "
+                             f"got {self.rotation_weight}")
+        if self.rotation_size < 0:
+            raise ValueError(f"method.rotation_size must be >= 0 (0 = half the view size), got {self.rotation_size}")
 
 
 @register_method("simclr")
@@ -36,13 +54,34 @@ class SimCLR(Method):
     def __init__(self, backbone, cfg: SimCLRConfig, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)
         self.projector = mlp([backbone.feature_dim, cfg.proj_hidden_dim, cfg.proj_dim])
+        if cfg.rotation_weight:
+            self.rotation_head = mlp([backbone.feature_dim, cfg.rotation_hidden_dim, NUM_ROTATIONS])
+
+    def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        """The contrastive views; with rotation prediction, then [turned small views (4B, ...), turns (4B,)]."""
+        views = super().views(batch_u8, gen)
+        if not self.cfg.rotation_weight:
+            return views
+        size = self.cfg.rotation_size or max(1, views[0].shape[-1] // 2)
+        small = augment(batch_u8, dataclasses.replace(self.augment_cfg, size=size), gen)
+        turned, turns = all_quarter_turns(small)
+        return views + [self._layout(turned), turns]
 
     def loss(self, views: list[torch.Tensor]):
+        logs = {}
+        rotation_loss = 0.0
+        if self.cfg.rotation_weight:
+            *views, turned, turns = views
+            logits = self.rotation_head(self.backbone(turned))
+            rotation_loss = pretext_cross_entropy(logits, turns)
+            logs = {"rotation_loss": rotation_loss.detach(),
+                    "rotation_accuracy": (logits.detach().argmax(1) == turns).float().mean()}
         # The projector's BN sees all views at once, as in the single-batch formulation of the paper.
         z = self.projector(torch.cat(encode_views(self.backbone, views))).view(len(views), views[0].shape[0], -1)
         z = torch.stack([gather(view) for view in z])      # negatives from every rank's batch
         if len(views) == 2:
-            loss = nt_xent(z[0], z[1], self.cfg.temperature)
+            contrastive = nt_xent(z[0], z[1], self.cfg.temperature)
         else:
-            loss = multi_view_nt_xent(z, self.cfg.temperature)
-        return loss, {"loss": loss.detach()}
+            contrastive = multi_view_nt_xent(z, self.cfg.temperature)
+        loss = contrastive + self.cfg.rotation_weight * rotation_loss
+        return loss, {"loss": loss.detach(), **({"contrastive_loss": contrastive.detach()} if logs else {}), **logs}
