@@ -34,7 +34,7 @@ def main():
     p.add_argument("--runs-dir", default="/tmp/selfsup-methods")
     p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
     p.add_argument("--out", help="append the JSON line to this file")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()     # KEY=VALUE overrides may come before or after the options
 
     overrides = [f"method.name={args.method}", *args.overrides]
     data = load_training_data(load_config(overrides=overrides))

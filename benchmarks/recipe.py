@@ -22,7 +22,7 @@ def main():
     p.add_argument("overrides", nargs="*")
     p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
     p.add_argument("--eval-size", type=int, help="re-evaluate at this image side (augment.eval_size)")
-    args = p.parse_args()
+    args = p.parse_intermixed_args()     # KEY=VALUE overrides may come before or after the options
     run_dir = f"/tmp/selfsup-recipes/{args.name}"
     t = time.time()
     result = pretrain(load_config(overrides=args.overrides), run_dir, progress=False)
