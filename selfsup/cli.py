@@ -32,7 +32,12 @@ Sections: data, backbone, method, augment, optim, train, eval, text, table.
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    # argparse closes a command's KEY=VALUE list at the first option; the ones after it are overrides too.
+    if unknown and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in unknown):
+        args.overrides = list(args.overrides) + unknown
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

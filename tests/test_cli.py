@@ -83,3 +83,13 @@ def test_help_explains_every_command(capsys):
             main(command + ["--help"])
         assert e.value.code == 0
     assert "KEY=VALUE" in capsys.readouterr().out
+
+
+def test_overrides_may_come_before_and_after_options_and_the_later_one_wins(capsys):
+    assert main(["config", "optim.lr=1.0", "--method", "byol", "optim.lr=2.0", "train.epochs=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "  name: byol" in printed and "  lr: 2.0" in printed and "  epochs: 3.0" in printed
+    with pytest.raises(SystemExit) as e:
+        main(["config", "--method", "byol", "optim.lr=2.0", "--bogus", "train.epochs=3"])
+    assert e.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
