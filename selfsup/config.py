@@ -60,6 +60,7 @@ class BackboneConfig:
     depth: int = 2                     # text and tabular backbones: layers
     heads: int = 4                     # transformer / gpt: attention heads (dim must divide by it)
     dropout: float = 0.1               # text and tabular backbones (SimCSE's only augmentation)
+    norm: str = "batch"                # tabular_mlp: normalisation in the hidden blocks: batch | layer | none
 
     def validate(self) -> None:
         from selfsup.backbones import backbone_names
@@ -78,6 +79,8 @@ class BackboneConfig:
                               f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
+        if self.norm not in ("batch", "layer", "none"):
+            raise ConfigError(f"backbone.norm must be 'batch', 'layer' or 'none', got {self.norm!r}")
 
 
 @dataclass

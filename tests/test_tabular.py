@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.backbones import build_backbone
+from selfsup.config import ConfigError, load_config
 from selfsup.data import DataError
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.methods import method_class
@@ -212,6 +213,20 @@ def test_backbone_with_only_numeric_or_only_categorical_columns():
     assert tiny_backbone(numeric=0, cardinalities=(2, 5))(rows(5, 0, (2, 5))).shape == (5, 16)
 
 
+@pytest.mark.parametrize("norm,rows_independent", [("batch", False), ("layer", True), ("none", True)])
+def test_backbone_norm_decides_whether_a_row_depends_on_its_batch(norm, rows_independent):
+    torch.manual_seed(0)
+    backbone = build_backbone("tabular_mlp", numeric_features=4, cardinalities=[3], dim=16, dropout=0.0, norm=norm)
+    assert any(isinstance(m, torch.nn.BatchNorm1d) for m in backbone.modules()) == (norm == "batch")
+    assert any(isinstance(m, torch.nn.LayerNorm) for m in backbone.modules()) == (norm == "layer")
+    x = rows(6, 4, (3,))
+    alone = backbone(x[:3])
+    together = backbone(x)[:3]
+    assert torch.allclose(alone, together, atol=1e-6) == rows_independent
+    with pytest.raises(ValueError, match="norm must be one of"):
+        build_backbone("tabular_mlp", numeric_features=4, norm="group")
+
+
 # ---- SCARF -------------------------------------------------------------------------------------------
 
 def test_scarf_corrupts_a_fixed_count_per_row_with_values_of_the_same_column():
@@ -314,6 +329,8 @@ def test_configs_refuse_bad_values_and_methods_declare_the_tabular_recipe():
         cls.config_class().validate()
         assert cls.modality == "tabular" and cls.recipe["backbone"]["name"] == "tabular_mlp"
         assert cls.recipe["optim"]["name"] == "adamw"
+    with pytest.raises(ConfigError, match="backbone.norm must be"):
+        load_config(overrides=["method.name=scarf", "backbone.norm=group"])
 
 
 # ---- learning ----------------------------------------------------------------------------------------

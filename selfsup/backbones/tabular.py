@@ -4,10 +4,12 @@ standardised, then categorical codes stored as floats).
 Each feature becomes a small vector before the MLP (as in Gorishniy et al., 2021, "Revisiting Deep
 Learning Models for Tabular Data"): a numeric value x_j -> x_j * w_j + b_j, a categorical code c ->
 row c of that column's embedding table. The vectors are concatenated and pass `depth` hidden blocks
-Linear-BatchNorm-ReLU(-Dropout) of width `dim`. BatchNorm because the concatenated input mixes
-scaled numbers and embedding rows of different sizes, and it keeps every hidden unit at unit scale
-so AdamW at 1e-3 trains stably (the same blocks as the projection heads); dropout, the config's
-`backbone.dropout`, regularises small tables (set it to 0 for none).
+Linear-Norm-ReLU(-Dropout) of width `dim`. The default norm is BatchNorm: the concatenated input
+mixes scaled numbers and embedding rows of different sizes, and it keeps every hidden unit at unit
+scale so AdamW at 1e-3 trains stably (the same blocks as the projection heads). `norm="layer"`
+normalises each row on its own and `norm="none"` gives the plain ReLU MLP of the SCARF paper, for
+pretext tasks where a row's statistics should not depend on the other rows of its batch. Dropout,
+the config's `backbone.dropout`, regularises small tables (set it to 0 for none).
 """
 from __future__ import annotations
 
@@ -43,11 +45,14 @@ class FeatureEmbedding(nn.Module):
         return torch.cat([numeric, categorical], dim=1)
 
 
+NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm, "none": None}
+
+
 class TabularMLP(nn.Module):
     """Rows (B, F) float, categorical columns holding integer codes -> (B, dim)."""
 
     def __init__(self, numeric_features: int, cardinalities: list[int], dim: int = 128, depth: int = 2,
-                 dropout: float = 0.1, embed_dim: int = 8):
+                 dropout: float = 0.1, embed_dim: int = 8, norm: str = "batch"):
         super().__init__()
         cardinalities = [int(c) for c in cardinalities]
         if numeric_features < 0 or any(c < 1 for c in cardinalities) or numeric_features + len(cardinalities) == 0:
@@ -56,6 +61,8 @@ class TabularMLP(nn.Module):
         if dim < 1 or depth < 1 or not 0 <= dropout < 1 or embed_dim < 1:
             raise ValueError(f"tabular_mlp needs dim >= 1, depth >= 1, 0 <= dropout < 1 and embed_dim >= 1, got "
                              f"dim={dim}, depth={depth}, dropout={dropout}, embed_dim={embed_dim}")
+        if norm not in NORMS:
+            raise ValueError(f"tabular_mlp norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.numeric_features = numeric_features
         self.cardinalities = cardinalities
         self.num_features = numeric_features + len(cardinalities)
@@ -64,7 +71,10 @@ class TabularMLP(nn.Module):
         layers: list[nn.Module] = []
         width = self.num_features * embed_dim
         for _ in range(depth):
-            layers += [nn.Linear(width, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True)]
+            layers.append(nn.Linear(width, dim, bias=norm == "none"))     # a norm's shift makes a bias redundant
+            if norm != "none":
+                layers.append(NORMS[norm](dim))
+            layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = dim
@@ -78,5 +88,5 @@ class TabularMLP(nn.Module):
 
 @register_backbone("tabular_mlp")
 def tabular_mlp(numeric_features: int, cardinalities: list[int] = (), dim: int = 128, depth: int = 2,
-                dropout: float = 0.1, embed_dim: int = 8) -> TabularMLP:
-    return TabularMLP(numeric_features, list(cardinalities), dim, depth, dropout, embed_dim)
+                dropout: float = 0.1, embed_dim: int = 8, norm: str = "batch") -> TabularMLP:
+    return TabularMLP(numeric_features, list(cardinalities), dim, depth, dropout, embed_dim, norm)
