@@ -79,8 +79,9 @@ class BackboneConfig:
                               f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
-        if self.norm not in ("batch", "layer", "none"):
-            raise ConfigError(f"backbone.norm must be 'batch', 'layer' or 'none', got {self.norm!r}")
+        from selfsup.backbones.tabular import NORMS
+        if self.norm not in NORMS:
+            raise ConfigError(f"backbone.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
 
 @dataclass

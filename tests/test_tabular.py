@@ -329,7 +329,7 @@ def test_configs_refuse_bad_values_and_methods_declare_the_tabular_recipe():
         cls.config_class().validate()
         assert cls.modality == "tabular" and cls.recipe["backbone"]["name"] == "tabular_mlp"
         assert cls.recipe["optim"]["name"] == "adamw"
-    with pytest.raises(ConfigError, match="backbone.norm must be"):
+    with pytest.raises(ConfigError, match="backbone.norm must be one of batch, layer, none"):
         load_config(overrides=["method.name=scarf", "backbone.norm=group"])
 
 

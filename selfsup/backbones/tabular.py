@@ -71,9 +71,10 @@ class TabularMLP(nn.Module):
         layers: list[nn.Module] = []
         width = self.num_features * embed_dim
         for _ in range(depth):
-            layers.append(nn.Linear(width, dim, bias=norm == "none"))     # a norm's shift makes a bias redundant
-            if norm != "none":
-                layers.append(NORMS[norm](dim))
+            norm_layer = NORMS[norm]
+            layers.append(nn.Linear(width, dim, bias=norm_layer is None))     # a norm's shift makes a bias redundant
+            if norm_layer is not None:
+                layers.append(norm_layer(dim))
             layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))

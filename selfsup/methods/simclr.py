@@ -13,9 +13,8 @@ sensitive to orientation, which the paper found complementary (lambda 0.4, views
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 
@@ -68,20 +67,22 @@ class SimCLR(Method):
         return views + [self._layout(turned), turns]
 
     def loss(self, views: list[torch.Tensor]):
-        logs = {}
-        rotation_loss = 0.0
-        if self.cfg.rotation_weight:
-            *views, turned, turns = views
-            logits = self.rotation_head(self.backbone(turned))
-            rotation_loss = pretext_cross_entropy(logits, turns)
-            logs = {"rotation_loss": rotation_loss.detach(),
-                    "rotation_accuracy": (logits.detach().argmax(1) == turns).float().mean()}
+        if not self.cfg.rotation_weight:
+            loss = self.contrastive_loss(views)
+            return loss, {"loss": loss.detach()}
+        *views, turned, turns = views
+        contrastive = self.contrastive_loss(views)
+        logits = self.rotation_head(self.backbone(turned))
+        rotation = pretext_cross_entropy(logits, turns)
+        loss = contrastive + self.cfg.rotation_weight * rotation
+        return loss, {"loss": loss.detach(), "contrastive_loss": contrastive.detach(),
+                      "rotation_loss": rotation.detach(),
+                      "rotation_accuracy": (logits.detach().argmax(1) == turns).float().mean()}
+
+    def contrastive_loss(self, views: list[torch.Tensor]) -> torch.Tensor:
         # The projector's BN sees all views at once, as in the single-batch formulation of the paper.
         z = self.projector(torch.cat(encode_views(self.backbone, views))).view(len(views), views[0].shape[0], -1)
         z = torch.stack([gather(view) for view in z])      # negatives from every rank's batch
         if len(views) == 2:
-            contrastive = nt_xent(z[0], z[1], self.cfg.temperature)
-        else:
-            contrastive = multi_view_nt_xent(z, self.cfg.temperature)
-        loss = contrastive + self.cfg.rotation_weight * rotation_loss
-        return loss, {"loss": loss.detach(), **({"contrastive_loss": contrastive.detach()} if logs else {}), **logs}
+            return nt_xent(z[0], z[1], self.cfg.temperature)
+        return multi_view_nt_xent(z, self.cfg.temperature)
