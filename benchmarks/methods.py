@@ -21,6 +21,7 @@ from pathlib import Path
 
 from selfsup.config import load_config
 from selfsup.data import DataError
+from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.run import knn_report, load_run
 from selfsup.train import load_training_data, pretrain
 
@@ -33,6 +34,8 @@ def main():
     p.add_argument("--calibrate-steps", type=int, default=16)
     p.add_argument("--runs-dir", default="/tmp/selfsup-methods")
     p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
+    p.add_argument("--linear", action="store_true",
+                   help="also the linear probe with all training labels (1 seed), on the cached kNN features")
     p.add_argument("--out", help="append the JSON line to this file")
     args = p.parse_intermixed_args()     # KEY=VALUE overrides may come before or after the options
 
@@ -56,7 +59,10 @@ def main():
     t = time.time()
     try:
         train, test = run.labelled_sets()
-        report = knn_report(run, train, test, baselines=args.baselines, progress=False)
+        data_name = cfg.data.source          # names the cached features the linear probe reuses
+        report = knn_report(run, train, test, baselines=args.baselines, progress=False, data_name=data_name)
+        if args.linear:
+            report.update(linear_row(run, train, test, data_name))
     except DataError as e:                 # unlabeled data: nothing to score with kNN
         report = {"knn": f"skipped: {e}"}
     if hasattr(run.method, "summed_loss"):
@@ -73,6 +79,13 @@ def main():
     if args.out:
         with open(args.out, "a") as f:
             f.write(line + "\n")
+
+
+def linear_row(run, train, test, data_name: str) -> dict:
+    """Top-1 of the linear probe over every training label, and the seconds it took."""
+    [row] = evaluate_protocol(run, "linear", train, test, labels=["100%"], seeds=1, data_name=data_name,
+                              progress=False, log=lambda line: None)
+    return {"linear_top1": row["mean"], "linear_s": row["seconds"]}
 
 
 def language_model(run) -> dict:
