@@ -43,18 +43,26 @@ class LARS(torch.optim.Optimizer):
                 p.add_(state["momentum_buffer"], alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weights get weight decay (and LARS adaptation); biases and norm parameters (ndim <= 1) get neither."""
-    decay, no_decay = [], []
+def param_groups(model: nn.Module, weight_decay: float, constant_lr=()) -> list[dict]:
+    """Weights get weight decay (and LARS adaptation); biases and norm parameters (ndim <= 1) get neither.
+
+    Parameters in ``constant_lr`` (SimSiam's predictor) go in groups of their own marked
+    ``constant_lr=True``: the trainer warms their lr up but never decays it.
+    """
+    constant = {id(p) for p in constant_lr}
+    grouped: dict[tuple[bool, bool], list] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [dict(params=decay, weight_decay=weight_decay, decay=True),
-            dict(params=no_decay, weight_decay=0.0, decay=False)]
+            grouped.setdefault((p.ndim > 1, id(p) in constant), []).append(p)
+    # The two scheduled groups always exist, in this order, so checkpoints of earlier runs still load.
+    layout = [(True, False), (False, False)] + [key for key in ((True, True), (False, True)) if key in grouped]
+    return [dict(params=grouped.get((decay, fixed), []), weight_decay=weight_decay if decay else 0.0,
+                 decay=decay, constant_lr=fixed) for decay, fixed in layout]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    constant_lr = model.constant_lr_parameters() if hasattr(model, "constant_lr_parameters") else ()
+    groups = param_groups(model, cfg.weight_decay, constant_lr)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":

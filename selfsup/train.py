@@ -323,8 +323,9 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             batch = batch.to(device, non_blocking=True)
 
             lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+            constant_lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, "constant")
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = constant_lr if group.get("constant_lr") else lr
             views = method.views(batch, step_generator(cfg.train.seed, step, world.rank, device))
             with autocast(device.type, precision):
                 loss, logs = objective(views)

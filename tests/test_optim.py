@@ -49,6 +49,10 @@ def test_constant_schedule_stays_one():
 
 # ---------------------------------------------------------------- param groups
 
+def ids(params):
+    return {id(p) for p in params}
+
+
 def test_param_groups_keep_decay_off_biases_and_norms():
     model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.BatchNorm2d(3), nn.Flatten(), nn.Linear(3, 4), nn.LayerNorm(4))
     model[0].bias.requires_grad_(True)
@@ -56,7 +60,6 @@ def test_param_groups_keep_decay_off_biases_and_norms():
     decay, no_decay = groups
     assert decay["weight_decay"] == 0.01 and decay["decay"] is True
     assert no_decay["weight_decay"] == 0.0 and no_decay["decay"] is False
-    ids = lambda ps: {id(p) for p in ps}  # noqa: E731
     assert ids(decay["params"]) == ids([model[0].weight, model[3].weight])
     assert ids(no_decay["params"]) == ids([model[0].bias, model[1].weight, model[1].bias, model[3].bias,
                                            model[4].weight, model[4].bias])
@@ -67,6 +70,18 @@ def test_param_groups_skip_frozen():
     model.bias.requires_grad_(False)
     decay, no_decay = param_groups(model, 0.1)
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 0
+
+
+def test_param_groups_put_constant_lr_parameters_in_marked_groups_after_the_scheduled_ones():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    groups = param_groups(model, 0.1, constant_lr=model[1].parameters())
+    assert [(g["decay"], g["constant_lr"]) for g in groups] == [(True, False), (False, False), (True, True),
+                                                               (False, True)]
+    assert [ids(g["params"]) for g in groups] == [ids([model[0].weight]), ids([model[0].bias]),
+                                                  ids([model[1].weight]), ids([model[1].bias])]
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0, 0.1, 0.0]
+    # without constant-lr parameters the layout is the usual two groups, so older checkpoints still load
+    assert [(g["decay"], g["constant_lr"]) for g in param_groups(model, 0.1)] == [(True, False), (False, False)]
 
 
 @pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW), ("lars", LARS)])

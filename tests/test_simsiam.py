@@ -1,5 +1,6 @@
 """SimSiam: the loss against a loop over eq. 2 of Chen & He (2021), the stop-gradient, the head
 layout, the recipe, and a short training run that learns."""
+import json
 import math
 
 import pytest
@@ -8,7 +9,8 @@ from torch import nn
 
 from selfsup.config import ConfigError, load_config
 from selfsup.methods.simsiam import SimSiam, SimSiamConfig, simsiam_loss
-from selfsup.train import build_method, step_generator
+from selfsup.optim import lr_factor
+from selfsup.train import build_method, pretrain, step_generator
 
 from training import knn_against_random_init, spread_of_projections, train_tiny
 
@@ -107,3 +109,24 @@ def test_short_training_lowers_the_loss_and_beats_random_init_on_knn(one_thread,
     assert report["knn_top1"] > report["knn_top1_random_init"], report
     # on this easy data kNN stays high even when the head collapses (see test_barlow_vicreg.py), so check that too
     assert spread_of_projections(run, test) > 0.3
+
+
+def test_predictor_lr_stays_constant_while_the_rest_decays(one_thread, tiny_fashion, tmp_path):
+    """The paper's fixed predictor lr (sec. 4.2): read back from the last checkpoint's optimizer groups."""
+    def last_lrs(run_dir, *extra):
+        cfg = load_config(overrides=SMALL + ["train.steps=6", "train.threads=1", f"data.data_dir={tiny_fashion}",
+                                              "optim.lr=0.5", *extra])
+        method = build_method(cfg, 1)
+        pretrain(cfg, run_dir, progress=False)
+        meta = json.loads(sorted((run_dir / "checkpoints").glob("step-*.json"))[-1].read_text())
+        return method, [(g["constant_lr"], g["lr"], len(g["params"])) for g in meta["optimizer"]["param_groups"]]
+
+    method, groups = last_lrs(tmp_path / "fixed")
+    decayed = 0.5 * lr_factor(5, 6, 0)
+    assert decayed < 0.1
+    predictor_tensors = len(list(method.predictor.parameters()))
+    assert [(fixed, pytest.approx(lr)) for fixed, lr, _ in groups] == [(False, decayed), (False, decayed),
+                                                                       (True, 0.5), (True, 0.5)]
+    assert groups[2][2] + groups[3][2] == predictor_tensors
+    _, groups = last_lrs(tmp_path / "scheduled", "method.fix_predictor_lr=false")
+    assert [(fixed, pytest.approx(lr)) for fixed, lr, _ in groups] == [(False, decayed), (False, decayed)]

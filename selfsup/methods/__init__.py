@@ -54,6 +54,10 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step; methods with teachers or queues update them here."""
 
+    def constant_lr_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose lr the paper keeps constant after warm-up instead of following the schedule."""
+        return []
+
     @torch.no_grad()
     def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))

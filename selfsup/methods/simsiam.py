@@ -21,6 +21,9 @@ class SimSiamConfig(MethodConfig):
     name: str = "simsiam"
     proj_dim: int = 2048              # also the projector's hidden width, as in the paper
     pred_hidden_dim: int = 512        # the bottleneck: proj_dim / 4
+    # The paper (sec. 4.2) keeps the predictor's lr constant while the rest decays: the predictor
+    # must keep adapting to the latest representations.
+    fix_predictor_lr: bool = True
 
     def validate(self) -> None:
         for key in ("proj_dim", "pred_hidden_dim"):
@@ -50,7 +53,6 @@ class SimSiam(Method):
         # The paper's weight decay with this library's LARS at lr 8 (SimCLR's tuned default) instead of
         # the paper's SGD at lr 0.05 x batch/256 (optim.name=sgd optim.lr=0.05): in one epoch on 10k
         # Fashion-MNIST images LARS reached 64.1% kNN, SGD at lr 0.1 58.6% (random init 55.2%).
-        # (The paper also keeps the predictor's lr constant; the trainer has one schedule for all.)
         "optim": {"weight_decay": 1e-4},
         # 1.18x SimCLR's FLOPs per image (2048-wide heads): ~10 min on 2 CPU cores, as SimCLR's 5.5.
         "train": {"epochs": 4.5},
@@ -62,6 +64,9 @@ class SimSiam(Method):
             raise ValueError("simsiam compares exactly two views; set augment.local_crops=0")
         self.projector = mlp([backbone.feature_dim, cfg.proj_dim, cfg.proj_dim, cfg.proj_dim], last_batch_norm=True)
         self.predictor = mlp([cfg.proj_dim, cfg.pred_hidden_dim, cfg.proj_dim])
+
+    def constant_lr_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.predictor.parameters()) if self.cfg.fix_predictor_lr else []
 
     def loss(self, views: list[torch.Tensor]):
         z = self.projector(torch.cat(encode_views(self.backbone, views)))
