@@ -209,11 +209,11 @@ def test_moco3_heads_follow_the_paper():
 
 # ----------------------------------------------------------------------------- config and recipe
 
-@pytest.mark.parametrize("name,cls", [("moco2", MoCo2), ("moco3", MoCo3)])
-def test_load_config_gives_the_method_with_its_recipe(name, cls):
+@pytest.mark.parametrize("name,cls,temperature", [("moco2", MoCo2, 0.1), ("moco3", MoCo3, 0.2)])
+def test_load_config_gives_the_method_with_its_recipe(name, cls, temperature):
     cfg = load_config(overrides=[f"method.name={name}"])
     assert type(cfg.method) is cls.config_class and cfg.method.name == name
-    assert cfg.method.temperature == 0.2 and cfg.method.momentum == 0.99
+    assert cfg.method.temperature == temperature and cfg.method.momentum == 0.99
     assert cfg.train.epochs == cls.recipe["train"]["epochs"]
     assert load_config(overrides=[f"method.name={name}", "train.epochs=1"]).train.epochs == 1   # the user wins
 
