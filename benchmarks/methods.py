@@ -6,8 +6,7 @@ sample. Prints one JSON line (and appends it to
 
     for m in simclr moco2 byol; do python benchmarks/methods.py $m --minutes 5 --out docs/methods.jsonl; done
 
-The budget is met by choosing train.epochs: a short calibration run (train.steps=--calibrate-steps)
-measures the method's images/s, and epochs = minutes * 60 * images/s / data set size, so every
+The budget is the trainer's own train.minutes: a few timed steps fix the step count, so every
 method gets a full warm-up + cosine schedule inside the same time. Online kNN stays on (it is part
 of what a user's run costs).
 """
@@ -23,7 +22,7 @@ from selfsup.config import load_config
 from selfsup.data import DataError
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.run import knn_report, load_run
-from selfsup.train import load_training_data, pretrain
+from selfsup.train import pretrain
 
 
 def main():
@@ -31,7 +30,6 @@ def main():
     p.add_argument("method")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE on top of the method's recipe")
     p.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget [default: 15]")
-    p.add_argument("--calibrate-steps", type=int, default=16)
     p.add_argument("--runs-dir", default="/tmp/selfsup-methods")
     p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
     p.add_argument("--linear", action="store_true",
@@ -39,19 +37,10 @@ def main():
     p.add_argument("--out", help="append the JSON line to this file")
     args = p.parse_intermixed_args()     # KEY=VALUE overrides may come before or after the options
 
-    overrides = [f"method.name={args.method}", *args.overrides]
-    data = load_training_data(load_config(overrides=overrides))
-    scratch = Path(args.runs_dir) / f"{args.method}-calibrate"
-    shutil.rmtree(scratch, ignore_errors=True)
-    calibration = pretrain(load_config(overrides=overrides + [f"train.steps={args.calibrate_steps}",
-                                                              "eval.online_every=0"]),
-                           scratch, data=data, progress=False)
-    shutil.rmtree(scratch, ignore_errors=True)
-    epochs = round(args.minutes * 60 * calibration.images_per_second / len(data), 2)
-
+    overrides = [f"method.name={args.method}", f"train.minutes={args.minutes}", *args.overrides]
     run_dir = Path(args.runs_dir) / args.method
     shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = load_config(overrides=overrides + [f"train.epochs={epochs}"])
+    cfg = load_config(overrides=overrides)
     t = time.time()
     result = pretrain(cfg, run_dir, progress=False)
     train_s = time.time() - t

@@ -7,6 +7,7 @@ epoch's order comes from (seed, epoch), each step's augmentation generator from 
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -221,6 +222,10 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     if device.type == "cuda":
         torch.cuda.set_device(device)
     precision = resolve_precision(cfg.train.precision, device)
+    if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16() and world.is_main:
+        print("warning: train.precision=bf16 on a CPU without native bf16 (AMX or AVX512-BF16): autocast emulates "
+              "it, over 100x slower than fp32 on a 2-core AMD EPYC without AVX-512 (docs/scale.md); "
+              "use train.precision=auto or fp32", file=sys.stderr)
     if cfg.train.batch_size % world.size:
         raise TrainingError(f"train.batch_size={cfg.train.batch_size} is the global batch; it must divide evenly "
                             f"among the {world.size} processes (e.g. train.batch_size="
@@ -252,13 +257,49 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     scaler = grad_scaler(device.type, precision)
 
     steps_per_epoch = len(data) // cfg.train.batch_size
-    total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    if warmup_steps > total_steps // 2:
-        if main:
-            print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
-                  f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
-        warmup_steps = total_steps // 2
+
+    order_cache: dict[int, torch.Tensor] = {}
+
+    def batch_at(step: int) -> torch.Tensor:
+        """This rank's batch of the given step: its slice of the epoch's seeded permutation."""
+        epoch, position = divmod(step, steps_per_epoch)
+        if epoch not in order_cache:
+            order_cache.clear()
+            order_cache[epoch] = epoch_order(len(data), cfg.train.seed, epoch, world.rank, world.size).to(samples.device)
+        batch = samples[order_cache[epoch][position * local_batch:(position + 1) * local_batch]]
+        if batch.dtype == torch.uint16:  # packed tokens: CUDA lacks most uint16 kernels
+            batch = batch.int()
+        return batch.to(device, non_blocking=True)
+
+    def train_step(step: int, total_steps: int) -> tuple[torch.Tensor, dict, float]:
+        """One optimizer step; returns the loss, the method's logs and the step's learning rate."""
+        lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
+        constant_lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, "constant")
+        for group in optimizer.param_groups:
+            group["lr"] = constant_lr if group.get("constant_lr") else lr
+        views = method.views(batch_at(step), step_generator(cfg.train.seed, step, world.rank, device))
+        with autocast(device.type, precision):
+            loss, logs = objective(views)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
+        # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
+        # With fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale.
+        checked = [loss.detach().float()] + ([] if scaler.is_enabled() else [grad_norm.float()])
+        if not torch.isfinite(torch.stack(checked)).all():
+            kept = latest_checkpoint(ckpt_dir)
+            what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
+                f"the gradient norm became {grad_norm.item()}"
+            raise TrainingError(
+                f"{what} at step {step}; training stopped before updating the weights. "
+                + (f"The last good checkpoint is {kept}.safetensors; " if kept else "No checkpoint was written yet; ")
+                + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
+        scaler.step(optimizer)
+        scaler.update()
+        method.after_step((step + 1) / total_steps)
+        return loss, logs, lr
 
     ckpt_dir = run_dir / "checkpoints"
     # What the data order and optimizer depend on: a resume that changes these cannot continue the same run.
@@ -271,6 +312,26 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
+    budget_start, budgeted = time.time(), not cfg.train.steps and not cfg.train.epochs
+    if budgeted:                         # a time budget: time a few steps, then fix the count
+        seconds_per_step = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
+                                        budget_seconds=60 * cfg.train.minutes)
+        cfg.train.steps = start_step + _steps_that_fit(60 * cfg.train.minutes - (time.time() - budget_start),
+                                                       seconds_per_step, device)
+        if main and progress:
+            print(f"train.minutes={cfg.train.minutes:g}: {seconds_per_step:.3f} s a step, so {cfg.train.steps} steps "
+                  f"({cfg.train.steps / steps_per_epoch:.2f} epochs); written to config.yaml as train.steps",
+                  file=sys.stderr)
+    total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    if warmup_steps > total_steps // 2:
+        if main:
+            print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
+                  f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
+        warmup_steps = total_steps // 2
+    # A few trial steps run faster than a sustained run (measured: 0.64 s against 0.81 s a step on a
+    # 2-core VM), so the count is fixed again from the loop's own pace once warm-up ends (at least 10
+    # steps in): the warm-up's learning rates do not depend on the count; the cosine starts from the new one.
+    replan_at = min(max(warmup_steps, start_step + 10), total_steps - 1) if budgeted else None
     if main:                             # rank 0 alone writes; every rank reads
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
@@ -304,7 +365,6 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                 + f"free some disk space, then continue with: selfsup pretrain --resume {run_dir}") from e
 
     method.train()
-    order, order_epoch = None, -1
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved, online_knn = start_step, None
     with open(run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics, \
@@ -312,44 +372,17 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                  dynamic_ncols=True, file=sys.stderr) as bar, \
             _StopRequest() as stop:
         while step < total_steps and not stop.requested:
-            epoch, position = divmod(step, steps_per_epoch)
-            if epoch != order_epoch:
-                order = epoch_order(len(data), cfg.train.seed, epoch, world.rank, world.size).to(samples.device)
-                order_epoch = epoch
-            idx = order[position * local_batch:(position + 1) * local_batch]
-            batch = samples[idx]
-            if batch.dtype == torch.uint16:  # packed tokens: CUDA lacks most uint16 kernels
-                batch = batch.int()
-            batch = batch.to(device, non_blocking=True)
-
-            lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
-            constant_lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, "constant")
-            for group in optimizer.param_groups:
-                group["lr"] = constant_lr if group.get("constant_lr") else lr
-            views = method.views(batch, step_generator(cfg.train.seed, step, world.rank, device))
-            with autocast(device.type, precision):
-                loss, logs = objective(views)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
-            # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
-            # With fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale.
-            checked = [loss.detach().float()] + ([] if scaler.is_enabled() else [grad_norm.float()])
-            if not torch.isfinite(torch.stack(checked)).all():
-                kept = latest_checkpoint(ckpt_dir)
-                what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
-                    f"the gradient norm became {grad_norm.item()}"
-                raise TrainingError(
-                    f"{what} at step {step}; training stopped before updating the weights. "
-                    + (f"The last good checkpoint is {kept}.safetensors (step {last_saved}); " if kept else
-                       "No checkpoint was written yet; ")
-                    + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
-            scaler.step(optimizer)
-            scaler.update()
+            loss, logs, lr = train_step(step, total_steps)
             step += 1
-            method.after_step(step / total_steps)
-            images_seen += batch.shape[0] * world.size
+            images_seen += local_batch * world.size
+            if step == replan_at:
+                total_steps = step + _steps_that_fit(60 * cfg.train.minutes - (time.time() - budget_start),
+                                                     (time.time() - t_start) / (step - start_step), device)
+                cfg.train.steps = bar.total = total_steps
+                if main:
+                    cfg.save(run_dir / "config.yaml")
+                    bar.write(f"train.minutes={cfg.train.minutes:g}: at the loop's pace so far the budget holds "
+                              f"{total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs)", file=sys.stderr)
 
             if step % cfg.train.log_every == 0 or step == total_steps:
                 now = time.time()
@@ -398,6 +431,44 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                        images_per_second=done * cfg.train.batch_size / max(seconds, 1e-9),
                        peak_memory_mb=peak_memory_mb(device), final_loss=loss_value,
                        stopped_early=step < total_steps)
+
+
+def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.device, first_step: int,
+                 budget_seconds: float, untimed: int = 2, timed: int = 10) -> float:
+    """Seconds per training step, from a trial of `untimed` + up to `timed` real steps (fewer when they
+    would take over 2% of the budget) starting at first_step; afterwards the weights, buffers, optimizer,
+    loss scale and random generators are put back, so the run proper starts exactly as without the trial."""
+    saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict(),
+             torch.get_rng_state(), random.getstate(), np.random.get_state())
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    provisional_total = first_step + untimed + timed + 1
+    seconds, counted = 0.0, 0
+    for step in range(first_step, first_step + untimed):
+        train_step(step, provisional_total)
+    while counted < timed and (counted == 0 or seconds < 0.02 * budget_seconds):
+        start = time.perf_counter()
+        loss, _, _ = train_step(first_step + untimed + counted, provisional_total)
+        float(loss.detach())             # waits for the device
+        seconds += time.perf_counter() - start
+        counted += 1
+    method.load_state_dict(saved[0])
+    optimizer.load_state_dict(saved[1])
+    optimizer.zero_grad(set_to_none=True)
+    if scaler.is_enabled():
+        scaler.load_state_dict(saved[2])
+    torch.set_rng_state(saved[3])
+    random.setstate(saved[4])
+    np.random.set_state(saved[5])
+    if cuda_rng is not None:
+        torch.cuda.set_rng_state_all(cuda_rng)
+    return seconds / counted
+
+
+def _steps_that_fit(seconds_left: float, seconds_per_step: float, device: torch.device) -> int:
+    """How many more steps (at least one) the rest of a time budget holds; under torchrun the fewest
+    over the ranks, so that every rank stops at the same step."""
+    steps = torch.tensor([max(1, int(seconds_left / seconds_per_step))], device=device)
+    return -int(distributed.all_reduce_max(-steps))
 
 
 def _best_score(ckpt_dir: Path) -> float | None:

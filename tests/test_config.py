@@ -122,3 +122,32 @@ def test_invalid_yaml(tmp_path):
     path.write_text("optim: [unclosed\n")
     with pytest.raises(ConfigError, match="YAML"):
         load_config(path)
+
+
+def test_the_last_layer_that_says_how_long_to_train_decides(tmp_path):
+    assert load_config().train.minutes > 0 and load_config().train.epochs == 0          # the default: a time budget
+    assert (load_config(overrides=["train.epochs=2"]).train.minutes, load_config(overrides=["train.epochs=2"]).train.epochs) == (0, 2)
+    path = tmp_path / "cfg.yaml"
+    load_config(overrides=["train.steps=30"]).save(path)                              # every key written out
+    from_file = load_config(path)
+    assert (from_file.train.steps, from_file.train.epochs, from_file.train.minutes) == (30, 0, 0)
+    overridden = load_config(path, overrides=["train.minutes=3"])                     # the command line beats the file
+    assert (overridden.train.steps, overridden.train.epochs, overridden.train.minutes) == (0, 0, 3)
+    # A recipe's length (tables: epochs) gives way to the user's, and the user's budget to nothing else.
+    assert load_config(overrides=["method.name=scarf"]).train.epochs > 0
+    scarf = load_config(overrides=["method.name=scarf", "train.minutes=2"])
+    assert (scarf.train.epochs, scarf.train.minutes) == (0, 2)
+
+
+def test_no_training_length_at_all_is_an_error():
+    with pytest.raises(ConfigError, match="how long to train"):
+        load_config(overrides=["train.minutes=0"])
+    with pytest.raises(ConfigError, match="train.minutes"):
+        load_config(overrides=["train.minutes=-1"])
+
+
+def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("- optim\n- train\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(path)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from selfsup.config import load_config
+from selfsup.config import TrainConfig, load_config
 from selfsup.data import load_images
 from selfsup.methods import method_class, method_names
 from selfsup.run import load_run
@@ -50,6 +50,14 @@ def test_default_config_file_matches_the_method_defaults(method):
     path = CONFIGS / f"{method}-fashion-mnist.yaml"
     assert path.is_file(), f"configs/{path.name} is missing; write it with `selfsup config --method {method}`"
     assert load_config(path).to_dict() == load_config(overrides=[f"method.name={method}"]).to_dict()
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS)
+def test_every_image_method_trains_for_the_shared_time_budget_unless_told_otherwise(method):
+    cfg = load_config(overrides=[f"method.name={method}"])
+    assert (cfg.train.steps, cfg.train.epochs, cfg.train.minutes) == (0, 0, TrainConfig().minutes) and cfg.train.minutes > 0
+    cfg = load_config(overrides=[f"method.name={method}", "train.epochs=1"])     # the user's length wins
+    assert (cfg.train.steps, cfg.train.epochs, cfg.train.minutes) == (0, 1, 0)
 
 
 TEXT_AND_TABLE_METHODS = [m for m in method_names() if method_class(m).modality != "image"]

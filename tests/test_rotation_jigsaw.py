@@ -91,7 +91,6 @@ def test_rotation_head_sizes_and_recipe():
     assert linear.classifier[0].out_features == 4
     cfg = load_config(overrides=["method.name=rotation"])
     assert isinstance(cfg.method, RotationConfig) and cfg.method.all_rotations
-    assert cfg.train.epochs == Rotation.recipe["train"]["epochs"]
     with pytest.raises(ConfigError, match="head_hidden_dim"):
         load_config(overrides=["method.name=rotation", "method.head_hidden_dim=-1"])
 

@@ -209,7 +209,6 @@ def test_config_has_the_recipe_and_user_settings_win():
     cfg = load_config(overrides=["method.name=swav"])
     assert isinstance(cfg.method, SwAVConfig)
     assert cfg.augment.local_crops == SwAV.recipe["augment"]["local_crops"] > 0
-    assert cfg.train.epochs == SwAV.recipe["train"]["epochs"]
     assert (cfg.method.temperature, cfg.method.sinkhorn_epsilon, cfg.method.sinkhorn_iterations,
             cfg.method.queue_size) == (0.1, 0.05, 3, 0)
     assert load_config(overrides=["method.name=swav", "augment.local_crops=0"]).augment.local_crops == 0

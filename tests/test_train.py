@@ -10,7 +10,7 @@ from selfsup.data import DataError, load_images
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup.train import TrainingError, pretrain
 
-from resume import assert_bitwise_equal, straight_and_resumed
+from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
 from training import corrupt_loss_at_call
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
@@ -78,3 +78,21 @@ def test_short_training_beats_random_init_on_knn(tiny_fashion, tmp_path):
     report = knn_report(run, train, test, k=20, progress=False)
     assert result.final_loss < 4.0
     assert report["knn_top1"] > report["knn_top1_random_init"]
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco2"])
+def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace(method, tiny_fashion, tmp_path):
+    """train.minutes: the timed trial steps run on the real model and are then undone, and the count is
+    fixed again at the end of warm-up, whose learning rates do not depend on it; so the run is bitwise
+    the run of train.steps=N with the N it chose (for methods whose updates do not follow the
+    schedule's progress), and config.yaml records that N."""
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
+    settings = [f"method.name={method}", "optim.warmup_epochs=1", "eval.online_every=0"]
+    budget = pretrain(small_config(*settings, "train.minutes=0.1"), tmp_path / "budget", data=data, progress=False)
+    recorded = load_config(tmp_path / "budget" / "config.yaml").train
+    assert recorded.steps == budget.steps > 24 and (recorded.epochs, recorded.minutes) == (0, 0.1)
+    fixed = pretrain(small_config(*settings, f"train.steps={budget.steps}"), tmp_path / "fixed", data=data,
+                     progress=False)
+    assert fixed.steps == budget.steps
+    assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
+

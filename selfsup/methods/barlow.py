@@ -61,8 +61,6 @@ class BarlowTwins(Method):
     config_class = BarlowTwinsConfig
     recipe = {
         "optim": {"weight_decay": 1.5e-6},     # the paper's LARS weight decay
-        # 1.18x SimCLR's FLOPs per image (2048-wide heads): ~10 min on 2 CPU cores, as SimCLR's 5.5.
-        "train": {"epochs": 4.5},
     }
 
     def __init__(self, backbone, cfg: BarlowTwinsConfig, augment_cfg):

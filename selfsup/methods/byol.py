@@ -58,9 +58,6 @@ class BYOL(Method):
     config_class = BYOLConfig
     recipe = {
         "optim": {"weight_decay": 1.5e-6},       # the paper's LARS weight decay
-        # 1.41x SimCLR's FLOPs per image (the target's forward pass, wide heads): ~10 min on 2 CPU
-        # cores, as SimCLR's 5.5 epochs.
-        "train": {"epochs": 4.0},
     }
 
     def __init__(self, backbone, cfg: BYOLConfig, augment_cfg):

@@ -121,9 +121,6 @@ class DINO(Method):
         # Multi-crop, the paper's 2x224 + 10x96 scaled to 28 px images, with four 12 px local crops
         # (not ten) for the CPU budget.
         "augment": {"local_crops": 4},
-        # 2.4x SimCLR's FLOPs per image (more views, the teacher's pass, a bigger head): the 13 min
-        # SimCLR's 5.5 epochs take on 2 CPU cores.
-        "train": {"epochs": 2.2},
     }
 
     def __init__(self, backbone, cfg: DINOConfig, augment_cfg):

@@ -102,9 +102,6 @@ class Jigsaw(Method):
     recipe = {
         # Whole 28 px images give 3x3 cells of 9 px: the tiles (8 px) are as small as is useful.
         "augment": {"size": 28},
-        # Nine 8 px tiles per image: 0.67x SimCLR's FLOPs, measured ~1.5x its images/s, so ~8 epochs
-        # take SimCLR's ~13 min on 2 CPU cores.
-        "train": {"epochs": 8.0},
     }
 
     def __init__(self, backbone, cfg: JigsawConfig, augment_cfg):

@@ -72,8 +72,6 @@ class MAE(Method):
         # AdamW with betas (0.9, 0.95) and weight decay 0.05 as in the paper. Its lr, 1.5e-4 * batch / 256,
         # is for 800 epochs; a 1-epoch screen on 10k images gave the same loss and kNN at 5e-4 and 1.5e-3.
         "optim": {"name": "adamw", "lr": 5e-4, "betas": [0.9, 0.95], "weight_decay": 0.05, "warmup_epochs": 1.0},
-        # ~1.1x SimCLR's images/s (0.74x its FLOPs, but many small ops): ~13 min on 2 CPU cores.
-        "train": {"epochs": 6.0},
     }
 
     def __init__(self, backbone, cfg: MAEConfig, augment_cfg):

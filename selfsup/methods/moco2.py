@@ -75,10 +75,9 @@ class MoCo2(Method):
     # MoCo keeps batch norm per GPU (with shuffled keys against leaking batch statistics); shuffling
     # is not done here, so per-rank BN is the closest.
     sync_batchnorm = False
-    # The key encoder's forward pass makes a step ~1.3x SimCLR's (measured on CPU): ~4 epochs fit the
-    # ~13 minutes SimCLR fills with 5.5. The optimizer stays the library's LARS (tuned for SimCLR's
-    # short runs); the paper's SGD at lr 0.03 per 256 images is a 200-epoch schedule.
-    recipe = {"train": {"epochs": 4.0}}
+    # The optimizer stays the library's LARS (tuned for SimCLR's short runs); the paper's SGD at
+    # lr 0.03 per 256 images is a 200-epoch schedule. Like every image method it trains for the
+    # shared train.minutes budget.
 
     def __init__(self, backbone, cfg: MoCo2Config, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)

@@ -58,9 +58,6 @@ def moco3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.T
 @register_method("moco3")
 class MoCo3(Method):
     config_class = MoCo3Config
-    # The momentum encoder's forward pass and the predictor make a step ~1.3x SimCLR's (measured on
-    # CPU): ~4 epochs fit the ~13 minutes SimCLR fills with 5.5.
-    recipe = {"train": {"epochs": 4.0}}
 
     def __init__(self, backbone, cfg: MoCo3Config, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)

@@ -73,9 +73,6 @@ def nnclr_loss(nn1: torch.Tensor, nn2: torch.Tensor, p1: torch.Tensor, p2: torch
 @register_method("nnclr")
 class NNCLR(Method):
     config_class = NNCLRConfig
-    # A step costs ~1.1x SimCLR's (predictor, batch x support-set similarity; measured on CPU):
-    # 5 epochs fit the ~13 minutes SimCLR fills with 5.5.
-    recipe = {"train": {"epochs": 5.0}}
 
     def __init__(self, backbone, cfg: NNCLRConfig, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)

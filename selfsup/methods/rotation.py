@@ -52,9 +52,6 @@ def all_quarter_turns(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 @register_method("rotation")
 class Rotation(Method):
     config_class = RotationConfig
-    # Four backbone passes per image, twice SimCLR's two (2.0x its FLOPs, measured ~0.5x its
-    # images/s): half its 5.5 epochs fit the same ~13 min on 2 CPU cores.
-    recipe = {"train": {"epochs": 2.75}}
 
     def __init__(self, backbone, cfg: RotationConfig, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)

@@ -70,7 +70,9 @@ class SCARF(Method):
         # The paper trains with Adam at 1e-3 and batch 128; a short warm-up keeps the first steps of
         # the BatchNorm encoder calm.
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "warmup_epochs": 1.0},
-        "train": {"batch_size": 128},
+        # Tables are small: 50 passes over LetterRecognition's 16,000 rows take about a minute on
+        # 2 CPU cores (docs/text-and-tables.md), where a time budget would give hundreds.
+        "train": {"batch_size": 128, "epochs": 50},
     }
 
     def __init__(self, backbone, cfg: SCARFConfig, augment_cfg=None):

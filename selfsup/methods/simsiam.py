@@ -54,8 +54,6 @@ class SimSiam(Method):
         # the paper's SGD at lr 0.05 x batch/256 (optim.name=sgd optim.lr=0.05): in one epoch on 10k
         # Fashion-MNIST images LARS reached 64.1% kNN, SGD at lr 0.1 58.6% (random init 55.2%).
         "optim": {"weight_decay": 1e-4},
-        # 1.18x SimCLR's FLOPs per image (2048-wide heads): ~10 min on 2 CPU cores, as SimCLR's 5.5.
-        "train": {"epochs": 4.5},
     }
 
     def __init__(self, backbone, cfg: SimSiamConfig, augment_cfg):

@@ -96,8 +96,6 @@ class SwAV(Method):
         # for the CPU budget.
         "augment": {"local_crops": 4},
         "optim": {"weight_decay": 1e-6},      # the paper's LARS weight decay
-        # 1.8x SimCLR's FLOPs per image: the 13 min SimCLR's 5.5 epochs take on 2 CPU cores.
-        "train": {"epochs": 3.0},
     }
 
     def __init__(self, backbone, cfg: SwAVConfig, augment_cfg):

@@ -85,8 +85,6 @@ class VICReg(Method):
     config_class = VICRegConfig
     recipe = {
         "optim": {"weight_decay": 1e-6},       # the paper's LARS weight decay
-        # 1.21x SimCLR's FLOPs per image (2048-wide heads): ~10 min on 2 CPU cores, as SimCLR's 5.5.
-        "train": {"epochs": 4.5},
     }
 
     def __init__(self, backbone, cfg: VICRegConfig, augment_cfg):

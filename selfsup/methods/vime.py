@@ -76,7 +76,9 @@ class VIME(Method):
         "backbone": {"name": "tabular_mlp"},
         # The paper's code uses RMSprop at its default 1e-3 and batch 128; AdamW at 1e-3 with a short warm-up.
         "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "warmup_epochs": 1.0},
-        "train": {"batch_size": 128},
+        # Tables are small: 50 passes over LetterRecognition's 16,000 rows take about a minute on
+        # 2 CPU cores (docs/text-and-tables.md), where a time budget would give hundreds.
+        "train": {"batch_size": 128, "epochs": 50},
     }
 
     def __init__(self, backbone, cfg: VIMEConfig, augment_cfg=None):
