@@ -4,8 +4,11 @@ Corruption").
 Each row's view replaces a random fixed-size subset of its features (corruption_rate of them) by
 draws from each feature's empirical marginal. The anchor is the row itself; both pass the encoder
 and a pre-train head (a ReLU MLP, hidden width 256 as in the paper), and InfoNCE pulls each anchor
-towards its own corrupted view and away from the other rows' corrupted views, with the paper's
-temperature of 1. embed = backbone(row).
+towards its own corrupted view and away from the other rows' corrupted views. embed = backbone(row).
+
+The defaults depart from the paper's corruption 0.6 and temperature 1: on LetterRecognition with 1%
+of the labels (20 label draws), 0.3 and 0.1 fine-tune 1.2 points better than the paper's settings,
+and their frozen features beat the raw columns (docs/text-and-tables.md).
 """
 from __future__ import annotations
 
@@ -22,8 +25,8 @@ from selfsup.methods.losses import info_nce
 @dataclass
 class SCARFConfig(MethodConfig):
     name: str = "scarf"
-    corruption_rate: float = 0.6       # the share of each row's features replaced (paper: 0.6)
-    temperature: float = 1.0           # the paper's InfoNCE temperature
+    corruption_rate: float = 0.3       # the share of each row's features replaced (paper: 0.6)
+    temperature: float = 0.1           # InfoNCE temperature (paper: 1.0)
     proj_hidden_dim: int = 256
     proj_dim: int = 128
 
