@@ -25,7 +25,7 @@ from pathlib import Path
 
 EPILOG_OVERRIDES = """\
 Any config value can be set as KEY=VALUE after the options (dotted keys, YAML values):
-  optim.lr=1.0  train.epochs=10  backbone.width=1.0  augment.crop_scale=[0.2,1.0]
+  optim.lr=1.0  train.minutes=30  train.epochs=10  backbone.width=1.0  augment.crop_scale=[0.2,1.0]
 Sections: data, backbone, method, augment, optim, train, eval, text, table.
 `selfsup config` prints every key with its default."""
 
@@ -63,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoints/, eval/; tokenizer.json or table.json for text and tables) and, "
                                    "when the data has labels, ends by printing kNN top-1 on the labelled test split "
                                    "next to the same backbone at random initialisation and the raw input, then the "
-                                   "few-label evaluations and the report.",
+                                   "few-label evaluations and the report. By default it trains for "
+                                   "train.minutes of wall-clock time (`selfsup config` shows it), whatever the machine: a few timed steps "
+                                   "fix the step count; train.epochs=N or train.steps=N fix it instead.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_OVERRIDES)
     p.add_argument("--config", help="YAML config file (see configs/); KEY=VALUE overrides apply on top")
     p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth); text: a "
