@@ -312,16 +312,25 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
+    if main:                             # rank 0 alone writes; every rank reads
+        run_dir.mkdir(parents=True, exist_ok=True)
+        modality.save_assets(data, run_dir)      # before the monitor, which reads the run's tokenizer or table
+        _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
+                             run_dir=run_dir) if main else None
+    online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
     budget_start, budgeted = time.time(), not cfg.train.steps and not cfg.train.epochs
     if budgeted:                         # a time budget: time a few steps, then fix the count
-        seconds_per_step = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
-                                        budget_seconds=60 * cfg.train.minutes)
-        cfg.train.steps = start_step + _steps_that_fit(60 * cfg.train.minutes - (time.time() - budget_start),
-                                                       seconds_per_step, device)
+        seconds_per_step, monitor_seconds = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
+                                                         budget_seconds=60 * cfg.train.minutes, monitor=monitor)
+        cfg.train.steps = start_step + _steps_that_fit(
+            60 * cfg.train.minutes - (time.time() - budget_start), seconds_per_step, monitor_seconds, online_steps,
+            device)
         if main and progress:
-            print(f"train.minutes={cfg.train.minutes:g}: {seconds_per_step:.3f} s a step, so {cfg.train.steps} steps "
-                  f"({cfg.train.steps / steps_per_epoch:.2f} epochs); written to config.yaml as train.steps",
-                  file=sys.stderr)
+            monitor_text = f" and {monitor_seconds:.1f} s an online evaluation" if monitor is not None else ""
+            print(f"train.minutes={cfg.train.minutes:g}: {seconds_per_step:.3f} s a step{monitor_text}, so "
+                  f"{cfg.train.steps} steps ({cfg.train.steps / steps_per_epoch:.2f} epochs); written to config.yaml "
+                  "as train.steps", file=sys.stderr)
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     if warmup_steps > total_steps // 2:
         if main:
@@ -331,15 +340,11 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     # A few trial steps run faster than a sustained run (measured: 0.64 s against 0.81 s a step on a
     # 2-core VM), so the count is fixed again from the loop's own pace once warm-up ends (at least 10
     # steps in): the warm-up's learning rates do not depend on the count; the cosine starts from the new one.
+    # Online evaluations are planned apart, at their own measured cost: they come once an epoch, so
+    # the warm-up's pace may include none of them (in a text run they were 160 s of 860).
     replan_at = min(max(warmup_steps, start_step + 10), total_steps - 1) if budgeted else None
-    if main:                             # rank 0 alone writes; every rank reads
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.yaml")
-        modality.save_assets(data, run_dir)
-        _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
-    monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
-                             run_dir=run_dir) if main else None
-    online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
+    if main:
+        cfg.save(run_dir / "config.yaml")    # with the step count a time budget chose
     best_score = _best_score(ckpt_dir)
 
     def checkpoint(step: int, online_knn: float | None) -> Path | None:
@@ -367,6 +372,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     method.train()
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved, online_knn = start_step, None
+    monitor_spent, monitor_calls = 0.0, 0        # the loop's time in online evaluations, kept apart for the re-plan
     with open(run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics, \
             tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
                  dynamic_ncols=True, file=sys.stderr) as bar, \
@@ -376,8 +382,11 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             step += 1
             images_seen += local_batch * world.size
             if step == replan_at:
+                steps_pace = (time.time() - t_start - monitor_spent) / (step - start_step)
+                if monitor_calls:
+                    monitor_seconds = monitor_spent / monitor_calls
                 total_steps = step + _steps_that_fit(60 * cfg.train.minutes - (time.time() - budget_start),
-                                                     (time.time() - t_start) / (step - start_step), device)
+                                                     steps_pace, monitor_seconds, online_steps, device)
                 cfg.train.steps = bar.total = total_steps
                 if main:
                     cfg.save(run_dir / "config.yaml")
@@ -399,7 +408,9 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             bar.update(1)
             online_knn = None
             if monitor is not None and (step % online_steps == 0 or step == total_steps):
+                monitor_start = time.time()
                 measured = monitor(method)
+                monitor_spent, monitor_calls = monitor_spent + time.time() - monitor_start, monitor_calls + 1
                 online_knn = measured.get("online_knn_top1")
                 record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **measured}
                 warning = collapse_warning(measured)
@@ -434,13 +445,21 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
 
 
 def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.device, first_step: int,
-                 budget_seconds: float, untimed: int = 2, timed: int = 10) -> float:
-    """Seconds per training step, from a trial of `untimed` + up to `timed` real steps (fewer when they
-    would take over 2% of the budget) starting at first_step; afterwards the weights, buffers, optimizer,
-    loss scale and random generators are put back, so the run proper starts exactly as without the trial."""
+                 budget_seconds: float, monitor: OnlineMonitor | None = None, untimed: int = 2,
+                 timed: int = 10) -> tuple[float, float]:
+    """(seconds per training step, seconds per online evaluation): the first from a trial of `untimed` +
+    up to `timed` real steps (fewer when they would take over 2% of the budget) starting at first_step,
+    the second from one evaluation by `monitor` (0 without one). Afterwards the weights, buffers,
+    optimizer, loss scale and random generators are put back, so the run proper starts exactly as
+    without the trial."""
     saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict(),
              torch.get_rng_state(), random.getstate(), np.random.get_state())
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    monitor_seconds = 0.0
+    if monitor is not None:
+        start = time.perf_counter()
+        monitor(method)
+        monitor_seconds = time.perf_counter() - start
     provisional_total = first_step + untimed + timed + 1
     seconds, counted = 0.0, 0
     for step in range(first_step, first_step + untimed):
@@ -461,13 +480,24 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     np.random.set_state(saved[5])
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
-    return seconds / counted
+    return seconds / counted, monitor_seconds
 
 
-def _steps_that_fit(seconds_left: float, seconds_per_step: float, device: torch.device) -> int:
-    """How many more steps (at least one) the rest of a time budget holds; under torchrun the fewest
-    over the ranks, so that every rank stops at the same step."""
-    steps = torch.tensor([max(1, int(seconds_left / seconds_per_step))], device=device)
+def steps_in_budget(seconds_left: float, seconds_per_step: float, monitor_seconds: float = 0.0,
+                    steps_between_evaluations: int = 1) -> int:
+    """How many more steps (at least one) the rest of a time budget holds when every
+    `steps_between_evaluations` steps, and once more at the last step, an online evaluation
+    takes `monitor_seconds`: with the default of one every epoch it is a sixth of a
+    text run's budget (measured on a 2-core Xeon: 160 s of 860)."""
+    per_step = seconds_per_step + monitor_seconds / steps_between_evaluations
+    return max(1, int((seconds_left - monitor_seconds) / per_step))
+
+
+def _steps_that_fit(seconds_left: float, seconds_per_step: float, monitor_seconds: float,
+                    steps_between_evaluations: int, device: torch.device) -> int:
+    """steps_in_budget, under torchrun the fewest over the ranks, so that every rank stops at the same step."""
+    steps = torch.tensor([steps_in_budget(seconds_left, seconds_per_step, monitor_seconds,
+                                          steps_between_evaluations)], device=device)
     return -int(distributed.all_reduce_max(-steps))
 
 

@@ -8,7 +8,7 @@ from selfsup.checkpoint import list_checkpoints
 from selfsup.config import load_config
 from selfsup.data import DataError, load_images
 from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import TrainingError, pretrain
+from selfsup.train import TrainingError, pretrain, steps_in_budget
 
 from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
 from training import corrupt_loss_at_call
@@ -80,14 +80,24 @@ def test_short_training_beats_random_init_on_knn(tiny_fashion, tmp_path):
     assert report["knn_top1"] > report["knn_top1_random_init"]
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco2"])
-def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace(method, tiny_fashion, tmp_path):
-    """train.minutes: the timed trial steps run on the real model and are then undone, and the count is
-    fixed again at the end of warm-up, whose learning rates do not depend on it; so the run is bitwise
-    the run of train.steps=N with the N it chose (for methods whose updates do not follow the
-    schedule's progress), and config.yaml records that N."""
+def test_the_budget_plans_online_evaluations_at_their_own_cost():
+    # 100 s left at 0.5 s a step: 200 steps without evaluations. With a 4 s evaluation every 10 steps
+    # and one at the end: (100 - 4) / (0.5 + 0.4) = 106.7 steps.
+    assert steps_in_budget(100, 0.5) == 200
+    assert steps_in_budget(100, 0.5, monitor_seconds=4, steps_between_evaluations=10) == 106
+    assert steps_in_budget(100, 0.5, monitor_seconds=4, steps_between_evaluations=1000) == 190
+    assert steps_in_budget(1, 0.5, monitor_seconds=4, steps_between_evaluations=10) == 1     # always one step
+
+
+@pytest.mark.parametrize("method,online_every", [("simclr", 0), ("moco2", 0), ("simclr", 0.5)])
+def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace(method, online_every, tiny_fashion,
+                                                                                  tmp_path):
+    """train.minutes: the timed trial steps (and the timed online evaluation) run on the real model and
+    are then undone, and the count is fixed again at the end of warm-up, whose learning rates do not
+    depend on it; so the run is bitwise the run of train.steps=N with the N it chose (for methods whose
+    updates do not follow the schedule's progress), and config.yaml records that N."""
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
-    settings = [f"method.name={method}", "optim.warmup_epochs=1", "eval.online_every=0"]
+    settings = [f"method.name={method}", "optim.warmup_epochs=1", f"eval.online_every={online_every}"]
     budget = pretrain(small_config(*settings, "train.minutes=0.1"), tmp_path / "budget", data=data, progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml").train
     assert recorded.steps == budget.steps > 24 and (recorded.epochs, recorded.minutes) == (0, 0.1)
