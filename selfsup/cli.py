@@ -64,8 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "when the data has labels, ends by printing kNN top-1 on the labelled test split "
                                    "next to the same backbone at random initialisation and the raw input, then the "
                                    "few-label evaluations and the report. By default it trains for "
-                                   "train.minutes of wall-clock time (`selfsup config` shows it), whatever the machine: a few timed steps "
-                                   "fix the step count; train.epochs=N or train.steps=N fix it instead.",
+                                   "train.minutes of wall-clock time (`selfsup config` shows it), whatever the "
+                                   "machine: a few timed steps fix the step count; train.epochs=N or train.steps=N "
+                                   "fix it instead.",
                        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG_OVERRIDES)
     p.add_argument("--config", help="YAML config file (see configs/); KEY=VALUE overrides apply on top")
     p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth); text: a "

@@ -487,8 +487,7 @@ def steps_in_budget(seconds_left: float, seconds_per_step: float, monitor_second
                     steps_between_evaluations: int = 1) -> int:
     """How many more steps (at least one) the rest of a time budget holds when every
     `steps_between_evaluations` steps, and once more at the last step, an online evaluation
-    takes `monitor_seconds`: with the default of one every epoch it is a sixth of a
-    text run's budget (measured on a 2-core Xeon: 160 s of 860)."""
+    takes `monitor_seconds`."""
     per_step = seconds_per_step + monitor_seconds / steps_between_evaluations
     return max(1, int((seconds_left - monitor_seconds) / per_step))
 
