@@ -337,12 +337,17 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
                   f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
         warmup_steps = total_steps // 2
+        # Recorded, so config.yaml replays the run: a budget's re-plan may leave more steps than the
+        # shortening assumed, and a replay with that count would otherwise warm up for longer.
+        cfg.optim.warmup_epochs = warmup_steps / steps_per_epoch
     # A few trial steps run faster than a sustained run (measured: 0.64 s against 0.81 s a step on a
-    # 2-core VM), so the count is fixed again from the loop's own pace once warm-up ends (at least 10
-    # steps in): the warm-up's learning rates do not depend on the count; the cosine starts from the new one.
+    # 2-core VM), so the count is fixed again from the loop's own pace once warm-up ends: up to its last
+    # step and the cosine's first (factor 1) the learning rates do not depend on the count, so the run
+    # stays the one its config.yaml replays. Without a warm-up left, 10 steps give the pace instead.
     # Online evaluations are planned apart, at their own measured cost: they come once an epoch, so
     # the warm-up's pace may include none of them (in a text run they were 160 s of 860).
-    replan_at = min(max(warmup_steps, start_step + 10), total_steps - 1) if budgeted else None
+    count_free_steps = warmup_steps + 1 if warmup_steps > start_step else start_step + 10
+    replan_at = min(count_free_steps, total_steps - 1) if budgeted else None
     if main:
         cfg.save(run_dir / "config.yaml")    # with the step count a time budget chose
     best_score = _best_score(ckpt_dir)

@@ -8,6 +8,7 @@ from selfsup.checkpoint import list_checkpoints
 from selfsup.config import load_config
 from selfsup.data import DataError, load_images
 from selfsup.run import knn_report, labelled_eval_sets, load_run
+from selfsup import train as train_module
 from selfsup.train import TrainingError, pretrain, steps_in_budget
 
 from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
@@ -94,15 +95,35 @@ def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace
                                                                                   tmp_path):
     """train.minutes: the timed trial steps (and the timed online evaluation) run on the real model and
     are then undone, and the count is fixed again at the end of warm-up, whose learning rates do not
-    depend on it; so the run is bitwise the run of train.steps=N with the N it chose (for methods whose
-    updates do not follow the schedule's progress), and config.yaml records that N."""
+    depend on it; so the run is bitwise the run its config.yaml replays with the N it chose (for
+    methods whose updates do not follow the schedule's progress)."""
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
     settings = [f"method.name={method}", "optim.warmup_epochs=1", f"eval.online_every={online_every}"]
     budget = pretrain(small_config(*settings, "train.minutes=0.1"), tmp_path / "budget", data=data, progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml").train
-    assert recorded.steps == budget.steps > 24 and (recorded.epochs, recorded.minutes) == (0, 0.1)
-    fixed = pretrain(small_config(*settings, f"train.steps={budget.steps}"), tmp_path / "fixed", data=data,
-                     progress=False)
+    assert recorded.steps == budget.steps > 12 and (recorded.epochs, recorded.minutes) == (0, 0.1)   # past warm-up
+    # The run replayed from its config.yaml, which holds train.steps (and any warm-up the first plan shortened)
+    fixed = pretrain(load_config(tmp_path / "budget" / "config.yaml"), tmp_path / "fixed", data=data, progress=False)
+    assert fixed.steps == budget.steps
+    assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
+
+
+def test_a_budget_whose_first_plan_shortened_the_warm_up_replays_from_its_config(tiny_fashion, tmp_path,
+                                                                                  monkeypatch):
+    """On a slow CI machine the trial's pace planned 14 steps, so a 12-step warm-up was cut to 7; the re-plan
+    then found room for 28. config.yaml must hold the 7, or its replay warms up over 12 and differs."""
+    real_trial = train_module._timed_trial
+
+    def pessimistic_trial(*args, budget_seconds, **kwargs):      # a pace that plans at most 14 steps
+        _, monitor_seconds = real_trial(*args, budget_seconds=budget_seconds, **kwargs)
+        return budget_seconds / 14, monitor_seconds
+    monkeypatch.setattr(train_module, "_timed_trial", pessimistic_trial)
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
+    budget = pretrain(small_config("optim.warmup_epochs=1", "train.minutes=0.1"), tmp_path / "budget", data=data,
+                      progress=False)
+    recorded = load_config(tmp_path / "budget" / "config.yaml")
+    assert recorded.optim.warmup_epochs < 1 and budget.steps > 2 * round(12 * recorded.optim.warmup_epochs)
+    fixed = pretrain(recorded, tmp_path / "fixed", data=data, progress=False)
     assert fixed.steps == budget.steps
     assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
 
