@@ -90,6 +90,14 @@ def test_the_budget_plans_online_evaluations_at_their_own_cost():
     assert steps_in_budget(1, 0.5, monitor_seconds=4, steps_between_evaluations=10) == 1     # always one step
 
 
+def assert_replays_from_its_config(budget, data, tmp_path):
+    """The budget run (in tmp_path/budget) replayed from its config.yaml, which holds train.steps and any
+    warm-up the first plan shortened, gives bitwise the same weights."""
+    fixed = pretrain(load_config(tmp_path / "budget" / "config.yaml"), tmp_path / "fixed", data=data, progress=False)
+    assert fixed.steps == budget.steps
+    assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
+
+
 @pytest.mark.parametrize("method,online_every", [("simclr", 0), ("moco2", 0), ("simclr", 0.5)])
 def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace(method, online_every, tiny_fashion,
                                                                                   tmp_path):
@@ -102,10 +110,7 @@ def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace
     budget = pretrain(small_config(*settings, "train.minutes=0.1"), tmp_path / "budget", data=data, progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml").train
     assert recorded.steps == budget.steps > 12 and (recorded.epochs, recorded.minutes) == (0, 0.1)   # past warm-up
-    # The run replayed from its config.yaml, which holds train.steps (and any warm-up the first plan shortened)
-    fixed = pretrain(load_config(tmp_path / "budget" / "config.yaml"), tmp_path / "fixed", data=data, progress=False)
-    assert fixed.steps == budget.steps
-    assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
+    assert_replays_from_its_config(budget, data, tmp_path)
 
 
 def test_a_budget_whose_first_plan_shortened_the_warm_up_replays_from_its_config(tiny_fashion, tmp_path,
@@ -123,7 +128,5 @@ def test_a_budget_whose_first_plan_shortened_the_warm_up_replays_from_its_config
                       progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml")
     assert recorded.optim.warmup_epochs < 1 and budget.steps > 2 * round(12 * recorded.optim.warmup_epochs)
-    fixed = pretrain(recorded, tmp_path / "fixed", data=data, progress=False)
-    assert fixed.steps == budget.steps
-    assert_bitwise_equal(model_tensors(tmp_path / "budget"), model_tensors(tmp_path / "fixed"))
+    assert_replays_from_its_config(budget, data, tmp_path)
 
