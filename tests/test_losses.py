@@ -16,8 +16,9 @@ def _cos(a, b):
     return dot / (na * nb)
 
 
-def reference_nt_xent(z1, z2, t):
-    """Eq. 1, literally: 2N anchors; anchor i's positive is its twin; denominator sums over k != i."""
+def reference_nt_xent(z1, z2, t, decoupled=False):
+    """Eq. 1, literally: 2N anchors; anchor i's positive is its twin; denominator sums over k != i
+    (and k != the twin for DCL, Yeh et al. 2022, eq. 6)."""
     n = len(z1)
     z = [list(map(float, row)) for row in z1.tolist()] + [list(map(float, row)) for row in z2.tolist()]
     total = 0.0
@@ -26,19 +27,28 @@ def reference_nt_xent(z1, z2, t):
         num = math.exp(_cos(z[i], z[pos]) / t)
         den = 0.0
         for k in range(2 * n):
-            if k != i:
+            if k != i and not (decoupled and k == pos):
                 den += math.exp(_cos(z[i], z[k]) / t)
         total += -math.log(num / den)
     return total / (2 * n)
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("n", [2, 5])
 @pytest.mark.parametrize("t", [0.1, 0.5, 1.0])
-def test_nt_xent_matches_loop_reference(n, t):
+def test_nt_xent_matches_loop_reference(n, t, decoupled):
     torch.manual_seed(n * 10 + int(t * 10))
     z1, z2 = torch.randn(n, 6) * 3, torch.randn(n, 6)
-    got = nt_xent(z1, z2, t).item()
-    assert got == pytest.approx(reference_nt_xent(z1, z2, t), rel=1e-5, abs=1e-5)
+    got = nt_xent(z1, z2, t, decoupled).item()
+    assert got == pytest.approx(reference_nt_xent(z1, z2, t, decoupled), rel=1e-5, abs=1e-5)
+
+
+def test_decoupled_loss_of_a_perfect_pair_is_the_negatives_log_sum_exp():
+    # DCL drops the positive from the denominator, so aligned pairs give a loss below zero that
+    # NT-Xent (bounded below by 0) cannot reach: -1/t + log(2N - 2) with orthogonal negatives.
+    n, t = 4, 0.5
+    z = torch.eye(8)[:n]
+    assert nt_xent(z, z.clone(), t, decoupled=True).item() == pytest.approx(-1 / t + math.log(2 * n - 2), rel=1e-5)
 
 
 @pytest.mark.parametrize("t", [0.1, 0.5])
@@ -101,26 +111,31 @@ def test_mlp_needs_two_sizes():
         mlp([8])
 
 
-def multi_view_reference(z, t):
-    """Direct loops over the multi-positive NT-Xent: every other view of a sample is a positive."""
+def multi_view_reference(z, t, decoupled=False):
+    """Direct loops over the multi-positive NT-Xent: every other view of a sample is a positive
+    (and, for DCL, absent from the denominator)."""
     views, n, _ = z.shape
     flat = [torch.nn.functional.normalize(z[v, i], dim=0) for v in range(views) for i in range(n)]
     total = 0.0
     for a in range(views * n):
-        denom = sum(math.exp(float(flat[a] @ flat[k]) / t) for k in range(views * n) if k != a)
         positives = [p for p in range(views * n) if p != a and p % n == a % n]
+        denom = sum(math.exp(float(flat[a] @ flat[k]) / t) for k in range(views * n)
+                    if k != a and not (decoupled and k in positives))
         total += -sum(math.log(math.exp(float(flat[a] @ flat[p]) / t) / denom) for p in positives) / len(positives)
     return total / (views * n)
 
 
+@pytest.mark.parametrize("decoupled", [False, True])
 @pytest.mark.parametrize("views,n,t", [(2, 3, 0.5), (3, 2, 0.1), (6, 4, 0.2)])
-def test_multi_view_nt_xent_matches_loops(views, n, t):
+def test_multi_view_nt_xent_matches_loops(views, n, t, decoupled):
     torch.manual_seed(1)
     z = torch.randn(views, n, 5)
-    assert multi_view_nt_xent(z, t).item() == pytest.approx(multi_view_reference(z, t), rel=1e-5)
+    assert multi_view_nt_xent(z, t, decoupled).item() == pytest.approx(multi_view_reference(z, t, decoupled), rel=1e-5)
 
 
-def test_multi_view_nt_xent_with_two_views_is_nt_xent():
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_multi_view_nt_xent_with_two_views_is_nt_xent(decoupled):
     torch.manual_seed(2)
     z = torch.randn(2, 7, 4)
-    assert multi_view_nt_xent(z, 0.3).item() == pytest.approx(nt_xent(z[0], z[1], 0.3).item(), rel=1e-6)
+    assert multi_view_nt_xent(z, 0.3, decoupled).item() == pytest.approx(
+        nt_xent(z[0], z[1], 0.3, decoupled).item(), rel=1e-6)

@@ -5,11 +5,13 @@ import torch
 import torch.nn.functional as F
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, decoupled: bool = False) -> torch.Tensor:
     """NT-Xent (SimCLR, Chen et al. 2020, eq. 1). z1, z2: (N, D), row i of each is a positive pair.
 
     l(i, j) = -log exp(sim(z_i, z_j)/t) / sum_{k != i} exp(sim(z_i, z_k)/t) over the 2N
     embeddings, averaged over all 2N anchors: each anchor has 1 positive and 2N-2 negatives.
+    decoupled: DCL (Yeh et al. 2022, eq. 6), the positive leaves the denominator:
+    l(i, j) = -sim(z_i, z_j)/t + log sum_{k != i, j} exp(sim(z_i, z_k)/t).
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"nt_xent expects two (N, D) tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -19,15 +21,21 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
         logits = z @ z.T / temperature
         logits.fill_diagonal_(float("-inf"))
         positives = torch.arange(2 * n, device=z.device).roll(n)  # i <-> i + n
-        return F.cross_entropy(logits, positives)
+        if not decoupled:
+            return F.cross_entropy(logits, positives)
+        anchors = torch.arange(2 * n, device=z.device)
+        positive_logits = logits[anchors, positives]
+        negatives_only = logits.index_put((anchors, positives), torch.tensor(float("-inf"), device=z.device))
+        return (negatives_only.logsumexp(dim=1) - positive_logits).mean()
 
 
-def multi_view_nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tensor:
+def multi_view_nt_xent(z: torch.Tensor, temperature: float = 0.5, decoupled: bool = False) -> torch.Tensor:
     """NT-Xent over V >= 2 views of N samples, every other view of a sample a positive (the
     multi-positive form of Khosla et al. 2020, as solo-learn uses for SimCLR with multi-crop).
     z: (V, N, D). For V = 2 it equals nt_xent(z[0], z[1]).
 
     l(a) = -1/|P(a)| sum_{p in P(a)} log exp(sim(a, p)/t) / sum_{k != a} exp(sim(a, k)/t), averaged over all VN anchors.
+    decoupled: DCL (Yeh et al. 2022), the positives P(a) leave every denominator.
     """
     if z.dim() != 3 or z.shape[0] < 2:
         raise ValueError(f"multi_view_nt_xent expects (V >= 2, N, D), got {tuple(z.shape)}")
@@ -36,10 +44,11 @@ def multi_view_nt_xent(z: torch.Tensor, temperature: float = 0.5) -> torch.Tenso
         flat = F.normalize(z.float().reshape(views * n, -1), dim=1)
         logits = flat @ flat.T / temperature
         self_mask = torch.eye(views * n, dtype=torch.bool, device=z.device)
-        logits = logits.masked_fill(self_mask, float("-inf"))
-        log_prob = (logits - logits.logsumexp(dim=1, keepdim=True)).masked_fill(self_mask, 0.0)
         sample = torch.arange(n, device=z.device).repeat(views)
         positive = (sample[:, None] == sample[None, :]) & ~self_mask
+        logits = logits.masked_fill(self_mask, float("-inf"))
+        denominator = logits.masked_fill(positive, float("-inf")) if decoupled else logits
+        log_prob = (logits - denominator.logsumexp(dim=1, keepdim=True)).masked_fill(self_mask, 0.0)
         return -(log_prob * positive).sum(1).div(views - 1).mean()
 
 

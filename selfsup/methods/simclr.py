@@ -30,6 +30,7 @@ from selfsup.methods.rotation import NUM_ROTATIONS, all_quarter_turns
 class SimCLRConfig(MethodConfig):
     name: str = "simclr"
     temperature: float = 0.1
+    decoupled: bool = False            # DCL (Yeh et al. 2022): the positive leaves the NT-Xent denominator
     proj_hidden_dim: int = 512
     proj_dim: int = 128
     rotation_weight: float = 0.0       # E-SimCLR's lambda (paper 0.4); 0 = plain SimCLR
@@ -84,5 +85,5 @@ class SimCLR(Method):
         z = self.projector(torch.cat(encode_views(self.backbone, views))).view(len(views), views[0].shape[0], -1)
         z = torch.stack([gather(view) for view in z])      # negatives from every rank's batch
         if len(views) == 2:
-            return nt_xent(z[0], z[1], self.cfg.temperature)
-        return multi_view_nt_xent(z, self.cfg.temperature)
+            return nt_xent(z[0], z[1], self.cfg.temperature, self.cfg.decoupled)
+        return multi_view_nt_xent(z, self.cfg.temperature, self.cfg.decoupled)
