@@ -39,6 +39,15 @@ def test_plain_simclr_has_two_views_and_no_rotation_head():
     assert set(plain.loss(views)[1]) == {"loss"}
 
 
+def test_simclr_takes_its_papers_stronger_colour_jitter_and_the_user_still_wins():
+    shared = AugmentConfig()
+    simclr = load_config(overrides=["method.name=simclr"]).augment
+    for key, value in SimCLR.recipe["augment"].items():
+        assert getattr(simclr, key) == value > getattr(shared, key)
+    assert load_config(overrides=["method.name=moco2"]).augment.brightness == shared.brightness
+    assert load_config(overrides=["method.name=simclr", "augment.brightness=0.3"]).augment.brightness == 0.3
+
+
 def test_rotation_views_are_every_quarter_turn_of_one_small_view_at_half_size():
     views = method(rotation_weight=0.4).views(batch(), torch.Generator().manual_seed(1))
     assert len(views) == 4
