@@ -23,7 +23,7 @@ import torch.nn.functional as F
 class AugmentConfig:
     """One view recipe: SimCLR's (Chen et al., 2020), tuned for 28x28 grayscale Fashion-MNIST, with
     the milder colour jitter of MoCo v2 and BYOL (0.4, 0.4, 0.4, 0.1) that most methods here were
-    measured with; SimCLR's own recipe (Method.recipe) raises it to (1.0, 1.0, 1.0, 0.25).
+    measured with; SimCLR's recipe (SimCLR.recipe) makes it stronger.
 
     Training views are made at `size`; features for evaluation at `eval_size`. Views smaller than
     the data trade detail for speed (20 px: 1.6x the images/s of 28 px on Fashion-MNIST), and
