@@ -39,7 +39,7 @@ def test_plain_simclr_has_two_views_and_no_rotation_head():
     assert set(plain.loss(views)[1]) == {"loss"}
 
 
-def test_simclr_takes_its_papers_stronger_colour_jitter_and_the_user_still_wins():
+def test_simclr_takes_its_stronger_colour_jitter_and_the_user_still_wins():
     shared = AugmentConfig()
     simclr = load_config(overrides=["method.name=simclr"]).augment
     for key, value in SimCLR.recipe["augment"].items():
