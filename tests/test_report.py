@@ -74,6 +74,16 @@ def test_evaluate_over_budgets_and_seeds_reports_mean_and_std(tiny_run, tmp_path
     assert "linear with   2/class labels (20 images, 3 seed(s))" in capsys.readouterr().out
 
 
+def test_evaluate_propagate_from_the_command_line(tiny_run, tmp_path, capsys):
+    run_dir = copy_of(tiny_run, tmp_path)
+    assert main(["evaluate", "propagate", str(run_dir), "--labels", "5/class", "--seeds", "2", "--quiet"]) == 0
+    row = read_results(run_dir)[-1]
+    assert (row["protocol"], row["num_labels"], row["seeds"]) == ("propagate", 50, 2)
+    assert row["settings"]["neighbours"] == 50 and 0.3 < row["mean"] <= 1.0    # separable classes: above chance
+    assert all(0.3 < d["pseudo_label_top1"] <= 1.0 for d in row["per_seed"])
+    assert "propagate with   5/class labels (50 images, 2 seed(s))" in capsys.readouterr().out
+
+
 def test_knn_sweep_reuses_the_cached_features(tiny_run, tmp_path, monkeypatch):
     run_dir = copy_of(tiny_run, tmp_path)
     assert list((run_dir / "eval" / "features").glob("*.safetensors"))      # written by pretrain's evaluation

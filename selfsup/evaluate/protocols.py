@@ -1,9 +1,10 @@
-"""The evaluation protocols of a run, with few labels: knn, linear, finetune, and two baselines
-(supervised: the same backbone trained from scratch; raw: the linear probe on the raw input --
-pixels, a bag of words, the table's columns), each over label budgets ('1%', '10%', '100/class') and seeds, reported as mean and std
-and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
+"""The evaluation protocols of a run, with few labels: knn, linear, propagate (the linear probe on
+labels propagated to the unlabelled training images), finetune, and two baselines (supervised: the
+same backbone trained from scratch; raw: the linear probe on the raw input -- pixels, a bag of
+words, the table's columns), each over label budgets ('1%', '10%', '100/class') and seeds, reported
+as mean and std and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
 
-Frozen features (knn, linear) are extracted once per checkpoint and data set and cached in
+Frozen features (knn, linear, propagate) are extracted once per checkpoint and data set and cached in
 RUN_DIR/eval/features/, so a sweep over budgets, seeds or k costs one feature pass.
 """
 from __future__ import annotations
@@ -25,9 +26,10 @@ from selfsup.checkpoint import atomic_write
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, knn_graph, propagation_probe
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
-PROTOCOLS = ("knn", "linear", "finetune", "supervised", "raw")
+PROTOCOLS = ("knn", "linear", "propagate", "finetune", "supervised", "raw")
 
 
 def cached_features(run, data, description: str, progress: bool = False) -> torch.Tensor:
@@ -87,7 +89,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
     cfg = run.config
     if augment_copies and run.modality.name != "image":
         raise ValueError("--augment (crop and flip copies) applies to images only")
-    if protocol in ("knn", "linear", "raw"):
+    if protocol in ("knn", "linear", "propagate", "raw"):
         if protocol == "raw":              # the no-learning baseline: the same probe on the raw input
             train_f, test_f = run.modality.raw_features(train, test)
         else:
@@ -98,6 +100,8 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                 return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
                                     min(setting["k"], len(idx)), setting["temperature"]), None
             return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (knn_ks or [cfg.eval.knn_k])]
+        if protocol == "propagate":
+            return _propagation_scorer(train_f, train.labels, test_f, test.labels)
 
         def linear(idx, seed, setting):
             augmented = None
@@ -130,6 +134,21 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                           precision, progress, desc=f"{protocol} seed {seed}")
         return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
     return tune, [asdict(settings)]
+
+
+def _propagation_scorer(train_f, train_labels, test_f, test_labels):
+    graph = knn_graph(train_f)             # depends on the features only: one graph for every draw
+
+    def propagated(idx, seed, setting):
+        result = propagation_probe(train_f, idx, train_labels[idx], test_f, test_labels, graph, seed=seed)
+        unlabelled = torch.ones(len(train_labels), dtype=torch.bool)
+        unlabelled[idx] = False
+        # How many of the labels it gave the unlabelled images are right: what the probe learned from.
+        pseudo_top1 = (result["pseudo_labels"][unlabelled] == train_labels[unlabelled]).float().mean().item()
+        return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"],
+                                "pseudo_label_top1": round(pseudo_top1, 4)}
+    return propagated, [{"classifier": "logistic regression (L-BFGS) on propagated labels", "val_fraction": 0.1,
+                         "neighbours": NEIGHBOURS, "alpha": ALPHA, "gamma": GAMMA}]
 
 
 def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, data_name, test_size) -> dict:
