@@ -109,15 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
                         help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
                              "image; their features are extracted per seed [default: 0, no augmentation]")
-    _evaluate_parser(protocols, "propagate", "semi-supervised: the linear probe on labels propagated to the "
-                                             "unlabelled training images",
+    _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
+                                             "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "
-                     "labels spread over a 50-nearest-neighbour graph of all the training images' frozen "
-                     "features; then the same logistic regression as `linear` is fitted on every training "
-                     "image with the labels it received, each weighted by its confidence. The weight decay "
-                     "is chosen on a 10%% validation split of the labels, which that sweep's propagation "
-                     "does not see; the test images are never in the graph. Each result also records how "
-                     "many propagated labels were right (pseudo_label_top1).")
+                     "labels spread over a 10-nearest-neighbour graph of all the training images' frozen "
+                     "features (alpha 0.9); a test image then takes the weighted kNN vote (k=10) of the "
+                     "training images with the labels they received. The test images are never in the "
+                     "graph. Each result also records how many propagated labels were right "
+                     "(propagated_top1).")
     for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
                        ("supervised", "the baseline: the same backbone trained from scratch on the same labels")):
         f = _evaluate_parser(protocols, name, what,

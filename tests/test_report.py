@@ -76,11 +76,12 @@ def test_evaluate_over_budgets_and_seeds_reports_mean_and_std(tiny_run, tmp_path
 
 def test_evaluate_propagate_from_the_command_line(tiny_run, tmp_path, capsys):
     run_dir = copy_of(tiny_run, tmp_path)
-    assert main(["evaluate", "propagate", str(run_dir), "--labels", "5/class", "--seeds", "2", "--quiet"]) == 0
-    row = read_results(run_dir)[-1]
+    assert main(["evaluate", "propagate", str(run_dir), "--labels", "5/class", "100%", "--seeds", "2", "--quiet"]) == 0
+    row, every_label = read_results(run_dir)[-2:]
+    assert every_label["per_seed"] == [{"propagated_top1": None}] * 2      # nothing left to propagate to
     assert (row["protocol"], row["num_labels"], row["seeds"]) == ("propagate", 50, 2)
-    assert row["settings"]["neighbours"] == 50 and 0.3 < row["mean"] <= 1.0    # separable classes: above chance
-    assert all(0.3 < d["pseudo_label_top1"] <= 1.0 for d in row["per_seed"])
+    assert row["settings"]["graph_neighbours"] == 10 and 0.3 < row["mean"] <= 1.0    # separable classes: above chance
+    assert all(0.3 < d["propagated_top1"] <= 1.0 for d in row["per_seed"])
     assert "propagate with   5/class labels (50 images, 2 seed(s))" in capsys.readouterr().out
 
 

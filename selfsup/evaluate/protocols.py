@@ -1,5 +1,5 @@
-"""The evaluation protocols of a run, with few labels: knn, linear, propagate (the linear probe on
-labels propagated to the unlabelled training images), finetune, and two baselines (supervised: the
+"""The evaluation protocols of a run, with few labels: knn, linear, propagate (kNN over labels
+propagated to the unlabelled training images), finetune, and two baselines (supervised: the
 same backbone trained from scratch; raw: the linear probe on the raw input -- pixels, a bag of
 words, the table's columns), each over label budgets ('1%', '10%', '100/class') and seeds, reported
 as mean and std and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
@@ -26,7 +26,7 @@ from selfsup.checkpoint import atomic_write
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
-from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, knn_graph, propagation_probe
+from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, VOTERS, knn_graph, propagation_knn
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
 PROTOCOLS = ("knn", "linear", "propagate", "finetune", "supervised", "raw")
@@ -101,7 +101,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                                     min(setting["k"], len(idx)), setting["temperature"]), None
             return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (knn_ks or [cfg.eval.knn_k])]
         if protocol == "propagate":
-            return _propagation_scorer(train_f, train.labels, test_f, test.labels)
+            return _propagation_scorer(train_f, train.labels, test_f, test.labels, cfg.eval.knn_temperature)
 
         def linear(idx, seed, setting):
             augmented = None
@@ -136,19 +136,21 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
     return tune, [asdict(settings)]
 
 
-def _propagation_scorer(train_f, train_labels, test_f, test_labels):
+def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature):
     graph = knn_graph(train_f)             # depends on the features only: one graph for every draw
 
     def propagated(idx, seed, setting):
-        result = propagation_probe(train_f, idx, train_labels[idx], test_f, test_labels, graph, seed=seed)
+        result = propagation_knn(train_f, idx, train_labels[idx], test_f, test_labels, graph,
+                                 temperature=temperature)
         unlabelled = torch.ones(len(train_labels), dtype=torch.bool)
         unlabelled[idx] = False
-        # How many of the labels it gave the unlabelled images are right: what the probe learned from.
-        pseudo_top1 = (result["pseudo_labels"][unlabelled] == train_labels[unlabelled]).float().mean().item()
-        return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"],
-                                "pseudo_label_top1": round(pseudo_top1, 4)}
-    return propagated, [{"classifier": "logistic regression (L-BFGS) on propagated labels", "val_fraction": 0.1,
-                         "neighbours": NEIGHBOURS, "alpha": ALPHA, "gamma": GAMMA}]
+        # How many of the labels it gave the unlabelled images are right: what the classifier votes with.
+        if not bool(unlabelled.any()):   # every label given: nothing was propagated
+            return result["top1"], {"propagated_top1": None}
+        right = (result["propagated_labels"][unlabelled] == train_labels[unlabelled]).float().mean().item()
+        return result["top1"], {"propagated_top1": round(right, 4)}
+    return propagated, [{"classifier": "weighted kNN over propagated labels", "graph_neighbours": NEIGHBOURS,
+                         "alpha": ALPHA, "gamma": GAMMA, "k": VOTERS, "temperature": temperature}]
 
 
 def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, data_name, test_size) -> dict:

@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 PROTOCOL_STYLE = {"knn": ("kNN (frozen)", "tab:blue", "o"), "linear": ("linear probe (frozen)", "tab:orange", "s"),
-                  "propagate": ("label propagation + linear (frozen)", "tab:purple", "D"),
+                  "propagate": ("label propagation + kNN (frozen)", "tab:purple", "D"),
                   "finetune": ("fine-tune", "tab:green", "^"), "supervised": ("supervised from scratch", "black", "x")}
 
 
