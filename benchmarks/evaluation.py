@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from selfsup.evaluate.finetune import FinetuneSettings
-from selfsup.evaluate.protocols import cached_features, evaluate_protocol
+from selfsup.evaluate.protocols import cached_features, evaluate_protocol, finetune_settings
 from selfsup.run import load_run
 
 
@@ -30,11 +30,14 @@ def main():
     p.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"],
-                   help="any of knn linear finetune supervised raw")
+                   help="any of knn linear propagate finetune supervised raw")
     p.add_argument("--steps", type=int, default=FinetuneSettings.steps)
     p.add_argument("--full-steps", type=int, default=470, help="fine-tuning steps with 100%% of the labels")
-    p.add_argument("--backbone-lr-scale", type=float, default=FinetuneSettings.backbone_lr_scale,
-                   help="finetune: backbone lr / head lr (1.0 with --no-probe-init = the supervised recipe)")
+    p.add_argument("--lr", type=float, help="finetune and supervised: the head's learning rate (the backbone's "
+                                             "too, for supervised) [default: the modality's]")
+    p.add_argument("--backbone-lr-scale", type=float,
+                   help="finetune: backbone lr / head lr (1.0 with --no-probe-init = the supervised recipe) "
+                        "[default: the modality's]")
     p.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
                    help="finetune: start the head from a linear probe (LP-FT)")
     p.add_argument("--out", help="append the JSON lines to this file")
@@ -51,13 +54,13 @@ def main():
     for protocol in args.protocols:
         for labels in args.labels:
             steps = args.full_steps if labels == "100%" else args.steps
-            settings = FinetuneSettings(steps=steps, backbone_lr_scale=args.backbone_lr_scale,
-                                        probe_init=args.probe_init) if protocol in ("finetune", "supervised") else None
+            settings = finetune_settings(run, steps=steps, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
+                                         probe_init=args.probe_init) if protocol in ("finetune", "supervised") else None
             for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
                                          progress=False, log=lambda text: print(text, file=sys.stderr)):
                 lines.append({k: row[k] for k in ("protocol", "labels", "num_labels", "seeds", "top1", "mean",
                                                   "std", "seconds")} | {"steps": steps if settings else None}
-                             | ({"settings": row["settings"]} if protocol == "finetune" else {}))
+                             | ({"settings": row["settings"]} if settings else {}))
     lines.append({"run": str(args.run_dir), "step": run.step, "threads": torch.get_num_threads(),
                   "total_seconds": round(time.time() - started, 1)})
     text = "".join(json.dumps(line) + "\n" for line in lines)

@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from selfsup.evaluate.finetune import FinetuneSettings
+    from selfsup.modalities import ImageModality
     from selfsup.methods import method_names
     parser = argparse.ArgumentParser(
         prog="selfsup", description="Self-supervised pretraining on unlabeled data, and evaluation of what it learned.",
@@ -124,14 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
                              "and flip, the same number of steps for every label budget. "
                              + ("The backbone learns at --backbone-lr-scale times the head's rate. "
                                 if name == "finetune" else "The backbone learns at the full rate. "))
-        defaults = FinetuneSettings()
+        defaults, image = FinetuneSettings(), ImageModality.finetune_defaults
         f.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps [default: {defaults.steps}]")
         f.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"batch size [default: {defaults.batch_size}]")
-        f.add_argument("--lr", type=float, default=defaults.lr, help=f"head learning rate [default: {defaults.lr}]")
+        f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image['lr']} for images, "
+                                                f"{defaults.lr} for text and tables]")
         if name == "finetune":
-            f.add_argument("--backbone-lr-scale", type=float, default=defaults.backbone_lr_scale,
-                           help=f"backbone lr / head lr [default: {defaults.backbone_lr_scale}]")
+            f.add_argument("--backbone-lr-scale", type=float,
+                           help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
+                                f"{defaults.backbone_lr_scale} for text and tables]")
             f.add_argument("--layer-decay", type=float, default=0.0,
                            help="ViT: each earlier block learns at this factor times the next one's rate; "
                                 "0 = off [default: 0]")
@@ -359,9 +362,8 @@ def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progres
 
 
 def cmd_evaluate(args) -> int:
-    from selfsup.evaluate.finetune import FinetuneSettings
     from selfsup.config import ConfigError
-    from selfsup.evaluate.protocols import evaluate_protocol
+    from selfsup.evaluate.protocols import evaluate_protocol, finetune_settings
     from selfsup.evaluate.splits import parse_label_budget
     from selfsup.run import load_run
     try:
@@ -382,10 +384,10 @@ def cmd_evaluate(args) -> int:
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
     settings = None
     if args.protocol in ("finetune", "supervised"):
-        settings = FinetuneSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                    backbone_lr_scale=getattr(args, "backbone_lr_scale", 1.0),
-                                    layer_decay=getattr(args, "layer_decay", 0.0),
-                                    probe_init=getattr(args, "probe_init", False))
+        settings = finetune_settings(run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                     backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
+                                     layer_decay=getattr(args, "layer_decay", None),
+                                     probe_init=getattr(args, "probe_init", None))
     for protocol in protocols:
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
                           settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0))

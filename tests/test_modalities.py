@@ -39,6 +39,7 @@ def test_text_run_end_to_end(tmp_path, capsys):
         assert main(["evaluate", protocol, str(run), "--labels", "50%", "--quiet", *extra]) == 0
     rows = [json.loads(line) for line in (run / "eval" / "results.jsonl").read_text().splitlines()]
     assert [r["protocol"] for r in rows] == ["linear", "raw", "finetune"]
+    assert (rows[2]["settings"]["lr"], rows[2]["settings"]["backbone_lr_scale"]) == (0.002, 0.1)  # text's defaults
     assert all(r["test_size"] == len(held_out) and r["num_labels"] == (120 - len(held_out)) // 2 for r in rows)
     assert rows[1]["mean"] > 0.9            # the two topics share no words: bag of words separates them
     assert main(["report", str(run), "--quiet"]) == 0

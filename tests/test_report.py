@@ -105,7 +105,13 @@ def test_finetune_and_the_supervised_baseline_on_the_same_labels(tiny_run, tmp_p
     assert (finetuned["protocol"], supervised["protocol"]) == ("finetune", "supervised")
     assert finetuned["num_labels"] == supervised["num_labels"] == 50
     assert finetuned["settings"]["steps"] == supervised["settings"]["steps"] == 4
-    assert finetuned["settings"]["backbone_lr_scale"] == 0.1 and supervised["settings"]["backbone_lr_scale"] == 1.0
+    # The image defaults: the whole network at the head's rate, one rate for both protocols.
+    assert [(r["settings"]["lr"], r["settings"]["backbone_lr_scale"]) for r in (finetuned, supervised)] == [
+        (0.008, 1.0), (0.008, 1.0)]
+    assert main(["evaluate", "finetune", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
+                 "--lr", "0.001", "--backbone-lr-scale", "0.5", "--quiet"]) == 0
+    given = read_results(run_dir)[-1]["settings"]
+    assert (given["lr"], given["backbone_lr_scale"], given["steps"]) == (0.001, 0.5, 2)    # what the user asks wins
 
 
 def test_bad_label_budget_is_refused_before_any_work(tiny_run, capsys):

@@ -50,6 +50,12 @@ def cached_features(run, data, description: str, progress: bool = False) -> torc
     return feats
 
 
+def finetune_settings(run, **given) -> FinetuneSettings:
+    """The run's modality's fine-tuning defaults, with the given values (None: not given) on top."""
+    return FinetuneSettings(**{**run.modality.finetune_defaults,
+                               **{key: value for key, value in given.items() if value is not None}})
+
+
 def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100%",),
                       seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
                       settings: FinetuneSettings | None = None, progress: bool = True,
@@ -117,7 +123,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         return linear, [{**setting, "augment_copies": augment_copies}]
 
     from selfsup.train import resolve_device, resolve_precision
-    settings = settings or FinetuneSettings()
+    settings = settings or finetune_settings(run)
     if protocol == "supervised":           # a random backbone has nothing to preserve: full rate, random head
         settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
