@@ -150,9 +150,9 @@ def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature)
                                  temperature=temperature)
         unlabelled = torch.ones(len(train_labels), dtype=torch.bool)
         unlabelled[idx] = False
-        # How many of the labels it gave the unlabelled images are right: what the classifier votes with.
         if not bool(unlabelled.any()):   # every label given: nothing was propagated
             return result["top1"], {"propagated_top1": None}
+        # How many of the labels it gave the unlabelled images are right: what the classifier votes with.
         right = (result["propagated_labels"][unlabelled] == train_labels[unlabelled]).float().mean().item()
         return result["top1"], {"propagated_top1": round(right, 4)}
     return propagated, [{"classifier": "weighted kNN over propagated labels", "graph_neighbours": NEIGHBOURS,
