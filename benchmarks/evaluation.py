@@ -30,7 +30,7 @@ def main():
     p.add_argument("--labels", nargs="+", default=["1%", "10%", "100%"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"],
-                   help="any of knn linear propagate finetune supervised raw")
+                   help="any of knn linear propagate finetune selftrain supervised raw")
     p.add_argument("--steps", type=int, default=FinetuneSettings.steps)
     p.add_argument("--full-steps", type=int, default=470, help="fine-tuning steps with 100%% of the labels")
     p.add_argument("--lr", type=float, help="finetune and supervised: the head's learning rate (the backbone's "
@@ -54,8 +54,10 @@ def main():
     for protocol in args.protocols:
         for labels in args.labels:
             steps = args.full_steps if labels == "100%" else args.steps
-            settings = finetune_settings(run, steps=steps, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
-                                         probe_init=args.probe_init) if protocol in ("finetune", "supervised") else None
+            settings = None
+            if protocol in ("finetune", "selftrain", "supervised"):
+                settings = finetune_settings(run, steps=steps, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
+                                             probe_init=args.probe_init)
             for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
                                          progress=False, log=lambda text: print(text, file=sys.stderr)):
                 lines.append({k: row[k] for k in ("protocol", "labels", "num_labels", "seeds", "top1", "mean",

@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, propagate, finetune, "
-                                        "supervised, raw, perplexity",
+                                        "selftrain, supervised, raw, perplexity",
                        description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
                                    "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
                                    "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
@@ -119,19 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
                      "graph. Each result also records how many propagated labels were right "
                      "(propagated_top1).")
     for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
+                       ("selftrain", "semi-supervised: fine-tune, propagate the labels to the unlabelled "
+                                     "training images, fine-tune again on all of them"),
                        ("supervised", "the baseline: the same backbone trained from scratch on the same labels")):
         f = _evaluate_parser(protocols, name, what,
                              f"{what[0].upper() + what[1:]}: AdamW, warm-up + cosine schedule, random resized crop "
                              "and flip, the same number of steps for every label budget. "
-                             + ("The backbone learns at --backbone-lr-scale times the head's rate. "
-                                if name == "finetune" else "The backbone learns at the full rate. "))
+                             + ("The backbone learns at the full rate. " if name == "supervised" else
+                                "The backbone learns at --backbone-lr-scale times the head's rate. ")
+                             + ("One round of self-training (Iscen et al. 2019): the labels spread over a "
+                                "10-neighbour graph of the fine-tuned encoder's features of every training image; "
+                                "the pretrained encoder is then fine-tuned on all of them, for twice --steps. "
+                                if name == "selftrain" else ""))
         defaults, image = FinetuneSettings(), ImageModality.finetune_defaults
         f.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps [default: {defaults.steps}]")
         f.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"batch size [default: {defaults.batch_size}]")
         f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image['lr']} for images, "
                                                 f"{defaults.lr} for text and tables]")
-        if name == "finetune":
+        if name != "supervised":
             f.add_argument("--backbone-lr-scale", type=float,
                            help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
                                 f"{defaults.backbone_lr_scale} for text and tables]")
@@ -383,7 +389,7 @@ def cmd_evaluate(args) -> int:
     data_name = args.data or run.config.eval.source or run.config.data.source
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
     settings = None
-    if args.protocol in ("finetune", "supervised"):
+    if args.protocol in ("finetune", "selftrain", "supervised"):
         settings = finetune_settings(run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                      backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
                                      layer_decay=getattr(args, "layer_decay", None),

@@ -14,6 +14,7 @@ from selfsup.evaluate.linear import fit_logistic_regression, linear_probe
 from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import (alignment, collapse_warning, normalised_std, rankme,
                                              representation_metrics, uniformity)
+from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import balanced_subset, parse_label_budget, train_val_split
 from selfsup.modalities import image_input
 
@@ -208,6 +209,30 @@ def test_finetune_leaves_the_given_backbone_untouched():
     finetune(backbone, bright_quadrant_images(32, 0), bright_quadrant_images(16, 1), settings,
              image_input(16, [0.2], [0.3], settings))
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_selftrain_fine_tunes_again_on_every_image_with_the_labels_propagation_gave(monkeypatch):
+    import selfsup.evaluate.selftrain as selftraining
+    calls = []
+    real_train = selftraining.train_classifier
+    monkeypatch.setattr(selftraining, "train_classifier",
+                        lambda backbone, data, *a, **k: calls.append((data, a[1])) or real_train(backbone, data, *a, **k))
+    train, test = bright_quadrant_images(96, 0), bright_quadrant_images(200, 1)
+    labelled = torch.tensor([0, 1, 2, 3, 40, 41, 42, 43])         # two of each class
+    settings = FinetuneSettings(steps=30, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, crop_scale=(0.9, 1.0),
+                                flip_p=0.0)
+    backbone = tiny_resnet()
+    result = selftrain(backbone, train, labelled, test, settings, image_input(16, [0.2], [0.3], settings))
+    (few, first_settings), (everything, second_settings) = calls
+    assert torch.equal(few.images, train.images[labelled]) and torch.equal(few.labels, train.labels[labelled])
+    assert torch.equal(everything.images, train.images) and torch.equal(everything.labels, result["propagated_labels"])
+    assert torch.equal(result["propagated_labels"][labelled], train.labels[labelled])
+    assert (first_settings.steps, second_settings.steps) == (30, 60)
+    # Eight labels teach a random backbone little (about half right); over its features the labels still
+    # spread along the bright quadrants, and the second model, trained on all 96 images, gets them.
+    assert result["first_top1"] < 0.8
+    assert (result["propagated_labels"] == train.labels).float().mean() > 0.9
+    assert result["top1"] > 0.9
 
 
 def test_vit_layer_decay_gives_earlier_blocks_smaller_learning_rates():

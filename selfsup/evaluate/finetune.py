@@ -85,6 +85,15 @@ def finetune(backbone: nn.Module, train, test, settings: FinetuneSettings, prepa
         raise ValueError("fine-tuning needs labelled train and test sets")
     device = torch.device(device)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+    model, loss = train_classifier(backbone, train, num_classes, settings, prepare, seed, device, precision,
+                                   progress, desc)
+    return {"top1": accuracy(model, test, device, precision), "final_train_loss": loss}
+
+
+def train_classifier(backbone: nn.Module, train, num_classes: int, settings: FinetuneSettings, prepare: Callable,
+                     seed: int, device: torch.device, precision: str, progress: bool = False,
+                     desc: str = "fine-tune") -> tuple[Classifier, float]:
+    """A copy of `backbone` with a new head, trained on the labelled `train`; and its final train loss."""
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(backbone), num_classes, prepare).to(device)
     if settings.probe_init:
@@ -112,16 +121,14 @@ def finetune(backbone: nn.Module, train, test, settings: FinetuneSettings, prepa
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-    return {"top1": accuracy(model, test, device, precision), "final_train_loss": loss.item()}
+    return model, loss.item()
 
 
 @torch.no_grad()
 def init_head_from_probe(model: Classifier, train, num_classes: int, device, precision: str) -> None:
     """Set the head to the logistic regression fitted on the backbone's frozen (eval-mode) features."""
     from selfsup.evaluate.linear import fit_logistic_regression
-    model.eval()
-    feats = torch.cat([_features(model, train.samples[i:i + 1024], device, precision)
-                       for i in range(0, len(train), 1024)])
+    feats = backbone_features(model, train.samples, device, precision)
     probe = fit_logistic_regression(feats, train.labels, num_classes, weight_decay=1e-3)
     # The probe standardises features: logits = ((f - mean) / std) @ W + b; fold that into the head.
     weight = probe.weight / probe.std[:, None]
@@ -130,9 +137,16 @@ def init_head_from_probe(model: Classifier, train, num_classes: int, device, pre
     model.train()
 
 
-def _features(model: Classifier, samples: torch.Tensor, device, precision: str) -> torch.Tensor:
-    with autocast(device.type, precision):
-        return model.backbone(model.prepare(samples.to(device))).float().cpu()
+@torch.no_grad()
+def backbone_features(model: Classifier, samples: torch.Tensor, device, precision: str,
+                      batch_size: int = 1024) -> torch.Tensor:
+    """(N, D) features of the model's backbone in eval mode, on plain (unaugmented) input, on the CPU."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(samples), batch_size):
+        with autocast(device.type, precision):
+            chunks.append(model.backbone(model.prepare(samples[start:start + batch_size].to(device))).float().cpu())
+    return torch.cat(chunks)
 
 
 @torch.no_grad()

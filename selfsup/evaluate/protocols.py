@@ -1,8 +1,9 @@
 """The evaluation protocols of a run, with few labels: knn, linear, propagate (kNN over labels
-propagated to the unlabelled training images), finetune, and two baselines (supervised: the
-same backbone trained from scratch; raw: the linear probe on the raw input -- pixels, a bag of
-words, the table's columns), each over label budgets ('1%', '10%', '100/class') and seeds, reported
-as mean and std and appended to RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
+propagated to the unlabelled training images), finetune, selftrain (fine-tune, propagate, fine-tune
+on every training image), and two baselines (supervised: the same backbone trained from scratch;
+raw: the linear probe on the raw input -- pixels, a bag of words, the table's columns), each over
+label budgets ('1%', '10%', '100/class') and seeds, reported as mean and std and appended to
+RUN_DIR/eval/results.jsonl (one row per protocol, budget and setting).
 
 Frozen features (knn, linear, propagate) are extracted once per checkpoint and data set and cached in
 RUN_DIR/eval/features/, so a sweep over budgets, seeds or k costs one feature pass.
@@ -27,9 +28,10 @@ from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import linear_probe
 from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, VOTERS, knn_graph, propagation_knn
+from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
-PROTOCOLS = ("knn", "linear", "propagate", "finetune", "supervised", "raw")
+PROTOCOLS = ("knn", "linear", "propagate", "finetune", "selftrain", "supervised", "raw")
 
 
 def cached_features(run, data, description: str, progress: bool = False) -> torch.Tensor:
@@ -136,6 +138,10 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
             backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
         else:
             backbone = run.backbone
+        if protocol == "selftrain":
+            result = selftrain(backbone, train, idx, test, settings, prepare, seed, device, precision, progress)
+            return result["top1"], {"first_top1": result["first_top1"],
+                                    "propagated_top1": _right_share(result["propagated_labels"], idx, train.labels)}
         result = finetune(backbone, train.select(idx), test, settings, prepare, seed, device,
                           precision, progress, desc=f"{protocol} seed {seed}")
         return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
@@ -148,15 +154,19 @@ def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature)
     def propagated(idx, seed, setting):
         result = propagation_knn(train_f, idx, train_labels[idx], test_f, test_labels, graph,
                                  temperature=temperature)
-        unlabelled = torch.ones(len(train_labels), dtype=torch.bool)
-        unlabelled[idx] = False
-        if not bool(unlabelled.any()):   # every label given: nothing was propagated
-            return result["top1"], {"propagated_top1": None}
-        # How many of the labels it gave the unlabelled images are right: what the classifier votes with.
-        right = (result["propagated_labels"][unlabelled] == train_labels[unlabelled]).float().mean().item()
-        return result["top1"], {"propagated_top1": round(right, 4)}
+        return result["top1"], {"propagated_top1": _right_share(result["propagated_labels"], idx, train_labels)}
     return propagated, [{"classifier": "weighted kNN over propagated labels", "graph_neighbours": NEIGHBOURS,
                          "alpha": ALPHA, "gamma": GAMMA, "k": VOTERS, "temperature": temperature}]
+
+
+def _right_share(propagated: torch.Tensor, labelled: torch.Tensor, train_labels: torch.Tensor) -> float | None:
+    """How many of the labels propagation gave the unlabelled images are right (None when every image
+    was labelled): what the classifier after it learns from."""
+    unlabelled = torch.ones(len(train_labels), dtype=torch.bool)
+    unlabelled[labelled] = False
+    if not bool(unlabelled.any()):
+        return None
+    return round((propagated[unlabelled] == train_labels[unlabelled]).float().mean().item(), 4)
 
 
 def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, data_name, test_size) -> dict:

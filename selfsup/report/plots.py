@@ -9,7 +9,9 @@ from matplotlib.figure import Figure
 
 PROTOCOL_STYLE = {"knn": ("kNN (frozen)", "tab:blue", "o"), "linear": ("linear probe (frozen)", "tab:orange", "s"),
                   "propagate": ("label propagation + kNN (frozen)", "tab:purple", "D"),
-                  "finetune": ("fine-tune", "tab:green", "^"), "supervised": ("supervised from scratch", "black", "x")}
+                  "finetune": ("fine-tune", "tab:green", "^"),
+                  "selftrain": ("fine-tune + propagation + fine-tune", "tab:red", "v"),
+                  "supervised": ("supervised from scratch", "black", "x")}
 
 
 def training_curves(rows: list[dict]) -> Figure | None:
