@@ -30,15 +30,15 @@ def selftrain(backbone: nn.Module, train, labelled: torch.Tensor, test, settings
     labelled ones. Returns the final top-1 on `test`, the first fine-tune's top-1, and the labels the
     second fine-tune trained on."""
     device = torch.device(device)
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     few = train.select(labelled)
+    num_classes = int(max(few.labels.max(), test.labels.max())) + 1
     first, _ = train_classifier(backbone, few, num_classes, settings, prepare, seed, device, precision, progress,
                                 desc=f"self-training seed {seed}: fine-tune on the labels")
     feats = F.normalize(backbone_features(first, train.samples, device, precision), dim=1)
     spread = propagated_labels(knn_graph(feats), labelled, few.labels, num_classes)
     second, loss = train_classifier(backbone, replace(train, labels=spread), num_classes,
-                                    replace(settings, steps=2 * settings.steps), prepare, seed, device, precision, progress,
-                                    desc=f"self-training seed {seed}: fine-tune on the propagated labels")
+                                    replace(settings, steps=2 * settings.steps), prepare, seed, device, precision,
+                                    progress, desc=f"self-training seed {seed}: fine-tune on the propagated labels")
     return {"top1": accuracy(second, test, device, precision),
             "first_top1": accuracy(first, test, device, precision),
             "propagated_labels": spread, "final_train_loss": loss}
