@@ -215,8 +215,9 @@ def test_selftrain_fine_tunes_again_on_every_image_with_the_labels_propagation_g
     import selfsup.evaluate.selftrain as selftraining
     calls = []
     real_train = selftraining.train_classifier
-    monkeypatch.setattr(selftraining, "train_classifier",
-                        lambda backbone, data, *a, **k: calls.append((data, a[1])) or real_train(backbone, data, *a, **k))
+    monkeypatch.setattr(selftraining, "train_classifier",      # a[1]: the settings it trains with
+                        lambda backbone, data, *a, **k: calls.append((data, a[1]))
+                        or real_train(backbone, data, *a, **k))
     train, test = bright_quadrant_images(96, 0), bright_quadrant_images(200, 1)
     labelled = torch.tensor([0, 1, 2, 3, 40, 41, 42, 43])         # two of each class
     settings = FinetuneSettings(steps=30, batch_size=32, lr=3e-3, backbone_lr_scale=1.0, crop_scale=(0.9, 1.0),
