@@ -15,7 +15,7 @@ from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import (alignment, collapse_warning, normalised_std, rankme,
                                              representation_metrics, uniformity)
 from selfsup.evaluate.selftrain import selftrain
-from selfsup.evaluate.splits import balanced_subset, parse_label_budget, train_val_split
+from selfsup.evaluate.splits import balanced_subset, class_balanced_folds, parse_label_budget, train_val_split
 from selfsup.modalities import image_input
 
 
@@ -55,6 +55,27 @@ def test_validation_split_is_disjoint_covers_and_has_every_class():
     assert set(train.tolist()).isdisjoint(val.tolist())
     assert sorted(train.tolist() + val.tolist()) == list(range(200))
     assert torch.bincount(labels[val]).tolist() == [5] * 4
+
+
+def test_folds_partition_the_set_class_by_class_and_repeat_with_their_seed():
+    labels = torch.tensor([0] * 12 + [1] * 7 + [2] * 4)
+    folds = class_balanced_folds(labels, 5, seed=1)
+    assert len(folds) == 5
+    validated = torch.cat([val for _, val in folds])
+    assert sorted(validated.tolist()) == list(range(23))          # every image validated exactly once
+    for train, val in folds:
+        assert sorted(train.tolist() + val.tolist()) == list(range(23))
+    sizes = [len(val) for _, val in folds]
+    assert max(sizes) - min(sizes) <= 1
+    assert all(torch.bincount(labels[val], minlength=3)[0] in (2, 3) for _, val in folds)   # 12 / 5
+    again = class_balanced_folds(labels, 5, seed=1)
+    assert all(torch.equal(a[1], b[1]) for a, b in zip(folds, again))
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(folds, class_balanced_folds(labels, 5, seed=2)))
+
+
+def test_folds_leave_out_what_a_tiny_set_cannot_fill():
+    folds = class_balanced_folds(torch.tensor([0, 1, 1]), 5, seed=0)
+    assert len(folds) == 3 and all(len(val) == 1 for _, val in folds)
 
 
 # ----------------------------------------------------------------------------- linear probe
@@ -103,6 +124,16 @@ def test_logistic_regression_reaches_the_optimum_of_its_objective():
     loss = F.cross_entropy(z @ w + b, y) + 1e-2 / 2 * w.square().sum()
     loss.backward()
     assert w.grad.abs().max() < 1e-4 and b.grad.abs().max() < 1e-4      # the gradient vanishes there
+
+
+def test_linear_probe_cross_validates_few_labels_and_splits_many(monkeypatch):
+    import selfsup.evaluate.linear as linear
+    (x, y), (xt, yt) = clusters(200, spread=1.5), clusters(100, spread=1.5, seed=1)
+    few = linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1))
+    assert few["folds"] == 5 and few["val_size"] == 200             # every labelled image validated once
+    monkeypatch.setattr(linear, "CROSS_VALIDATE_BELOW", 100)
+    many = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1))
+    assert many["folds"] == 1 and many["val_size"] == 20            # one 10% split
 
 
 def test_linear_probe_chooses_weight_decay_without_the_test_labels():
@@ -277,7 +308,7 @@ def test_augmented_copies_join_the_fit_only_for_their_own_training_images(monkey
     monkeypatch.setattr(linear, "fit_logistic_regression",
                         lambda feats, labels, *a, **k: fitted.append((feats, labels)) or real_fit(feats, labels, *a, **k))
     result = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3,), seed=0, augmented=augmented)
-    _, val_idx = linear.train_val_split(y, 0.1, 0)
+    _, val_idx = linear.class_balanced_folds(y, linear.FOLDS, 0)[0]
     sweep_feats, sweep_labels = fitted[0]
     sources = {int(v) // 1000 - 1 for v in sweep_feats[:, 0].tolist() if v >= 1000}
     assert len(sweep_feats) == 3 * (200 - len(val_idx))

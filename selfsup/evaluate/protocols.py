@@ -26,7 +26,7 @@ from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import atomic_write
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.linear import linear_probe
+from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, linear_probe
 from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, VOTERS, knn_graph, propagation_knn
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
@@ -118,8 +118,10 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                                                    cfg.eval.batch_size) for copy in range(augment_copies)])
             result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
                                   augmented=augmented)
-            return result["top1"], {"weight_decay": result["weight_decay"], "val_top1": result["val_top1"]}
-        setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1}
+            return result["top1"], {"weight_decay": result["weight_decay"], "folds": result["folds"],
+                                    "val_top1": result["val_top1"]}
+        setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
+                   f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS}
         if protocol == "raw":
             return linear, [{**setting, "features": run.modality.raw_name}]
         return linear, [{**setting, "augment_copies": augment_copies}]
