@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     linear = _evaluate_parser(protocols, "linear", "linear probe (logistic regression) on frozen features",
                      "Multinomial logistic regression on frozen, standardised backbone features (cached in "
                      "RUN_DIR/eval/features/), fitted with L-BFGS; the weight decay is chosen from "
-                     "1e-5..1e-1 on a 10%% validation split of the training labels, never on the test set.")
+                     "1e-5..1e-1 by 5-fold cross-validation of the training labels (a 10% validation "
+                     "split of them from 5000 labels up), never on the test set.")
     linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
                         help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
                              "image; their features are extracted per seed [default: 0, no augmentation]")
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         "perplexity", help="language-model perplexity of a clm or mlm run on held-out text",
         description="Mean cross-entropy and perplexity per token on the held-out share of the run's text "
                     "(text.test_fraction of the documents, never trained on), or on --data. clm: next-token; "
-                    "mlm: a fixed seeded 15%% masking (masked-LM perplexity, not comparable to a clm one). "
+                    "mlm: a fixed seeded 15% masking (masked-LM perplexity, not comparable to a clm one). "
                     "Written to RUN_DIR/eval/perplexity.json; `selfsup pretrain` prints it at the end.")
     perplexity.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
     perplexity.add_argument("--data", help="other text to score, all of it [default: the held-out share of the "

@@ -1,11 +1,12 @@
 """The command line end to end: pretrain a few steps on Fashion-MNIST, evaluate, embed; bad input."""
+import argparse
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.cli import main
+from selfsup.cli import build_parser, main
 
 FAST = ["backbone.width=0.125", "train.batch_size=64", "train.steps=3", "train.log_every=1",
         "eval.max_train=2000", "eval.max_test=500", "eval.batch_size=500"]
@@ -77,12 +78,25 @@ def test_pretrain_on_an_image_folder_with_unreadable_file(tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
+def _every_parser(parser, path=()):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _every_parser(child, path + (name,))
+
+
 def test_help_explains_every_command(capsys):
-    for command in (["pretrain"], ["evaluate", "knn"], ["embed"], ["data"], ["config"]):
+    shown = {}
+    for command, _ in _every_parser(build_parser()):
         with pytest.raises(SystemExit) as e:
-            main(command + ["--help"])
+            main(list(command) + ["--help"])
         assert e.value.code == 0
-    assert "KEY=VALUE" in capsys.readouterr().out
+        shown[command] = capsys.readouterr().out
+        # argparse %-formats help strings, not descriptions: a %% written in a description is shown as typed
+        assert "%%" not in shown[command], f"`selfsup {' '.join(command)} --help` shows '%%'"
+    assert len(shown) > 10 and ("evaluate", "linear") in shown
+    assert "KEY=VALUE" in shown[("pretrain",)]
 
 
 def test_overrides_may_come_before_and_after_options_and_the_later_one_wins(capsys):
