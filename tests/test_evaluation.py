@@ -316,3 +316,11 @@ def test_augmented_copies_join_the_fit_only_for_their_own_training_images(monkey
     final_feats, final_labels = fitted[-1]
     assert len(final_feats) == 600 and torch.equal(final_labels, y.repeat(3))
     assert 0 <= result["top1"] <= 1
+
+
+def test_linear_probe_copes_with_one_label_per_class_and_refuses_one_label():
+    (x, y), (xt, yt) = clusters(2, num_classes=2, dim=4), clusters(50, num_classes=2, dim=4, seed=1)
+    result = linear_probe(x, y, xt, yt)              # two folds, each fitted on a single image
+    assert result["folds"] == 2 and result["top1"] > 0.9
+    with pytest.raises(ValueError, match="at least 2 labelled"):
+        linear_probe(x[:1], y[:1], xt, yt)

@@ -44,7 +44,9 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
                             max_iter: int = 200) -> LinearClassifier:
     """Minimise mean cross-entropy + weight_decay / 2 * ||W||^2 over (W, b) with L-BFGS."""
     feats = feats.float()
-    mean, std = feats.mean(0), feats.std(0).clamp_min(1e-6)
+    mean = feats.mean(0)
+    # A single row (a fold of a two-label cross-validation) has no spread to scale by: it is only centred.
+    std = feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(mean)
     x = (feats - mean) / std
     weight = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
@@ -71,6 +73,9 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     training images, added to the training rows of their own images only (a validation fold sees
     clean features of images its fit never saw in any form)."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    if len(train_labels) < 2:
+        raise ValueError(f"the linear probe needs at least 2 labelled training samples to choose its weight "
+                         f"decay on, got {len(train_labels)}; give a larger --labels budget")
     if len(train_labels) < CROSS_VALIDATE_BELOW:
         splits = class_balanced_folds(train_labels, FOLDS, seed)
     else:
