@@ -78,17 +78,17 @@ def test_pretrain_on_an_image_folder_with_unreadable_file(tmp_path, capsys):
     assert "broken.jpg" in capsys.readouterr().err
 
 
-def _every_parser(parser, path=()):
-    yield path, parser
+def _every_command(parser, path=()):
+    yield path
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for name, child in action.choices.items():
-                yield from _every_parser(child, path + (name,))
+                yield from _every_command(child, path + (name,))
 
 
 def test_help_explains_every_command(capsys):
     shown = {}
-    for command, _ in _every_parser(build_parser()):
+    for command in _every_command(build_parser()):
         with pytest.raises(SystemExit) as e:
             main(list(command) + ["--help"])
         assert e.value.code == 0
