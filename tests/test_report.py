@@ -114,7 +114,6 @@ def test_finetune_and_the_supervised_baseline_on_the_same_labels(tiny_run, tmp_p
     assert (given["lr"], given["backbone_lr_scale"], given["steps"]) == (0.001, 0.5, 2)    # what the user asks wins
 
 
-
 def test_selftrain_from_the_command_line_records_both_fine_tunes(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     assert main(["evaluate", "selftrain", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
@@ -123,6 +122,7 @@ def test_selftrain_from_the_command_line_records_both_fine_tunes(tiny_run, tmp_p
     assert (row["protocol"], row["num_labels"], row["settings"]["steps"]) == ("selftrain", 50, 2)
     detail = row["per_seed"][0]
     assert 0 <= detail["first_top1"] <= 1 and 0 <= detail["propagated_top1"] <= 1
+
 
 def test_bad_label_budget_is_refused_before_any_work(tiny_run, capsys):
     assert main(["evaluate", "linear", str(tiny_run), "--labels", "5x"]) == 2

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from selfsup.evaluate.features import extract_features
 from selfsup.optim import lr_factor
 from selfsup.precision import autocast, grad_scaler
 
@@ -142,11 +143,8 @@ def backbone_features(model: Classifier, samples: torch.Tensor, device, precisio
                       batch_size: int = 1024) -> torch.Tensor:
     """(N, D) features of the model's backbone in eval mode, on plain (unaugmented) input, on the CPU."""
     model.eval()
-    chunks = []
-    for start in range(0, len(samples), batch_size):
-        with autocast(device.type, precision):
-            chunks.append(model.backbone(model.prepare(samples[start:start + batch_size].to(device))).float().cpu())
-    return torch.cat(chunks)
+    return extract_features(lambda batch: model.backbone(model.prepare(batch)), samples, batch_size, device,
+                            precision, normalize=False)
 
 
 @torch.no_grad()
