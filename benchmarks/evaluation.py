@@ -40,6 +40,8 @@ def main():
                         "[default: the modality's]")
     p.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
                    help="finetune: start the head from a linear probe (LP-FT)")
+    p.add_argument("--features", choices=["pooled", "map"], default="pooled",
+                   help="linear: the frozen features the probe reads (selfsup evaluate linear --features)")
     p.add_argument("--out", help="append the JSON lines to this file")
     args = p.parse_args()
 
@@ -51,6 +53,11 @@ def main():
     for split, images in (("train", train), ("test", test)):
         cached_features(run, images, f"{name} {split}")
     lines = [{"feature_seconds": round(time.time() - started, 1), "images": len(train) + len(test)}]
+    if args.features != "pooled" and "linear" in args.protocols:
+        map_started = time.time()
+        for split, images in (("train", train), ("test", test)):
+            cached_features(run, images, f"{name} {split}", kind=args.features)
+        lines[0][f"{args.features}_feature_seconds"] = round(time.time() - map_started, 1)
     for protocol in args.protocols:
         for labels in args.labels:
             steps = args.full_steps if labels == "100%" else args.steps
@@ -58,11 +65,14 @@ def main():
             if protocol in ("finetune", "selftrain", "supervised"):
                 settings = finetune_settings(run, steps=steps, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
                                              probe_init=args.probe_init)
+            features = args.features if protocol == "linear" else "pooled"
             for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
-                                         progress=False, log=lambda text: print(text, file=sys.stderr)):
+                                         progress=False, log=lambda text: print(text, file=sys.stderr),
+                                         features=features):
                 lines.append({k: row[k] for k in ("protocol", "labels", "num_labels", "seeds", "top1", "mean",
                                                   "std", "seconds")} | {"steps": steps if settings else None}
-                             | ({"settings": row["settings"]} if settings else {}))
+                             | ({"settings": row["settings"]} if settings else {})
+                             | ({"features": features} if protocol == "linear" else {}))
     lines.append({"run": str(args.run_dir), "step": run.step, "threads": torch.get_num_threads(),
                   "total_seconds": round(time.time() - started, 1)})
     text = "".join(json.dumps(line) + "\n" for line in lines)

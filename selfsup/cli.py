@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from selfsup.evaluate.features import FEATURE_KINDS
     from selfsup.evaluate.finetune import FinetuneSettings
     from selfsup.modalities import ImageModality
     from selfsup.methods import method_names
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
                         help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
                              "image; their features are extracted per seed [default: 0, no augmentation]")
+    linear.add_argument("--features", choices=FEATURE_KINDS, default="pooled",
+                        help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
+                             "last stage, the usual protocol), or 'map', the unpooled map of the stage before the "
+                             "last (at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
+                             "probe and costs more time and disk (docs/evaluation.md) [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "
@@ -370,7 +376,7 @@ def _knn_and_print(run_dir, source, data_dir, k, temperature, baselines, progres
 
 def cmd_evaluate(args) -> int:
     from selfsup.config import ConfigError
-    from selfsup.evaluate.protocols import evaluate_protocol, finetune_settings
+    from selfsup.evaluate.protocols import check_features, evaluate_protocol, finetune_settings
     from selfsup.evaluate.splits import parse_label_budget
     from selfsup.run import load_run
     try:
@@ -386,6 +392,10 @@ def cmd_evaluate(args) -> int:
                        args.temperature, args.baselines, not args.quiet)
         return 0
     run = load_run(args.run_dir)
+    try:
+        check_features(run, args.protocol, getattr(args, "features", "pooled"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
     train, test = run.labelled_sets(args.data or "", args.data_dir)
     data_name = args.data or run.config.eval.source or run.config.data.source
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
@@ -397,7 +407,8 @@ def cmd_evaluate(args) -> int:
                                      probe_init=getattr(args, "probe_init", None))
     for protocol in protocols:
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
-                          settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0))
+                          settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0),
+                          features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled")
     print(f"results appended to {Path(args.run_dir) / 'eval' / 'results.jsonl'}")
     return 0
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from selfsup.config import Config, load_config
 from selfsup.evaluate import extract_features, knn_accuracy
+from selfsup.evaluate.features import FEATURE_KINDS, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
@@ -33,13 +34,17 @@ class Run:
         return modality_of(self.config)
 
     def embed(self, samples: torch.Tensor, batch_size: int = 1024, device: str = "auto",
-              progress: bool = False) -> torch.Tensor:
+              progress: bool = False, kind: str = "pooled") -> torch.Tensor:
         """Samples (uint8 images (N, C, H, W), token ids (N, L), table rows (N, F)) -> L2-normalised
-        backbone features (N, D), backbone in eval mode."""
+        backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's output) or 'map'
+        (images and convolutional backbones: selfsup.evaluate.features.map_features)."""
+        if kind not in FEATURE_KINDS:
+            raise ValueError(f"unknown feature kind {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
         dev = resolve_device(device)
         self.method.to(dev).eval()
         samples = self.modality.match_input(self.config, samples)
-        return extract_features(self.method.embed, samples, batch_size, dev,
+        embed = self.method.embed if kind == "pooled" else lambda batch: map_features(self.method.embed_maps(batch))
+        return extract_features(embed, samples, batch_size, dev,
                                 resolve_precision(self.config.train.precision, dev), progress)
 
     def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,

@@ -59,3 +59,14 @@ def test_unknown_stem_lists_choices():
         build_backbone("resnet18", width=0.25, stem="tiny")
     msg = str(info.value)
     assert "tiny" in msg and "cifar" in msg and "imagenet" in msg
+
+
+def test_stage_maps_are_the_stages_before_pooling():
+    torch.manual_seed(0)
+    model = build_backbone("resnet18", width=0.25, stem="cifar", in_channels=1).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        maps = model.stage_maps(x)
+        pooled = model(x)
+    assert [tuple(m.shape) for m in maps] == [(3, 16, 28, 28), (3, 32, 14, 14), (3, 64, 7, 7), (3, 128, 4, 4)]
+    torch.testing.assert_close(maps[-1].mean((2, 3)), pooled)

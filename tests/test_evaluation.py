@@ -9,6 +9,7 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.data import ImageSet
+from selfsup.evaluate.features import map_features
 from selfsup.evaluate.finetune import FinetuneSettings, finetune, lr_scales
 from selfsup.evaluate.linear import fit_logistic_regression, linear_probe
 from selfsup.evaluate.online import OnlineMonitor
@@ -324,3 +325,35 @@ def test_linear_probe_copes_with_one_label_per_class_and_refuses_one_label():
     assert result["folds"] == 2 and result["top1"] > 0.9
     with pytest.raises(ValueError, match="at least 2 labelled"):
         linear_probe(x[:1], y[:1], xt, yt)
+
+
+def test_map_features_keep_the_stage_before_the_last_at_up_to_seven_cells_a_side():
+    gen = torch.Generator().manual_seed(0)
+    last = torch.randn(2, 8, 2, 2, generator=gen)
+    for side in (4, 7):                             # small maps are kept as they are
+        before_last = torch.randn(2, 3, side, side, generator=gen)
+        assert torch.equal(map_features([before_last, last]), before_last.flatten(1))
+    big = torch.randn(2, 3, 14, 14, generator=gen)  # larger ones are averaged down to 7 x 7
+    expected = big.unflatten(2, (7, 2)).unflatten(4, (7, 2)).mean((3, 5)).flatten(1)
+    torch.testing.assert_close(map_features([big, last]), expected)
+
+
+def left_or_right_squares(n: int, gen: torch.Generator):
+    """Class 0: a bright square in the left half, class 1: in the right half, at a random height."""
+    images, labels = torch.zeros(n, 1, 28, 28), torch.randint(0, 2, (n,), generator=gen)
+    for image, label in zip(images, labels.tolist()):
+        row, col = torch.randint(4, 18, (1,), generator=gen).item(), torch.randint(4, 8, (1,), generator=gen).item()
+        image[:, row:row + 6, col + 10 * label:col + 10 * label + 6] = 1
+    return images, labels
+
+
+def test_the_map_probe_sees_where_things_are_and_the_pooled_one_does_not():
+    gen = torch.Generator().manual_seed(0)
+    (x, y), (xt, yt) = left_or_right_squares(200, gen), left_or_right_squares(200, gen)
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", width=0.25, in_channels=1).eval()
+    with torch.no_grad():
+        pooled = [F.normalize(net(images), dim=1) for images in (x, xt)]
+        maps = [F.normalize(map_features(net.stage_maps(images)), dim=1) for images in (x, xt)]
+    assert linear_probe(maps[0], y, maps[1], yt)["top1"] > 0.97
+    assert linear_probe(pooled[0], y, pooled[1], yt)["top1"] < 0.85     # global pooling forgets the position

@@ -5,13 +5,18 @@ import os
 import shutil
 from pathlib import Path
 
+from types import SimpleNamespace
+
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from conftest import write_tiny_fashion
+from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.data import load_images
-from selfsup.evaluate.protocols import read_results
+from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.evaluate.splits import balanced_subset
 from selfsup.run import Run, split_labelled
 
@@ -203,3 +208,39 @@ def test_linear_probe_with_augmented_copies(tiny_run, tmp_path):
     assert main(["evaluate", "linear", str(run_dir), "--labels", "5/class", "--augment", "2", "--quiet"]) == 0
     row = read_results(run_dir)[-1]
     assert row["settings"]["augment_copies"] == 2 and row["num_labels"] == 50 and 0.3 < row["mean"] <= 1.0
+
+
+def test_linear_probe_on_feature_maps_caches_them_in_half_precision(tiny_run, tmp_path, monkeypatch):
+    run_dir = copy_of(tiny_run, tmp_path)
+    command = ["evaluate", "linear", str(run_dir), "--labels", "5/class", "--features", "map", "--quiet"]
+    assert main(command) == 0
+    first = read_results(run_dir)[-1]
+    assert first["settings"]["features"] == "map" and 0.3 < first["mean"] <= 1.0
+    cached = sorted((run_dir / "eval" / "features").glob("*map*"))
+    assert len(cached) == 2 and all(load_file(path)["features"].dtype == torch.float16 for path in cached)
+    monkeypatch.setattr(Run, "embed", lambda *a, **k: pytest.fail("the cached map features were not reused"))
+    assert main(command) == 0
+    assert read_results(run_dir)[-1]["top1"] == first["top1"]
+
+
+def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():
+    vit = SimpleNamespace(backbone=build_backbone("vit_tiny", patch_size=4, in_channels=1),
+                          config=SimpleNamespace(backbone=SimpleNamespace(name="vit_tiny")))
+    with pytest.raises(ValueError, match="vit_tiny has none; use --features pooled"):
+        check_features(vit, "linear", "map")
+    with pytest.raises(ValueError, match="linear probe only"):
+        check_features(vit, "knn", "map")
+    with pytest.raises(ValueError, match="choose one of: pooled, map"):
+        check_features(vit, "linear", "spatial")
+    check_features(vit, "linear", "pooled")
+
+
+def test_the_label_efficiency_curve_keeps_pooled_and_map_probes_apart():
+    from selfsup.report.plots import label_efficiency
+
+    def row(features, n, mean):
+        return {"protocol": "linear", "num_labels": n, "mean": mean, "std": 0.0, "settings": {"features": features}}
+    figure = label_efficiency([row("pooled", 60, 0.80), row("map", 60, 0.84), row("pooled", 600, 0.86),
+                               row("map", 600, 0.89)], knn_k=200)
+    curves = {bars.get_label(): [round(y, 2) for y in bars.lines[0].get_ydata()] for bars in figure.axes[0].containers}
+    assert curves == {"linear probe (frozen)": [80.0, 86.0], "linear probe on feature maps (frozen)": [84.0, 89.0]}

@@ -97,6 +97,15 @@ class ResNet(nn.Module):
         x = self.layers(self.stem(x))
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Every stage's output (B, C_i, H_i, W_i), first to last: the unpooled features that a probe
+        of intermediate layers reads (selfsup.evaluate.features.map_features)."""
+        maps, x = [], self.stem(x)
+        for stage in self.layers:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
 
 def _factory(block, layers):
     def build(width: float = 1.0, stem: str = "cifar", in_channels: int = 3) -> ResNet:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import atomic_write
+from selfsup.evaluate.features import FEATURE_KINDS
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, linear_probe
@@ -34,22 +35,39 @@ from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_bu
 PROTOCOLS = ("knn", "linear", "propagate", "finetune", "selftrain", "supervised", "raw")
 
 
-def cached_features(run, data, description: str, progress: bool = False) -> torch.Tensor:
-    """The run's frozen features of `data`, from RUN_DIR/eval/features/ when this checkpoint already
-    computed them for the same samples; `description` (e.g. 'fashion-mnist test') names the file."""
+def cached_features(run, data, description: str, progress: bool = False, kind: str = "pooled") -> torch.Tensor:
+    """The run's frozen features of `data` (kind: 'pooled' or 'map', see Run.embed), from
+    RUN_DIR/eval/features/ when this checkpoint already computed them for the same samples;
+    `description` (e.g. 'fashion-mnist test') names the file."""
+    if kind != "pooled":
+        description = f"{description} {kind}"
     digest = hashlib.sha1(data.samples[:: max(1, len(data) // 64)].contiguous().numpy().tobytes())
     digest.update(repr((tuple(data.samples.shape), description)).encode())
     folder = Path(run.path) / "eval" / "features"
     stem = "".join(c if c.isalnum() else "-" for c in description)
     path = folder / f"{stem}-{digest.hexdigest()[:10]}-step{run.step}.safetensors"
     if path.is_file():
-        return load_file(path)["features"]
-    feats = run.embed(data.samples, run.config.eval.batch_size, progress=progress)
+        return load_file(path)["features"].float()
+    feats = run.embed(data.samples, run.config.eval.batch_size, progress=progress, kind=kind)
     folder.mkdir(parents=True, exist_ok=True)
     for older in folder.glob(f"{stem}-{digest.hexdigest()[:10]}-step*.safetensors"):
         older.unlink()                   # features of an earlier checkpoint: stale
-    save_file({"features": feats.contiguous()}, str(path))
-    return feats
+    # Map features are 25x the size of pooled ones (3136 numbers an image on Fashion-MNIST, 880 MB for its
+    # 70,000 images in float32): they are kept in half precision, 1e-3 relative error on unit-norm rows.
+    stored = feats.half() if kind == "map" else feats
+    save_file({"features": stored.contiguous()}, str(path))
+    return stored.float()
+
+
+def check_features(run, protocol: str, features: str) -> None:
+    """ValueError unless `protocol` can read `features` of this run's backbone."""
+    if features not in FEATURE_KINDS:
+        raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+    if features != "pooled" and protocol != "linear":
+        raise ValueError(f"--features {features} applies to the linear probe only, not to {protocol}")
+    if features == "map" and not hasattr(run.backbone, "stage_maps"):
+        raise ValueError(f"--features map reads a convolutional backbone's feature maps, and this run's "
+                         f"{run.config.backbone.name} has none; use --features pooled")
 
 
 def finetune_settings(run, **given) -> FinetuneSettings:
@@ -61,19 +79,23 @@ def finetune_settings(run, **given) -> FinetuneSettings:
 def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100%",),
                       seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
                       settings: FinetuneSettings | None = None, progress: bool = True,
-                      log: Callable[[str], None] = print, augment_copies: int = 0) -> list[dict]:
+                      log: Callable[[str], None] = print, augment_copies: int = 0,
+                      features: str = "pooled") -> list[dict]:
     """Score `protocol` for every label budget (and every k for knn) over `seeds` class-balanced draws
     of the training labels; each result row is logged, appended to eval/results.jsonl and returned.
-    augment_copies (linear): also fit on that many light crop-and-flip copies of each labelled image."""
+    augment_copies (linear): also fit on that many light crop-and-flip copies of each labelled image.
+    features (linear): which frozen features the probe reads, 'pooled' or 'map' (Run.embed)."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if train.labels is None or test.labels is None:
         raise ValueError(f"{protocol} needs labelled train and test sets")
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
+    check_features(run, protocol, features)
     budgets = [parse_label_budget(text) for text in labels]
     num_classes = int(train.labels.unique().numel())
-    score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies)
+    score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies,
+                              features)
     rows = []
     for budget in budgets:
         count = budget.count(len(train), num_classes)
@@ -92,7 +114,8 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
     return rows
 
 
-def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0):
+def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0,
+            features="pooled"):
     """(score(indices, seed, setting) -> (top-1, per-seed details or None), the settings to score)."""
     cfg = run.config
     if augment_copies and run.modality.name != "image":
@@ -101,8 +124,8 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         if protocol == "raw":              # the no-learning baseline: the same probe on the raw input
             train_f, test_f = run.modality.raw_features(train, test)
         else:
-            train_f = cached_features(run, train, f"{data_name} train", progress)
-            test_f = cached_features(run, test, f"{data_name} test", progress)
+            train_f = cached_features(run, train, f"{data_name} train", progress, features)
+            test_f = cached_features(run, test, f"{data_name} test", progress, features)
         if protocol == "knn":
             def knn(idx, seed, setting):
                 return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
@@ -115,7 +138,8 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
             augmented = None
             if augment_copies:             # features of crops of these images: drawn per seed, not cached
                 augmented = torch.stack([run.embed(light_crop_flip(train.images[idx], 7919 * seed + copy),
-                                                   cfg.eval.batch_size) for copy in range(augment_copies)])
+                                                   cfg.eval.batch_size, kind=features)
+                                         for copy in range(augment_copies)])
             result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
                                   augmented=augmented)
             return result["top1"], {"weight_decay": result["weight_decay"], "folds": result["folds"],
@@ -124,7 +148,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                    f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS}
         if protocol == "raw":
             return linear, [{**setting, "features": run.modality.raw_name}]
-        return linear, [{**setting, "augment_copies": augment_copies}]
+        return linear, [{**setting, "augment_copies": augment_copies, "features": features}]
 
     from selfsup.train import resolve_device, resolve_precision
     settings = settings or finetune_settings(run)

@@ -5,6 +5,7 @@
     method.loss(views)                 -> (scalar loss, {name: scalar tensor or float} to log)
     method.after_step(progress)        EMA teachers, queues, schedules (progress in [0, 1])
     method.embed(x)                    features for evaluation
+    method.embed_maps(x)               the backbone's stage outputs, for probes of unpooled features
 """
 from __future__ import annotations
 
@@ -61,6 +62,14 @@ class Method(nn.Module):
     @torch.no_grad()
     def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
         return self.backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+
+    @torch.no_grad()
+    def embed_maps(self, batch_u8: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's stage outputs (B, C_i, H_i, W_i) for the view `embed` sees (convolutional backbones)."""
+        if not hasattr(self.backbone, "stage_maps"):
+            raise ValueError(f"{type(self.backbone).__name__} has no feature maps to probe; the map features "
+                             "need a convolutional backbone (resnet18, resnet34, resnet50)")
+        return self.backbone.stage_maps(self._layout(eval_transform(batch_u8, self.augment_cfg)))
 
     def use_channels_last(self) -> "Method":
         self.memory_format = torch.channels_last

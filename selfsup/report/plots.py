@@ -8,6 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 PROTOCOL_STYLE = {"knn": ("kNN (frozen)", "tab:blue", "o"), "linear": ("linear probe (frozen)", "tab:orange", "s"),
+                  "linear map": ("linear probe on feature maps (frozen)", "tab:brown", "P"),
                   "propagate": ("label propagation + kNN (frozen)", "tab:purple", "D"),
                   "finetune": ("fine-tune", "tab:green", "^"),
                   "selftrain": ("fine-tune + propagation + fine-tune", "tab:red", "v"),
@@ -47,13 +48,13 @@ def online_curves(rows: list[dict]) -> Figure | None:
 
 
 def label_efficiency(results: list[dict], knn_k: int) -> Figure | None:
-    """Top-1 (mean ± std over seeds) against the number of labels, one line per protocol; for each
-    protocol and budget the newest result counts (kNN: the run's own k)."""
+    """Top-1 (mean ± std over seeds) against the number of labels, one line per protocol (the linear
+    probe: per kind of features); for each line and budget the newest result counts (kNN: the run's own k)."""
     newest: dict[tuple, dict] = {}
     for r in results:
         if r["protocol"] == "knn" and r["settings"].get("k") != knn_k:
             continue
-        newest[(r["protocol"], r["num_labels"])] = r
+        newest[(_line(r), r["num_labels"])] = r
     if not newest:
         return None
     lines = defaultdict(list)
@@ -72,6 +73,13 @@ def label_efficiency(results: list[dict], knn_k: int) -> Figure | None:
     ax.grid(alpha=0.3, which="both")
     ax.legend()
     return fig
+
+
+def _line(row: dict) -> str:
+    """The curve a result belongs to: its protocol, told apart for a linear probe of feature maps."""
+    if row["protocol"] == "linear" and row["settings"].get("features") == "map":
+        return "linear map"
+    return row["protocol"]
 
 
 def _rank(order: list[str], name: str) -> int:
