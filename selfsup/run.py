@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from selfsup.config import Config, load_config
 from selfsup.evaluate import extract_features, knn_accuracy
-from selfsup.evaluate.features import FEATURE_KINDS, map_features
+from selfsup.evaluate.features import check_kind, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
@@ -38,8 +38,7 @@ class Run:
         """Samples (uint8 images (N, C, H, W), token ids (N, L), table rows (N, F)) -> L2-normalised
         backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's output) or 'map'
         (images and convolutional backbones: selfsup.evaluate.features.map_features)."""
-        if kind not in FEATURE_KINDS:
-            raise ValueError(f"unknown feature kind {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+        check_kind(kind)
         dev = resolve_device(device)
         self.method.to(dev).eval()
         samples = self.modality.match_input(self.config, samples)

@@ -17,6 +17,7 @@ from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.data import load_images
 from selfsup.evaluate.protocols import check_features, read_results
+from selfsup.report.plots import label_efficiency
 from selfsup.evaluate.splits import balanced_subset
 from selfsup.run import Run, split_labelled
 
@@ -236,8 +237,6 @@ def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():
 
 
 def test_the_label_efficiency_curve_keeps_pooled_and_map_probes_apart():
-    from selfsup.report.plots import label_efficiency
-
     def row(features, n, mean):
         return {"protocol": "linear", "num_labels": n, "mean": mean, "std": 0.0, "settings": {"features": features}}
     figure = label_efficiency([row("pooled", 60, 0.80), row("map", 60, 0.84), row("pooled", 600, 0.86),

@@ -48,6 +48,11 @@ MAP_STAGE = -2
 MAP_GRID = 7
 
 
+def check_kind(kind: str) -> None:
+    if kind not in FEATURE_KINDS:
+        raise ValueError(f"unknown features {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+
+
 def map_features(maps: list[torch.Tensor], grid: int = MAP_GRID) -> torch.Tensor:
     """Stage outputs (from Method.embed_maps) -> (B, C * g * g): the MAP_STAGE map average-pooled to at
     most grid x grid cells (g = min(grid, its side)), flattened."""

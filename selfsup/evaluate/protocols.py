@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import atomic_write
-from selfsup.evaluate.features import FEATURE_KINDS
+from selfsup.evaluate.features import check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, linear_probe
@@ -61,8 +61,7 @@ def cached_features(run, data, description: str, progress: bool = False, kind: s
 
 def check_features(run, protocol: str, features: str) -> None:
     """ValueError unless `protocol` can read `features` of this run's backbone."""
-    if features not in FEATURE_KINDS:
-        raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+    check_kind(features)
     if features != "pooled" and protocol != "linear":
         raise ValueError(f"--features {features} applies to the linear probe only, not to {protocol}")
     if features == "map" and not hasattr(run.backbone, "stage_maps"):
