@@ -116,9 +116,15 @@ def test_linear_probe_beats_closed_form_least_squares_where_that_masks_a_class()
     assert least_squares < 0.8 and probe > 0.95
 
 
-def test_logistic_regression_reaches_the_optimum_of_its_objective():
+@pytest.mark.parametrize("given_scale", [False, True])
+def test_logistic_regression_reaches_the_optimum_of_its_objective(given_scale):
     x, y = clusters(300, num_classes=3, dim=5, spread=2.0)
-    fit = fit_logistic_regression(x, y, 3, weight_decay=1e-2)
+    scale = (torch.full((5,), 0.5), torch.linspace(1.0, 3.0, 5)) if given_scale else None
+    fit = fit_logistic_regression(x, y, 3, weight_decay=1e-2, scale=scale)
+    if given_scale:
+        assert torch.equal(fit.mean, scale[0]) and torch.equal(fit.std, scale[1])
+    else:
+        assert torch.allclose(fit.mean, x.mean(0)) and torch.allclose(fit.std, x.std(0))
     w = fit.weight.clone().requires_grad_(True)
     b = fit.bias.clone().requires_grad_(True)
     z = (x - fit.mean) / fit.std
@@ -135,6 +141,23 @@ def test_linear_probe_cross_validates_few_labels_and_splits_many(monkeypatch):
     monkeypatch.setattr(linear, "CROSS_VALIDATE_BELOW", 100)
     many = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1))
     assert many["folds"] == 1 and many["val_size"] == 20            # one 10% split
+
+
+def test_every_fit_of_the_probe_is_standardised_with_the_unlabelled_pool(monkeypatch):
+    import selfsup.evaluate.linear as linear
+    (x, y), (xt, yt) = clusters(60, num_classes=3, dim=5), clusters(60, num_classes=3, dim=5, seed=1)
+    pool = torch.cat([x, 3 + 10 * torch.randn(500, 5, generator=torch.Generator().manual_seed(2))])
+    scales, real_fit = [], linear.fit_logistic_regression
+    monkeypatch.setattr(linear, "fit_logistic_regression",
+                        lambda *a, scale=None, **k: scales.append(scale) or real_fit(*a, scale=scale, **k))
+    result = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1), unlabelled=pool)
+    assert len(scales) == 2 * linear.FOLDS + 1                       # the sweep's fits and the final one
+    for mean, std in scales:
+        assert torch.allclose(mean, pool.mean(0)) and torch.allclose(std, pool.std(0))
+    assert result["top1"] > 0.9
+    scales.clear()
+    linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3,))
+    assert scales == [None] * (linear.FOLDS + 1)                     # without a pool, each fit scales by its rows
 
 
 def test_linear_probe_chooses_weight_decay_without_the_test_labels():

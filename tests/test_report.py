@@ -19,7 +19,7 @@ from selfsup.data import load_images
 from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.report.plots import label_efficiency
 from selfsup.evaluate.splits import balanced_subset
-from selfsup.run import Run, split_labelled
+from selfsup.run import Run, load_run, split_labelled
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TINY = ["--quiet", "backbone.width=0.125", "train.batch_size=50", "train.steps=8", "train.threads=1",
@@ -202,6 +202,18 @@ def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny
     assert len(images) == 6 and all(complete and width > 0 for _, complete, width in images), images
     assert errors == []
     assert {"Label efficiency", "Evaluations", "Config"} <= set(headings)
+
+
+def test_the_linear_probe_is_standardised_on_every_training_image(tiny_run, tmp_path, monkeypatch):
+    import selfsup.evaluate.protocols as protocols
+    run_dir = copy_of(tiny_run, tmp_path)
+    pools, real_probe = [], protocols.linear_probe
+    monkeypatch.setattr(protocols, "linear_probe",
+                        lambda *a, unlabelled=None, **k: pools.append(unlabelled) or real_probe(*a, unlabelled=unlabelled, **k))
+    assert main(["evaluate", "linear", str(run_dir), "--labels", "2/class", "--seeds", "2", "--quiet"]) == 0
+    train, _ = load_run(run_dir).labelled_sets()
+    assert len(pools) == 2 and all(pool.shape[0] == len(train) for pool in pools)
+    assert read_results(run_dir)[-1]["settings"]["standardised_on"] == "every training image"
 
 
 def test_linear_probe_with_augmented_copies(tiny_run, tmp_path):

@@ -1,6 +1,8 @@
 """Linear probe: multinomial logistic regression on frozen features.
 
-The features are standardised with the training mean and std, and the classifier is fitted
+The features are standardised with the mean and std of the unlabelled pool the labelled rows were
+drawn from when it is given (every training image: with 600 labels and 3,136 features the labelled
+rows' own spread is a noisy scale), else with the labelled rows', and the classifier is fitted
 full-batch with L-BFGS (no learning rate to tune; 60k x 512 features fit in seconds on a CPU).
 The L2 weight decay is chosen from a sweep on the training labels alone -- by 5-fold cross-validation
 when they are few, else on one validation split carved from them -- then the classifier is refitted
@@ -40,13 +42,22 @@ class LinearClassifier:
         return (self.predict(feats) == labels).float().mean().item()
 
 
-def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
-                            max_iter: int = 200) -> LinearClassifier:
-    """Minimise mean cross-entropy + weight_decay / 2 * ||W||^2 over (W, b) with L-BFGS."""
+def feature_scale(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std (the std floored at 1e-6) that standardise the probe's input."""
     feats = feats.float()
     mean = feats.mean(0)
     # A single row (a fold of a two-label cross-validation) has no spread to scale by: it is only centred.
     std = feats.std(0).clamp_min(1e-6) if len(feats) > 1 else torch.ones_like(mean)
+    return mean, std
+
+
+def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_classes: int, weight_decay: float,
+                            max_iter: int = 200,
+                            scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> LinearClassifier:
+    """Minimise mean cross-entropy + weight_decay / 2 * ||W||^2 over (W, b) with L-BFGS, on the features
+    standardised with `scale` (mean, std), by default feature_scale(feats)."""
+    feats = feats.float()
+    mean, std = scale if scale is not None else feature_scale(feats)
     x = (feats - mean) / std
     weight = torch.zeros(x.shape[1], num_classes, requires_grad=True)
     bias = torch.zeros(num_classes, requires_grad=True)
@@ -66,12 +77,15 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
 
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.1,
-                 seed: int = 0, augmented: torch.Tensor | None = None) -> dict:
+                 seed: int = 0, augmented: torch.Tensor | None = None,
+                 unlabelled: torch.Tensor | None = None) -> dict:
     """Top-1 of a linear probe, the weight decay chosen on the training labels (5-fold
     cross-validation under CROSS_VALIDATE_BELOW labels, else one split of val_fraction), and each
     candidate's validation accuracy. augmented: (A, N, D) features of A augmented copies of the N
     training images, added to the training rows of their own images only (a validation fold sees
-    clean features of images its fit never saw in any form)."""
+    clean features of images its fit never saw in any form). unlabelled: features of the pool the
+    labelled rows were drawn from (never the test set); every fit is standardised with its mean and
+    std, which need no labels, instead of with its own rows'."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     if len(train_labels) < 2:
         raise ValueError(f"the linear probe needs at least 2 labelled training samples to choose its weight "
@@ -86,19 +100,21 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
             return train_feats[idx], train_labels[idx]
         return (torch.cat([train_feats[idx], augmented[:, idx].flatten(0, 1)]),
                 train_labels[idx].repeat(augmented.shape[0] + 1))
+    scale = feature_scale(unlabelled) if unlabelled is not None else None
     val_size = sum(len(val_idx) for _, val_idx in splits)
     val_scores, val_losses = {}, {}
     for wd in weight_decays:
         right, loss = 0.0, 0.0
         for fit_idx, val_idx in splits:
-            classifier = fit_logistic_regression(*with_copies(fit_idx), num_classes, wd)
+            classifier = fit_logistic_regression(*with_copies(fit_idx), num_classes, wd, scale=scale)
             logits = classifier.logits(train_feats[val_idx].float())
             right += (logits.argmax(1) == train_labels[val_idx]).sum().item()
             loss += F.cross_entropy(logits, train_labels[val_idx], reduction="sum").item()
         val_scores[wd], val_losses[wd] = right / val_size, loss / val_size
     # A small validation set often ties on accuracy; its cross-entropy then decides.
     best_wd = max(weight_decays, key=lambda wd: (val_scores[wd], -val_losses[wd]))
-    classifier = fit_logistic_regression(*with_copies(torch.arange(len(train_labels))), num_classes, best_wd)
+    classifier = fit_logistic_regression(*with_copies(torch.arange(len(train_labels))), num_classes, best_wd,
+                                         scale=scale)
     return {"top1": classifier.accuracy(test_feats, test_labels), "weight_decay": best_wd,
             "val_top1": {str(wd): score for wd, score in val_scores.items()}, "val_size": val_size,
             "folds": len(splits)}

@@ -140,11 +140,11 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                                                    cfg.eval.batch_size, kind=features)
                                          for copy in range(augment_copies)])
             result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
-                                  augmented=augmented)
+                                  augmented=augmented, unlabelled=train_f)
             return result["top1"], {"weight_decay": result["weight_decay"], "folds": result["folds"],
                                     "val_top1": result["val_top1"]}
         setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
-                   f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS}
+                   f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS, "standardised_on": "every training image"}
         if protocol == "raw":
             return linear, [{**setting, "features": run.modality.raw_name}]
         return linear, [{**setting, "augment_copies": augment_copies, "features": features}]
