@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "image; their features are extracted per seed [default: 0, no augmentation]")
     linear.add_argument("--features", choices=FEATURE_KINDS, default="pooled",
                         help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
-                             "last stage, the usual protocol), or 'map', the unpooled map of the stage before the "
-                             "last (at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
+                             "last stage, the usual protocol), or 'map', the unpooled maps of the two stages before "
+                             "the last (each at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
                              "probe and costs more time and disk (docs/evaluation.md) [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",

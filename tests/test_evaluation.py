@@ -350,15 +350,18 @@ def test_linear_probe_copes_with_one_label_per_class_and_refuses_one_label():
         linear_probe(x[:1], y[:1], xt, yt)
 
 
-def test_map_features_keep_the_stage_before_the_last_at_up_to_seven_cells_a_side():
+def test_map_features_join_the_two_stages_before_the_last_at_up_to_seven_cells_a_side():
     gen = torch.Generator().manual_seed(0)
-    last = torch.randn(2, 8, 2, 2, generator=gen)
+    first, last = torch.randn(2, 2, 28, 28, generator=gen), torch.randn(2, 8, 2, 2, generator=gen)
+    unit = lambda part: F.normalize(part.flatten(1), dim=1)
     for side in (4, 7):                             # small maps are kept as they are
-        before_last = torch.randn(2, 3, side, side, generator=gen)
-        assert torch.equal(map_features([before_last, last]), before_last.flatten(1))
+        two_before, before_last = torch.randn(2, 4, side, side, generator=gen), torch.randn(2, 3, side, side, generator=gen)
+        joined = map_features([first, 100 * two_before, before_last, last])
+        assert joined.shape == (2, 7 * side * side)
+        torch.testing.assert_close(joined, torch.cat([unit(two_before), unit(before_last)], 1))   # each at unit norm
     big = torch.randn(2, 3, 14, 14, generator=gen)  # larger ones are averaged down to 7 x 7
-    expected = big.unflatten(2, (7, 2)).unflatten(4, (7, 2)).mean((3, 5)).flatten(1)
-    torch.testing.assert_close(map_features([big, last]), expected)
+    expected = big.unflatten(2, (7, 2)).unflatten(4, (7, 2)).mean((3, 5))
+    torch.testing.assert_close(map_features([first, big, big, last]), torch.cat([unit(expected)] * 2, 1))
 
 
 def left_or_right_squares(n: int, gen: torch.Generator):

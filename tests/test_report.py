@@ -16,6 +16,7 @@ from conftest import write_tiny_fashion
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.data import load_images
+from selfsup.evaluate import features, protocols
 from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.report.plots import label_efficiency
 from selfsup.evaluate.splits import balanced_subset
@@ -205,7 +206,6 @@ def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny
 
 
 def test_the_linear_probe_is_standardised_on_every_training_image(tiny_run, tmp_path, monkeypatch):
-    import selfsup.evaluate.protocols as protocols
     run_dir = copy_of(tiny_run, tmp_path)
     pools, real_probe = [], protocols.linear_probe
     monkeypatch.setattr(protocols, "linear_probe",
@@ -231,9 +231,14 @@ def test_linear_probe_on_feature_maps_caches_them_in_half_precision(tiny_run, tm
     assert first["settings"]["features"] == "map" and 0.3 < first["mean"] <= 1.0
     cached = sorted((run_dir / "eval" / "features").glob("*map*"))
     assert len(cached) == 2 and all(load_file(path)["features"].dtype == torch.float16 for path in cached)
-    monkeypatch.setattr(Run, "embed", lambda *a, **k: pytest.fail("the cached map features were not reused"))
+    real_embed, embedded = Run.embed, []
+    monkeypatch.setattr(Run, "embed", lambda *a, **k: embedded.append(k["kind"]) or real_embed(*a, **k))
     assert main(command) == 0
-    assert read_results(run_dir)[-1]["top1"] == first["top1"]
+    assert embedded == [] and read_results(run_dir)[-1]["top1"] == first["top1"]      # the cache was reused
+    for module in (features, protocols):        # other stages: their own features, not the cached ones
+        monkeypatch.setattr(module, "MAP_STAGES", (-2,))
+    assert main(command) == 0
+    assert embedded == ["map", "map"]
 
 
 def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():
