@@ -1,8 +1,8 @@
 """Linear probe: multinomial logistic regression on frozen features.
 
 The features are standardised with the mean and std of the unlabelled pool the labelled rows were
-drawn from when it is given (every training image: with 600 labels and 3,136 features the labelled
-rows' own spread is a noisy scale), else with the labelled rows', and the classifier is fitted
+drawn from when it is given (every training image: with 600 labels and thousands of map features the
+labelled rows' own spread is a noisy scale), else with the labelled rows', and the classifier is fitted
 full-batch with L-BFGS (no learning rate to tune; 60k x 512 features fit in seconds on a CPU).
 The L2 weight decay is chosen from a sweep on the training labels alone -- by 5-fold cross-validation
 when they are few, else on one validation split carved from them -- then the classifier is refitted
