@@ -150,7 +150,7 @@ def test_every_fit_of_the_probe_is_standardised_with_the_unlabelled_pool(monkeyp
     scales, real_fit = [], linear.fit_logistic_regression
     monkeypatch.setattr(linear, "fit_logistic_regression",
                         lambda *a, scale=None, **k: scales.append(scale) or real_fit(*a, scale=scale, **k))
-    result = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1), unlabelled=pool)
+    result = linear.linear_probe(x, y, xt, yt, weight_decays=(1e-3, 1e-1), scale=linear.feature_scale(pool))
     assert len(scales) == 2 * linear.FOLDS + 1                       # the sweep's fits and the final one
     for mean, std in scales:
         assert torch.allclose(mean, pool.mean(0)) and torch.allclose(std, pool.std(0))

@@ -20,7 +20,7 @@ from selfsup.evaluate import features, protocols
 from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.report.plots import label_efficiency
 from selfsup.evaluate.splits import balanced_subset
-from selfsup.run import Run, load_run, split_labelled
+from selfsup.run import Run, split_labelled
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 TINY = ["--quiet", "backbone.width=0.125", "train.batch_size=50", "train.steps=8", "train.threads=1",
@@ -207,12 +207,14 @@ def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny
 
 def test_the_linear_probe_is_standardised_on_every_training_image(tiny_run, tmp_path, monkeypatch):
     run_dir = copy_of(tiny_run, tmp_path)
-    pools, real_probe = [], protocols.linear_probe
+    scales, real_probe = [], protocols.linear_probe
     monkeypatch.setattr(protocols, "linear_probe",
-                        lambda *a, unlabelled=None, **k: pools.append(unlabelled) or real_probe(*a, unlabelled=unlabelled, **k))
+                        lambda *a, scale=None, **k: scales.append(scale) or real_probe(*a, scale=scale, **k))
     assert main(["evaluate", "linear", str(run_dir), "--labels", "2/class", "--seeds", "2", "--quiet"]) == 0
-    train, _ = load_run(run_dir).labelled_sets()
-    assert len(pools) == 2 and all(pool.shape[0] == len(train) for pool in pools)
+    [train_file] = (run_dir / "eval" / "features").glob("*train*")
+    every_image = load_file(train_file)["features"]
+    assert len(scales) == 2 and scales[1] is scales[0]              # computed once for every draw
+    assert torch.allclose(scales[0][0], every_image.mean(0)) and torch.allclose(scales[0][1], every_image.std(0))
     assert read_results(run_dir)[-1]["settings"]["standardised_on"] == "every training image"
 
 

@@ -78,14 +78,14 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.1,
                  seed: int = 0, augmented: torch.Tensor | None = None,
-                 unlabelled: torch.Tensor | None = None) -> dict:
+                 scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Top-1 of a linear probe, the weight decay chosen on the training labels (5-fold
     cross-validation under CROSS_VALIDATE_BELOW labels, else one split of val_fraction), and each
     candidate's validation accuracy. augmented: (A, N, D) features of A augmented copies of the N
     training images, added to the training rows of their own images only (a validation fold sees
-    clean features of images its fit never saw in any form). unlabelled: features of the pool the
-    labelled rows were drawn from (never the test set); every fit is standardised with its mean and
-    std, which need no labels, instead of with its own rows'."""
+    clean features of images its fit never saw in any form). scale: the (mean, std) every fit is
+    standardised with, instead of its own rows': feature_scale of the pool the labelled rows were drawn
+    from (never the test set), which needs no labels."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     if len(train_labels) < 2:
         raise ValueError(f"the linear probe needs at least 2 labelled training samples to choose its weight "
@@ -100,7 +100,6 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
             return train_feats[idx], train_labels[idx]
         return (torch.cat([train_feats[idx], augmented[:, idx].flatten(0, 1)]),
                 train_labels[idx].repeat(augmented.shape[0] + 1))
-    scale = feature_scale(unlabelled) if unlabelled is not None else None
     val_size = sum(len(val_idx) for _, val_idx in splits)
     val_scores, val_losses = {}, {}
     for wd in weight_decays:

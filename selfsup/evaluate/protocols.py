@@ -27,7 +27,7 @@ from selfsup.checkpoint import atomic_write
 from selfsup.evaluate.features import MAP_GRID, MAP_STAGES, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, linear_probe
+from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
 from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, VOTERS, knn_graph, propagation_knn
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
@@ -135,6 +135,8 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         if protocol == "propagate":
             return _propagation_scorer(train_f, train.labels, test_f, test.labels, cfg.eval.knn_temperature)
 
+        pool_scale = feature_scale(train_f)     # of every training image: the same for every draw
+
         def linear(idx, seed, setting):
             augmented = None
             if augment_copies:             # features of crops of these images: drawn per seed, not cached
@@ -142,7 +144,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
                                                    cfg.eval.batch_size, kind=features)
                                          for copy in range(augment_copies)])
             result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
-                                  augmented=augmented, unlabelled=train_f)
+                                  augmented=augmented, scale=pool_scale)
             return result["top1"], {"weight_decay": result["weight_decay"], "folds": result["folds"],
                                     "val_top1": result["val_top1"]}
         setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
