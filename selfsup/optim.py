@@ -23,24 +23,30 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        # Multi-tensor kernels over each group's parameters: a per-parameter loop costs a dozen small
+        # kernels a tensor, which on a GPU is launch overhead paid on every step.
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                if group["decay"]:
-                    if group["weight_decay"]:
-                        g = g.add(p, alpha=group["weight_decay"])
-                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    ratio = torch.where((p_norm > 0) & (g_norm > 0),
-                                        group["trust_coefficient"] * p_norm / (g_norm + group["eps"]), 1.0)
-                    g = g * ratio
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.clone(g).detach()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
-                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            for p in params:
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            buffers = [self.state[p]["momentum_buffer"] for p in params]
+            torch._foreach_mul_(buffers, group["momentum"])
+            if group["decay"]:
+                if group["weight_decay"]:
+                    grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+                p_norms = torch.stack(torch._foreach_norm(params))
+                g_norms = torch.stack(torch._foreach_norm(grads))
+                ratios = torch.where((p_norms > 0) & (g_norms > 0),
+                                     group["trust_coefficient"] * p_norms / (g_norms + group["eps"]), 1.0)
+                # buf += ratio * g with the ratio left on the device (a host copy would wait for the norms)
+                torch._foreach_addcmul_(buffers, list(ratios.to(grads[0].dtype).unbind()), grads)
+            else:
+                torch._foreach_add_(buffers, grads)
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
 def param_groups(model: nn.Module, weight_decay: float, constant_lr=()) -> list[dict]:

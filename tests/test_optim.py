@@ -135,3 +135,59 @@ def test_lars_zero_weight_takes_unscaled_step():
     w.grad = torch.ones(2, 2)
     opt.step()
     torch.testing.assert_close(w.detach(), torch.full((2, 2), -0.1))
+
+
+def reference_lars_step(optimizer: LARS) -> None:
+    """LARS as a loop over parameters, one at a time: the formula of the class docstring, written the
+    obvious way, against which the multi-tensor step is checked."""
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                    p_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    if p_norm > 0 and g_norm > 0:
+                        g = g * (group["trust_coefficient"] * p_norm / (g_norm + group["eps"]))
+                state = optimizer.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = g.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                p.add_(state["momentum_buffer"], alpha=-group["lr"])
+
+
+def test_multi_tensor_lars_equals_the_per_parameter_loop_over_20_steps():
+    """Weight-decay and no-decay groups, constant-lr groups (SimSiam's predictor) at their own lr, a
+    parameter that gets no gradient for the first steps (DINO's frozen last layer) and one that starts
+    at zero (its trust ratio falls back to 1)."""
+    torch.manual_seed(0)
+
+    def model():
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(64, 8), nn.ReLU(),
+                            nn.Linear(8, 5), nn.Linear(5, 3, bias=False))
+        nn.init.zeros_(net[5].weight)
+        return net
+
+    fast_net, loop_net = model(), model()
+    optimizers = [LARS(param_groups(net, 0.05, constant_lr=net[3].parameters()), lr=0.3, momentum=0.9,
+                       trust_coefficient=0.02) for net in (fast_net, loop_net)]
+    for step in range(20):
+        x = torch.randn(6, 3, 6, 6)
+        for net, optimizer in zip((fast_net, loop_net), optimizers):
+            for group in optimizer.param_groups:          # a schedule: the constant-lr groups keep theirs
+                group["lr"] = 0.3 if group["constant_lr"] else 0.3 * (1 - step / 20)
+            optimizer.zero_grad(set_to_none=True)
+            net[6].weight.requires_grad_(step >= 3)
+            net(x).square().mean().backward()
+        optimizers[0].step()
+        reference_lars_step(optimizers[1])
+    for fast, loop in zip(fast_net.parameters(), loop_net.parameters()):
+        torch.testing.assert_close(fast, loop, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(fast_net[0].weight, model()[0].weight)       # the optimizers did move the weights
+    for fast, loop in zip(fast_net.parameters(), loop_net.parameters()):
+        torch.testing.assert_close(optimizers[0].state[fast]["momentum_buffer"],
+                                   optimizers[1].state[loop]["momentum_buffer"], rtol=1e-5, atol=1e-6)
