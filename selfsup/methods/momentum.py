@@ -21,11 +21,12 @@ def momentum_copy(network: nn.Module) -> nn.Module:
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
     """target <- m * target + (1 - m) * online for every parameter; buffers (BN statistics) are copied."""
-    target_params, online_params = list(target.parameters()), list(online.parameters())
-    torch._foreach_mul_(target_params, momentum)
-    torch._foreach_add_(target_params, online_params, alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    # One multi-tensor kernel each for the parameters and the buffers: a loop would launch one or two
+    # small kernels per tensor on every step.
+    torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - momentum)
+    target_buffers = list(target.buffers())
+    if target_buffers:
+        torch._foreach_copy_(target_buffers, list(online.buffers()))
 
 
 def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
