@@ -81,36 +81,49 @@ class AugmentConfig:
             raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
 
 
-def _uniform(gen: torch.Generator, n: int, lo: float, hi: float, device) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
+# Each op reads its per-sample random numbers, U[0, 1), from columns of one (N, k) tensor. A view draws
+# all of them in one call (DRAWS columns), so a step's randomness costs one kernel per view size, and
+# the ops themselves are pure functions of their input and draws, which torch.compile can fuse.
+CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS = 5, 5, 1, 2, 1
+DRAWS = CROP_DRAWS + JITTER_DRAWS + GRAY_DRAWS + BLUR_DRAWS + SOLARIZE_DRAWS
 
 
-def _coin(gen: torch.Generator, n: int, p: float, device) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=device) < p
+def _between(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
+    return u * (hi - lo) + lo
 
 
-def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, gen) -> torch.Tensor:
+def _per_sample(v: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+def crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, u: torch.Tensor) -> torch.Tensor:
     """Crop a box of area fraction ~U(scale) and aspect ~logU(ratio) from each image, flip it
     horizontally with probability flip_p, and resize it to size x size: one ``grid_sample``.
+    u: (k * B, CROP_DRAWS) draws (area, aspect, centre x, centre y, flip) for k crops of each of the
+    B images of x; crop j of image i is row j * B + i of the result.
 
     A box that would not fit is shrunk to fit (torchvision instead retries, then centre-crops).
     """
-    b, device = x.shape[0], x.device
-    area = _uniform(gen, b, scale[0], scale[1], device)
-    log_r = _uniform(gen, b, math.log(ratio[0]), math.log(ratio[1]), device)
-    aspect = torch.exp(log_r)
+    n, b, c = u.shape[0], x.shape[0], x.shape[1]
+    copies = n // b
+    area = _between(u[:, 0], scale[0], scale[1])
+    aspect = torch.exp(_between(u[:, 1], math.log(ratio[0]), math.log(ratio[1])))
     w = torch.sqrt(area * aspect).clamp(max=1.0)        # fractions of the image's width / height
     h = torch.sqrt(area / aspect).clamp(max=1.0)
-    cx = (1 - w) * torch.rand(b, generator=gen, device=device) + w / 2
-    cy = (1 - h) * torch.rand(b, generator=gen, device=device) + h / 2
-    flip = torch.where(_coin(gen, b, flip_p, device), -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=device)
-    theta[:, 0, 0] = w * flip
-    theta[:, 0, 2] = 2 * cx - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * cy - 1
-    grid = F.affine_grid(theta, [b, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    flip = torch.where(u[:, 4] < flip_p, -1.0, 1.0)
+    zero = torch.zeros_like(w)
+    theta = torch.stack([w * flip, zero, (1 - w) * (2 * u[:, 2] - 1),
+                         zero, h, (1 - h) * (2 * u[:, 3] - 1)], dim=1).view(n, 2, 3)
+    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    # The k crops of an image are sampled as one tall output of it, so the image is never copied.
+    grid = grid.view(copies, b, size, size, 2).transpose(0, 1).reshape(b, copies * size, size, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.view(b, c, copies, size, size).permute(2, 0, 1, 3, 4).reshape(n, c, size, size)
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, gen) -> torch.Tensor:
+    """crop_flip with its draws taken from `gen`."""
+    return crop_flip(x, size, scale, ratio, flip_p, torch.rand(x.shape[0], CROP_DRAWS, generator=gen, device=x.device))
 
 
 @functools.lru_cache(maxsize=64)
@@ -122,13 +135,8 @@ def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.
 def _luma(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 1, H, W) grayscale (ITU-R 601 weights for RGB)."""
     if x.shape[1] == 3:
-        w = _constant((0.299, 0.587, 0.114), x.device, x.dtype).view(1, 3, 1, 1)
-        return (x * w).sum(1, keepdim=True)
+        return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
     return x.mean(1, keepdim=True)
-
-
-def _per_sample(v: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, 1, 1, 1)
 
 
 def adjust_brightness(x, factor):
@@ -159,47 +167,52 @@ def adjust_hue(x, shift):
     from_yiq = _constant(_YIQ_TO_RGB, x.device, x.dtype)
     angle = shift * 2 * math.pi
     cos, sin = torch.cos(angle), torch.sin(angle)
-    rot = torch.zeros(x.shape[0], 3, 3, device=x.device, dtype=x.dtype)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = cos, -sin
-    rot[:, 2, 1], rot[:, 2, 2] = sin, cos
+    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
     m = from_yiq @ rot @ to_yiq                                  # (B, 3, 3)
     return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
 
 
+def jitter(x, brightness, contrast, saturation, hue, p, u):
+    """Brightness, contrast, saturation, hue, in that fixed order, on a random p of the batch.
+    u: (N, JITTER_DRAWS) draws (whether, then one factor per adjustment)."""
+    out = adjust_brightness(x, _between(u[:, 1], max(0.0, 1 - brightness), 1 + brightness)) if brightness > 0 else x
+    out = adjust_contrast(out, _between(u[:, 2], max(0.0, 1 - contrast), 1 + contrast)) if contrast > 0 else out
+    if x.shape[1] == 3:
+        out = adjust_saturation(out, _between(u[:, 3], max(0.0, 1 - saturation), 1 + saturation)) \
+            if saturation > 0 else out
+        out = adjust_hue(out, _between(u[:, 4], -hue, hue)) if hue > 0 else out
+    return torch.where(_per_sample(u[:, 0] < p), out, x)
+
+
 def color_jitter(x, brightness, contrast, saturation, hue, p, gen):
-    """Brightness, contrast, saturation, hue, in that fixed order, on a random p of the batch."""
-    b, device = x.shape[0], x.device
-    apply = _coin(gen, b, p, device)
-    fb = _uniform(gen, b, max(0.0, 1 - brightness), 1 + brightness, device)
-    fc = _uniform(gen, b, max(0.0, 1 - contrast), 1 + contrast, device)
-    fs = _uniform(gen, b, max(0.0, 1 - saturation), 1 + saturation, device)
-    fh = _uniform(gen, b, -hue, hue, device)
-    out = adjust_brightness(x, fb) if brightness > 0 else x
-    out = adjust_contrast(out, fc) if contrast > 0 else out
-    out = adjust_saturation(out, fs) if saturation > 0 else out
-    out = adjust_hue(out, fh) if hue > 0 else out
-    return torch.where(_per_sample(apply), out, x)
+    """jitter with its draws taken from `gen`."""
+    u = torch.rand(x.shape[0], JITTER_DRAWS, generator=gen, device=x.device)
+    return jitter(x, brightness, contrast, saturation, hue, p, u)
+
+
+def grayscale(x, p, u):
+    """Colour images become their luma on a random p of the batch. u: (N, GRAY_DRAWS)."""
+    if x.shape[1] != 3:
+        return x
+    return torch.where(_per_sample(u[:, 0] < p), _luma(x).expand_as(x), x)
 
 
 def random_grayscale(x, p, gen):
-    apply = _coin(gen, x.shape[0], p, x.device)
-    if x.shape[1] != 3:
-        return x
-    return torch.where(_per_sample(apply), _luma(x).expand_as(x), x)
+    return grayscale(x, p, torch.rand(x.shape[0], GRAY_DRAWS, generator=gen, device=x.device))
 
 
-def gaussian_blur(x, sigma_range, p, gen):
-    """Separable gaussian blur, kernel side ~10% of the image (odd, >= 3), sigma ~U(sigma_range)."""
+def blur(x, sigma_range, p, u):
+    """Separable gaussian blur on a random p of the batch, kernel side ~10% of the image (odd, >= 3),
+    sigma ~U(sigma_range). u: (N, BLUR_DRAWS) draws (whether, sigma)."""
     b, c, h, w = x.shape
-    apply = _coin(gen, b, p, x.device)
-    sigma = _uniform(gen, b, sigma_range[0], sigma_range[1], x.device)
+    sigma = _between(u[:, 1], sigma_range[0], sigma_range[1])
     k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
     offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
     kernel = kernel / kernel.sum(1, keepdim=True)
     identity = (offsets == 0).to(x.dtype).expand(b, k)
-    kernel = torch.where(apply[:, None], kernel, identity)           # (B, k)
+    kernel = torch.where((u[:, 0] < p)[:, None], kernel, identity)    # (B, k)
     kernel = kernel.repeat_interleave(c, 0)                          # (B*C, k)
     y = x.reshape(1, b * c, h, w)
     y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kernel.view(b * c, 1, 1, k), groups=b * c)
@@ -207,9 +220,17 @@ def gaussian_blur(x, sigma_range, p, gen):
     return y.view(b, c, h, w)
 
 
+def gaussian_blur(x, sigma_range, p, gen):
+    return blur(x, sigma_range, p, torch.rand(x.shape[0], BLUR_DRAWS, generator=gen, device=x.device))
+
+
+def solarize(x, p, u, threshold: float = 0.5):
+    """Values at or above threshold become 1 - value on a random p of the batch. u: (N, SOLARIZE_DRAWS)."""
+    return torch.where(_per_sample(u[:, 0] < p) & (x >= threshold), 1 - x, x)
+
+
 def random_solarize(x, p, gen, threshold: float = 0.5):
-    apply = _coin(gen, x.shape[0], p, x.device)
-    return torch.where(_per_sample(apply) & (x >= threshold), 1 - x, x)
+    return solarize(x, p, torch.rand(x.shape[0], SOLARIZE_DRAWS, generator=gen, device=x.device), threshold)
 
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
@@ -224,27 +245,53 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> one augmented, normalised float view (B, C, size, size)."""
+def views_from_draws(batch_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """uint8 (B, C, H, W) and draws (k * B, DRAWS) -> k augmented, normalised views of the batch, stacked
+    (k * B, C, size, size): view j of image i is row j * B + i. A pure function of its inputs."""
     x = to_float(batch_u8)
     size = cfg.size or x.shape[-1]
-    x = random_resized_crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, gen)
-    x = color_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, gen)
-    x = random_grayscale(x, cfg.grayscale_p, gen)
+    crop_u, jitter_u, gray_u, blur_u, solarize_u = u.split(
+        [CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS], dim=1)
+    x = crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, crop_u)
+    x = jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, jitter_u)
+    x = grayscale(x, cfg.grayscale_p, gray_u)
     if cfg.blur_p > 0:
-        x = gaussian_blur(x, cfg.blur_sigma, cfg.blur_p, gen)
+        x = blur(x, cfg.blur_sigma, cfg.blur_p, blur_u)
     if cfg.solarize_p > 0:
-        x = random_solarize(x, cfg.solarize_p, gen)
+        x = solarize(x, cfg.solarize_p, solarize_u)
     return normalize(x, cfg.mean, cfg.std)
+
+
+_views_kernel = views_from_draws
+
+
+def compile_augmentation(enabled: bool = True) -> None:
+    """Run views_from_draws through torch.compile from now on (in this process), which fuses the
+    colour, grayscale, solarize and normalisation ops into a few kernels; the draws, and so the
+    views a seed gives, stay as they are. enabled=False goes back to eager."""
+    global _views_kernel
+    _views_kernel = torch.compile(views_from_draws, dynamic=False) if enabled else views_from_draws
+
+
+def augment_views(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, copies: int = 1) -> list[torch.Tensor]:
+    """uint8 (B, C, H, W) -> `copies` augmented, normalised float views (B, C, size, size), made in one
+    pass over the stacked copies with the draws of all of them taken from `gen` in one call."""
+    u = torch.rand(copies * batch_u8.shape[0], DRAWS, generator=gen, device=batch_u8.device)
+    return list(_views_kernel(batch_u8, u, cfg).chunk(copies))
+
+
+def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> one augmented, normalised float view (B, C, size, size)."""
+    return augment_views(batch_u8, cfg, gen)[0]
 
 
 def multi_crop(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, global_views: int = 2) -> list[torch.Tensor]:
     """`global_views` views at cfg.size, then cfg.local_crops small views at cfg.local_size cut from
     cfg.local_crop_scale of the image (same colour recipe): the multi-crop of SwAV / DINO."""
-    views = [augment(batch_u8, cfg, gen) for _ in range(global_views)]
+    views = augment_views(batch_u8, cfg, gen, global_views)
     if cfg.local_crops:
         local = dataclasses.replace(cfg, size=cfg.local_size, crop_scale=cfg.local_crop_scale)
-        views += [augment(batch_u8, local, gen) for _ in range(cfg.local_crops)]
+        views += augment_views(batch_u8, local, gen, cfg.local_crops)
     return views
 
 

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from selfsup.augment import (AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
-                             augment, color_jitter, gaussian_blur, random_grayscale, random_resized_crop_flip,
-                             eval_transform, random_solarize, to_float)
+from selfsup.augment import (DRAWS, AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
+                             augment, augment_views, color_jitter, compile_augmentation, eval_transform, gaussian_blur,
+                             multi_crop, random_grayscale, random_resized_crop_flip, random_solarize, to_float,
+                             views_from_draws)
 
 
 B, H = 8, 12
@@ -243,3 +244,40 @@ def test_eval_transform_keeps_native_size_unless_eval_size_is_set():
     torch.testing.assert_close(native, (to_float(x) - 0.5) / 0.25)
     cfg.eval_size = 14
     assert eval_transform(x, cfg).shape == (4, 1, 14, 14)
+
+
+# ---------------------------------------------------------------- one pass for several views
+
+def test_copies_are_independent_views_of_each_image_in_order():
+    """augment_views stacks its copies in one pass: copy j of image i must be image i cropped by row
+    j * B + i of the draws, which the same op applied to the batch alone with that row reproduces."""
+    x = batch_u8(3)
+    cfg = AugmentConfig(size=8, blur_p=0.5, solarize_p=0.5, mean=[0.5] * 3, std=[0.5] * 3)
+    views = augment_views(x, cfg, gen(4), copies=3)
+    assert len(views) == 3 and all(v.shape == (B, 3, 8, 8) for v in views)
+    draws = torch.rand(3 * B, DRAWS, generator=gen(4))
+    for j in range(3):
+        alone = views_from_draws(x, draws[j * B:(j + 1) * B], cfg)
+        torch.testing.assert_close(views[j], alone, atol=1e-5, rtol=0)
+    assert not torch.allclose(views[0], views[1])
+
+
+def test_multi_crop_gives_global_then_local_views():
+    cfg = AugmentConfig(size=10, local_crops=3, local_size=6, mean=[0.5], std=[0.5])
+    views = multi_crop(batch_u8(1), cfg, gen(), global_views=2)
+    assert [v.shape[-1] for v in views] == [10, 10, 6, 6, 6]
+
+
+def test_compiled_augmentation_gives_the_eager_views():
+    """torch.compile fuses the ops (train.compile on CUDA) but must not change the views a seed gives,
+    or a resumed or replayed run would see other images."""
+    x = batch_u8(3)
+    cfg = AugmentConfig(size=10, blur_p=0.5, solarize_p=0.5, mean=[0.5] * 3, std=[0.25] * 3)
+    eager = augment_views(x, cfg, gen(9), copies=2)
+    try:
+        compile_augmentation()
+        compiled = augment_views(x, cfg, gen(9), copies=2)
+    finally:
+        compile_augmentation(False)
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
