@@ -1,19 +1,65 @@
 #!/usr/bin/env bash
-# One prepared GPU check (single GPU, under 8 minutes): training throughput in bf16 of
-#   SimCLR ResNet-18 at 32x32 (cifar stem) and at 224x224 (imagenet stem), and MAE ViT-S/16 at 224x224,
-# each as JSON lines in ${OUT:-gpu-check}/throughput.jsonl, plus nvidia-smi and the torch build.
+# One prepared GPU check (one GPU, under 9.5 minutes in all, each step under its own timeout and
+# skipped when the time left would not hold it). Most important first:
+#   1. SimCLR ResNet-18 (cifar stem) at 28x28, batch 512, bf16: images/s and the step split into data,
+#      augmentation, forward+backward and optimizer, eager; then with train.compile (backbone + augmentation)
+#   2. the default recipe at width 1.0 for train.minutes=1.25 (needs Fashion-MNIST: $SELFSUP_DATA), with
+#      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN
+#   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; MAE ViT-S/16 at 224x224; the 28 px
+#      step with CUDA graphs (compile mode reduce-overhead)
+# Throughput lines go to $OUT/throughput.jsonl, everything else to $OUT/gpu-check.log.
 #   bash benchmarks/gpu_check.sh            (needs .venv with a CUDA build of torch, or PYTHON=...)
-set -euo pipefail
+#   BEFORE=path/to/older/checkout bash benchmarks/gpu_check.sh    also times that checkout's step 1, eager
+set -uo pipefail          # not -e: a step that fails or times out is logged, and the next one runs
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 out=${OUT:-gpu-check}
-mkdir -p "$out"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-"$PY" -c "import torch, json; print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda,
-  'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))" | tee "$out/torch.json"
-run() { timeout 150 "$PY" benchmarks/throughput.py --device cuda --precision bf16 --steps 20 --warmup 5 \
-          --out "$out/throughput.jsonl" "$@" || echo "{\"failed\": \"$*\"}" >> "$out/throughput.jsonl"; }
-run --method simclr --backbone resnet18 --stem cifar --size 32 --channels 3 --batch 512
-run --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256
-run --method mae --backbone vit_small --patch-size 16 --size 224 --channels 3 --batch 256
-echo "wrote $out/throughput.jsonl"
+runs=${RUNS:-/tmp/selfsup-gpu-runs}
+mkdir -p "$out" "$runs"
+log="$out/gpu-check.log"
+deadline=$(( $(date +%s) + ${SECONDS_TOTAL:-570} ))
+export PYTHONUNBUFFERED=1
+
+step() {        # step LIMIT_S COMMAND...: run it under min(LIMIT_S, the time left), logging what happened
+  local limit=$1; shift
+  local left=$(( deadline - $(date +%s) - 5 ))
+  (( left < limit )) && limit=$left
+  if (( limit < 20 )); then echo "== skipped (time is up): $*" >> "$log"; return; fi
+  echo "== $(date +%T) (limit ${limit} s) $*" >> "$log"
+  local start=$(date +%s)
+  timeout "$limit" "$@" >> "$log" 2>&1
+  local rc=$?
+  echo "== rc $rc after $(( $(date +%s) - start )) s" >> "$log"
+}
+
+throughput() {  # throughput PYTHONPATH ARGS...
+  local path=$1; shift
+  step "${LIMIT:-90}" env PYTHONPATH="$path" "$PY" "$path/benchmarks/throughput.py" --device cuda --precision bf16 \
+    --steps 20 --warmup 5 --out "$out/throughput.jsonl" "$@"
+}
+
+budget_run() {  # budget_run COMPILE
+  step 200 env PYTHONPATH="$PWD" "$PY" -m selfsup pretrain --quiet --runs-dir "$runs" --name "budget-compile-$1" \
+    backbone.width=1.0 train.device=cuda train.minutes=1.25 "train.compile=$1" "eval.after_pretrain=[knn]" \
+    "eval.labels=[100%]" eval.report=false
+  cat "$runs/budget-compile-$1/train_summary.json" >> "$log" 2>/dev/null
+  grep -h '"online_knn_top1"' "$runs/budget-compile-$1/metrics.jsonl" 2>/dev/null | tail -1 >> "$log"
+}
+
+{ nvidia-smi; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+  torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"; } >> "$log" 2>&1
+
+small=(--method simclr --backbone resnet18 --stem cifar --size 28 --channels 3 --batch 512)
+throughput "$PWD" "${small[@]}"
+budget_run false
+LIMIT=180 throughput "$PWD" "${small[@]}" --compile
+budget_run true
+[ -n "${BEFORE:-}" ] && throughput "$BEFORE" "${small[@]}"
+throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256
+throughput "$PWD" --method simclr --backbone resnet50 --stem imagenet --size 224 --channels 3 --batch 256
+LIMIT=180 throughput "$PWD" "${small[@]}" --compile --compile-mode reduce-overhead
+LIMIT=180 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256 \
+  --compile
+throughput "$PWD" --method mae --backbone vit_small --patch-size 16 --size 224 --channels 3 --batch 256
+echo "== done $(date +%T)" >> "$log"
+echo "wrote $log and $out/throughput.jsonl"

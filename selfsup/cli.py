@@ -314,8 +314,13 @@ def cmd_pretrain(args) -> int:
     summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(result.seconds, 1),
                "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
                "final_loss": round(result.final_loss, 4) if math.isfinite(result.final_loss) else None}
+    if result.budget_use is not None:
+        summary["budget_seconds_used"], summary["budget_seconds"] = (round(v, 1) for v in result.budget_use)
     print(f"pretraining: {summary['steps']} steps ({summary['epochs']} epochs) in {summary['seconds']} s, "
           f"{summary['images_per_s']} images/s, peak memory {summary['peak_memory_mb']} MB")
+    if result.budget_use is not None:
+        print(f"time budget: {summary['budget_seconds_used']} s of {summary['budget_seconds']} s used "
+              "(timing trial and compilation included)")
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=1))
     if result.stopped_early or args.no_eval:
         return 0

@@ -154,6 +154,9 @@ class OptimConfig:
             raise ConfigError("optim.lr must be > 0")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 @dataclass
 class TrainConfig:
     # How long to train: the first of steps, epochs, minutes that is > 0. A config layer (a method's
@@ -175,9 +178,10 @@ class TrainConfig:
     # With several processes (torchrun): batch-norm statistics over the global batch. auto = as the
     # method's paper (all but MoCo v2, whose shuffled BN is per GPU).
     sync_batchnorm: str = "auto"       # auto | on | off
-    # torch.compile the backbone (in place, so checkpoints keep their keys). On the 2-core CPU it
-    # paid +2% images/s in bf16 after a minute of compiling: off by default (docs/scale.md).
+    # torch.compile the training step's forward and the batched augmentation. Off by default: on the CPU
+    # and on an H200 it did not pay for its compile time (docs/scale.md).
     compile: bool = False
+    compile_mode: str = "default"      # torch.compile's mode: default | reduce-overhead | max-autotune | ...
 
     def validate(self) -> None:
         if self.batch_size < 2:
@@ -193,6 +197,8 @@ class TrainConfig:
             raise ConfigError(f"train.sync_batchnorm must be auto, on or off; got {self.sync_batchnorm!r}")
         if self.threads < 0:
             raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train.log_every, train.checkpoint_every and train.keep_checkpoints must be >= 1")
 

@@ -8,11 +8,13 @@ epoch's order comes from (seed, epoch), each step's augmentation generator from 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
 import random
 import resource
+import shutil
 import signal
 import sys
 import time
@@ -24,7 +26,9 @@ import torch
 from tqdm import tqdm
 
 from selfsup import distributed
+from selfsup.augment import compile_augmentation
 from selfsup.backbones import build_backbone_from_config
+from selfsup.budget import Budget, Cadence, Costs, mean_steps_between
 from selfsup.checkpoint import (CheckpointError, atomic_write, latest_checkpoint, list_checkpoints, load_checkpoint,
                                 mark_best, optimizer_state, read_pointer, restore_optimizer, save_checkpoint,
                                 set_aside_newer)
@@ -43,7 +47,7 @@ class TrainingError(RuntimeError):
     """Training stopped; the message says at which step, why, and what was kept."""
 
 
-class _Objective(torch.nn.Module):
+class Objective(torch.nn.Module):
     """The method's loss as a forward pass, so DistributedDataParallel sees the step's computation."""
 
     def __init__(self, method: Method):
@@ -52,6 +56,14 @@ class _Objective(torch.nn.Module):
 
     def forward(self, views: list[torch.Tensor]):
         return self.method.loss(views)
+
+
+def compile_training(objective: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
+    """torch.compile the training step's forward (backbone, heads and loss, and so their backward) and
+    the batched augmentation. Only training is compiled: evaluations call the method itself, eagerly,
+    so their other batch shapes never trigger a recompile."""
+    compile_augmentation()
+    return torch.compile(objective, mode=mode)
 
 
 # ----------------------------------------------------------------------------- set-up helpers
@@ -65,6 +77,15 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         device = torch.device("cuda", local_rank)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device={name} but no CUDA device is available; use train.device=cpu")
+    return device
+
+
+def prepare_device(device: torch.device) -> torch.device:
+    """Make `device` this process's current one. On CUDA, cuDNN times its convolution algorithms for
+    each input shape once and keeps the fastest: the shapes of a run repeat every step."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
     return device
 
 
@@ -169,6 +190,9 @@ class TrainResult:
     peak_memory_mb: float
     final_loss: float
     stopped_early: bool
+    # With train.minutes: (seconds from the budget's start, timing trial and compilation included, to the
+    # loop's end; the budget's seconds). None for a run of fixed length.
+    budget_use: tuple[float, float] | None = None
 
 
 class _StopRequest:
@@ -212,15 +236,14 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data=None, resume: bool = Fals
         return _pretrain(cfg, Path(run_dir), data, resume, progress, labelled)
     finally:
         torch.set_num_threads(threads)
+        compile_augmentation(False)          # a later run in this process decides for itself
         if not in_a_group_already and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()     # the group this call joined; evaluation is one process
 
 
 def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, labelled: tuple | None) -> TrainResult:
     world = distributed.setup("cuda" if resolve_device(cfg.train.device).type == "cuda" else "cpu")
-    device = resolve_device(cfg.train.device, world.local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    device = prepare_device(resolve_device(cfg.train.device, world.local_rank))
     precision = resolve_precision(cfg.train.precision, device)
     if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16() and world.is_main:
         print("warning: train.precision=bf16 on a CPU without native bf16 (AMX or AVX512-BF16): autocast emulates "
@@ -244,15 +267,15 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     method = build_method(cfg).to(device)
     if cfg.train.channels_last and modality.channels_last:
         method = method.use_channels_last()
-    if cfg.train.compile:
-        method.backbone.compile()
-    objective = _Objective(method)
+    objective = Objective(method)
     if world.size > 1:
         if cfg.train.sync_batchnorm == "on" or (cfg.train.sync_batchnorm == "auto" and method.sync_batchnorm):
             distributed.synchronise_batch_norm(method, device.type)
         objective = torch.nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=method.skips_parameters)
+    if cfg.train.compile:
+        objective = compile_training(objective, cfg.train.compile_mode)
     optimizer = build_optimizer(method, cfg.optim)
     scaler = grad_scaler(device.type, precision)
 
@@ -319,40 +342,8 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
                              run_dir=run_dir) if main else None
     online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
-    budget_start, budgeted = time.time(), not cfg.train.steps and not cfg.train.epochs
-    if budgeted:                         # a time budget: time a few steps, then fix the count
-        seconds_per_step, monitor_seconds = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
-                                                         budget_seconds=60 * cfg.train.minutes, monitor=monitor)
-        cfg.train.steps = start_step + _steps_that_fit(
-            60 * cfg.train.minutes - (time.time() - budget_start), seconds_per_step, monitor_seconds, online_steps,
-            device)
-        if main and progress:
-            monitor_text = f" and {monitor_seconds:.1f} s an online evaluation" if monitor is not None else ""
-            print(f"train.minutes={cfg.train.minutes:g}: {seconds_per_step:.3f} s a step{monitor_text}, so "
-                  f"{cfg.train.steps} steps ({cfg.train.steps / steps_per_epoch:.2f} epochs); written to config.yaml "
-                  "as train.steps", file=sys.stderr)
-    total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    if warmup_steps > total_steps // 2:
-        if main:
-            print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
-                  f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
-        warmup_steps = total_steps // 2
-        # Recorded, so config.yaml replays the run: a budget's re-plan may leave more steps than the
-        # shortening assumed, and a replay with that count would otherwise warm up for longer.
-        cfg.optim.warmup_epochs = warmup_steps / steps_per_epoch
-    # A few trial steps run faster than a sustained run (measured: 0.64 s against 0.81 s a step on a
-    # 2-core VM), so the count is fixed again from the loop's own pace once warm-up ends: up to its last
-    # step and the cosine's first (factor 1) the learning rates do not depend on the count, so the run
-    # stays the one its config.yaml replays. Without a warm-up left, 10 steps give the pace instead.
-    # Online evaluations are planned apart, at their own measured cost: they come once an epoch, so
-    # the warm-up's pace may include none of them (in a text run they were 160 s of 860).
-    count_free_steps = warmup_steps + 1 if warmup_steps > start_step else start_step + 10
-    replan_at = min(count_free_steps, total_steps - 1) if budgeted else None
-    if main:
-        cfg.save(run_dir / "config.yaml")    # with the step count a time budget chose
-    best_score = _best_score(ckpt_dir)
 
-    def checkpoint(step: int, online_knn: float | None) -> Path | None:
+    def checkpoint(step: int, online_knn: float | None, folder: Path = ckpt_dir) -> Path | None:
         if not main:
             return None
         tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
@@ -366,18 +357,59 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                 "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
                 "config": cfg.to_dict()}
         try:
-            return save_checkpoint(ckpt_dir, step, tensors, meta, keep=cfg.train.keep_checkpoints)
+            return save_checkpoint(folder, step, tensors, meta, keep=cfg.train.keep_checkpoints)
         except OSError as e:
             kept = latest_checkpoint(ckpt_dir)
             raise TrainingError(
-                f"could not write the checkpoint of step {step} in {ckpt_dir} ({e.strerror or e}); training stopped. "
+                f"could not write the checkpoint of step {step} in {folder} ({e.strerror or e}); training stopped. "
                 + (f"The previous checkpoint {kept.name} is intact; " if kept else "No earlier checkpoint exists; ")
                 + f"free some disk space, then continue with: selfsup pretrain --resume {run_dir}") from e
+
+    budget = None
+    if not cfg.train.steps and not cfg.train.epochs:     # a time budget: time a few steps, then fix the count
+        evaluation_steps = online_steps if monitor is not None else 0
+        budget = Budget(60 * cfg.train.minutes, Cadence(
+            evaluation_steps, mean_steps_between(cfg.train.checkpoint_every, steps_per_epoch, evaluation_steps)))
+        costs = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
+                             budget_seconds=60 * cfg.train.minutes, monitor=monitor,
+                             checkpoint=lambda step, folder: checkpoint(step, None, folder) if main else None,
+                             scratch=run_dir / ".budget-trial")
+        budget.planned_from_trial(costs)
+        cfg.train.steps = start_step + _steps_that_fit(budget, device)
+        if main:
+            monitor_text = f", {costs.evaluation:.1f} s an online evaluation" if monitor is not None else ""
+            print(f"train.minutes={cfg.train.minutes:g}: {costs.step:.3f} s a step{monitor_text} and "
+                  f"{costs.checkpoint:.1f} s a checkpoint, so {cfg.train.steps} steps "
+                  f"({cfg.train.steps / steps_per_epoch:.2f} epochs); written to config.yaml as train.steps",
+                  file=sys.stderr)
+    total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    # The config.yaml of a budgeted run holds both its step count and its minutes; replaying it keeps the
+    # warm-up the run had, which may be over half of the steps when the re-plan found room for fewer.
+    replays_a_budget = budget is None and cfg.train.steps and cfg.train.minutes
+    if warmup_steps > total_steps // 2 and not replays_a_budget:
+        if main:
+            print(f"warning: optim.warmup_epochs={cfg.optim.warmup_epochs} ({warmup_steps} steps) would take most "
+                  f"of the {total_steps} training steps; warming up over {total_steps // 2} instead", file=sys.stderr)
+        warmup_steps = total_steps // 2
+        # Recorded, so config.yaml replays the run: a budget's re-plan may leave more steps than the
+        # shortening assumed, and a replay with that count would otherwise warm up for longer.
+        cfg.optim.warmup_epochs = warmup_steps / steps_per_epoch
+    # The trial's steps run at another pace than a sustained run, so the count is fixed again from the
+    # loop's own pace once warm-up ends: up to its last step and the cosine's first (factor 1) the
+    # learning rates do not depend on the count, so the run stays the one its config.yaml replays.
+    # Without a warm-up left, 10 steps give the pace instead.
+    count_free_steps = warmup_steps + 1 if warmup_steps > start_step else start_step + 10
+    replan_at = min(count_free_steps, total_steps - 1) if budget is not None else None
+    pace_from = start_step + (replan_at - start_step) // 2 if budget is not None else None
+    if main:
+        cfg.save(run_dir / "config.yaml")    # with the step count a time budget chose
+    best_score = _best_score(ckpt_dir)
 
     method.train()
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved, online_knn = start_step, None
-    monitor_spent, monitor_calls = 0.0, 0        # the loop's time in online evaluations, kept apart for the re-plan
+    if budget is not None:
+        budget.open_window(start_step)
     with open(run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics, \
             tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
                  dynamic_ncols=True, file=sys.stderr) as bar, \
@@ -386,12 +418,14 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             loss, logs, lr = train_step(step, total_steps)
             step += 1
             images_seen += local_batch * world.size
+            if step == pace_from:
+                budget.open_window(step)
             if step == replan_at:
-                steps_pace = (time.time() - t_start - monitor_spent) / (step - start_step)
-                if monitor_calls:
-                    monitor_seconds = monitor_spent / monitor_calls
-                total_steps = step + _steps_that_fit(60 * cfg.train.minutes - (time.time() - budget_start),
-                                                     steps_pace, monitor_seconds, online_steps, device)
+                costs = budget.replan(step)
+                total_steps = step + _steps_that_fit(budget, device)
+                metrics.write(json.dumps({"step": step, "budget": {
+                    "planned_steps": total_steps, "seconds_left": round(budget.seconds_left(), 2),
+                    **{f"{k}_seconds": round(v, 5) for k, v in dataclasses.asdict(costs).items()}}}) + "\n")
                 cfg.train.steps = bar.total = total_steps
                 if main:
                     cfg.save(run_dir / "config.yaml")
@@ -413,11 +447,13 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             bar.update(1)
             online_knn = None
             if monitor is not None and (step % online_steps == 0 or step == total_steps):
-                monitor_start = time.time()
+                monitor_start = time.perf_counter()
                 measured = monitor(method)
-                monitor_spent, monitor_calls = monitor_spent + time.time() - monitor_start, monitor_calls + 1
+                if budget is not None:
+                    budget.spent_apart("evaluation", time.perf_counter() - monitor_start)
                 online_knn = measured.get("online_knn_top1")
-                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **measured}
+                record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **measured,
+                          "seconds": round(time.perf_counter() - monitor_start, 3)}
                 warning = collapse_warning(measured)
                 if warning:
                     record["collapse_warning"] = warning
@@ -431,13 +467,20 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                               f"RankMe {measured['rankme']:.1f}, std {measured['std']:.2f}")
             epoch_end = step % steps_per_epoch == 0
             if step % cfg.train.checkpoint_every == 0 or epoch_end or step == total_steps or online_knn is not None:
+                checkpoint_start = time.perf_counter()
                 saved = checkpoint(step, online_knn)
                 last_saved = step
                 if saved is not None and online_knn is not None and (best_score is None or online_knn > best_score):
                     best_score = online_knn
                     mark_best(ckpt_dir, saved.with_suffix(""))
+                if budget is not None:
+                    budget.spent_apart("checkpoint", time.perf_counter() - checkpoint_start)
         if step != last_saved:
             checkpoint(step, None)
+        if budget is not None:          # what the loop really spent, against what the plan assumed
+            metrics.write(json.dumps({"step": step, "budget": {
+                "used_seconds": round(budget.elapsed(), 2), "budget_seconds": 60 * cfg.train.minutes,
+                **{f"measured_{k}_seconds": round(v, 5) for k, v in budget.measured(step).items()}}}) + "\n")
     seconds = time.time() - t_start
     done = step - start_step
     if stop.requested and step < total_steps:
@@ -446,25 +489,30 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     return TrainResult(run_dir=run_dir, method=method, steps=step, epochs=step / steps_per_epoch, seconds=seconds,
                        images_per_second=done * cfg.train.batch_size / max(seconds, 1e-9),
                        peak_memory_mb=peak_memory_mb(device), final_loss=loss_value,
-                       stopped_early=step < total_steps)
+                       stopped_early=step < total_steps,
+                       budget_use=(budget.elapsed(), 60 * cfg.train.minutes) if budget is not None else None)
 
 
 def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.device, first_step: int,
-                 budget_seconds: float, monitor: OnlineMonitor | None = None, untimed: int = 2,
-                 timed: int = 10) -> tuple[float, float]:
-    """(seconds per training step, seconds per online evaluation): the first from a trial of `untimed` +
-    up to `timed` real steps (fewer when they would take over 2% of the budget) starting at first_step,
-    the second from one evaluation by `monitor` (0 without one). Afterwards the weights, buffers,
-    optimizer, loss scale and random generators are put back, so the run proper starts exactly as
-    without the trial."""
+                 budget_seconds: float, monitor: OnlineMonitor | None = None, checkpoint=None,
+                 scratch: Path | None = None, untimed: int = 2, timed: int = 10) -> Costs:
+    """The costs of a training step, an online evaluation and a checkpoint: the first from a trial of
+    `untimed` + up to `timed` real steps (fewer when they would take over 2% of the budget) starting at
+    first_step, the second from an evaluation by `monitor` (0 without one), the third from the last of
+    three `checkpoint(step, folder)` writes into `scratch`, which is then removed. On a GPU the
+    evaluation is timed twice and its second, warm, time kept: a first call pays for kernel selection
+    and memory pools once. Afterwards the weights, buffers, optimizer, loss scale and random generators
+    are put back, so the run proper starts exactly as without the trial."""
     saved = (copy.deepcopy(method.state_dict()), copy.deepcopy(optimizer.state_dict()), scaler.state_dict(),
              torch.get_rng_state(), random.getstate(), np.random.get_state())
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    monitor_seconds = 0.0
-    if monitor is not None:
+    repeats = 2 if device.type == "cuda" else 1
+
+    evaluation_seconds = 0.0
+    for _ in range(repeats if monitor is not None else 0):
         start = time.perf_counter()
         monitor(method)
-        monitor_seconds = time.perf_counter() - start
+        evaluation_seconds = time.perf_counter() - start
     provisional_total = first_step + untimed + timed + 1
     seconds, counted = 0.0, 0
     for step in range(first_step, first_step + untimed):
@@ -485,23 +533,22 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     np.random.set_state(saved[5])
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
-    return seconds / counted, monitor_seconds
+    checkpoint_seconds = 0.0
+    if checkpoint is not None and scratch is not None:
+        try:
+            # In a run each checkpoint also prunes an older one; the third write here does so too.
+            for step in range(first_step, first_step + 3):
+                start = time.perf_counter()
+                checkpoint(step, scratch)
+                checkpoint_seconds = time.perf_counter() - start
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return Costs(seconds / counted, evaluation_seconds, checkpoint_seconds)
 
 
-def steps_in_budget(seconds_left: float, seconds_per_step: float, monitor_seconds: float = 0.0,
-                    steps_between_evaluations: int = 1) -> int:
-    """How many more steps (at least one) the rest of a time budget holds when every
-    `steps_between_evaluations` steps, and once more at the last step, an online evaluation
-    takes `monitor_seconds`."""
-    per_step = seconds_per_step + monitor_seconds / steps_between_evaluations
-    return max(1, int((seconds_left - monitor_seconds) / per_step))
-
-
-def _steps_that_fit(seconds_left: float, seconds_per_step: float, monitor_seconds: float,
-                    steps_between_evaluations: int, device: torch.device) -> int:
-    """steps_in_budget, under torchrun the fewest over the ranks, so that every rank stops at the same step."""
-    steps = torch.tensor([steps_in_budget(seconds_left, seconds_per_step, monitor_seconds,
-                                          steps_between_evaluations)], device=device)
+def _steps_that_fit(budget: Budget, device: torch.device) -> int:
+    """budget.steps_left(), under torchrun the fewest over the ranks, so that every rank stops at the same step."""
+    steps = torch.tensor([budget.steps_left()], device=device)
     return -int(distributed.all_reduce_max(-steps))
 
 
