@@ -106,7 +106,9 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{meta_path} is not a selfsup checkpoint (format={meta.get('format')!r})")
     try:
-        tensors = load_safetensors_bytes(tensor_path.read_bytes())
+        # In name order: safetensors hands them out in an order that differs from process to process,
+        # and the ranks of a sharded run must gather and scatter them in one order.
+        tensors = dict(sorted(load_safetensors_bytes(tensor_path.read_bytes()).items()))
     except (SafetensorError, ValueError, OSError) as e:
         raise CheckpointError(f"checkpoint tensors {tensor_path} cannot be read ({e}); the file is truncated or damaged") from e
     return tensors, meta
@@ -159,4 +161,4 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch
     for name, value in meta["scalars"].items():
         pid, key = name.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict({"state": dict(sorted(state.items())), "param_groups": meta["param_groups"]})

@@ -178,6 +178,9 @@ class TrainConfig:
     # With several processes (torchrun): batch-norm statistics over the global batch. auto = as the
     # method's paper (all but MoCo v2, whose shuffled BN is per GPU).
     sync_batchnorm: str = "auto"       # auto | on | off
+    # With several processes: ddp keeps a whole copy of the weights and optimizer state on every rank;
+    # fsdp shards them over the ranks (FSDP2, each Transformer block a unit), for models DDP cannot fit.
+    strategy: str = "ddp"              # ddp | fsdp
     # torch.compile the training step's forward and the batched augmentation. Off by default: on the CPU
     # and on an H200 it did not pay for its compile time (docs/scale.md).
     compile: bool = False
@@ -193,6 +196,8 @@ class TrainConfig:
                               f"{self.epochs} and {self.minutes}")
         if not (self.steps or self.epochs or self.minutes):
             raise ConfigError("say how long to train: train.steps, train.epochs or train.minutes must be > 0")
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ConfigError(f"train.strategy must be ddp or fsdp; got {self.strategy!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
             raise ConfigError(f"train.sync_batchnorm must be auto, on or off; got {self.sync_batchnorm!r}")
         if self.threads < 0:

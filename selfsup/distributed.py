@@ -155,3 +155,54 @@ def synchronise_batch_norm(module: nn.Module, device_type: str) -> nn.Module:
         else:
             synchronise_batch_norm(child, device_type)
     return module
+
+
+# ----------------------------------------------------------------------------- sharded parameters (FSDP2)
+
+def shard(root: nn.Module, device_type: str) -> nn.Module:
+    """train.strategy=fsdp: shard the parameters (and their gradients and optimizer state) of `root`
+    over the ranks with FSDP2's fully_shard: every module that declares `shard_unit = True` (a
+    Transformer block) becomes a unit of its own, gathered only while it runs; the rest belongs to
+    `root`, which must be the module whose forward the training step calls. In place; returns root."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    for unit in [m for m in root.modules() if getattr(m, "shard_unit", False)]:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(root, mesh=mesh)
+    return root
+
+
+def parameters_held(module: nn.Module) -> tuple[int, int]:
+    """(parameters this rank stores, parameters of the model): equal without sharding."""
+    from torch.distributed.tensor import DTensor
+    held = sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in module.parameters())
+    return held, sum(p.numel() for p in module.parameters())
+
+
+def full_tensors(state: dict) -> dict:
+    """A state dict with every sharded tensor (DTensor) gathered whole; every rank must call it, in the
+    same order. Plain tensors pass through, so without sharding it costs nothing."""
+    from torch.distributed.tensor import DTensor
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+
+
+def shaped_like(state: dict, like: dict) -> dict:
+    """Whole tensors read from a checkpoint, each sharded as the same entry of `like` (a state dict of the
+    sharded model or optimizer) is; entries that are not sharded pass through."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    out = {}
+    for k, v in state.items():
+        current = like.get(k)
+        if isinstance(current, DTensor) and v.shape == current.shape:
+            # every rank read the same whole tensor, so each keeps its own shard without communicating
+            v = distribute_tensor(v.to(current.device, current.dtype), current.device_mesh, current.placements,
+                                  src_data_rank=None)
+        out[k] = v
+    return out
+
+
+def whole(x: torch.Tensor) -> torch.Tensor:
+    """A sharded scalar or tensor (a gradient norm under FSDP) as a plain tensor; others as they are."""
+    from torch.distributed.tensor import DTensor
+    return x.full_tensor() if isinstance(x, DTensor) else x

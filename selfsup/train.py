@@ -268,12 +268,20 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     if cfg.train.channels_last and modality.channels_last:
         method = method.use_channels_last()
     objective = Objective(method)
+    sharded = world.size > 1 and cfg.train.strategy == "fsdp"
     if world.size > 1:
         if cfg.train.sync_batchnorm == "on" or (cfg.train.sync_batchnorm == "auto" and method.sync_batchnorm):
             distributed.synchronise_batch_norm(method, device.type)
-        objective = torch.nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=method.skips_parameters)
+        if sharded:                      # every rank holds a shard of each parameter, not a copy
+            distributed.shard(objective, device.type)
+            held, total = distributed.parameters_held(method)
+            if world.is_main:
+                print(f"train.strategy=fsdp: each of the {world.size} processes holds {held:,} of the "
+                      f"{total:,} parameters", file=sys.stderr)
+        else:
+            objective = torch.nn.parallel.DistributedDataParallel(
+                objective, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=method.skips_parameters)
     if cfg.train.compile:
         objective = compile_training(objective, cfg.train.compile_mode)
     optimizer = build_optimizer(method, cfg.optim)
@@ -307,7 +315,8 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf"))
+        grad_norm = distributed.whole(
+            torch.nn.utils.clip_grad_norm_(method.parameters(), cfg.optim.grad_clip or float("inf")))
         # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
         # With fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale.
         checked = [loss.detach().float()] + ([] if scaler.is_enabled() else [grad_norm.float()])
@@ -339,16 +348,21 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
         run_dir.mkdir(parents=True, exist_ok=True)
         modality.save_assets(data, run_dir)      # before the monitor, which reads the run's tokenizer or table
         _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
+    # The monitor runs on rank 0 alone, which under FSDP holds only a shard of the weights.
     monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
-                             run_dir=run_dir) if main else None
+                             run_dir=run_dir) if main and not sharded else None
+    if main and sharded and cfg.eval.online_every:
+        print("note: no online evaluation with train.strategy=fsdp (rank 0 holds a shard of the weights); "
+              "the evaluations after pretraining read the whole model from the checkpoint", file=sys.stderr)
     online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
 
     def checkpoint(step: int, online_knn: float | None, folder: Path = ckpt_dir) -> Path | None:
+        """Every rank calls it (sharded weights are gathered whole); rank 0 writes."""
+        tensors = {f"model.{k}": v for k, v in distributed.full_tensors(method.state_dict()).items()}
+        opt_tensors, opt_meta = optimizer_state(optimizer)
+        tensors.update(distributed.full_tensors(opt_tensors))
         if not main:
             return None
-        tensors = {f"model.{k}": v for k, v in method.state_dict().items()}
-        opt_tensors, opt_meta = optimizer_state(optimizer)
-        tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         if device.type == "cuda":            # dropout (SimCSE's augmentation) draws from the device's generator
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
@@ -372,7 +386,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
             evaluation_steps, mean_steps_between(cfg.train.checkpoint_every, steps_per_epoch, evaluation_steps)))
         costs = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
                              budget_seconds=60 * cfg.train.minutes, monitor=monitor,
-                             checkpoint=lambda step, folder: checkpoint(step, None, folder) if main else None,
+                             checkpoint=lambda step, folder: checkpoint(step, None, folder),
                              scratch=run_dir / ".budget-trial")
         budget.planned_from_trial(costs)
         cfg.train.steps = start_step + _steps_that_fit(budget, device)
@@ -586,7 +600,10 @@ def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.dev
             tensors, meta = load_checkpoint(stem)
             _check_same_run(meta, identity, stem)
             model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-            method.load_state_dict(model_state)
+            method.load_state_dict(distributed.shaped_like(model_state, method.state_dict()))
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            tensors = distributed.shaped_like(tensors, {k: parameters[int(k.split(".")[1])] for k in tensors
+                                                        if k.startswith("optimizer.")})
             restore_optimizer(optimizer, tensors, meta["optimizer"])
             if scaler.is_enabled() and meta.get("grad_scaler"):     # a run resumed in fp16 keeps its loss scale
                 scaler.load_state_dict(meta["grad_scaler"])

@@ -47,6 +47,8 @@ class SelfAttention(nn.Module):
 class Block(nn.Module):
     """Pre-norm Transformer block: x + drop(attn(LN(x))), then x + drop(MLP(LN(x)))."""
 
+    shard_unit = True      # train.strategy=fsdp gathers each block's parameters only while it runs
+
     def __init__(self, dim: int, heads: int, dropout: float, mlp_ratio: float = 4.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
