@@ -384,10 +384,14 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
         evaluation_steps = online_steps if monitor is not None else 0
         budget = Budget(60 * cfg.train.minutes, Cadence(
             evaluation_steps, mean_steps_between(cfg.train.checkpoint_every, steps_per_epoch, evaluation_steps)))
-        costs = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
-                             budget_seconds=60 * cfg.train.minutes, monitor=monitor,
-                             checkpoint=lambda step, folder: checkpoint(step, None, folder),
-                             scratch=run_dir / ".budget-trial")
+        scratch = run_dir / ".budget-trial"
+        try:
+            costs = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
+                                 budget_seconds=60 * cfg.train.minutes, monitor=monitor,
+                                 checkpoint=lambda step: checkpoint(step, None, scratch))
+        finally:
+            if main:                     # rank 0 alone wrote there
+                shutil.rmtree(scratch, ignore_errors=True)
         budget.planned_from_trial(costs)
         cfg.train.steps = start_step + _steps_that_fit(budget, device)
         if main:
@@ -509,11 +513,11 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
 
 def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.device, first_step: int,
                  budget_seconds: float, monitor: OnlineMonitor | None = None, checkpoint=None,
-                 scratch: Path | None = None, untimed: int = 2, timed: int = 10) -> Costs:
+                 untimed: int = 2, timed: int = 10) -> Costs:
     """The costs of a training step, an online evaluation and a checkpoint: the first from a trial of
     `untimed` + up to `timed` real steps (fewer when they would take over 2% of the budget) starting at
     first_step, the second from an evaluation by `monitor` (0 without one), the third from the last of
-    three `checkpoint(step, folder)` writes into `scratch`, which is then removed. On a GPU the
+    three `checkpoint(step)` calls (0 without one), which write where the caller clears up. On a GPU the
     evaluation is timed twice and its second, warm, time kept: a first call pays for kernel selection
     and memory pools once. Afterwards the weights, buffers, optimizer, loss scale and random generators
     are put back, so the run proper starts exactly as without the trial."""
@@ -548,15 +552,11 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
     checkpoint_seconds = 0.0
-    if checkpoint is not None and scratch is not None:
-        try:
-            # In a run each checkpoint also prunes an older one; the third write here does so too.
-            for step in range(first_step, first_step + 3):
-                start = time.perf_counter()
-                checkpoint(step, scratch)
-                checkpoint_seconds = time.perf_counter() - start
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+    # In a run each checkpoint also prunes an older one; the third write here does so too.
+    for step in range(first_step, first_step + 3 if checkpoint is not None else first_step):
+        start = time.perf_counter()
+        checkpoint(step)
+        checkpoint_seconds = time.perf_counter() - start
     return Costs(seconds / counted, evaluation_seconds, checkpoint_seconds)
 
 

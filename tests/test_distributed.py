@@ -217,3 +217,16 @@ def test_fsdp_shards_a_vit_and_trains_as_ddp_does_and_resumes_exactly(tiny_fashi
     for k in weights:          # whole tensors in the checkpoint, equal to DDP's
         torch.testing.assert_close(runs["fsdp"][k], runs["ddp"][k], rtol=1e-5, atol=1e-5)
     assert all(torch.equal(runs["fsdp"][k], runs["split"][k]) for k in runs["fsdp"])
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_time_budget_under_torchrun_times_its_checkpoints_on_every_rank(strategy, tiny_fashion, tmp_path):
+    """The budget's trial writes checkpoints into a scratch folder: every rank takes part (FSDP gathers the
+    weights), rank 0 alone writes and then removes the folder, and the ranks agree on one step count."""
+    result = torchrun(tiny_fashion, tmp_path, ["--name", "budget", "--method", "mae", "--no-eval"],
+                      "backbone.patch_size=4", "augment.size=16", "eval.online_every=0", "train.minutes=0.15",
+                      f"train.strategy={strategy}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "time budget:" in result.stdout and result.stdout.count("pretraining:") == 1
+    assert not (tmp_path / "budget" / ".budget-trial").exists()
+    assert load_checkpoint(latest_checkpoint(tmp_path / "budget" / "checkpoints"))[1]["step"] > 0
