@@ -1,5 +1,6 @@
 """fp16 with a gradient scaler: it trains, keeps its loss scale in the checkpoint, resumes exactly,
 and an overflowing step is skipped by the scaler instead of stopping the run."""
+import importlib
 import json
 
 import torch
@@ -7,6 +8,7 @@ import torch
 from selfsup.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.config import load_config
 from selfsup.data import load_images
+from selfsup.evaluate.online import OnlineMonitor
 from selfsup.precision import autocast, grad_scaler
 from selfsup.train import pretrain
 
@@ -72,20 +74,30 @@ def test_bf16_needs_no_scaler_and_fp32_no_autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
 
 
-def test_compile_option_compiles_the_backbone_in_place(tiny_fashion, tmp_path, monkeypatch):
-    """train.compile=true compiles the backbone without renaming its weights. The real compiler takes
-    minutes on this CPU, so the test compiles with the eager backend (same wrapping, no code generation)."""
-    compiled = []
-    real_compile = torch.nn.Module.compile
+def test_compile_option_compiles_the_training_step_and_not_evaluations(tiny_fashion, tmp_path, monkeypatch):
+    """train.compile=true compiles the training step's forward and the augmentation; evaluations (the
+    online monitor) call the method eagerly, and the checkpoint's weight names stay as they are. The
+    real compiler takes minutes on this CPU, so the test compiles with the eager backend (same
+    wrapping, no code generation)."""
+    augment = importlib.import_module("selfsup.augment")      # (selfsup.augment is also a function's name)
+    compiled, real_compile = [], torch.compile
 
-    def eager_compile(module, *args, **kwargs):
-        compiled.append(type(module).__name__)
-        return real_compile(module, backend="eager")
-    monkeypatch.setattr(torch.nn.Module, "compile", eager_compile)
+    def eager_compile(target, *args, **kwargs):
+        compiled.append(getattr(target, "__name__", type(target).__name__))
+        return real_compile(target, backend="eager")
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    kernels = []
+    real_monitor = OnlineMonitor.__call__
+    monkeypatch.setattr(OnlineMonitor, "__call__",
+                        lambda self, method: kernels.append(augment._views_kernel) or real_monitor(self, method))
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    overrides = ["backbone.width=0.125", "train.batch_size=32", "train.steps=2", "eval.online_every=0",
+    overrides = ["backbone.width=0.125", "train.batch_size=32", "train.steps=2", "eval.online_every=1",
                  "train.threads=1", "train.compile=true"]
-    pretrain(load_config(overrides=overrides), tmp_path / "run", data=data, progress=False)
+    result = pretrain(load_config(overrides=overrides), tmp_path / "run", data=data, progress=False,
+                      labelled=(data, data))
     tensors, _ = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    assert compiled == ["ResNet"]
+    assert sorted(compiled) == ["Objective", "views_from_draws"]
+    assert kernels and kernels[0] is not augment.views_from_draws      # the monitor ran while training was compiled
+    assert not isinstance(result.method, torch._dynamo.eval_frame.OptimizedModule)      # the method itself is not
+    assert augment._views_kernel is augment.views_from_draws            # put back after the run
     assert not any("_orig_mod" in key for key in tensors) and "model.backbone.stem.0.weight" in tensors
