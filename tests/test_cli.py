@@ -15,7 +15,10 @@ FAST = ["backbone.width=0.125", "train.batch_size=64", "train.steps=3", "train.l
 @pytest.fixture(scope="module")
 def fashion_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    code = main(["pretrain", "--runs-dir", str(runs), "--name", "fm", "--quiet", "data.subset=1024", *FAST])
+    # The whole pipeline after pretraining (probes with every label, the report) is test_report's; here
+    # the few-label step runs on its cheapest protocol and budget.
+    code = main(["pretrain", "--runs-dir", str(runs), "--name", "fm", "--quiet", "data.subset=1024", *FAST,
+                 "eval.after_pretrain=[knn]", "eval.labels=[1%]", "eval.report=false"])
     assert code == 0
     return runs / "fm"
 
