@@ -160,6 +160,13 @@ class TextModality:
         from selfsup.methods import method_class
         return cfg.text.pack == "on" or (cfg.text.pack == "auto" and method_class(cfg.method.name).packs_text)
 
+    def start_token(self, cfg) -> int:
+        """The token a document follows as the model saw it in training, and so the first token of a
+        document it is asked to read or continue: EOS for a packed stream (documents separated by EOS,
+        as GPT-2's), BOS for one row per document."""
+        from selfsup.text import BOS, EOS
+        return EOS if self._packs(cfg) else BOS
+
     def training_data(self, cfg, run_dir: Path | None = None):
         """The source's documents except its held-out share (the test set of a labelled source, the
         validation text of a language model), as one token window per row (packed) or one row per document."""
@@ -221,13 +228,14 @@ class TextModality:
         tokenizer = self.tokenizer(cfg, run_dir)
         parts = [[doc for i, doc in enumerate(docs) if is_held_out(i, cfg.text.test_fraction) == held_out]
                  for held_out in (False, True)]
-        return tuple(encode_documents(part, tokenizer, cfg.text.max_length, classes) for part in parts)
+        return tuple(encode_documents(part, tokenizer, cfg.text.max_length, classes, start=self.start_token(cfg))
+                     for part in parts)
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
              strict: bool = False):
         from selfsup.text import encode_documents
         docs = self._documents(cfg, Path(source).expanduser(), labels=bool(cfg.text.label_field))
-        return encode_documents(docs, self.tokenizer(cfg, run_dir), cfg.text.max_length)
+        return encode_documents(docs, self.tokenizer(cfg, run_dir), cfg.text.max_length, start=self.start_token(cfg))
 
     def match_input(self, cfg, samples: torch.Tensor) -> torch.Tensor:
         return samples

@@ -16,6 +16,7 @@ from selfsup.text import (BOS, EOS, MASK, PAD, ByteTokenizer, bag_of_words, buil
                           encode_documents, generate, iter_documents, load_tokenizer, pack_corpus, perplexity,
                           save_tokenizer)
 import selfsup.text.data as text_data
+from selfsup.text.generate import restrict
 
 MULTILINGUAL = "héllo wörld, 日本語のテキスト, emoji 🙂 and Ελληνικά"
 
@@ -331,7 +332,7 @@ def test_generate_is_reproducible_and_crops_the_context():
     method = CLM(small_backbone("gpt", vocab_size=260, max_length=8), CLMConfig())
     tok = ByteTokenizer()
     text = generate(method, tok, "a long prompt, longer than max_length", max_new_tokens=12, seed=1)
-    assert isinstance(text, str) and method.training      # the mode is restored
+    assert 0 < len(text) <= 12 and method.training      # up to 12 new byte tokens; the mode is restored
     assert generate(method, tok, "a long prompt, longer than max_length", max_new_tokens=12, seed=1) == text
     samples = {generate(method, tok, "x", max_new_tokens=12, temperature=2.0, top_k=0, seed=s) for s in range(4)}
     assert len(samples) > 1
@@ -343,9 +344,67 @@ def test_generate_is_reproducible_and_crops_the_context():
     assert seen == [7, 7, 7]
     del method.logits
     rnn = CLM(small_backbone("gru", vocab_size=260), CLMConfig())
-    assert isinstance(generate(rnn, tok, "hi", max_new_tokens=5, temperature=0), str)
+    greedy = generate(rnn, tok, "hi", max_new_tokens=5, temperature=0)
+    assert greedy == generate(rnn, tok, "hi", max_new_tokens=5, temperature=0, seed=7)    # no sampling at T=0
     with pytest.raises(ValueError, match="causal language model"):
         generate(MLM(small_backbone("transformer", vocab_size=260), MLMConfig()), tok, "x")
+
+
+class FixedNextToken(torch.nn.Module):
+    """A stand-in language model whose next-token probabilities are always `probs`; records its inputs."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.backbone = torch.nn.Linear(1, 1)
+        self.backbone.causal = True
+        self.log_probs = torch.tensor(probs).log()
+        self.inputs = []
+
+    def logits(self, ids):
+        self.inputs.append(ids[0].tolist())
+        return self.log_probs.expand(ids.shape[0], ids.shape[1], -1)
+
+
+def sampled(probs, **settings):
+    """The set of tokens drawn in 300 single-token generations (token 2, EOS, is never likely here)."""
+    model = FixedNextToken(probs)
+    tok = ByteTokenizer()
+    return {tok.encode(generate(model, tok, "", max_new_tokens=1, seed=seed, **settings))[0] for seed in range(300)}
+
+
+def test_top_k_top_p_and_temperature_restrict_what_is_sampled():
+    probs = [0.0001] * 4 + [0.40, 0.30, 0.15, 0.10] + [0.0496 / 252] * 252        # tokens 4..7 hold 95%
+    assert sampled(probs, temperature=1.0, top_k=0) - {4, 5, 6, 7}                # unrestricted: others too
+    assert sampled(probs, temperature=1.0, top_k=2) == {4, 5}
+    assert sampled(probs, temperature=1.0, top_k=0, top_p=0.6) == {4, 5}          # 0.40 < 0.6 <= 0.70
+    assert sampled(probs, temperature=1.0, top_k=0, top_p=0.3) == {4}
+    assert sampled(probs, temperature=0.0) == {4}
+    assert sampled(probs, temperature=0.02, top_k=0) == {4}                       # (0.3/0.4)^50: never token 5
+    logits = torch.tensor(probs).log()
+    assert torch.isinf(restrict(logits, 1.0, top_p=0.75)).sum() == 260 - 3      # 0.40 + 0.30 < 0.75: three kept
+    with pytest.raises(ValueError, match="top_p"):
+        generate(FixedNextToken(probs), ByteTokenizer(), "", top_p=0)
+
+
+def test_generation_starts_from_the_token_that_begins_a_document_in_training(tmp_path):
+    """clm trains on a packed stream, documents separated by EOS and no BOS: generation and the
+    features of documents start from EOS, a token the model has read; one row per document starts
+    with BOS."""
+    from selfsup.config import load_config
+    from selfsup.modalities import modality_of
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("first doc", "second one", "third")))
+    packed = load_config(overrides=["method.name=clm", f"data.source={corpus}", "text.max_length=8"])
+    stream = text_data.pack_corpus((t for t in ("first doc", "second one")), ByteTokenizer(), 8,
+                                   tmp_path / "stream.bin").samples
+    start = modality_of(packed).start_token(packed)
+    assert start == EOS and (stream == EOS).any() and not (stream == BOS).any()
+    model = FixedNextToken([1 / 260] * 260)
+    generate(model, ByteTokenizer(), "ab", max_new_tokens=1, start_token=start)
+    assert model.inputs[0] == [EOS] + ByteTokenizer().encode("ab") and model.inputs[0][0] in stream.flatten().tolist()
+    rows = load_config(overrides=["method.name=clm", f"data.source={corpus}", "text.pack=off"])
+    assert modality_of(rows).start_token(rows) == BOS
+    assert text_data.encode_documents([("ab", None)], ByteTokenizer(), 8, start=EOS).samples[0, 0] == EOS
 
 
 def test_perplexity_is_exp_of_the_mean_token_cross_entropy():

@@ -182,8 +182,9 @@ def _check_max_length(max_length: int) -> None:
 
 
 def encode_documents(docs: Iterable[tuple[str, str | None]], tokenizer, max_length: int,
-                     classes: list[str] | None = None, name: str = "") -> TextSet:
-    """One int32 row per document: [BOS, tokens...] cut to max_length, then PAD up to max_length.
+                     classes: list[str] | None = None, name: str = "", start: int = BOS) -> TextSet:
+    """One int32 row per document: [start, tokens...] cut to max_length, then PAD up to max_length.
+    `start` is BOS, or EOS for a model trained on a packed stream, where EOS is what precedes a document.
 
     Labels (all documents labelled, or none) become indices into `classes`: the given list (a label
     outside it is a DataError) or the sorted distinct labels.
@@ -193,7 +194,7 @@ def encode_documents(docs: Iterable[tuple[str, str | None]], tokenizer, max_leng
     raw_labels: list[str | None] = []
     rows: list[np.ndarray] = []
     for text, label in docs:
-        ids = [BOS] + tokenizer.encode(text)[:max_length - 1]
+        ids = [start] + tokenizer.encode(text)[:max_length - 1]
         row = np.full(max_length, PAD, dtype=np.int32)
         row[:len(ids)] = ids
         rows.append(row)

@@ -9,31 +9,49 @@ import math
 
 import torch
 
-from selfsup.text.tokenizer import BOS, EOS
+from selfsup.text.tokenizer import EOS
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def restrict(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Next-token logits (V,) -> the logits sampling draws from: divided by temperature, then all but the
+    top_k likeliest tokens (top_k <= 0: no limit) and all outside the smallest set of likeliest tokens
+    whose probability reaches top_p (nucleus sampling; 1.0: no limit) set to -inf."""
+    logits = logits / temperature
+    if 0 < top_k < logits.numel():
+        logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
+    if top_p < 1.0:
+        probs, order = logits.softmax(-1).sort(descending=True)
+        before = probs.cumsum(0) - probs                     # probability of the likelier tokens
+        logits[order[before >= top_p]] = float("-inf")       # the first token is always kept
+    return logits
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,
-             top_k: int = 40, seed: int = 0) -> str:
+             top_k: int = 40, seed: int = 0, top_p: float = 1.0, start_token: int = EOS) -> str:
     """The text sampled after `prompt` (the continuation only) from a causal language model: any
     module with `backbone` (causal) and `logits(ids) -> (B, L, vocab)`, e.g. a clm method.
 
-    Each step samples from softmax(logits / temperature) over the top_k likeliest tokens (top_k <= 0:
-    all; temperature 0: the likeliest token). The context is [BOS] + prompt, cropped to the backbone's
-    max_length - 1 tokens (transformers). Stops at EOS. The same seed gives the same text.
+    Each step samples from the logits `restrict` leaves (temperature, top_k, top_p; temperature 0:
+    the likeliest token). The context is [start_token] + prompt, cropped to the backbone's
+    max_length - 1 tokens (transformers): EOS for a model trained on a packed stream (clm's default,
+    where EOS is what comes before a document), BOS for one trained on one row per document
+    (`Text.start_token` says which). Stops at EOS. The same seed gives the same text.
     """
     if not getattr(model.backbone, "causal", False) or not hasattr(model, "logits"):
         raise ValueError("generate needs a causal language model (a clm method: backbone gpt, lstm or gru)")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     device = _device(model)
     window = getattr(model.backbone, "max_length", None)
     gen = torch.Generator().manual_seed(seed)      # sampling on the CPU: the same text on every device
-    ids = [BOS] + tokenizer.encode(prompt)
+    ids = [start_token] + tokenizer.encode(prompt)
     new: list[int] = []
     was_training = model.training
     model.eval()
@@ -46,10 +64,7 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 200, temperatu
             if temperature == 0:
                 token = int(logits.argmax())
             else:
-                logits = logits / temperature
-                if 0 < top_k < logits.numel():
-                    kth = logits.topk(top_k).values[-1]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                logits = restrict(logits, temperature, top_k, top_p)
                 token = int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
             if token == EOS:
                 break
