@@ -36,7 +36,7 @@ from selfsup.config import Config, ConfigError
 from selfsup.data import DataError
 from selfsup.evaluate.datasets import labelled_eval_sets
 from selfsup.evaluate.online import OnlineMonitor
-from selfsup.evaluate.representation import collapse_warning
+from selfsup.evaluate.representation import CollapseWatch
 from selfsup.methods import Method, method_class
 from selfsup.modalities import modality_of
 from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
@@ -308,7 +308,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
         lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio)
         constant_lr = cfg.optim.lr * lr_factor(step, total_steps, warmup_steps, "constant")
         for group in optimizer.param_groups:
-            group["lr"] = constant_lr if group.get("constant_lr") else lr
+            group["lr"] = (constant_lr if group.get("constant_lr") else lr) * group.get("lr_scale", 1.0)
         views = method.views(batch_at(step), step_generator(cfg.train.seed, step, world.rank, device))
         with autocast(device.type, precision):
             loss, logs = objective(views)
@@ -426,6 +426,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     method.train()
     step, loss_value, t_start, t_window, images_seen = start_step, float("nan"), time.time(), time.time(), 0
     last_saved, online_knn = start_step, None
+    collapse_watch = CollapseWatch(method.spreads_embeddings)
     if budget is not None:
         budget.open_window(start_step)
     with open(run_dir / "metrics.jsonl" if main else os.devnull, "a") as metrics, \
@@ -472,7 +473,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                 online_knn = measured.get("online_knn_top1")
                 record = {"step": step, "epoch": round(step / steps_per_epoch, 4), **measured,
                           "seconds": round(time.perf_counter() - monitor_start, 3)}
-                warning = collapse_warning(measured)
+                warning = collapse_watch(measured)
                 if warning:
                     record["collapse_warning"] = warning
                     bar.write(f"warning: step {step}: {warning}; check the learning rate and the method's "

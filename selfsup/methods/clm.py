@@ -29,6 +29,7 @@ class CLMConfig(MethodConfig):
 @register_method("clm")
 class CLM(TokenPrediction):
     config_class = CLMConfig
+    spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
     packs_text = True        # a language model learns from the running text, not from document-sized rows
     recipe = {
         "backbone": {"name": "gpt"},

@@ -52,6 +52,7 @@ def all_quarter_turns(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
 @register_method("rotation")
 class Rotation(Method):
     config_class = RotationConfig
+    spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
 
     def __init__(self, backbone, cfg: RotationConfig, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)

@@ -71,6 +71,7 @@ def reconstruction_loss(pred: torch.Tensor, x: torch.Tensor, numeric_features: i
 @register_method("vime")
 class VIME(Method):
     config_class = VIMEConfig
+    spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
     modality = "tabular"
     recipe = {
         "backbone": {"name": "tabular_mlp"},
