@@ -50,6 +50,8 @@ def main():
         train, test = run.labelled_sets()
         data_name = cfg.data.source          # names the cached features the linear probe reuses
         report = knn_report(run, train, test, baselines=args.baselines, progress=False, data_name=data_name)
+        if run.method.evaluated_backbone is not run.method.backbone:      # a teacher is evaluated (DINO)
+            report["knn_top1_student"] = student_knn(run, train, test)
         if args.linear:
             report.update(linear_row(run, train, test, data_name))
     except DataError as e:                 # unlabeled data: nothing to score with kNN
@@ -68,6 +70,21 @@ def main():
     if args.out:
         with open(args.out, "a") as f:
             f.write(line + "\n")
+
+
+def student_knn(run, train, test) -> float:
+    """kNN top-1 of the network the gradient trains, for a method evaluated with its teacher: the two
+    swap places for the measurement."""
+    method = run.method
+    teacher_name = next(name for name, child in method.named_children() if child is method.evaluated_backbone)
+    student, teacher = method.backbone, method.evaluated_backbone
+    setattr(method, teacher_name, student)
+    method.backbone = teacher
+    try:
+        return knn_report(run, train, test, baselines=False, progress=False)["knn_top1"]
+    finally:
+        setattr(method, teacher_name, teacher)
+        method.backbone = student
 
 
 def linear_row(run, train, test, data_name: str) -> dict:

@@ -27,7 +27,8 @@ class Run:
 
     @property
     def backbone(self) -> torch.nn.Module:
-        return self.method.backbone
+        """The encoder evaluations read (DINO: its teacher)."""
+        return self.method.evaluated_backbone
 
     @property
     def modality(self):

@@ -13,7 +13,8 @@ from selfsup.methods import encode_views
 from selfsup.methods.dino import DINO, DINOConfig, dino_loss, teacher_temperature
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
-from selfsup.run import load_run
+from selfsup.augment import eval_transform
+from selfsup.run import Run, load_run
 from selfsup.train import build_method, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
@@ -263,3 +264,34 @@ def test_loss_under_bf16_autocast_is_fp32_and_close_to_the_fp32_loss():
             half, logs = method.loss(views)
     assert half.dtype == torch.float32 and torch.isfinite(half)
     assert half.item() == pytest.approx(full.item(), rel=0.05)
+
+
+def test_the_teacher_sees_only_the_global_views_and_the_student_every_view(monkeypatch):
+    method = small_method()
+    views = views_of(method)                        # 2 global views of 20 px, 2 local of 12 px
+    seen = {"student": [], "teacher": []}
+    for name, network in (("student", method.backbone), ("teacher", method.teacher_backbone)):
+        real = network.forward
+        monkeypatch.setattr(network, "forward", lambda x, real=real, name=name: seen[name].append(x.shape) or real(x))
+    method.loss(views)
+    assert sorted(s[0] for s in seen["teacher"]) == [2 * 8]                 # the two global views, once
+    assert sorted(s[-1] for s in seen["teacher"]) == [views[0].shape[-1]]
+    assert sorted(s[-1] for s in seen["student"]) == sorted({v.shape[-1] for v in views})
+    assert sum(s[0] for s in seen["student"]) == 8 * len(views)             # every view, global and local
+
+
+def test_evaluations_read_the_teacher_as_the_paper_does(tmp_path):
+    """embed, the feature maps, Run.backbone (kNN, probes, fine-tuning, the report) and export read the
+    teacher; with teacher and student made to differ, the features are the teacher's."""
+    method = small_method()
+    with torch.no_grad():
+        for p in method.teacher_backbone.parameters():
+            p.mul_(0.5)
+    method.eval()
+    images = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    x = method._layout(eval_transform(images, method.augment_cfg))
+    torch.testing.assert_close(method.embed(images), method.teacher_backbone(x))
+    assert not torch.allclose(method.embed(images), method.backbone(x))
+    torch.testing.assert_close(method.embed_maps(images)[-1], method.teacher_backbone.stage_maps(x)[-1])
+    assert method.evaluated_backbone is method.teacher_backbone
+    assert Run(tmp_path, small_config(), method, 0).backbone is method.teacher_backbone

@@ -52,6 +52,6 @@ class OnlineMonitor:
             # Two views from the run's own augmentation recipe, with a fixed seed so every
             # evaluation of a run compares the same pairs (alignment needs views; text and tables have none).
             gen = torch.Generator(device=self.device).manual_seed(VIEW_SEED)
-            views = [self._features(lambda batch: method.backbone(make_view(batch, gen)), self.sample)
+            views = [self._features(lambda batch: method.evaluated_backbone(make_view(batch, gen)), self.sample)
                      for _ in range(2)]
         return {k: round(v, 5) for k, v in representation_metrics(plain, *views).items()}

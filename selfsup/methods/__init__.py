@@ -1,6 +1,8 @@
 """Pretext tasks. One file per method holds its whole recipe; the trainer sees only this interface:
 
-    method.backbone                    the encoder a user keeps
+    method.backbone                    the encoder the pretext task trains
+    method.evaluated_backbone          the encoder evaluations, export and fine-tuning read (the teacher
+                                       for methods whose paper evaluates it)
     method.views(batch_u8, gen)        uint8 (B, C, H, W) -> list of float views
     method.loss(views)                 -> (scalar loss, {name: scalar tensor or float} to log)
     method.after_step(progress)        EMA teachers, queues, schedules (progress in [0, 1])
@@ -36,6 +38,14 @@ class Method(nn.Module):
     num_views = 2            # global views; augment.local_crops adds small ones after them
     sync_batchnorm = True    # with several processes, BN over the global batch (train.sync_batchnorm=auto)
     skips_parameters = False  # True when some trainable parameters get no gradient in some steps (DDP must know)
+    # Whether batch norm normalises each view over its own batch (the official code of BYOL, SimSiam,
+    # Barlow Twins, VICReg and MoCo v3 runs the network once per view) or over all views of the step
+    # together (SimCLR, DINO, SwAV): see embed_views.
+    batch_norm_per_view = False
+    # Whether the loss itself spreads the embeddings out (contrastive, redundancy-reducing, clustering,
+    # self-distillation) or predicts something from them (masked patches, rotations, tokens): the
+    # online monitor's collapse warning holds each family to its own healthy range.
+    spreads_embeddings = True
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format
@@ -55,21 +65,32 @@ class Method(nn.Module):
     def after_step(self, progress: float) -> None:
         """Called after each optimizer step; methods with teachers or queues update them here."""
 
+    # The learning rate of the parameters LARS steps without its trust ratio (biases, norm layers) as a
+    # share of the schedule's: 1 but for a paper that sets it apart (Barlow Twins).
+    bias_lr_scale = 1.0
+
     def constant_lr_parameters(self) -> list[nn.Parameter]:
         """Parameters whose lr the paper keeps constant after warm-up instead of following the schedule."""
         return []
 
+    @property
+    def evaluated_backbone(self) -> nn.Module:
+        """The encoder a user keeps: kNN, probes, fine-tuning, embeddings, export and the report read it.
+        The trained backbone itself, unless the method's paper evaluates a momentum teacher (DINO)."""
+        return self.backbone
+
     @torch.no_grad()
     def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+        return self.evaluated_backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))
 
     @torch.no_grad()
     def embed_maps(self, batch_u8: torch.Tensor) -> list[torch.Tensor]:
         """The backbone's stage outputs (B, C_i, H_i, W_i) for the view `embed` sees (convolutional backbones)."""
-        if not hasattr(self.backbone, "stage_maps"):
-            raise ValueError(f"{type(self.backbone).__name__} has no feature maps to probe; the map features "
+        backbone = self.evaluated_backbone
+        if not hasattr(backbone, "stage_maps"):
+            raise ValueError(f"{type(backbone).__name__} has no feature maps to probe; the map features "
                              "need a convolutional backbone (resnet18, resnet34, resnet50)")
-        return self.backbone.stage_maps(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+        return backbone.stage_maps(self._layout(eval_transform(batch_u8, self.augment_cfg)))
 
     def use_channels_last(self) -> "Method":
         self.memory_format = torch.channels_last
@@ -110,6 +131,17 @@ def encode_views(network: nn.Module, views: list[torch.Tensor]) -> list[torch.Te
         for i, chunk in zip(group, network(torch.cat([views[i] for i in group])).chunk(len(group))):
             out[i] = chunk
     return out
+
+
+def embed_views(backbone: nn.Module, head: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor],
+                per_view: bool) -> torch.Tensor:
+    """head(backbone(view)) for every view, stacked in view order (V * B, D). Jointly (per_view False)
+    the backbone runs once per view size and the head once over all views, so each batch norm layer
+    sees every view of the step together; per view, each view runs through both on its own and is
+    normalised by its own batch's statistics."""
+    if per_view:
+        return torch.cat([head(backbone(v)) for v in views])
+    return head(torch.cat(encode_views(backbone, views)))
 
 
 def _import_all_methods() -> None:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.augment import ASYMMETRIC_VIEWS
 from selfsup.distributed import all_reduce_mean
 from selfsup.methods import Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
@@ -120,7 +121,7 @@ class DINO(Method):
     recipe = {
         # Multi-crop, the paper's 2x224 + 10x96 scaled to 28 px images, with four 12 px local crops
         # (not ten) for the CPU budget.
-        "augment": {"local_crops": 4},
+        "augment": {"local_crops": 4, "views": ASYMMETRIC_VIEWS},
     }
 
     def __init__(self, backbone, cfg: DINOConfig, augment_cfg):
@@ -133,6 +134,12 @@ class DINO(Method):
         self.progress = TrainingProgress()
         self.momentum = cfg.base_momentum
         self._batch_center: torch.Tensor | None = None
+
+    @property
+    def evaluated_backbone(self) -> nn.Module:
+        """The teacher, as the paper evaluates it (sec. 3.1 and 5.2: the momentum teacher performs
+        better than the student throughout training)."""
+        return self.teacher_backbone
 
     def loss(self, views: list[torch.Tensor]):
         g, b, progress = self.num_views, views[0].shape[0], self.progress.get()
