@@ -6,7 +6,8 @@ set; the shared backbone encodes every tile on its own, the features are concate
 shuffled order, and an MLP names the permutation (cross-entropy). The set is chosen once, greedily
 for large Hamming distances (as in the paper), from a seeded pool, so it is the same in every
 build. Each tile is cut at a random offset inside its cell, leaving gaps, so that the puzzle cannot
-be solved by matching edges.
+be solved by matching edges, and each tile's mean and standard deviation are normalised on their own,
+so that it cannot be solved from brightness and contrast either (the paper's sec. 3.2 on shortcuts).
 """
 from __future__ import annotations
 
@@ -85,6 +86,14 @@ def cut_tiles(images: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor)
     return images[batch, :, rows, cols].permute(0, 1, 4, 2, 3)                  # (B, T, tile, tile, C) -> (B, T, C, ...)
 
 
+def normalize_tiles(tiles: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(B, T, C, t, t) -> each tile minus its mean, over its standard deviation (over C, t, t): a tile's
+    place in the image can then not be read off how bright or how contrasty it is."""
+    mean = tiles.mean(dim=(2, 3, 4), keepdim=True)
+    std = tiles.std(dim=(2, 3, 4), keepdim=True)
+    return (tiles - mean) / (std + eps)
+
+
 def shuffle_tiles(tiles: torch.Tensor, perms: torch.Tensor) -> torch.Tensor:
     """tiles (B, T, ...), perms (B, T): position i of sample b shows tile perms[b, i]."""
     index = perms.view(*perms.shape, *([1] * (tiles.dim() - 2))).expand_as(tiles)
@@ -99,6 +108,7 @@ def unshuffle_tiles(shuffled: torch.Tensor, perms: torch.Tensor) -> torch.Tensor
 @register_method("jigsaw")
 class Jigsaw(Method):
     config_class = JigsawConfig
+    spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
     recipe = {
         # Whole 28 px images give 3x3 cells of 9 px: the tiles (8 px) are as small as is useful.
         "augment": {"size": 28},
@@ -119,7 +129,7 @@ class Jigsaw(Method):
                              f"tile_jitter={jitter}; use a larger augment.size")
         offsets = torch.randint(0, jitter + 1, (b, grid * grid, 2), generator=gen, device=x.device)
         labels = torch.randint(0, self.cfg.num_permutations, (b,), generator=gen, device=x.device)
-        tiles = shuffle_tiles(cut_tiles(x, grid, tile, offsets), self.permutations[labels])
+        tiles = shuffle_tiles(normalize_tiles(cut_tiles(x, grid, tile, offsets)), self.permutations[labels])
         return [self._layout(tiles.flatten(0, 1)), labels]
 
     def loss(self, views: list[torch.Tensor]):
