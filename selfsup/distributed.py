@@ -99,6 +99,14 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
     return all_reduce_sum(x) / dist.get_world_size() if active() else x
 
 
+def broadcast_from_first(x: torch.Tensor) -> torch.Tensor:
+    """Rank 0's x on every rank (x itself on one process)."""
+    if active():
+        x = x.clone()
+        dist.broadcast(x, src=0)
+    return x
+
+
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     if active():
         x = x.clone()

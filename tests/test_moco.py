@@ -7,12 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from selfsup.backbones import backbone_names
 from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
-from selfsup.methods.moco2 import MoCo2, MoCo2Config, moco_loss
+from selfsup.methods.moco2 import MoCo2, MoCo2Config, moco_loss, split_batch
 from selfsup.methods.moco3 import MoCo3, moco3_loss
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
@@ -111,11 +112,11 @@ def test_no_gradient_reaches_the_key_encoder_and_it_is_not_optimized(name, key_m
 
 def test_moco2_after_step_moves_the_key_encoder_by_ema_and_enqueues_view_2_keys():
     torch.manual_seed(1)
-    method = built("moco2", "method.momentum=0.9")
+    method = built("moco2", "method.momentum=0.9", "method.shuffle_bn_splits=1")     # whole-batch BN: by hand
     views = some_views(method, n=8)
     # what the key encoder gives for view 2, computed by hand before the step changes anything
     with torch.no_grad():
-        expected_keys = F.normalize(method.key_projector(method.key_backbone(torch.cat(views)))[8:], dim=1)
+        expected_keys = F.normalize(method.key_projector(method.key_backbone(views[1])), dim=1)
     queue_before = method.queue.items.clone()
     loss, _ = method.loss(views)
     loss.backward()
@@ -135,21 +136,61 @@ def test_moco2_after_step_moves_the_key_encoder_by_ema_and_enqueues_view_2_keys(
 
 def test_moco2_loss_crosses_the_views_and_uses_the_key_encoder():
     """The method's loss is the formula on queries from the online encoder and keys from the key
-    encoder, view 1's query against view 2's key and vice versa. (Train-mode BN: batch statistics.)"""
+    encoder, view 1's query against view 2's key and vice versa. (Train-mode BN over each view's whole
+    batch: one sub-batch, so Shuffle-BN changes nothing here.)"""
     torch.manual_seed(5)
-    method = built("moco2")
+    method = built("moco2", "method.shuffle_bn_splits=1")
     views = some_views(method)
     with torch.no_grad():
         for p in method.key_projector.parameters():            # key encoder != query encoder
             p.add_(0.1 * torch.randn_like(p))
-        q1, q2 = method.projector(method.backbone(torch.cat(views))).chunk(2)
-        k1, k2 = method.key_projector(method.key_backbone(torch.cat(views))).chunk(2)
+        q1, q2 = (method.projector(method.backbone(v)) for v in views[:2])
+        k1, k2 = (method.key_projector(method.key_backbone(v)) for v in views[:2])
     queue, t = method.queue.items, method.cfg.temperature
     loss, _ = method.loss(views)
     expected = (loop_queue_nce(q1, k2, queue, t) + loop_queue_nce(q2, k1, queue, t)) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-4)
     uncrossed = (loop_queue_nce(q1, k1, queue, t) + loop_queue_nce(q2, k2, queue, t)) / 2
     assert abs(expected - uncrossed) > 1e-3
+
+
+def sub_batch_members(outputs: torch.Tensor) -> list[frozenset]:
+    """For outputs of a batch norm (no affine) over one-hot rows e_i: which rows shared row i's
+    sub-batch. (e_i - mean) / std is negative exactly at the coordinates of the other members."""
+    return [frozenset(torch.nonzero(row < -1e-6).flatten().tolist()) | {i} for i, row in enumerate(outputs)]
+
+
+def test_shuffle_bn_normalises_a_key_with_other_images_than_its_query():
+    """MoCo sec. 3.3 on one process: queries are normalised over sub-batches in their order, keys over
+    sub-batches cut from a shuffled order and put back. Read through a batch norm of one-hot rows, no
+    key's sub-batch is its query's; without the shuffle every one is."""
+    norm = nn.BatchNorm1d(16, affine=False)
+    rows = torch.eye(16)
+    order = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+    queries = sub_batch_members(split_batch(norm, rows, 4))
+    keys = sub_batch_members(split_batch(norm, rows, 4, order))
+    unshuffled = sub_batch_members(split_batch(norm, rows, 4, torch.arange(16)))
+    assert all(len(q) == 4 for q in queries) and queries == [frozenset(range(i // 4 * 4, i // 4 * 4 + 4))
+                                                             for i in range(16)]
+    assert keys != queries and sum(k == q for k, q in zip(keys, queries)) <= 2
+    assert unshuffled == queries
+    for i, members in enumerate(keys):                       # each key's sub-batch: four rows dealt out by `order`
+        position = order.tolist().index(i)
+        assert members == frozenset(order[position // 4 * 4:position // 4 * 4 + 4].tolist())
+
+
+def test_moco2_draws_its_shuffle_from_the_step_generator_and_its_key_encoder_uses_it(monkeypatch):
+    method = built("moco2")
+    first, second = some_views(method, seed=0), some_views(method, seed=0)
+    assert torch.equal(first[-1], second[-1]) and sorted(first[-1].tolist()) == list(range(8))
+    assert not torch.equal(first[-1], some_views(method, seed=1)[-1])
+    seen = []
+    real = method.key_backbone.forward
+    monkeypatch.setattr(method.key_backbone, "forward", lambda x: seen.append(x.clone()) or real(x))
+    method.loss(first)
+    splits = method.cfg.shuffle_bn_splits
+    shuffled_view_1 = torch.cat(seen[:splits])
+    assert torch.equal(shuffled_view_1, first[0][first[-1]])    # the keys of view 1, dealt out in the drawn order
 
 
 def test_moco2_uses_the_queue_as_negatives():
@@ -190,8 +231,9 @@ def test_moco3_loss_crosses_the_views_and_uses_the_momentum_encoder():
     with torch.no_grad():
         for p in method.momentum_projector.parameters():
             p.add_(0.1 * torch.randn_like(p))
-        q1, q2 = method.predictor(method.projector(method.backbone(torch.cat(views)))).chunk(2)
-        k1, k2 = method.momentum_projector(method.momentum_backbone(torch.cat(views))).chunk(2)
+        # each view through the networks on its own (batch norm per view, as the paper's code)
+        q1, q2 = (method.predictor(method.projector(method.backbone(v))) for v in views)
+        k1, k2 = (method.momentum_projector(method.momentum_backbone(v)) for v in views)
     loss, _ = method.loss(views)
     expected = loop_ctr(q1, k2, 0.2) + loop_ctr(q2, k1, 0.2)
     assert loss.item() == pytest.approx(expected, rel=1e-4)

@@ -6,9 +6,12 @@ embed two views of each image. InfoNCE pulls each query towards the key of its o
 from a queue of keys of earlier batches; the keys are enqueued after the step, without gradient.
 With `symmetric` (MoCo v3's practice, Chen et al. 2021) both views serve as query in turn.
 
-Shuffle-BN (MoCo sec. 3.3) shuffles the key batch across processes so that the key encoder's
-BatchNorm statistics do not come from the query's own sub-batch. On one process it is not applied:
-the key encoder's BN statistics come from its own batch of keys.
+Shuffle-BN (MoCo sec. 3.3): batch norm runs per GPU, and the keys are shuffled across the GPUs
+before the key encoder and put back after it, so that a key is normalised with other images than its
+query is; otherwise the positive could be found from the sub-batch's statistics. Under torchrun each
+process is one such GPU and the keys are shuffled across processes; on one process the batch is cut
+into `shuffle_bn_splits` sub-batches, each normalised on its own, and the keys' sub-batches are cut
+from a shuffled order. The order comes from the step's generator, so a resumed run shuffles alike.
 """
 from __future__ import annotations
 
@@ -18,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup import distributed
 from selfsup.distributed import gather
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.methods import Method, MethodConfig, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import info_nce
 from selfsup.methods.momentum import Queue, ema_update, momentum_copy
@@ -43,6 +47,9 @@ class MoCo2Config(MethodConfig):
     symmetric: bool = True
     # The paper's head is fc-ReLU-fc; true puts BN after the hidden fc (as SimCLR's and MoCo v3's).
     proj_batch_norm: bool = False
+    # One process: the sub-batches batch norm runs over (the paper's 8 GPUs of 32 images); 1 = the whole
+    # batch, which turns Shuffle-BN off. Under torchrun each process is one sub-batch.
+    shuffle_bn_splits: int = 4
 
     def validate(self) -> None:
         if self.temperature <= 0:
@@ -51,6 +58,8 @@ class MoCo2Config(MethodConfig):
             raise ValueError(f"method.momentum must be in [0, 1), got {self.momentum}")
         if self.queue_size < 1:
             raise ValueError(f"method.queue_size must be >= 1, got {self.queue_size}")
+        if self.shuffle_bn_splits < 1:
+            raise ValueError(f"method.shuffle_bn_splits must be >= 1, got {self.shuffle_bn_splits}")
         if self.proj_hidden_dim < 1 or self.proj_dim < 1:
             raise ValueError(f"method.proj_hidden_dim and method.proj_dim must be >= 1, "
                              f"got {self.proj_hidden_dim} and {self.proj_dim}")
@@ -69,11 +78,29 @@ def moco_loss(q1: torch.Tensor, k2: torch.Tensor, queue: torch.Tensor, temperatu
     return (loss + info_nce(q2, k1, queue, temperature)) / 2
 
 
+def split_batch(network: nn.Module, x: torch.Tensor, splits: int, order: torch.Tensor | None = None) -> torch.Tensor:
+    """network(x) with batch norm over `splits` sub-batches of x, as over the GPUs of the paper's
+    setup. With `order` (a permutation of x's rows) the sub-batches are cut from x[order] and the
+    output is put back in x's order: Shuffle-BN on one process."""
+    if order is not None:
+        x = x[order]
+    out = torch.cat([network(chunk) for chunk in x.chunk(splits)])
+    return out[order.argsort()] if order is not None else out
+
+
+def shuffled_across_ranks(network: nn.Module, x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Shuffle-BN over processes: every rank's batch x (B, ...) is gathered, `order` (a permutation of
+    the world * B rows, the same on every rank) deals them out again, each rank runs `network` (no
+    gradient) on its share, and the outputs go back to the rank and row they came from."""
+    rank, rows = distributed.world().rank, x.shape[0]
+    mine = gather(x)[order][rank * rows:(rank + 1) * rows]
+    return gather(network(mine))[order.argsort()][rank * rows:(rank + 1) * rows]
+
+
 @register_method("moco2")
 class MoCo2(Method):
     config_class = MoCo2Config
-    # MoCo keeps batch norm per GPU (with shuffled keys against leaking batch statistics); shuffling
-    # is not done here, so per-rank BN is the closest.
+    # MoCo keeps batch norm per GPU, with the keys shuffled across them (Shuffle-BN).
     sync_batchnorm = False
     # The optimizer stays the library's LARS (tuned for SimCLR's short runs); the paper's SGD at
     # lr 0.03 per 256 images is a 200-epoch schedule. Like every image method it trains for the
@@ -89,12 +116,30 @@ class MoCo2(Method):
         self.queue = Queue(cfg.queue_size, cfg.proj_dim)
         self._keys_to_enqueue: torch.Tensor | None = None
 
+    def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
+        """[view 1, view 2, the order the keys are shuffled in (a permutation of every process's rows)]."""
+        order = torch.randperm(batch_u8.shape[0] * distributed.world().size, generator=gen, device=batch_u8.device)
+        return super().views(batch_u8, gen) + [order]
+
     def loss(self, views: list[torch.Tensor]):
-        # Symmetric: both views through both encoders (one pass each); else view 1 is the query, view 2 the key.
-        query_views, key_views = (views, views) if self.cfg.symmetric else (views[:1], views[1:])
-        q = self.projector(torch.cat(encode_views(self.backbone, query_views)))
+        *images, order = views
+        # Symmetric: both views through both encoders; else view 1 is the query, view 2 the key.
+        query_views, key_views = (images, images) if self.cfg.symmetric else (images[:1], images[1:])
+        several = distributed.active()
+        splits = 1 if several else self.cfg.shuffle_bn_splits       # under torchrun a rank is a sub-batch
+
+        def query_encoder(x):
+            return self.projector(self.backbone(x))
+
+        def key_encoder(x):
+            return self.key_projector(self.key_backbone(x))
+        q = torch.cat([split_batch(query_encoder, v, splits) for v in query_views])
         with torch.no_grad():
-            k = self.key_projector(torch.cat(encode_views(self.key_backbone, key_views)))
+            if several:
+                order = distributed.broadcast_from_first(order)          # one shuffle for every rank
+                k = torch.cat([shuffled_across_ranks(key_encoder, v, order) for v in key_views])
+            else:
+                k = torch.cat([split_batch(key_encoder, v, splits, order) for v in key_views])
             k = F.normalize(k.float(), dim=1)
         negatives = self.queue.items       # all of it from step 0, random unit vectors until filled (as MoCo)
         if self.cfg.symmetric:
