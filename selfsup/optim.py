@@ -49,8 +49,9 @@ class LARS(torch.optim.Optimizer):
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
 
 
-def param_groups(model: nn.Module, weight_decay: float, constant_lr=()) -> list[dict]:
-    """Weights get weight decay (and LARS adaptation); biases and norm parameters (ndim <= 1) get neither.
+def param_groups(model: nn.Module, weight_decay: float, constant_lr=(), bias_lr_scale: float = 1.0) -> list[dict]:
+    """Weights get weight decay (and LARS adaptation); biases and norm parameters (ndim <= 1) get neither,
+    and take `bias_lr_scale` times the schedule's learning rate (the group's `lr_scale`).
 
     Parameters in ``constant_lr`` (SimSiam's predictor) go in groups of their own marked
     ``constant_lr=True``: the trainer warms their lr up but never decays it.
@@ -63,12 +64,12 @@ def param_groups(model: nn.Module, weight_decay: float, constant_lr=()) -> list[
     # The two scheduled groups always exist, in this order, so checkpoints of earlier runs still load.
     layout = [(True, False), (False, False)] + [key for key in ((True, True), (False, True)) if key in grouped]
     return [dict(params=grouped.get((decay, fixed), []), weight_decay=weight_decay if decay else 0.0,
-                 decay=decay, constant_lr=fixed) for decay, fixed in layout]
+                 decay=decay, constant_lr=fixed, lr_scale=1.0 if decay else bias_lr_scale) for decay, fixed in layout]
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     constant_lr = model.constant_lr_parameters() if hasattr(model, "constant_lr_parameters") else ()
-    groups = param_groups(model, cfg.weight_decay, constant_lr)
+    groups = param_groups(model, cfg.weight_decay, constant_lr, getattr(model, "bias_lr_scale", 1.0))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
