@@ -50,6 +50,16 @@ class AugmentConfig:
     local_crop_scale: tuple[float, float] = (0.1, 0.4)
     mean: list[float] = field(default_factory=list)   # empty = measured on the training data
     std: list[float] = field(default_factory=list)
+    # Settings that differ for each global view, one mapping per view, e.g. BYOL's asymmetric views
+    # [{solarize_p: 0.0}, {solarize_p: 0.2}]; empty = every global view takes the recipe above.
+    views: list[dict] = field(default_factory=list)
+
+    def for_view(self, index: int) -> "AugmentConfig":
+        """The recipe of global view `index`: this one with augment.views[index] applied (if given)."""
+        if not self.views:
+            return self
+        return dataclasses.replace(self, views=[], **{k: tuple(v) if isinstance(getattr(self, k), tuple) else v
+                                                     for k, v in self.views[index].items()})
 
     def validate(self) -> None:
         for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
@@ -79,6 +89,21 @@ class AugmentConfig:
             raise ValueError(f"augment.hue must lie in [0, 0.5], got {self.hue}")
         if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"augment.blur_sigma must satisfy 0 < min <= max, got {self.blur_sigma}")
+        per_view = {f.name for f in dataclasses.fields(self)} - {"views", "local_crops", "local_size",
+                                                                  "local_crop_scale", "mean", "std", "eval_size"}
+        for i, overrides in enumerate(self.views):
+            unknown = sorted(set(overrides) - per_view)
+            if unknown:
+                raise ValueError(f"augment.views[{i}] sets {', '.join(unknown)}, which a single view cannot "
+                                 f"change; it may set: {', '.join(sorted(per_view))}")
+            self.for_view(i).validate()
+
+
+# BYOL's two global views (Grill et al. 2020, table 6), which Barlow Twins, VICReg and DINO took over:
+# blur with probability 1.0 / 0.1 and solarization 0.0 / 0.2. At the 20 px views here the blur's sigma,
+# scaled from 224 px, would be under 0.2 px, so blur stays off (blur_p 0, as SimCLR's authors and the
+# CIFAR settings of these methods' reference reproductions have it) and the views differ in solarization.
+ASYMMETRIC_VIEWS = [{"solarize_p": 0.0}, {"solarize_p": 0.2}]
 
 
 # Each op reads its per-sample random numbers, U[0, 1), from columns of one (N, k) tensor. A view draws
@@ -287,10 +312,16 @@ def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
 
 def multi_crop(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, global_views: int = 2) -> list[torch.Tensor]:
     """`global_views` views at cfg.size, then cfg.local_crops small views at cfg.local_size cut from
-    cfg.local_crop_scale of the image (same colour recipe): the multi-crop of SwAV / DINO."""
-    views = augment_views(batch_u8, cfg, gen, global_views)
+    cfg.local_crop_scale of the image (same colour recipe): the multi-crop of SwAV / DINO. With
+    cfg.views each global view takes its own recipe (one pass each); else all take one pass."""
+    if cfg.views and len(cfg.views) != global_views:
+        raise ValueError(f"augment.views gives {len(cfg.views)} recipes for {global_views} global views")
+    if cfg.views:
+        views = [augment_views(batch_u8, cfg.for_view(i), gen)[0] for i in range(global_views)]
+    else:
+        views = augment_views(batch_u8, cfg, gen, global_views)
     if cfg.local_crops:
-        local = dataclasses.replace(cfg, size=cfg.local_size, crop_scale=cfg.local_crop_scale)
+        local = dataclasses.replace(cfg, size=cfg.local_size, crop_scale=cfg.local_crop_scale, views=[])
         views += augment_views(batch_u8, local, gen, cfg.local_crops)
     return views
 

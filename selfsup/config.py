@@ -323,6 +323,8 @@ def _coerce(value, hint, key: str):
         raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__})")
     if hint is str and isinstance(value, (int, float, datetime.date)) and not isinstance(value, bool):
         return str(value)                # e.g. name: 2024 or name: 2024-01-01 in a YAML file
+    if hint is str and isinstance(value, bool):
+        return "on" if value else "off"  # YAML reads on / off (text.pack, train.sync_batchnorm) as booleans
     if hint in (int, str, bool):
         if type(value) is hint:
             return value
@@ -336,6 +338,10 @@ def _coerce(value, hint, key: str):
         item_hints = [args[0]] * len(value) if origin is list or Ellipsis in args else args
         items = [_coerce(v, h, f"{key}[{i}]") for i, (v, h) in enumerate(zip(value, item_hints))]
         return origin(items)
+    if hint is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return value
+        raise ConfigError(f"{key}: expected a mapping of setting names to values, got {value!r}")
     if hint is typing.Any:
         return value
     raise ConfigError(f"{key}: unsupported type {hint}")

@@ -281,3 +281,34 @@ def test_compiled_augmentation_gives_the_eager_views():
         compile_augmentation(False)
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- a recipe per global view
+
+def test_each_global_view_takes_its_own_recipe():
+    """BYOL-style asymmetric views: here view 1 never solarizes and view 2 always does, so a white image
+    stays white in view 1 and turns black in view 2; local crops keep the shared recipe."""
+    white = torch.full((4, 1, 12, 12), 255, dtype=torch.uint8)
+    cfg = identity_cfg(views=[{"solarize_p": 0.0}, {"solarize_p": 1.0}], local_crops=1, local_size=6,
+                       local_crop_scale=(1.0, 1.0))
+    cfg.validate()
+    first, second, local = multi_crop(white, cfg, gen(), global_views=2)
+    assert torch.all(first == 1.0) and torch.all(second == 0.0) and torch.all(local == 1.0)
+    assert cfg.for_view(1).solarize_p == 1.0 and cfg.for_view(0).solarize_p == 0.0 and cfg.solarize_p == 0.0
+
+
+def test_per_view_recipes_are_checked():
+    with pytest.raises(ValueError, match="local_crops"):
+        AugmentConfig(views=[{"local_crops": 2}, {}]).validate()
+    with pytest.raises(ValueError, match="solarize_p"):
+        AugmentConfig(views=[{"solarize_p": 2.0}, {}]).validate()
+    with pytest.raises(ValueError, match="3 recipes for 2 global views"):
+        multi_crop(batch_u8(1), AugmentConfig(views=[{}, {}, {}]), gen(), global_views=2)
+
+
+@pytest.mark.parametrize("method", ["byol", "barlow", "vicreg", "dino"])
+def test_byol_style_methods_take_the_papers_asymmetric_solarization(method):
+    from selfsup.config import load_config
+    cfg = load_config(overrides=[f"method.name={method}"]).augment
+    assert [cfg.for_view(i).solarize_p for i in (0, 1)] == [0.0, 0.2] and cfg.blur_p == 0.0
+    assert load_config(overrides=["method.name=simclr"]).augment.views == []

@@ -6,11 +6,14 @@ import pytest
 import torch
 from torch import nn
 
+from selfsup.checkpoint import latest_checkpoint, load_checkpoint
 from selfsup.config import ConfigError, load_config
+from selfsup.data import load_images
 from selfsup.methods.barlow import BarlowTwins, BarlowTwinsConfig, barlow_twins_loss
 from selfsup.methods.vicreg import VICReg, VICRegConfig, vicreg_loss, vicreg_terms
+from selfsup.optim import build_optimizer
 from selfsup.run import labelled_eval_sets
-from selfsup.train import build_method, step_generator
+from selfsup.train import build_method, pretrain, step_generator
 
 from training import knn_against_random_init, spread_of_projections, train_tiny
 
@@ -84,7 +87,7 @@ def test_barlow_gradient_reaches_both_views_and_shapes_are_checked():
 def test_barlow_config_recipe_and_head():
     cfg = load_config(overrides=["method.name=barlow"])
     assert isinstance(cfg.method, BarlowTwinsConfig)
-    assert (cfg.method.proj_dim, cfg.method.lambd, cfg.method.scale_loss) == (2048, 5e-3, 0.005)
+    assert (cfg.method.proj_dim, cfg.method.lambd, cfg.method.bias_lr_scale) == (2048, 5e-3, 0.024)
     assert cfg.optim.name == "lars" and cfg.optim.weight_decay == 1.5e-6
     assert load_config(overrides=["method.name=barlow", "method.lambd=0.001"]).method.lambd == 0.001
     with pytest.raises(ConfigError, match="lambd"):
@@ -97,15 +100,33 @@ def test_barlow_config_recipe_and_head():
     method.train()
     batch = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)
     loss, logs = method.loss(method.views(batch, step_generator(0, 0, 0, torch.device("cpu"))))
-    # the optimizer gets the scaled loss; the paper's loss is what is logged
-    assert loss.item() == pytest.approx(0.005 * float(logs["loss"]), rel=1e-6)
-    assert float(logs["loss"]) > 1.0
+    assert loss.item() == float(logs["loss"]) > 1.0          # the paper's loss, unscaled
+
+
+def test_barlow_biases_and_norms_take_the_authors_share_of_the_learning_rate(tiny_fashion, tmp_path):
+    """As the authors' code (biases and norm parameters at 0.0048 / 0.2 of the weights' rate), not by
+    scaling the loss, which would also shrink the gradient against LARS's weight decay."""
+    small = load_config(overrides=SMALL + ["method.name=barlow"])
+    small.augment.mean, small.augment.std = [0.3], [0.3]
+    optimizer = build_optimizer(build_method(small, 1), small.optim)
+    assert [(g["decay"], g["lr_scale"]) for g in optimizer.param_groups] == [(True, 1.0), (False, 0.024)]
+    simclr = load_config(overrides=SMALL + ["method.name=simclr"])
+    simclr.augment.mean, simclr.augment.std = [0.3], [0.3]
+    assert [g["lr_scale"] for g in build_optimizer(build_method(simclr, 1), simclr.optim).param_groups] == [1.0, 1.0]
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
+    run = pretrain(load_config(overrides=SMALL + ["method.name=barlow", "train.steps=2", "optim.warmup_epochs=0",
+                                                  "optim.schedule=constant", "eval.online_every=0"]),
+                   tmp_path / "run", data=data, progress=False)
+    _, meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+    rates = [g["lr"] for g in meta["optimizer"]["param_groups"]]
+    assert run.steps == 2 and rates == [pytest.approx(small.optim.lr), pytest.approx(0.024 * small.optim.lr)]
 
 
 # ----------------------------------------------------------------------------- VICReg
 
 def reference_vicreg(z1, z2, lam, mu, nu, gamma=1.0, eps=1e-4):
-    """Eqs. 1-6 literally, with the invariance as in the paper's code (mean over all N x D entries)."""
+    """Eqs. 1-6 as the authors' released code computes them: the invariance is the mean over all N x D
+    entries, and the two branches' variance terms are averaged (eq. 6 sums them)."""
     n, d = z1.shape
     invariance = sum((a - b) ** 2 for r1, r2 in zip(z1.tolist(), z2.tolist()) for a, b in zip(r1, r2)) / (n * d)
 
@@ -128,7 +149,7 @@ def reference_vicreg(z1, z2, lam, mu, nu, gamma=1.0, eps=1e-4):
                     total += cov ** 2
         return total / d
 
-    terms = invariance, variance(z1) + variance(z2), covariance(z1) + covariance(z2)
+    terms = invariance, (variance(z1) + variance(z2)) / 2, covariance(z1) + covariance(z2)
     return lam * terms[0] + mu * terms[1] + nu * terms[2], terms
 
 
@@ -143,12 +164,32 @@ def test_vicreg_matches_loop_reference(n, d, scale, weights):
         assert got.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
+def test_vicreg_loss_weights_the_average_of_the_two_variance_terms_as_the_released_code():
+    """25 * MSE + 12.5 * (v1 + v2) + (c1 + c2) on two fixed (16, 32) tensors, each term written out
+    with torch ops: summing v1 + v2 at weight 25 (eq. 6 read literally) doubles the variance term's
+    weight against the one the 25 / 25 / 1 weights were tuned with."""
+    gen = torch.Generator().manual_seed(7)
+    z1 = torch.randn(16, 32, generator=gen) * 0.3
+    z2 = z1 + 0.2 * torch.randn(16, 32, generator=gen)
+
+    def v(z):
+        return torch.clamp(1 - torch.sqrt(z.var(dim=0) + 1e-4), min=0).mean()
+
+    def c(z):
+        centred = z - z.mean(dim=0)
+        cov = centred.T @ centred / 15
+        return (cov.pow(2).sum() - cov.diagonal().pow(2).sum()) / 32
+    expected = 25 * ((z1 - z2) ** 2).mean() + 12.5 * (v(z1) + v(z2)) + (c(z1) + c(z2))
+    assert v(z1) > 0.1 and v(z2) > 0.1                       # the variance term is far from zero here
+    assert vicreg_loss(z1, z2).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
 def test_vicreg_terms_edge_cases():
     constant = torch.ones(4, 3)
     inv, var, cov = vicreg_terms(constant, constant)
     assert inv.item() == 0.0 and cov.item() == 0.0
-    # collapse: both branches at gamma - sqrt(eps)
-    assert var.item() == pytest.approx(2 * (1 - math.sqrt(1e-4)), rel=1e-6)
+    # collapse: both branches at gamma - sqrt(eps), averaged
+    assert var.item() == pytest.approx(1 - math.sqrt(1e-4), rel=1e-6)
     z = torch.tensor([[1., 1.], [-1., 1.], [1., -1.], [-1., -1.]]) * 2         # std > gamma, uncorrelated
     inv, var, cov = vicreg_terms(z, z + 0.5, gamma=1.0)
     assert inv.item() == pytest.approx(0.25) and var.item() == 0.0 and cov.item() == pytest.approx(0.0, abs=1e-10)

@@ -155,3 +155,11 @@ def test_a_config_file_that_is_not_a_mapping_is_refused(tmp_path):
     path.write_text("- optim\n- train\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(path)
+
+
+def test_on_and_off_reach_text_settings_as_words():
+    """YAML reads `on` and `off` as booleans; settings whose values are words get the words back."""
+    cfg = load_config(overrides=["train.sync_batchnorm=on", "method.name=clm", "text.pack=off"])
+    assert (cfg.train.sync_batchnorm, cfg.text.pack) == ("on", "off")
+    with pytest.raises(ConfigError, match="sync_batchnorm"):
+        load_config(overrides=["train.sync_batchnorm=maybe"])

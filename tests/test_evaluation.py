@@ -10,10 +10,11 @@ from torch import nn
 from selfsup.backbones import build_backbone
 from selfsup.data import ImageSet
 from selfsup.evaluate.features import map_features
+from selfsup.evaluate.knn import knn_predict
 from selfsup.evaluate.finetune import FinetuneSettings, finetune, lr_scales
 from selfsup.evaluate.linear import fit_logistic_regression, linear_probe
 from selfsup.evaluate.online import OnlineMonitor
-from selfsup.evaluate.representation import (alignment, collapse_warning, normalised_std, rankme,
+from selfsup.evaluate.representation import (CollapseWatch, alignment, collapse_warning, normalised_std, rankme,
                                              representation_metrics, uniformity)
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import balanced_subset, class_balanced_folds, parse_label_budget, train_val_split
@@ -339,7 +340,6 @@ def test_augmented_copies_join_the_fit_only_for_their_own_training_images(monkey
     assert sources.isdisjoint(val_idx.tolist()) and len(sources) == 200 - len(val_idx)
     final_feats, final_labels = fitted[-1]
     assert len(final_feats) == 600 and torch.equal(final_labels, y.repeat(3))
-    assert 0 <= result["top1"] <= 1
 
 
 def test_linear_probe_copes_with_one_label_per_class_and_refuses_one_label():
@@ -383,3 +383,31 @@ def test_the_map_probe_sees_where_things_are_and_the_pooled_one_does_not():
         maps = [F.normalize(map_features(net.stage_maps(images)), dim=1) for images in (x, xt)]
     assert linear_probe(maps[0], y, maps[1], yt)["top1"] > 0.97
     assert linear_probe(pooled[0], y, pooled[1], yt)["top1"] < 0.85     # global pooling forgets the position
+
+
+def test_knn_votes_by_similarity_weights_on_a_hand_worked_case():
+    """Query (1, 0); neighbours at cosines 1.0 (class 0), 0.8 and 0.6 (class 1), 0.0 (class 0).
+    k=3, T=0.1: class 0 scores e^10 = 22026, class 1 e^8 + e^6 = 3384, so 0 wins though class 1 has
+    the majority. T=1: class 0 e^1 = 2.72, class 1 e^0.8 + e^0.6 = 4.05, so 1 wins. k=1: the nearest, 0."""
+    train = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.6, 0.8], [0.0, 1.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    query = torch.tensor([[1.0, 0.0]])
+    assert knn_predict(train, labels, query, k=3, temperature=0.1).tolist() == [0]
+    assert knn_predict(train, labels, query, k=3, temperature=1.0).tolist() == [1]
+    assert knn_predict(train, labels, query, k=1, temperature=1.0).tolist() == [0]
+    assert knn_predict(train, labels, query, k=4, temperature=1.0).tolist() == [1]     # e^1 + e^0 = 3.72 < 4.05
+
+
+def test_the_collapse_watch_warns_on_a_collapse_that_persists_not_on_a_dip():
+    spread = representation_metrics(torch.randn(500, 32, generator=torch.Generator().manual_seed(0)))
+    point = representation_metrics(torch.ones(500, 32) + 1e-6 * torch.randn(500, 32))
+    faint = {"std": 0.03, "rankme": 8.0}         # a predictive method's healthy spread, a joint method's dip
+    recovering = {"std": 0.04, "rankme": 8.0}
+    watch = CollapseWatch(spreads=True)
+    assert [watch(m) is None for m in (point, spread, point, spread, faint, recovering)] == [True] * 6
+    assert "single point" in watch(faint)                         # twice in a row, and not growing
+    predictive = CollapseWatch(spreads=False)
+    assert all(predictive(m) is None for m in (faint, faint, faint, spread, point))
+    assert "single point" in predictive(point)
+    assert collapse_warning({"std": 0.3, "rankme": 1.4}, spreads=True) is not None
+    assert collapse_warning({"std": 0.3, "rankme": 1.4}, spreads=False) is None    # rank is not their aim

@@ -132,6 +132,33 @@ def test_views_draw_the_mask_from_the_step_generator():
     assert all(torch.equal(u, v) for u, v in zip((x, keep, mask), again))
 
 
+def test_the_decoder_gets_each_visible_token_at_its_own_position_mask_tokens_elsewhere_and_positions(monkeypatch):
+    """MAE's un-shuffle: the encoded visible patches go back to their own grid positions (a wrong scatter
+    index fails), every hidden position holds the mask token, and the decoder's position embeddings are
+    added to all of them. The encoder's tokens are replaced by markers: visible patch p of sample b
+    carries the value 100 * b + p + 1 in every channel."""
+    method = small_mae()
+    batch = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=generator(2))
+    x, keep, mask = method.views(batch, generator(5))
+    dim = method.cfg.decoder_dim
+    markers = (100 * torch.arange(3)[:, None] + keep + 1).float()                  # (B, n_keep)
+    monkeypatch.setattr(method.decoder_embed, "forward", lambda latent: torch.cat(
+        [torch.full((3, 1, dim), -5.0), markers[..., None].expand(-1, -1, dim)], dim=1))
+    seen = []
+    monkeypatch.setattr(method.decoder, "forward", lambda tokens: seen.append(tokens) or tokens)
+    method.reconstruct(x, keep)
+    without_positions = seen[0] - method.decoder_pos_embed(5, 5, x.device)          # (B, 1 + 25, dim)
+    assert torch.all(without_positions[:, 0] == -5.0)                              # the class token first
+    for b in range(3):
+        for p in range(25):
+            token = without_positions[b, 1 + p]
+            if mask[b, p]:
+                torch.testing.assert_close(token, method.mask_token[0, 0].detach())
+            else:
+                torch.testing.assert_close(token, torch.full((dim,), 100.0 * b + p + 1))
+    assert method.decoder_pos_embed(5, 5, x.device)[0, 1:].abs().sum() > 0         # positions really added
+
+
 def test_the_encoder_sees_only_the_visible_patches():
     method = small_mae()
     batch = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)

@@ -1,6 +1,7 @@
 """What every registered method must do through the trainer: train a few steps with finite losses,
 resume bitwise (so its queues, teachers, centres and schedules are all in the checkpoint), embed,
 and come with a default config in configs/."""
+import json
 from pathlib import Path
 
 import pytest
@@ -8,9 +9,10 @@ import torch
 
 from selfsup.config import TrainConfig, load_config
 from selfsup.data import load_images
-from selfsup.methods import method_class, method_names
+from selfsup.evaluate.representation import CollapseWatch, representation_metrics
+from selfsup.methods import embed_views, method_class, method_names
 from selfsup.run import load_run
-from selfsup.train import load_training_data, pretrain
+from selfsup.train import build_method, load_training_data, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from small_data import write_corpus, write_table
@@ -95,3 +97,64 @@ def test_text_and_table_methods_have_a_config_file_with_their_defaults(method):
         cfg = load_config(path)
         assert cfg.modality == method_class(method).modality
         assert cfg.method == load_config(overrides=[f"method.name={method}"]).method
+
+
+# The papers' official code: BYOL, SimSiam, Barlow Twins, VICReg and MoCo v3 run their networks once per view
+# (batch norm over each view's own batch); SimCLR, DINO, SwAV and NNCLR over all views together. (MoCo v2
+# normalises over sub-batches with shuffled keys: tests/test_moco.py.)
+BATCH_NORM_PER_VIEW = {"byol": True, "simsiam": True, "barlow": True, "vicreg": True, "moco3": True,
+                       "simclr": False, "dino": False, "swav": False, "nnclr": False}
+
+
+@pytest.mark.parametrize("method", sorted(BATCH_NORM_PER_VIEW))
+def test_batch_norm_sees_each_view_alone_or_all_views_together_as_the_paper_does(method, monkeypatch):
+    """The backbone's calls in one step: per view, each call holds one view's batch (8 rows); jointly, one
+    call holds both global views (16 rows)."""
+    cfg = load_config(overrides=[f"method.name={method}", "backbone.width=0.125", "augment.mean=[0.5]",
+                                 "augment.std=[0.25]", "augment.local_crops=0"])
+    built = build_method(cfg, in_channels=1)
+    built.train()
+    assert built.batch_norm_per_view is BATCH_NORM_PER_VIEW[method]
+    rows = []
+    real = built.backbone.forward
+    monkeypatch.setattr(built.backbone, "forward", lambda x: rows.append(x.shape[0]) or real(x))
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    built.loss(built.views(images, torch.Generator().manual_seed(1)))
+    assert rows == ([8, 8] if BATCH_NORM_PER_VIEW[method] else [16])
+
+
+def test_embed_views_per_view_keeps_each_view_to_its_own_batch_statistics():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    head = torch.nn.BatchNorm1d(4)
+    v1, v2 = torch.randn(6, 3), torch.randn(6, 3)
+    other = torch.randn(6, 3) * 5 + 2
+    per_view = embed_views(net, head, [v1, v2], per_view=True)[:6]
+    torch.testing.assert_close(per_view, embed_views(net, head, [v1, other], per_view=True)[:6])
+    assert not torch.allclose(embed_views(net, head, [v1, v2], per_view=False)[:6],
+                              embed_views(net, head, [v1, other], per_view=False)[:6])
+
+
+def monitored_rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if "rankme" in line]
+
+
+@pytest.mark.parametrize("method", IMAGE_METHODS + TEXT_AND_TABLE_METHODS)
+def test_a_healthy_short_run_gives_no_collapse_warning_and_a_collapsed_embedding_does(method, tiny_fashion,
+                                                                                     tmp_path):
+    """Each method's family holds it to its own healthy range (Method.spreads_embeddings); a short run
+    evaluated once an epoch, as by default, must stay quiet, and constant embeddings at two evaluations
+    in a row must not."""
+    if method_class(method).modality == "image":
+        data = load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)     # 4 steps an epoch
+        cfg = tiny_config(method, "train.steps=12", "eval.online_every=1")
+    else:
+        make_config, data = small_text_or_table(method, tmp_path, "train.steps=12")
+        cfg = make_config()
+        cfg.eval.online_every = 3 / max(1, len(data) // cfg.train.batch_size)       # every third step
+    pretrain(cfg, tmp_path / "run", data=data, progress=False)
+    rows = monitored_rows(tmp_path / "run")
+    assert len(rows) >= 3 and not [r for r in rows if "collapse_warning" in r], rows
+    watch = CollapseWatch(method_class(method).spreads_embeddings)
+    collapsed = representation_metrics(torch.ones(64, 32) + 1e-7 * torch.randn(64, 32))
+    assert watch(collapsed) is None and "single point" in watch(collapsed)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.augment import ASYMMETRIC_VIEWS
+from selfsup.methods import Method, MethodConfig, embed_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.momentum import cosine_momentum, ema_update, momentum_copy
 
@@ -56,8 +57,10 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
 @register_method("byol")
 class BYOL(Method):
     config_class = BYOLConfig
+    batch_norm_per_view = True
     recipe = {
         "optim": {"weight_decay": 1.5e-6},       # the paper's LARS weight decay
+        "augment": {"views": ASYMMETRIC_VIEWS},
     }
 
     def __init__(self, backbone, cfg: BYOLConfig, augment_cfg):
@@ -70,9 +73,10 @@ class BYOL(Method):
         self.target_projector = momentum_copy(self.projector)
 
     def loss(self, views: list[torch.Tensor]):
-        p1, p2 = self.predictor(self.projector(torch.cat(encode_views(self.backbone, views)))).chunk(2)
+        per_view = self.batch_norm_per_view
+        p1, p2 = embed_views(self.backbone, lambda f: self.predictor(self.projector(f)), views, per_view).chunk(2)
         with torch.no_grad():
-            z1, z2 = self.target_projector(torch.cat(encode_views(self.target_backbone, views))).chunk(2)
+            z1, z2 = embed_views(self.target_backbone, self.target_projector, views, per_view).chunk(2)
         loss = byol_loss(p1, p2, z1, z2)
         return loss, {"loss": loss.detach()}
 

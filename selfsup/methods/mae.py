@@ -64,6 +64,7 @@ def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_
 @register_method("mae")
 class MAE(Method):
     config_class = MAEConfig
+    spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
     recipe = {
         "backbone": {"name": "vit_tiny"},
         # The paper's crops (scale 0.2-1) on the whole 28 px image: the encoder sees 12 of 49 patches,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from selfsup.distributed import gather
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.methods import Method, MethodConfig, embed_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.methods.losses import info_nce
 from selfsup.methods.momentum import cosine_momentum, ema_update, momentum_copy
@@ -58,6 +58,7 @@ def moco3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.T
 @register_method("moco3")
 class MoCo3(Method):
     config_class = MoCo3Config
+    batch_norm_per_view = True
 
     def __init__(self, backbone, cfg: MoCo3Config, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)
@@ -73,10 +74,10 @@ class MoCo3(Method):
         self.momentum_projector = momentum_copy(self.projector)
 
     def loss(self, views: list[torch.Tensor]):
-        # The heads' BN sees both views at once, as the backbone's does in encode_views.
-        q1, q2 = self.predictor(self.projector(torch.cat(encode_views(self.backbone, views)))).chunk(2)
+        per_view = self.batch_norm_per_view
+        q1, q2 = embed_views(self.backbone, lambda f: self.predictor(self.projector(f)), views, per_view).chunk(2)
         with torch.no_grad():
-            k1, k2 = self.momentum_projector(torch.cat(encode_views(self.momentum_backbone, views))).chunk(2)
+            k1, k2 = embed_views(self.momentum_backbone, self.momentum_projector, views, per_view).chunk(2)
         # Keys of every rank's batch are the negatives; the queries too, so each rank computes the global loss.
         loss = moco3_loss(gather(q1), gather(q2), gather(k1), gather(k2), self.cfg.temperature)
         return loss, {"loss": loss.detach()}

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.methods import Method, MethodConfig, embed_views, register_method
 from selfsup.methods.heads import mlp
 
 
@@ -49,6 +50,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 @register_method("simsiam")
 class SimSiam(Method):
     config_class = SimSiamConfig
+    batch_norm_per_view = True
     recipe = {
         # The paper's weight decay with this library's LARS at lr 8 (SimCLR's tuned default) instead of
         # the paper's SGD at lr 0.05 x batch/256 (optim.name=sgd optim.lr=0.05): in one epoch on 10k
@@ -67,9 +69,9 @@ class SimSiam(Method):
         return list(self.predictor.parameters()) if self.cfg.fix_predictor_lr else []
 
     def loss(self, views: list[torch.Tensor]):
-        z = self.projector(torch.cat(encode_views(self.backbone, views)))
-        p1, p2 = self.predictor(z).chunk(2)
+        z = embed_views(self.backbone, self.projector, views, self.batch_norm_per_view)
         z1, z2 = z.chunk(2)
+        p1, p2 = embed_views(self.predictor, nn.Identity(), [z1, z2], self.batch_norm_per_view).chunk(2)
         loss = simsiam_loss(p1, p2, z1, z2)
         # The paper's collapse check (sec. 4.1): per-dimension std of the normalised projections,
         # ~1/sqrt(dim) when healthy, 0 when collapsed.

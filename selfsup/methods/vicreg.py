@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from selfsup.augment import ASYMMETRIC_VIEWS
 from selfsup.distributed import gather
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.methods import Method, MethodConfig, embed_views, register_method
 from selfsup.methods.heads import mlp
 
 
@@ -56,8 +57,9 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0,
                  eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The three unweighted terms of eq. 6. z1, z2: (N >= 2, D) embeddings of views 1 and 2.
 
-    invariance = mean_{i,k} (z1_ik - z2_ik)^2 (the paper's code: MSE over all entries, which its
-    weights are tuned for); variance = v(Z1) + v(Z2); covariance = c(Z1) + c(Z2).
+    invariance = mean_{i,k} (z1_ik - z2_ik)^2; variance = [v(Z1) + v(Z2)] / 2; covariance = c(Z1) + c(Z2).
+    Eq. 6 sums the two branches' variance terms; the authors' released code, with which the 25 / 25 / 1
+    weights were tuned, averages them (and takes the MSE over all entries), so this follows the code.
     """
     if z1.shape != z2.shape or z1.dim() != 2 or z1.shape[0] < 2:
         raise ValueError(f"vicreg expects two (N >= 2, D) tensors of one shape, "
@@ -65,7 +67,7 @@ def vicreg_terms(z1: torch.Tensor, z2: torch.Tensor, gamma: float = 1.0,
     with torch.autocast(z1.device.type, enabled=False):      # sums of D^2 squares need fp32
         z1, z2 = z1.float(), z2.float()
         invariance = F.mse_loss(z1, z2)
-        variance = variance_term(z1, gamma, eps) + variance_term(z2, gamma, eps)
+        variance = (variance_term(z1, gamma, eps) + variance_term(z2, gamma, eps)) / 2
         covariance = covariance_term(z1) + covariance_term(z2)
     return invariance, variance, covariance
 
@@ -74,7 +76,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float = 2
                 covariance_weight: float = 1.0, gamma: float = 1.0, eps: float = 1e-4) -> torch.Tensor:
     """VICReg loss (eq. 6). z1, z2: (N >= 2, D).
 
-    L = lambda * invariance + mu * [v(Z1) + v(Z2)] + nu * [c(Z1) + c(Z2)]  (see vicreg_terms).
+    L = lambda * invariance + mu * [v(Z1) + v(Z2)] / 2 + nu * [c(Z1) + c(Z2)]  (see vicreg_terms).
     """
     invariance, variance, covariance = vicreg_terms(z1, z2, gamma, eps)
     return invariance_weight * invariance + variance_weight * variance + covariance_weight * covariance
@@ -83,8 +85,10 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float = 2
 @register_method("vicreg")
 class VICReg(Method):
     config_class = VICRegConfig
+    batch_norm_per_view = True
     recipe = {
         "optim": {"weight_decay": 1e-6},       # the paper's LARS weight decay
+        "augment": {"views": ASYMMETRIC_VIEWS},
     }
 
     def __init__(self, backbone, cfg: VICRegConfig, augment_cfg):
@@ -95,7 +99,7 @@ class VICReg(Method):
 
     def loss(self, views: list[torch.Tensor]):
         cfg = self.cfg
-        z1, z2 = self.expander(torch.cat(encode_views(self.backbone, views))).chunk(2)
+        z1, z2 = embed_views(self.backbone, self.expander, views, self.batch_norm_per_view).chunk(2)
         invariance, variance, covariance = vicreg_terms(gather(z1), gather(z2), cfg.gamma, cfg.eps)
         loss = (cfg.invariance_weight * invariance + cfg.variance_weight * variance
                 + cfg.covariance_weight * covariance)
