@@ -295,3 +295,10 @@ def test_evaluations_read_the_teacher_as_the_paper_does(tmp_path):
     torch.testing.assert_close(method.embed_maps(images)[-1], method.teacher_backbone.stage_maps(x)[-1])
     assert method.evaluated_backbone is method.teacher_backbone
     assert Run(tmp_path, small_config(), method, 0).backbone is method.teacher_backbone
+
+
+def test_method_evaluate_student_makes_evaluations_read_the_student():
+    method = small_method("method.evaluate=student")
+    assert method.evaluated_backbone is method.backbone
+    with pytest.raises(ValueError, match="method.evaluate must be teacher or student"):
+        small_method("method.evaluate=ema")
