@@ -178,6 +178,11 @@ def test_teacher_is_the_ema_of_the_student_and_gets_no_gradient():
     student_params = list(method.backbone.parameters()) + list(method.head.parameters())
     for t, before, s in zip(teacher_params, teacher_before, student_params):
         torch.testing.assert_close(t, m * before + (1 - m) * s)
+    # Its batch-norm statistics are its own (from its forward over the global views), not the student's.
+    teacher_stats = dict(method.teacher_backbone.named_buffers())
+    student_stats = dict(method.backbone.named_buffers())
+    means = [name for name in teacher_stats if name.endswith("running_mean")]
+    assert means and all(not torch.equal(teacher_stats[n], student_stats[n]) for n in means)
 
 
 def method_cfg_optim():

@@ -89,3 +89,15 @@ def test_cosine_momentum_clamps_progress_outside_0_1():
 def test_cosine_momentum_final_value():
     assert cosine_momentum(0.9, 1.0, final=0.99) == pytest.approx(0.99)
     assert cosine_momentum(0.9, 0.5, final=0.99) == pytest.approx((0.9 + 0.99) / 2)
+
+
+def test_ema_update_can_leave_the_targets_own_statistics():
+    torch.manual_seed(3)
+    online = small_net()
+    target = momentum_copy(online)
+    online.train()
+    online(torch.randn(8, 4) * 3 + 1)                 # the online statistics move, the target's do not
+    own = {k: v.clone() for k, v in target.named_buffers()}
+    ema_update(target, online, 0.5, copy_buffers=False)
+    assert all(torch.equal(b, own[name]) for name, b in target.named_buffers())
+    assert not torch.equal(target[1].running_mean, online[1].running_mean)

@@ -166,8 +166,10 @@ class DINO(Method):
     def after_step(self, progress: float) -> None:
         # Functions of progress alone, so a resumed run moves the teacher exactly as an unbroken one.
         self.momentum = cosine_momentum(self.cfg.base_momentum, progress, self.cfg.final_momentum)
-        ema_update(self.teacher_backbone, self.backbone, self.momentum)
-        ema_update(self.teacher_head, self.head, self.momentum)
+        # Parameters only, as the official code: the teacher's batch-norm statistics come from its own
+        # forward passes over the global views, and they are what its evaluation normalises with.
+        ema_update(self.teacher_backbone, self.backbone, self.momentum, copy_buffers=False)
+        ema_update(self.teacher_head, self.head, self.momentum, copy_buffers=False)
         if self._batch_center is not None:
             batch_center = all_reduce_mean(self._batch_center)     # the mean over all ranks' batches
             self.center.mul_(self.cfg.center_momentum).add_(batch_center, alpha=1 - self.cfg.center_momentum)

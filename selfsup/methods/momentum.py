@@ -19,12 +19,14 @@ def momentum_copy(network: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- m * target + (1 - m) * online for every parameter; buffers (BN statistics) are copied."""
+def ema_update(target: nn.Module, online: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
+    """target <- m * target + (1 - m) * online for every parameter. Buffers (BN statistics) are copied
+    from the online network, or with copy_buffers False left to the target's own forward passes (a
+    teacher that is evaluated keeps statistics of its own weights and inputs, as DINO's)."""
     # One multi-tensor kernel each for the parameters and the buffers: a loop would launch one or two
     # small kernels per tensor on every step.
     torch._foreach_lerp_(list(target.parameters()), list(online.parameters()), 1 - momentum)
-    target_buffers = list(target.buffers())
+    target_buffers = list(target.buffers()) if copy_buffers else []
     if target_buffers:
         torch._foreach_copy_(target_buffers, list(online.buffers()))
 
