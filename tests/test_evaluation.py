@@ -267,6 +267,29 @@ def test_finetune_leaves_the_given_backbone_untouched():
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
 
 
+def test_finetune_trains_an_encoder_whose_weights_were_frozen(monkeypatch):
+    """DINO's evaluated encoder is its momentum teacher, built with requires_grad off: fine-tuning must
+    still train every weight of its copy, not just the head."""
+    import selfsup.evaluate.finetune as finetuning
+    backbone = tiny_resnet().requires_grad_(False)
+    trained = []
+    real_train = finetuning.train_classifier
+
+    def keep_model(*args, **kwargs):
+        model, loss = real_train(*args, **kwargs)
+        trained.append(model)
+        return model, loss
+    monkeypatch.setattr(finetuning, "train_classifier", keep_model)
+    settings = FinetuneSettings(steps=2, batch_size=16, probe_init=False)
+    finetune(backbone, bright_quadrant_images(32, 0), bright_quadrant_images(16, 1), settings,
+             image_input(16, [0.2], [0.3], settings))
+    model = trained[0]
+    assert all(p.requires_grad for p in model.parameters())
+    frozen = dict(backbone.named_parameters())
+    unchanged = [name for name, p in model.backbone.named_parameters() if torch.equal(p, frozen[name])]
+    assert unchanged == []
+
+
 def test_selftrain_fine_tunes_again_on_every_image_with_the_labels_propagation_gave(monkeypatch):
     import selfsup.evaluate.selftrain as selftraining
     calls = []

@@ -97,6 +97,9 @@ def train_classifier(backbone: nn.Module, train, num_classes: int, settings: Fin
     """A copy of `backbone` with a new head, trained on the labelled `train`; and its final train loss."""
     torch.manual_seed(seed)
     model = Classifier(copy.deepcopy(backbone), num_classes, prepare).to(device)
+    # Every weight trains, also of an encoder that was a momentum teacher (DINO's evaluated encoder has
+    # requires_grad off) or had a frozen part in pretraining (MoCo v3's patch projection).
+    model.requires_grad_(True)
     if settings.probe_init:
         init_head_from_probe(model, train, num_classes, device, precision)
     optimizer = _optimizer(model, settings)
