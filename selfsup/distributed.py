@@ -48,13 +48,20 @@ def setup(device_type: str) -> World:
     return world()
 
 
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    # Send and receive in one layout: NCCL's all_gather of channels_last tensors into empty_like
+    # buffers returned them with their memory permuted (pytorch/pytorch#163483); MoCo gathers images.
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x)
+    return torch.cat(parts)
+
+
 class _Gather(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
         ctx.rows, ctx.rank = x.shape[0], dist.get_rank()
-        return torch.cat(parts)
+        return _all_gather(x)
 
     @staticmethod
     def backward(ctx, grad):
@@ -70,9 +77,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if not active():
         return x
     if not x.requires_grad:
-        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.contiguous())
-        return torch.cat(parts)
+        return _all_gather(x)
     return _Gather.apply(x)
 
 

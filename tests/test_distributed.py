@@ -117,6 +117,44 @@ def _gather_rank(rank, port, out_dir):
         dist.destroy_process_group()
 
 
+def centred(x: torch.Tensor) -> torch.Tensor:
+    """A stand-in for batch norm: each row minus its batch's mean, so the output tells which batch it was in."""
+    return x - x.mean(0, keepdim=True)
+
+
+GLOBAL_IMAGES = torch.arange(4 * 3 * 2 * 2, dtype=torch.float32).reshape(4, 3, 2, 2) ** 1.5
+SHUFFLE = torch.tensor([2, 0, 3, 1])
+
+
+def test_channels_last_images_gather_intact_and_shuffle_bn_deals_them_across_ranks(tmp_path):
+    """gather of (no-grad) channels_last images returns every rank's pixels unchanged (NCCL permuted
+    them once, pytorch#163483; gloo here checks the contract), and MoCo's Shuffle-BN over ranks equals
+    one process normalising the shuffled global batch in per-rank sub-batches, put back in order."""
+    mp.spawn(_shuffle_rank, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    shuffled = GLOBAL_IMAGES[SHUFFLE]
+    per_rank = torch.cat([centred(part) for part in shuffled.chunk(WORLD)])
+    expected = per_rank[SHUFFLE.argsort()]
+    share = GLOBAL_IMAGES.shape[0] // WORLD
+    for rank in range(WORLD):
+        result = torch.load(tmp_path / f"shuffle{rank}.pt")
+        torch.testing.assert_close(result["gathered"], GLOBAL_IMAGES, rtol=0, atol=0)
+        torch.testing.assert_close(result["keys"], expected[rank * share:(rank + 1) * share])
+        assert not torch.allclose(result["keys"], centred(GLOBAL_IMAGES[rank * share:(rank + 1) * share]))
+
+
+def _shuffle_rank(rank, port, out_dir):
+    from selfsup.methods.moco2 import shuffled_across_ranks
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        share = GLOBAL_IMAGES.shape[0] // WORLD
+        x = GLOBAL_IMAGES[rank * share:(rank + 1) * share].contiguous(memory_format=torch.channels_last)
+        torch.save({"gathered": distributed.gather(x), "keys": shuffled_across_ranks(centred, x, SHUFFLE)},
+                   Path(out_dir) / f"shuffle{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
 def test_one_process_helpers_are_the_identity():
     x = torch.randn(3, 2)
     assert distributed.gather(x) is x and distributed.all_reduce_sum(x) is x and distributed.world().size == 1
