@@ -67,9 +67,15 @@ def param_groups(model: nn.Module, weight_decay: float, constant_lr=(), bias_lr_
                  decay=decay, constant_lr=fixed, lr_scale=1.0 if decay else bias_lr_scale) for decay, fixed in layout]
 
 
+def bias_lr_scale(model: nn.Module, cfg) -> float:
+    """The model's learning-rate scale for the parameters LARS steps without its trust ratio (Barlow
+    Twins' 0.024): a LARS setting in its paper, so 1 under SGD and AdamW."""
+    return getattr(model, "bias_lr_scale", 1.0) if cfg.name == "lars" else 1.0
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     constant_lr = model.constant_lr_parameters() if hasattr(model, "constant_lr_parameters") else ()
-    groups = param_groups(model, cfg.weight_decay, constant_lr, getattr(model, "bias_lr_scale", 1.0))
+    groups = param_groups(model, cfg.weight_decay, constant_lr, bias_lr_scale(model, cfg))
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":
@@ -77,11 +83,13 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return LARS(groups, lr=cfg.lr, momentum=cfg.momentum, trust_coefficient=cfg.trust_coefficient)
 
 
-def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg) -> None:
-    """Set the config's momentum / betas / weight decay on restored groups (load_state_dict brings back
-    the saved ones), keeping biases and norm layers free of weight decay."""
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg, bias_scale: float = 1.0) -> None:
+    """Set the config's momentum / betas / weight decay and the bias learning-rate scale
+    (`bias_lr_scale`) on restored groups (load_state_dict brings back the saved ones), keeping biases
+    and norm layers free of weight decay."""
     for group in optimizer.param_groups:
         group["weight_decay"] = cfg.weight_decay if group["decay"] else 0.0
+        group["lr_scale"] = 1.0 if group["decay"] else bias_scale
         for key, value in (("momentum", cfg.momentum), ("betas", cfg.betas),
                            ("trust_coefficient", cfg.trust_coefficient)):
             if key in group:

@@ -39,7 +39,7 @@ from selfsup.evaluate.online import OnlineMonitor
 from selfsup.evaluate.representation import CollapseWatch
 from selfsup.methods import Method, method_class
 from selfsup.modalities import modality_of
-from selfsup.optim import apply_hyperparameters, build_optimizer, lr_factor
+from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer, lr_factor
 from selfsup.precision import autocast, grad_scaler
 
 
@@ -340,7 +340,8 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     start_step = 0
     if resume:
         start_step = _resume(method, optimizer, scaler, ckpt_dir, device, identity, may_write=main)
-        apply_hyperparameters(optimizer, cfg.optim)       # overrides given with --resume take effect
+        # Overrides given with --resume take effect.
+        apply_hyperparameters(optimizer, cfg.optim, bias_lr_scale(method, cfg.optim))
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")

@@ -113,13 +113,21 @@ def test_barlow_biases_and_norms_take_the_authors_share_of_the_learning_rate(tin
     simclr = load_config(overrides=SMALL + ["method.name=simclr"])
     simclr.augment.mean, simclr.augment.std = [0.3], [0.3]
     assert [g["lr_scale"] for g in build_optimizer(build_method(simclr, 1), simclr.optim).param_groups] == [1.0, 1.0]
+    sgd = load_config(overrides=SMALL + ["method.name=barlow", "optim.name=sgd"])     # a LARS setting
+    sgd.augment.mean, sgd.augment.std = [0.3], [0.3]
+    assert [g["lr_scale"] for g in build_optimizer(build_method(sgd, 1), sgd.optim).param_groups] == [1.0, 1.0]
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
-    run = pretrain(load_config(overrides=SMALL + ["method.name=barlow", "train.steps=2", "optim.warmup_epochs=0",
-                                                  "optim.schedule=constant", "eval.online_every=0"]),
-                   tmp_path / "run", data=data, progress=False)
-    _, meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    rates = [g["lr"] for g in meta["optimizer"]["param_groups"]]
-    assert run.steps == 2 and rates == [pytest.approx(small.optim.lr), pytest.approx(0.024 * small.optim.lr)]
+    settings = SMALL + ["method.name=barlow", "optim.warmup_epochs=0", "optim.schedule=constant", "eval.online_every=0"]
+    run = pretrain(load_config(overrides=settings + ["train.steps=2"]), tmp_path / "run", data=data, progress=False)
+
+    def rates():
+        _, meta = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
+        return [g["lr"] for g in meta["optimizer"]["param_groups"]]
+    assert run.steps == 2 and rates() == [pytest.approx(small.optim.lr), pytest.approx(0.024 * small.optim.lr)]
+    # A scale given with --resume takes effect (the restored groups would otherwise keep the saved one).
+    pretrain(load_config(overrides=settings + ["train.steps=3", "method.bias_lr_scale=0.5"]), tmp_path / "run",
+             data=data, resume=True, progress=False)
+    assert rates() == [pytest.approx(small.optim.lr), pytest.approx(0.5 * small.optim.lr)]
 
 
 # ----------------------------------------------------------------------------- VICReg
