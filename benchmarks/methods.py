@@ -97,13 +97,12 @@ def linear_row(run, train, test, data_name: str) -> dict:
 def language_model(run) -> dict:
     """Validation loss and perplexity on the held-out text; a sample for a next-token model."""
     from selfsup.cli import _perplexity_and_print
-    from selfsup.text.generate import generate
+    from selfsup.text.generate import continue_prompt
     measured = _perplexity_and_print(run)
     result = {"val_loss": round(measured["loss"], 4), "val_perplexity": round(measured["perplexity"], 3),
               "val_tokens": measured["tokens"]}
     if getattr(run.backbone, "causal", False):
-        tokenizer = run.modality.tokenizer(run.config, run.path)
-        result["sample"] = "The " + generate(run.method, tokenizer, "The ", max_new_tokens=300, seed=0)
+        result["sample"] = "The " + continue_prompt(run, "The ", max_new_tokens=300, seed=0)
     return result
 
 

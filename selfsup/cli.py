@@ -522,14 +522,12 @@ def _perplexity_and_print(run, source: str = "", max_rows: int = 0) -> dict:
 def cmd_generate(args) -> int:
     from selfsup.config import ConfigError
     from selfsup.run import load_run
-    from selfsup.text.generate import generate
+    from selfsup.text.generate import continue_prompt
     run = load_run(args.run_dir)
     if run.modality.name != "text":
         raise ConfigError(f"{args.run_dir} is a {run.modality.name} run; generate needs a clm text run")
-    tokenizer = run.modality.tokenizer(run.config, run.path)
-    print(args.prompt + generate(run.method, tokenizer, args.prompt, max_new_tokens=args.tokens,
-                                 temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                 start_token=run.modality.start_token(run.config)))
+    print(args.prompt + continue_prompt(run, args.prompt, max_new_tokens=args.tokens, temperature=args.temperature,
+                                        top_k=args.top_k, top_p=args.top_p, seed=args.seed))
     return 0
 
 

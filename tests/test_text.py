@@ -2,6 +2,7 @@
 import json
 import math
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,8 @@ from selfsup.text import (BOS, EOS, MASK, PAD, ByteTokenizer, bag_of_words, buil
                           encode_documents, generate, iter_documents, load_tokenizer, pack_corpus, perplexity,
                           save_tokenizer)
 import selfsup.text.data as text_data
-from selfsup.text.generate import restrict
+from selfsup.text.generate import continue_prompt, restrict
+from selfsup.text.tokenizer import TOKENIZER_FILE, save_tokenizer
 
 MULTILINGUAL = "héllo wörld, 日本語のテキスト, emoji 🙂 and Ελληνικά"
 
@@ -404,6 +406,12 @@ def test_generation_starts_from_the_token_that_begins_a_document_in_training(tmp
     assert model.inputs[0] == [EOS] + ByteTokenizer().encode("ab") and model.inputs[0][0] in stream.flatten().tolist()
     rows = load_config(overrides=["method.name=clm", f"data.source={corpus}", "text.pack=off"])
     assert modality_of(rows).start_token(rows) == BOS
+    # A run's own generation (CLI, report, benchmark) starts from its training's start token.
+    model = FixedNextToken([1 / 260] * 260)
+    save_tokenizer(ByteTokenizer(), tmp_path / TOKENIZER_FILE)
+    run = SimpleNamespace(method=model, config=rows, path=tmp_path, modality=modality_of(rows))
+    continue_prompt(run, "ab", max_new_tokens=1)
+    assert model.inputs[0] == [BOS] + ByteTokenizer().encode("ab")
     assert text_data.encode_documents([("ab", None)], ByteTokenizer(), 8, start=EOS).samples[0, 0] == EOS
 
 

@@ -179,10 +179,9 @@ def _text_sample(run) -> str:
     """For a next-token model: a sample it writes from a short prompt."""
     if not (hasattr(run.method, "logits") and getattr(run.backbone, "causal", False)):
         return ""
-    from selfsup.text.generate import generate
-    tokenizer = run.modality.tokenizer(run.config, run.path)
+    from selfsup.text.generate import continue_prompt
     prompt = "The "
-    sample = prompt + generate(run.method, tokenizer, prompt, max_new_tokens=300, seed=0)
+    sample = prompt + continue_prompt(run, prompt, max_new_tokens=300, seed=0)
     return f"<h2>Sample</h2><p>Generated from the prompt {prompt!r} (seed 0):</p><pre>{html.escape(sample)}</pre>"
 
 

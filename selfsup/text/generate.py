@@ -104,3 +104,11 @@ def perplexity(method, tokens: torch.Tensor, batch_size: int = 64, seed: int = 0
         raise ValueError("no token to predict: every target is PAD")
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss)}
+
+
+def continue_prompt(run, prompt: str, **sampling) -> str:
+    """generate() for a pretrained clm run (selfsup.run.Run): its tokenizer, and the start token its
+    training stream put before documents. `sampling`: generate's max_new_tokens, temperature, top_k,
+    top_p, seed."""
+    tokenizer = run.modality.tokenizer(run.config, run.path)
+    return generate(run.method, tokenizer, prompt, start_token=run.modality.start_token(run.config), **sampling)
