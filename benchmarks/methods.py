@@ -73,18 +73,14 @@ def main():
 
 
 def student_knn(run, train, test) -> float:
-    """kNN top-1 of the network the gradient trains, for a method evaluated with its teacher: the two
-    swap places for the measurement."""
-    method = run.method
-    teacher_name = next(name for name, child in method.named_children() if child is method.evaluated_backbone)
-    student, teacher = method.backbone, method.evaluated_backbone
-    setattr(method, teacher_name, student)
-    method.backbone = teacher
+    """kNN top-1 of the network the gradient trains, for a method evaluated with its teacher (DINO):
+    its method.evaluate setting switched to the student for the measurement."""
+    cfg = run.method.cfg
+    evaluated, cfg.evaluate = cfg.evaluate, "student"
     try:
         return knn_report(run, train, test, baselines=False, progress=False)["knn_top1"]
     finally:
-        setattr(method, teacher_name, teacher)
-        method.backbone = student
+        cfg.evaluate = evaluated
 
 
 def linear_row(run, train, test, data_name: str) -> dict:
