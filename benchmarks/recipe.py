@@ -1,9 +1,10 @@
-"""One recipe experiment: pretrain with KEY=VALUE overrides, then kNN on the labelled test split;
-prints one JSON line (train seconds, epochs, images/s, peak memory, kNN top-1).
+"""One recipe experiment: pretrain with KEY=VALUE overrides, then kNN on the validation part
+carved from the training data (a screen chooses on it; --on test gives the final figure of the
+recipe chosen); prints one JSON line (train seconds, epochs, images/s, peak memory, kNN top-1).
 
     python benchmarks/recipe.py NAME train.epochs=2 optim.lr=4.0 [--baselines] [--eval-size 28]
 
-The run folder is /tmp/selfsup-recipes/NAME. This is how docs/results.md's recipe tables were made.
+The run folder is /tmp/selfsup-recipes/NAME.
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def main():
     p.add_argument("overrides", nargs="*")
     p.add_argument("--baselines", action="store_true", help="also random-init and raw-pixel kNN")
     p.add_argument("--eval-size", type=int, help="re-evaluate at this image side (augment.eval_size)")
+    p.add_argument("--on", choices=["val", "test"], default="val",
+                   help="the held-out part scored: val while choosing, test for the chosen recipe [default: val]")
     args = p.parse_intermixed_args()     # KEY=VALUE overrides may come before or after the options
     run_dir = f"/tmp/selfsup-recipes/{args.name}"
     t = time.time()
@@ -30,10 +33,10 @@ def main():
     run = load_run(run_dir)
     if args.eval_size is not None:
         run.config.augment.eval_size = args.eval_size
-    train, test = labelled_eval_sets(run.config)
+    train, held_out = labelled_eval_sets(run.config, part=args.on)
     t = time.time()
-    report = knn_report(run, train, test, baselines=args.baselines, progress=False)
-    print(json.dumps({"name": args.name, "overrides": args.overrides, "train_s": round(train_s),
+    report = knn_report(run, train, held_out, baselines=args.baselines, progress=False)
+    print(json.dumps({"name": args.name, "overrides": args.overrides, "scored_on": args.on, "train_s": round(train_s),
                       "eval_s": round(time.time() - t), "epochs": result.epochs,
                       "images_per_s": round(result.images_per_second), "peak_memory_mb": round(result.peak_memory_mb),
                       "final_loss": result.final_loss, **report}))

@@ -36,12 +36,18 @@ class DataConfig:
     size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
     subset: int = 0                    # train on the first N images only; 0 = all
     strict: bool = False               # unreadable image files are an error instead of skipped
+    # The share of a labelled image folder, text or table held out of pretraining for validation (every
+    # choice: online kNN, the best checkpoint, hyper-parameter searches); a built-in data set holds out its
+    # own count (Fashion-MNIST: 5,000 training images). See selfsup/data/holdout.py.
+    val_fraction: float = 0.1
 
     def validate(self) -> None:
         if self.modality not in ("",) + MODALITIES:
             raise ConfigError(f"data.modality must be one of {', '.join(MODALITIES)}, got {self.modality!r}")
         if self.channels not in (0, 1, 3):
             raise ConfigError(f"data.channels must be 0 (as stored), 1 or 3; got {self.channels}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise ConfigError(f"data.val_fraction must be in [0, 0.5), got {self.val_fraction}")
         for key in ("size", "subset"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be >= 0 (0 = {'as stored' if key == 'size' else 'all'}), "
@@ -220,7 +226,7 @@ class EvalConfig:
     # metrics.jsonl, and the best-scoring checkpoint is kept apart from train.keep_checkpoints.
     online_every: float = 1.0          # epochs between online kNN evaluations; 0 = off
     online_train: int = 5000           # labelled images the online kNN votes with
-    online_test: int = 1000            # images it scores
+    online_test: int = 1000            # validation images it scores (never test images)
     # After pretraining: these protocols on these label budgets (docs/evaluation.md), then the report.
     after_pretrain: list[str] = field(default_factory=lambda: ["knn", "linear"])
     labels: list[str] = field(default_factory=lambda: ["1%", "10%", "100%"])
@@ -279,6 +285,10 @@ class Config:
                     raise
                 except ValueError as e:
                     raise ConfigError(str(e)) from e
+        for section in ("text", "table"):
+            if getattr(self, section).test_fraction + self.data.val_fraction >= 1:
+                raise ConfigError(f"{section}.test_fraction + data.val_fraction must stay below 1 to leave "
+                                  f"training data, got {getattr(self, section).test_fraction} + {self.data.val_fraction}")
         return self
 
     def to_dict(self) -> dict:

@@ -8,7 +8,7 @@ baseline (raw pixels, bag of words, the raw columns). A data set of any modality
 ``samples`` (indexed on dim 0), ``labels``, ``classes``, ``subset(n)`` and ``select(idx)``.
 
     modality_of(cfg).training_data(cfg, run_dir)       the samples pretraining draws batches from
-    modality_of(cfg).labelled_sets(cfg, run_dir)       (train, test) with labels, for evaluation
+    modality_of(cfg).labelled_sets(cfg, run_dir, part=...)  (train, validation or test) with labels
 """
 from __future__ import annotations
 
@@ -20,13 +20,19 @@ from typing import Callable
 import torch
 
 from selfsup.data import DataError, ImageSet, convert, load_images
+from selfsup.data.holdout import carve_validation, index_position, part_of
 from selfsup.text.tokenizer import TOKENIZER_FILE
 
 
 def is_held_out(index: int, fraction: float) -> bool:
-    """Whether document `index` of a text source is held out (test / validation): a fixed hash of the
-    index, so a stream of any length is split the same way every time without being counted first."""
-    return (index * 2654435761 % 2**32) / 2**32 < fraction
+    """Whether document `index` of a text source is in its test share: a fixed hash of the index, so a
+    stream of any length is split the same way every time without being counted first."""
+    return index_position(index) < fraction
+
+
+def text_part(cfg, index: int) -> str:
+    """'train', 'val' or 'test': the part of a text source document number `index` belongs to."""
+    return part_of(index_position(index), cfg.text.test_fraction, cfg.data.val_fraction)
 
 
 class ImageModality:
@@ -39,9 +45,12 @@ class ImageModality:
     finetune_defaults = {"lr": 8e-3, "backbone_lr_scale": 1.0}
 
     def training_data(self, cfg, run_dir: Path | None = None) -> ImageSet:
+        """The training part of the source: a labelled folder's test and validation files and a built-in
+        set's validation images never enter pretraining (selfsup.data.holdout)."""
+        from selfsup.evaluate.datasets import image_parts
         data = load_images(cfg.data.source, "train", data_dir=cfg.data.data_dir or None, channels=cfg.data.channels,
                            size=cfg.data.size, strict=cfg.data.strict)
-        return data.subset(cfg.data.subset)
+        return data.select(image_parts(data, cfg.data.source, cfg.data.val_fraction)["train"]).subset(cfg.data.subset)
 
     def complete_config(self, cfg, data: ImageSet) -> None:
         """Image size and channels, normalisation and view size, so evaluation reads images as training did."""
@@ -64,9 +73,10 @@ class ImageModality:
     def backbone_inputs(self, cfg) -> dict:
         return {"in_channels": cfg.data.channels, "image_size": cfg.augment.size or cfg.data.size}
 
-    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = ""):
+    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = "",
+                      part: str = "test"):
         from selfsup.evaluate.datasets import labelled_image_sets
-        return labelled_image_sets(cfg, source, data_dir)
+        return labelled_image_sets(cfg, source, data_dir, part)
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
              strict: bool = False) -> ImageSet:
@@ -146,14 +156,14 @@ class TextModality:
             raise DataError(f"{run_dir} has no {TOKENIZER_FILE}; is it a text run folder?")
         return build_tokenizer(cfg.text.tokenizer, texts, cfg.text.vocab_size or 4096)
 
-    def _documents(self, cfg, source: str | Path, labels: bool = False, held_out: bool | None = None):
-        """(text, label) of the source's documents, streamed: all of them (held_out None), or only the
-        held-out share (True) or only the rest (False)."""
+    def _documents(self, cfg, source: str | Path, labels: bool = False, part: str | None = None):
+        """(text, label) of the source's documents, streamed: all of them (part None), or only those
+        of the part 'train', 'val' or 'test'."""
         from selfsup.text import iter_documents
         # A folder's labels are its first-level subfolders; text.label_field (any value) asks for them.
         field = "" if Path(source).is_dir() else cfg.text.label_field
         for i, doc in enumerate(iter_documents(source, cfg.text.field, field, labels=labels)):
-            if held_out is None or is_held_out(i, cfg.text.test_fraction) == held_out:
+            if part is None or text_part(cfg, i) == part:
                 yield doc
 
     def _packs(self, cfg) -> bool:
@@ -168,10 +178,11 @@ class TextModality:
         return EOS if self._packs(cfg) else BOS
 
     def training_data(self, cfg, run_dir: Path | None = None):
-        """The source's documents except its held-out share (the test set of a labelled source, the
-        validation text of a language model), as one token window per row (packed) or one row per document."""
+        """The source's training part (its test share, scored by a language model's held-out
+        perplexity and a labelled source's final figures, and its validation share held out), as one
+        token window per row (packed) or one row per document."""
         source = _require_source(cfg, self.SOURCES)
-        texts = lambda: (text for text, _ in self._documents(cfg, source, held_out=False))   # noqa: E731
+        texts = lambda: (text for text, _ in self._documents(cfg, source, part="train"))   # noqa: E731
         tokenizer = self.tokenizer(cfg, run_dir, texts)
         return self._encode(cfg, source, texts, tokenizer, "train").subset(cfg.data.subset)
 
@@ -179,9 +190,10 @@ class TextModality:
         """The held-out documents of the source (or all of another source), encoded as training encodes
         text: for a language model's validation loss."""
         source = Path(source or cfg.data.source).expanduser()
-        held_out = None if source != Path(cfg.data.source).expanduser() else True
-        texts = lambda: (text for text, _ in self._documents(cfg, source, held_out=held_out))   # noqa: E731
-        return self._encode(cfg, source, texts, self.tokenizer(cfg, run_dir), "held-out" if held_out else "all")
+        # The training corpus named another way (relative, absolute, through a link) is still the training corpus.
+        part = "test" if _same_source(str(source), cfg.data.source) else None
+        texts = lambda: (text for text, _ in self._documents(cfg, source, part=part))   # noqa: E731
+        return self._encode(cfg, source, texts, self.tokenizer(cfg, run_dir), "held-out" if part else "all")
 
     def _encode(self, cfg, source: Path, texts: Callable, tokenizer, part: str):
         from selfsup.text import encode_documents, pack_corpus
@@ -195,7 +207,7 @@ class TextModality:
         import json
         files = sorted(source.rglob("*")) if source.is_dir() else [source]
         stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
-        settings = [cfg.text.field, cfg.text.test_fraction, part]
+        settings = [cfg.text.field, cfg.text.test_fraction, cfg.data.val_fraction, part]
         text = json.dumps([stamp, settings, tokenizer.to_dict()], sort_keys=True, default=str)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
@@ -212,8 +224,9 @@ class TextModality:
     def backbone_inputs(self, cfg) -> dict:
         return {"vocab_size": cfg.text.vocab_size, "max_length": cfg.text.max_length}
 
-    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = ""):
-        """(train, test): the labelled documents of the source, split as pretraining split them."""
+    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = "",
+                      part: str = "test"):
+        """(train, held-out part): the labelled documents of the source, split as pretraining split them."""
         from selfsup.text import encode_documents
         source = Path(source or cfg.eval.source or cfg.data.source).expanduser()
         if not source.exists():
@@ -226,8 +239,10 @@ class TextModality:
         if len(classes) < 2:
             raise DataError(f"{source} has {len(classes)} label value(s); evaluation needs at least 2")
         tokenizer = self.tokenizer(cfg, run_dir)
-        parts = [[doc for i, doc in enumerate(docs) if is_held_out(i, cfg.text.test_fraction) == held_out]
-                 for held_out in (False, True)]
+        parts = [[doc for i, doc in enumerate(docs) if text_part(cfg, i) == wanted] for wanted in ("train", part)]
+        if not parts[1]:
+            raise DataError(f"{source}: none of its {len(docs)} documents falls in the "
+                            f"{'validation' if part == 'val' else 'test'} part; use more documents")
         return tuple(encode_documents(part, tokenizer, cfg.text.max_length, classes, start=self.start_token(cfg))
                      for part in parts)
 
@@ -271,10 +286,15 @@ class TabularModality:
         return TablePreprocessor().fit(fit_on, label_column=cfg.table.label_column,
                                        categorical=cfg.table.categorical, ignore=cfg.table.ignore)
 
-    def _split(self, cfg, columns) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _split(self, cfg, columns) -> dict[str, torch.Tensor] | None:
+        """The rows of each part ('train', 'val', 'test'); None for a table without labels (all rows train)."""
         from selfsup.tabular import split_rows
+        if not cfg.table.label_column:
+            return None
         n = len(next(iter(columns.values())))
-        return split_rows(n, cfg.table.test_fraction) if cfg.table.label_column else None
+        rest, test = split_rows(n, cfg.table.test_fraction)
+        train, val = carve_validation(rest, int(n * cfg.data.val_fraction))
+        return {"train": train, "val": val, "test": test}
 
     def training_data(self, cfg, run_dir: Path | None = None):
         """The training rows (with a label column, its held-out share is the test set); the normalisation
@@ -282,7 +302,7 @@ class TabularModality:
         from selfsup.tabular import read_table
         columns = read_table(_require_source(cfg, "a .csv, .tsv or .parquet file"))
         split = self._split(cfg, columns)
-        train_rows = None if split is None else split[0].tolist()
+        train_rows = None if split is None else split["train"].tolist()
         preprocessor = self._preprocessor(cfg, columns, run_dir, train_rows)
         data = self._encode(columns if train_rows is None else _rows(columns, train_rows), preprocessor, labels=False)
         data.assets = {self.PREPROCESSOR_FILE: preprocessor}
@@ -307,17 +327,19 @@ class TabularModality:
     def backbone_inputs(self, cfg) -> dict:
         return {"numeric_features": cfg.table.numeric_features, "cardinalities": list(cfg.table.cardinalities)}
 
-    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = ""):
+    def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = "",
+                      part: str = "test"):
         source = Path(source or cfg.eval.source or cfg.data.source).expanduser()
         if not cfg.table.label_column:
             raise DataError("the table has no label column: set table.label_column to evaluate")
         from selfsup.tabular import read_table
         columns = read_table(source)
         preprocessor = self._preprocessor(cfg, columns, run_dir)
-        train_idx, test_idx = self._split(cfg, columns)
-        train = self._encode(_rows(columns, train_idx.tolist()), preprocessor, labels=True)
-        test = self._encode(_rows(columns, test_idx.tolist()), preprocessor, labels=True)
-        return train, test
+        split = self._split(cfg, columns)
+        if not len(split[part]):
+            raise DataError(f"{source}: no rows fall in the validation part; raise data.val_fraction or use more rows")
+        return tuple(self._encode(_rows(columns, split[wanted].tolist()), preprocessor, labels=True)
+                     for wanted in ("train", part))
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
              strict: bool = False):

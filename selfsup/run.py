@@ -48,9 +48,10 @@ class Run:
                                 resolve_precision(self.config.train.precision, dev), progress)
 
     def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,
-                      max_test: int | None = None):
-        """(train, test) labelled data read as this run's training data was (tokenizer, normalisation)."""
-        return labelled_eval_sets(self.config, source, data_dir, max_train, max_test, run_dir=self.path)
+                      max_test: int | None = None, part: str = "test"):
+        """(train, held-out) labelled data read as this run's training data was (tokenizer, normalisation):
+        the held-out part 'test' for final figures, 'val' for anything chosen on the result."""
+        return labelled_eval_sets(self.config, source, data_dir, max_train, max_test, run_dir=self.path, part=part)
 
 
 def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:

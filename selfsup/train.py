@@ -158,19 +158,19 @@ def peak_memory_mb(device: torch.device) -> float:
 def online_monitor(cfg: Config, data, device: torch.device, precision: str, labelled: tuple | None,
                    look_for_labels: bool, run_dir: Path | None = None) -> OnlineMonitor | None:
     """The online monitor: label-free measures on a fixed sample of images, and kNN on `labelled`
-    (train, test) or, when look_for_labels, on the config's labelled data if it has labels.
-    None when eval.online_every is 0."""
+    (train, validation) or, when look_for_labels, on the config's labelled data if it has labels: its
+    validation part, since the best checkpoint is chosen on this score. None when eval.online_every is 0."""
     if not cfg.eval.online_every:
         return None
     if labelled is None and look_for_labels:
         try:
             labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test,
-                                          run_dir=run_dir)
+                                          run_dir=run_dir, part="val")
         except (DataError, ValueError) as e:
             print(f"note: no online kNN during pretraining ({e}); label-free measures only", file=sys.stderr)
     if labelled is not None:
         labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
-    # The held-out test samples when there are labels; else evenly spaced training samples.
+    # The validation samples when there are labels; else evenly spaced training samples.
     sample = labelled[1].samples if labelled is not None else \
         data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
@@ -225,8 +225,9 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data=None, resume: bool = Fals
     """Pretrain cfg.method on the unlabeled data, writing config, metrics and checkpoints to run_dir.
     `data` (optional) is a data set of the config's modality (ImageSet, TextSet, TableSet).
 
-    Online kNN (eval.online_every) scores on `labelled` (train, test) when given; otherwise on the
-    config's source when its images were loaded from the config (not passed as `data`) and have labels.
+    Online kNN (eval.online_every) scores on `labelled` (train, validation) when given; otherwise on the
+    validation part of the config's source when its data was loaded from the config (not passed as
+    `data`) and has labels. The best checkpoint is the one with the highest online kNN.
     train.threads applies for the call and is put back afterwards."""
     threads = torch.get_num_threads()
     if cfg.train.threads:

@@ -12,7 +12,7 @@ import pytest
 from selfsup.cli import main
 from selfsup.config import ConfigError, load_config
 from selfsup.data.fetch import find
-from selfsup.modalities import is_held_out
+from selfsup.modalities import is_held_out, text_part
 from selfsup.run import load_run
 from selfsup.text import EOS, generate
 
@@ -34,15 +34,17 @@ def test_text_run_end_to_end(tmp_path, capsys):
     assert cfg.modality == "text" and cfg.text.vocab_size == 260 and (run / "tokenizer.json").is_file()
     assert "bag of words" in out and "pretrained backbone" in out
     held_out = [i for i in range(120) if is_held_out(i, cfg.text.test_fraction)]
+    training = [i for i in range(120) if text_part(cfg, i) == "train"]
     from selfsup.train import load_training_data
-    assert len(load_training_data(cfg, run)) == 120 - len(held_out)       # pretraining never sees the test share
+    # Pretraining sees neither the test share nor the validation share.
+    assert len(load_training_data(cfg, run)) == len(training) < 120 - len(held_out)
     for protocol in ("linear", "raw", "finetune"):
         extra = ["--steps", "5", "--batch-size", "16"] if protocol == "finetune" else []
         assert main(["evaluate", protocol, str(run), "--labels", "50%", "--quiet", *extra]) == 0
     rows = [json.loads(line) for line in (run / "eval" / "results.jsonl").read_text().splitlines()]
     assert [r["protocol"] for r in rows] == ["linear", "raw", "finetune"]
     assert (rows[2]["settings"]["lr"], rows[2]["settings"]["backbone_lr_scale"]) == (0.002, 0.1)  # text's defaults
-    assert all(r["test_size"] == len(held_out) and r["num_labels"] == (120 - len(held_out)) // 2 for r in rows)
+    assert all(r["test_size"] == len(held_out) and r["num_labels"] == len(training) // 2 for r in rows)
     assert rows[1]["mean"] > 0.9            # the two topics share no words: bag of words separates them
     assert main(["report", str(run), "--quiet"]) == 0
     page = (run / "report.html").read_text()
@@ -68,7 +70,7 @@ def test_clm_on_a_folder_packs_the_corpus_generates_and_resumes(tmp_path, capsys
     # Packed: the corpus is one token stream cut into windows, so there are about (bytes / 32) samples.
     # Packed: the training documents (not the held-out ones) are one token stream (bytes + EOS each) cut
     # into windows of 32.
-    kept = [p for i, p in enumerate(sorted(folder.iterdir())) if not is_held_out(i, cfg.text.test_fraction)]
+    kept = [p for i, p in enumerate(sorted(folder.iterdir())) if text_part(cfg, i) == "train"]
     assert 0 < len(kept) < 6
     from selfsup.train import load_training_data
     assert len(load_training_data(cfg, run)) == sum(len(p.read_bytes()) + 1 for p in kept) // 32

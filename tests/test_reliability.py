@@ -160,7 +160,7 @@ def test_best_online_knn_checkpoint_is_kept_beyond_keep_last(tiny_fashion, tmp_p
 
 
 def test_online_knn_scores_the_real_backbone(tiny_fashion, tmp_path):
-    cfg = small_config("train.steps=12", f"data.data_dir={tiny_fashion}", "eval.knn_k=10")
+    cfg = small_config("train.steps=11", f"data.data_dir={tiny_fashion}", "eval.knn_k=10")   # one epoch
     pretrain(cfg, tmp_path / "run", progress=False)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     online = [r["online_knn_top1"] for r in rows if "online_knn_top1" in r]
