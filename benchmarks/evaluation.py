@@ -6,7 +6,8 @@ Prints one JSON line per (protocol, budget) and a final summary line; --out appe
 
 The frozen-feature cache of the run is emptied first, so the first frozen protocol's time
 includes the one feature pass (reported apart as "feature_seconds"). Fine-tuning and the baseline
-train --steps batches for every budget, except 100%, which gets --full-steps (about one epoch).
+train --steps batches, or --epochs passes over the labels when that is more; with --search both
+choose their learning rate and weight decay from the same grid on the validation part.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 from selfsup.evaluate.finetune import FinetuneSettings
-from selfsup.evaluate.protocols import cached_features, evaluate_protocol, finetune_settings
+from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHABLE, cached_features,
+                                        evaluate_protocol, finetune_settings)
 from selfsup.run import load_run
 
 
@@ -32,7 +34,11 @@ def main():
     p.add_argument("--protocols", nargs="+", default=["knn", "linear", "finetune", "supervised"],
                    help="any of knn linear propagate finetune selftrain supervised raw")
     p.add_argument("--steps", type=int, default=FinetuneSettings.steps)
-    p.add_argument("--full-steps", type=int, default=470, help="fine-tuning steps with 100%% of the labels")
+    p.add_argument("--epochs", type=float, default=FinetuneSettings.epochs,
+                   help="finetune and supervised: at least this many passes over the labels")
+    p.add_argument("--search", action="store_true",
+                   help="finetune and supervised: choose lr and weight decay on the validation part from the "
+                        "grid of `selfsup evaluate finetune --search`, the same grid for both")
     p.add_argument("--lr", type=float, help="finetune and supervised: the head's learning rate (the backbone's "
                                              "too, for supervised) [default: the modality's]")
     p.add_argument("--backbone-lr-scale", type=float,
@@ -40,13 +46,14 @@ def main():
                         "[default: the modality's]")
     p.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
                    help="finetune: start the head from a linear probe (LP-FT)")
-    p.add_argument("--features", choices=["pooled", "map"], default="pooled",
+    p.add_argument("--features", choices=["pooled", "map", "auto"], default="pooled",
                    help="linear: the frozen features the probe reads (selfsup evaluate linear --features)")
     p.add_argument("--out", help="append the JSON lines to this file")
     args = p.parse_args()
 
     run = load_run(args.run_dir)
     train, test = run.labelled_sets()
+    val = run.labelled_sets(part="val")[1] if args.search else None
     name = run.config.data.source
     shutil.rmtree(Path(args.run_dir) / "eval" / "features", ignore_errors=True)
     started = time.time()
@@ -56,22 +63,25 @@ def main():
     if args.features != "pooled" and "linear" in args.protocols:
         map_started = time.time()
         for split, images in (("train", train), ("test", test)):
-            cached_features(run, images, f"{name} {split}", kind=args.features)
-        lines[0][f"{args.features}_feature_seconds"] = round(time.time() - map_started, 1)
+            cached_features(run, images, f"{name} {split}", kind="map")
+        lines[0]["map_feature_seconds"] = round(time.time() - map_started, 1)
     for protocol in args.protocols:
         for labels in args.labels:
-            steps = args.full_steps if labels == "100%" else args.steps
             settings = None
             if protocol in ("finetune", "selftrain", "supervised"):
-                settings = finetune_settings(run, steps=steps, lr=args.lr, backbone_lr_scale=args.backbone_lr_scale,
-                                             probe_init=args.probe_init)
+                settings = finetune_settings(run, steps=args.steps, epochs=args.epochs, lr=args.lr,
+                                             backbone_lr_scale=args.backbone_lr_scale, probe_init=args.probe_init)
             features = args.features if protocol == "linear" else "pooled"
+            search = {"lr": SEARCH_LR, "weight_decay": SEARCH_WEIGHT_DECAY} \
+                if args.search and protocol in SEARCHABLE else None
             for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
                                          progress=False, log=lambda text: print(text, file=sys.stderr),
-                                         features=features):
+                                         features=features, val=val, search=search):
+                steps = settings.steps_for(row["num_labels"]) if settings else None
                 lines.append({k: row[k] for k in ("protocol", "labels", "num_labels", "seeds", "top1", "mean",
-                                                  "std", "seconds")} | {"steps": steps if settings else None}
+                                                  "std", "seconds")} | {"steps": steps}
                              | ({"settings": row["settings"]} if settings else {})
+                             | ({"search": row["search"]} if "search" in row else {})
                              | ({"features": features} if protocol == "linear" else {}))
     lines.append({"run": str(args.run_dir), "step": run.step, "threads": torch.get_num_threads(),
                   "total_seconds": round(time.time() - started, 1)})

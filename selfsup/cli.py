@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from selfsup.evaluate.features import FEATURE_KINDS
     from selfsup.evaluate.finetune import FinetuneSettings
+    from selfsup.evaluate.protocols import SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHABLE
     from selfsup.modalities import ImageModality
     from selfsup.methods import method_names
     parser = argparse.ArgumentParser(
@@ -112,19 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
                         help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
                              "image; their features are extracted per seed [default: 0, no augmentation]")
-    linear.add_argument("--features", choices=FEATURE_KINDS, default="pooled",
+    linear.add_argument("--features", choices=FEATURE_KINDS + ("auto",), default="pooled",
                         help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
                              "last stage, the usual protocol), or 'map', the unpooled maps of the two stages before "
                              "the last (each at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
-                             "probe and costs more time and disk (docs/evaluation.md) [default: pooled]")
+                             "probe and costs more time and disk (docs/evaluation.md); 'auto' fits both and keeps, per "
+                             "draw, the one with the better cross-validated accuracy inside the labels [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "
-                     "labels spread over a 10-nearest-neighbour graph of all the training images' frozen "
-                     "features (alpha 0.9); a test image then takes the weighted kNN vote (k=10) of the "
-                     "training images with the labels they received. The test images are never in the "
-                     "graph. Each result also records how many propagated labels were right "
-                     "(propagated_top1).")
+                     "labels spread over a nearest-neighbour graph of all the training images' frozen "
+                     "features; a test image then takes the weighted kNN vote of the training images with the "
+                     "labels they received. Two results per budget: with settings fixed in advance (Iscen et "
+                     "al.'s 50-neighbour graph, alpha 0.99, 200 voters) and with settings chosen per draw by "
+                     "5-fold cross-validation inside its labels. The test images are never in the graph. Each "
+                     "result also records how many propagated labels were right (propagated_top1).")
     for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
                        ("selftrain", "semi-supervised: fine-tune, propagate the labels to the unlabelled "
                                      "training images, fine-tune again on all of them"),
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                              + ("The backbone learns at the full rate. " if name == "supervised" else
                                 "The backbone learns at --backbone-lr-scale times the head's rate. ")
                              + ("One round of self-training (Iscen et al. 2019): the labels spread over a "
-                                "10-neighbour graph of the fine-tuned encoder's features of every training image; "
+                                "50-neighbour graph of the fine-tuned encoder's features of every training image; "
                                 "the pretrained encoder is then fine-tuned on all of them, for twice --steps. "
                                 if name == "selftrain" else ""))
         defaults, image = FinetuneSettings(), ImageModality.finetune_defaults
@@ -155,7 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
                            help="start the head from a linear probe on the frozen features (LP-FT) "
                                 "[default: on]")
             f.add_argument("--baseline", action="store_true",
-                           help="also train the supervised-from-scratch baseline on the same labels")
+                           help="also train the supervised-from-scratch baseline on the same labels (with the "
+                                "same --search when given)")
+        if name in SEARCHABLE:
+            f.add_argument("--search", action="store_true",
+                           help="choose the learning rate and weight decay on the validation part: every pair of "
+                                "--search-lr and --search-weight-decay trains on the first draw of each budget and "
+                                "the best on validation trains every draw (the test set is scored only then)")
+            f.add_argument("--search-lr", type=float, nargs="+", default=list(SEARCH_LR), metavar="LR",
+                           help=f"learning rates to try [default: {' '.join(map(str, SEARCH_LR))}]")
+            f.add_argument("--search-weight-decay", type=float, nargs="+", default=list(SEARCH_WEIGHT_DECAY),
+                           metavar="WD", help="weight decays to try "
+                                              f"[default: {' '.join(map(str, SEARCH_WEIGHT_DECAY))}]")
 
     _evaluate_parser(protocols, "raw", "baseline: the linear probe on the raw input",
                            "The no-learning baseline: the same logistic regression as `linear`, on the raw input "
@@ -270,6 +284,9 @@ def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> 
                         "several results; class-balanced draws [default: 100%%]")
     p.add_argument("--seeds", type=int, default=1, help="repeat each budget over this many draws and report "
                                                         "mean ± std [default: 1]")
+    p.add_argument("--on", choices=("test", "val"), default="test",
+                   help="the held-out part scored: 'test' for final figures, 'val' (the validation part carved "
+                        "from the training data) for anything you choose by the result [default: test]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate, protocol=name)
     return p
@@ -395,7 +412,7 @@ def cmd_evaluate(args) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     knn_ks = getattr(args, "k", None) or []
-    if args.protocol == "knn" and not args.labels and len(knn_ks) <= 1 and args.seeds == 1:
+    if args.protocol == "knn" and not args.labels and len(knn_ks) <= 1 and args.seeds == 1 and args.on == "test":
         _knn_and_print(args.run_dir, args.data or "", args.data_dir, knn_ks[0] if knn_ks else None,
                        args.temperature, args.baselines, not args.quiet)
         return 0
@@ -404,9 +421,15 @@ def cmd_evaluate(args) -> int:
         check_features(run, args.protocol, getattr(args, "features", "pooled"))
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    train, test = run.labelled_sets(args.data or "", args.data_dir)
+    train, test = run.labelled_sets(args.data or "", args.data_dir, part=args.on)
     data_name = args.data or run.config.eval.source or run.config.data.source
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
+    search, val = None, None
+    if getattr(args, "search", False):
+        if args.on == "val":
+            raise ConfigError("--search chooses on the validation part; score the choice with --on test")
+        search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay}
+        val = run.labelled_sets(args.data or "", args.data_dir, part="val")[1]
     settings = None
     if args.protocol in ("finetune", "selftrain", "supervised"):
         settings = finetune_settings(run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -416,7 +439,8 @@ def cmd_evaluate(args) -> int:
     for protocol in protocols:
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
                           settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0),
-                          features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled")
+                          features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled",
+                          val=val, search=search, scored_on=args.on)
     print(f"results appended to {Path(args.run_dir) / 'eval' / 'results.jsonl'}")
     return 0
 

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.propagation import knn_graph, propagate, propagated_labels, propagation_knn
+from selfsup.evaluate.propagation import (choose_by_cross_validation, knn_graph, propagate, propagated_labels,
+                                         propagation_knn)
 
 
 def sphere_points(n, dim=6, seed=0):
@@ -87,3 +88,20 @@ def test_propagation_on_random_labels_is_at_chance():
     y, yt = torch.randint(0, 4, (800,), generator=gen), torch.randint(0, 4, (2000,), generator=gen)
     labelled = torch.arange(0, 800, 10)
     assert 0.18 < propagation_knn(x, labelled, y[labelled], xt, yt)["top1"] < 0.32
+
+
+def test_cross_validation_inside_the_labels_finds_structure_and_not_noise():
+    """The choice reads only the labelled images' labels: on the strips, where the graph carries the
+    classes, its folds score near 1; with the same labels shuffled they score near chance."""
+    x, y, along = strips(600, 0)
+    labelled = torch.arange(0, 600, 9)                 # both classes (they alternate), 67 labels
+    graphs = {}
+    graph_of = lambda k: graphs.setdefault(k, knn_graph(x, k))     # noqa: E731
+    grid = {"graph_neighbours": (5, 20), "alpha": (0.5, 0.99), "k": (5, 50)}
+    best, trials = choose_by_cross_validation(x, graph_of, labelled, y[labelled], grid=grid, folds=5)
+    assert len(trials) == 8 and {t["graph_neighbours"] for t in trials} == {5, 20}
+    assert best == {k: max(trials, key=lambda t: t["cv_top1"])[k] for k in ("graph_neighbours", "alpha", "k")}
+    assert max(t["cv_top1"] for t in trials) > 0.95
+    noise = y[labelled][torch.randperm(len(labelled), generator=torch.Generator().manual_seed(0))]
+    _, noisy = choose_by_cross_validation(x, graph_of, labelled, noise, grid=grid, folds=5)
+    assert max(t["cv_top1"] for t in noisy) < 0.75

@@ -19,6 +19,7 @@ from selfsup.data import load_images
 from selfsup.evaluate import features, protocols
 from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.report.plots import label_efficiency
+from selfsup.evaluate.datasets import image_parts
 from selfsup.evaluate.splits import balanced_subset
 from selfsup.run import Run, split_labelled
 
@@ -72,7 +73,7 @@ def test_evaluate_over_budgets_and_seeds_reports_mean_and_std(tiny_run, tmp_path
     assert main(["evaluate", "linear", str(run_dir), "--labels", "2/class", "10%", "--seeds", "3", "--quiet"]) == 0
     rows = read_results(run_dir)[-2:]
     assert [(r["labels"], r["num_labels"], r["seeds"], len(r["top1"])) for r in rows] == [
-        ("2/class", 20, 3, 3), ("10%", 40, 3, 3)]
+        ("2/class", 20, 3, 3), ("10%", 36, 3, 3)]      # 10% of the 360 training images (40 validate)
     for r in rows:
         mean = sum(r["top1"]) / 3
         assert r["mean"] == pytest.approx(mean)
@@ -84,12 +85,19 @@ def test_evaluate_over_budgets_and_seeds_reports_mean_and_std(tiny_run, tmp_path
 def test_evaluate_propagate_from_the_command_line(tiny_run, tmp_path, capsys):
     run_dir = copy_of(tiny_run, tmp_path)
     assert main(["evaluate", "propagate", str(run_dir), "--labels", "5/class", "100%", "--seeds", "2", "--quiet"]) == 0
-    row, every_label = read_results(run_dir)[-2:]
+    row, chosen, every_label, every_label_chosen = read_results(run_dir)[-4:]
     assert every_label["per_seed"] == [{"propagated_top1": None}] * 2      # nothing left to propagate to
     assert (row["protocol"], row["num_labels"], row["seeds"]) == ("propagate", 50, 2)
-    assert row["settings"]["graph_neighbours"] == 10 and 0.3 < row["mean"] <= 1.0    # separable classes: above chance
-    assert all(0.3 < d["propagated_top1"] <= 1.0 for d in row["per_seed"])
-    assert "propagate with   5/class labels (50 images, 2 seed(s))" in capsys.readouterr().out
+    # Settings fixed in advance, and settings cross-validated inside each draw's labels: both reported.
+    assert (row["settings"]["choice"], row["settings"]["graph_neighbours"]) == ("fixed", 50)
+    assert chosen["settings"]["choice"] == every_label_chosen["settings"]["choice"] == "cross-validated"
+    for result in (row, chosen):
+        assert 0.3 < result["mean"] <= 1.0                       # separable classes: above chance
+        assert all(0.3 < d["propagated_top1"] <= 1.0 for d in result["per_seed"])
+    assert all(d["chosen"]["alpha"] in (0.9, 0.99) and 0 < d["cv_top1"] <= 1 for d in chosen["per_seed"])
+    out = capsys.readouterr().out
+    assert "propagate (fixed) with   5/class labels (50 images, 2 seed(s))" in out
+    assert "propagate (cross-validated) with   5/class labels" in out
 
 
 def test_knn_sweep_reuses_the_cached_features(tiny_run, tmp_path, monkeypatch):
@@ -138,12 +146,15 @@ def test_bad_label_budget_is_refused_before_any_work(tiny_run, capsys):
 
 def test_transfer_to_an_rgb_folder_of_another_size(tiny_run, tmp_path, capsys):
     """The encoder pretrained on 28x28 grayscale is evaluated on 32x32 RGB images: they are read at the
-    run's size and channel count, the folder is split 80/20, and the probe tells the classes apart."""
+    run's size and channel count, the folder is split by the hash of each file's path (about 20% test,
+    10% validation), and the probe tells the classes apart."""
     run_dir = copy_of(tiny_run, tmp_path)
     folder = stripes_folder(tmp_path / "stripes")
     assert main(["evaluate", "linear", str(run_dir), "--data", str(folder), "--quiet"]) == 0
     row = read_results(run_dir)[-1]
-    assert row["data"] == str(folder) and row["num_labels"] == 48 and row["test_size"] == 12
+    parts = image_parts(load_images(str(folder), labels=True), str(folder), 0.1)
+    assert row["data"] == str(folder) and row["num_labels"] == len(parts["train"]) and row["test_size"] == len(parts["test"])
+    assert len(parts["train"]) + len(parts["val"]) + len(parts["test"]) == 60 and len(parts["test"]) > 5
     assert row["mean"] >= 0.9
 
 
@@ -242,6 +253,21 @@ def test_linear_probe_on_feature_maps_caches_them_in_half_precision(tiny_run, tm
         monkeypatch.setattr(module, "MAP_STAGES", (-2,))
     assert main(command) == 0
     assert embedded == ["map", "map"]
+
+
+def test_auto_features_keep_the_probe_that_cross_validates_better_inside_the_labels(tiny_run, tmp_path):
+    run_dir = copy_of(tiny_run, tmp_path)
+    for kind in ("pooled", "map", "auto"):
+        assert main(["evaluate", "linear", str(run_dir), "--labels", "5/class", "--seeds", "2", "--features", kind,
+                     "--quiet"]) == 0
+    pooled, maps, auto = read_results(run_dir)[-3:]
+    assert auto["settings"]["features"] == "auto"
+    for seed, detail in enumerate(auto["per_seed"]):
+        scores = detail["cross_validated_by_features"]
+        assert scores == {"pooled": max(pooled["per_seed"][seed]["val_top1"].values()),
+                          "map": max(maps["per_seed"][seed]["val_top1"].values())}
+        assert detail["features"] == max(scores, key=scores.get)
+        assert auto["top1"][seed] == {"pooled": pooled, "map": maps}[detail["features"]]["top1"][seed]
 
 
 def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():

@@ -3,11 +3,13 @@ light augmentation for images (random resized crop and flip), AdamW, warm-up + c
 backbone learns at a fraction of the head's rate so the pretrained features are adjusted, not
 overwritten; for a ViT, layer-wise decay lowers it further for earlier blocks (BEiT, Bao et
 al., 2022). The supervised baseline is the same procedure from a randomly initialised backbone
-at the full rate, on the same labels with the same number of steps.
+at the full rate, on the same labels with the same number of steps; both train for at least
+`epochs` passes over the labels, so a larger label budget trains longer.
 """
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,7 +25,10 @@ from selfsup.precision import autocast, grad_scaler
 
 @dataclass
 class FinetuneSettings:
-    steps: int = 300
+    steps: int = 300                   # at least; more when `epochs` passes over the labels need more
+    # Passes over the labelled images at least, so that a larger label budget trains longer (fine-tuning and
+    # the from-scratch baseline alike): 300 steps of 128 are 70 epochs of 550 images but 0.7 of 55,000.
+    epochs: float = 10.0
     batch_size: int = 128
     lr: float = 2e-3                   # the head's learning rate (AdamW)
     backbone_lr_scale: float = 0.1     # backbone lr = lr * this (1.0 for the from-scratch baseline)
@@ -35,6 +40,11 @@ class FinetuneSettings:
     # Start the head from a linear probe on the frozen features (LP-FT, Kumar et al., 2022): a random
     # head's first gradients would otherwise distort the pretrained features before it has learned.
     probe_init: bool = True
+
+
+    def steps_for(self, labelled: int) -> int:
+        """Training steps for `labelled` images: `steps`, or `epochs` passes when that is more."""
+        return max(self.steps, math.ceil(self.epochs * labelled / min(self.batch_size, labelled)))
 
 
 class Classifier(nn.Module):
@@ -107,15 +117,16 @@ def train_classifier(backbone: nn.Module, train, num_classes: int, settings: Fin
     gen = torch.Generator(device=device).manual_seed(seed)
     order_gen = torch.Generator().manual_seed(seed)
     batch_size = min(settings.batch_size, len(train))
-    warmup = round(settings.warmup_fraction * settings.steps)
+    steps = settings.steps_for(len(train))
+    warmup = round(settings.warmup_fraction * steps)
     order, position, loss = torch.randperm(len(train), generator=order_gen), 0, torch.tensor(float("nan"))
     model.train()
-    for step in tqdm(range(settings.steps), desc=desc, disable=not progress, leave=False):
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
         if position + batch_size > len(order):
             order, position = torch.randperm(len(train), generator=order_gen), 0
         idx = order[position:position + batch_size]
         position += batch_size
-        factor = lr_factor(step, settings.steps, warmup)
+        factor = lr_factor(step, steps, warmup)
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * group["lr_scale"] * factor
         x = model.prepare(train.samples[idx].to(device), gen)

@@ -28,11 +28,17 @@ from selfsup.evaluate.features import MAP_GRID, MAP_STAGES, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
-from selfsup.evaluate.propagation import ALPHA, GAMMA, NEIGHBOURS, VOTERS, knn_graph, propagation_knn
+from selfsup.evaluate.propagation import (ALPHA, FOLDS, GAMMA, GRID, NEIGHBOURS, VOTERS, choose_by_cross_validation,
+                                         knn_graph, propagation_knn)
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
 PROTOCOLS = ("knn", "linear", "propagate", "finetune", "selftrain", "supervised", "raw")
+# The protocols whose learning rate and weight decay a search chooses on the validation part, each from
+# the same grid, so that pretraining and its from-scratch baseline get the same tuning budget.
+SEARCHABLE = ("finetune", "supervised")
+SEARCH_LR = (4e-3, 8e-3, 1.6e-2)
+SEARCH_WEIGHT_DECAY = (0.05, 0.5)
 
 
 def cached_features(run, data, description: str, progress: bool = False, kind: str = "pooled") -> torch.Tensor:
@@ -63,10 +69,11 @@ def cached_features(run, data, description: str, progress: bool = False, kind: s
 
 def check_features(run, protocol: str, features: str) -> None:
     """ValueError unless `protocol` can read `features` of this run's backbone."""
-    check_kind(features)
+    if features != "auto":
+        check_kind(features)
     if features != "pooled" and protocol != "linear":
         raise ValueError(f"--features {features} applies to the linear probe only, not to {protocol}")
-    if features == "map" and not hasattr(run.backbone, "stage_maps"):
+    if features in ("map", "auto") and not hasattr(run.backbone, "stage_maps"):
         raise ValueError(f"--features map reads a convolutional backbone's feature maps, and this run's "
                          f"{run.config.backbone.name} has none; use --features pooled")
 
@@ -81,11 +88,15 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
                       seeds: int = 1, data_name: str = "", knn_ks: list[int] | None = None,
                       settings: FinetuneSettings | None = None, progress: bool = True,
                       log: Callable[[str], None] = print, augment_copies: int = 0,
-                      features: str = "pooled") -> list[dict]:
+                      features: str = "pooled", val=None, search: dict | None = None,
+                      scored_on: str = "test") -> list[dict]:
     """Score `protocol` for every label budget (and every k for knn) over `seeds` class-balanced draws
     of the training labels; each result row is logged, appended to eval/results.jsonl and returned.
     augment_copies (linear): also fit on that many light crop-and-flip copies of each labelled image.
-    features (linear): which frozen features the probe reads, 'pooled' or 'map' (Run.embed)."""
+    features (linear): which frozen features the probe reads, 'pooled' or 'map' (Run.embed).
+    search (finetune, supervised): {'lr': [...], 'weight_decay': [...]}, a grid tried on each budget's
+    first draw and scored on `val` (the validation part); every draw then trains with the best.
+    scored_on: which held-out part `test` is, 'test' or 'val'; the rows say it, and reports show test rows only."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
     if train.labels is None or test.labels is None:
@@ -93,6 +104,8 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
     if seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {seeds}")
     check_features(run, protocol, features)
+    if search is not None and (protocol not in SEARCHABLE or val is None or val.labels is None):
+        raise ValueError(f"a search needs the labelled validation part and one of: {', '.join(SEARCHABLE)}")
     budgets = [parse_label_budget(text) for text in labels]
     num_classes = int(train.labels.unique().numel())
     score, variants = _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies,
@@ -100,7 +113,11 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
     rows = []
     for budget in budgets:
         count = budget.count(len(train), num_classes)
-        for setting in variants:
+        chosen = None
+        if search is not None:
+            chosen = choose_on_validation(run, protocol, train, val, balanced_subset(train.labels, count, 0),
+                                          variants[0], search, progress, log)
+        for setting in [chosen["settings"]] if chosen else variants:
             started, scores, details = time.time(), [], []
             for seed in range(seeds):
                 top1, detail = score(balanced_subset(train.labels, count, seed), seed, setting)
@@ -109,10 +126,31 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
             row = _row(run, protocol, budget, count, scores, time.time() - started, setting, data_name, len(test))
             if any(details):
                 row["per_seed"] = details
+            if chosen:
+                row["search"] = chosen["search"]
+            row["scored_on"] = scored_on
             _append(Path(run.path) / "eval" / "results.jsonl", row)
             log(_describe(row))
             rows.append(row)
     return rows
+
+
+def choose_on_validation(run, protocol: str, train, val, idx: torch.Tensor, base: dict, search: dict,
+                         progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Train `protocol` on the labelled images `idx` at every (lr, weight decay) of the search grid, from
+    the settings `base`, and score each on `val`: {'settings': the best, 'search': what was tried}."""
+    tune, _ = _scorer(run, protocol, train, val, "", None, FinetuneSettings(**base), progress)
+    trials = []
+    for lr in search["lr"]:
+        for weight_decay in search["weight_decay"]:
+            setting = {**base, "lr": lr, "weight_decay": weight_decay}
+            trials.append({"lr": lr, "weight_decay": weight_decay, "val_top1": tune(idx, 0, setting)[0]})
+    best = max(trials, key=lambda trial: trial["val_top1"])
+    log(f"{protocol:>10} search on {len(val)} validation images ({len(trials)} trials, first draw of "
+        f"{len(idx)} labels): lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
+        f"(validation top-1 {100 * best['val_top1']:.2f}%)")
+    return {"settings": {**base, "lr": best["lr"], "weight_decay": best["weight_decay"]},
+            "search": {"trials": trials, "chosen_on": f"validation part ({len(val)} images)", "draw": 0}}
 
 
 def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0,
@@ -122,11 +160,15 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
     if augment_copies and run.modality.name != "image":
         raise ValueError("--augment (crop and flip copies) applies to images only")
     if protocol in ("knn", "linear", "propagate", "raw"):
+        # 'auto' fits the probe on the pooled features and on the maps, and keeps the one whose
+        # cross-validated accuracy inside the draw's labels is higher: a choice a few-label user can make.
+        kinds = ("pooled", "map") if features == "auto" else (features,)
         if protocol == "raw":              # the no-learning baseline: the same probe on the raw input
-            train_f, test_f = run.modality.raw_features(train, test)
+            feats = {run.modality.raw_name: run.modality.raw_features(train, test)}
         else:
-            train_f = cached_features(run, train, f"{data_name} train", progress, features)
-            test_f = cached_features(run, test, f"{data_name} test", progress, features)
+            feats = {kind: (cached_features(run, train, f"{data_name} train", progress, kind),
+                            cached_features(run, test, f"{data_name} test", progress, kind)) for kind in kinds}
+        train_f, test_f = next(iter(feats.values()))
         if protocol == "knn":
             def knn(idx, seed, setting):
                 return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
@@ -135,18 +177,26 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         if protocol == "propagate":
             return _propagation_scorer(train_f, train.labels, test_f, test.labels, cfg.eval.knn_temperature)
 
-        pool_scale = feature_scale(train_f)     # of every training image: the same for every draw
+        # Standardised with every training image's statistics: the same for every draw.
+        pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
 
         def linear(idx, seed, setting):
-            augmented = None
-            if augment_copies:             # features of crops of these images: drawn per seed, not cached
-                augmented = torch.stack([run.embed(light_crop_flip(train.images[idx], 7919 * seed + copy),
-                                                   cfg.eval.batch_size, kind=features)
-                                         for copy in range(augment_copies)])
-            result = linear_probe(train_f[idx], train.labels[idx], test_f, test.labels, seed=seed,
-                                  augmented=augmented, scale=pool_scale)
-            return result["top1"], {"weight_decay": result["weight_decay"], "folds": result["folds"],
-                                    "val_top1": result["val_top1"]}
+            results = {}
+            for kind, (kind_train_f, kind_test_f) in feats.items():
+                augmented = None
+                if augment_copies:         # features of crops of these images: drawn per seed, not cached
+                    augmented = torch.stack([run.embed(light_crop_flip(train.images[idx], 7919 * seed + copy),
+                                                       cfg.eval.batch_size, kind=kind)
+                                             for copy in range(augment_copies)])
+                results[kind] = linear_probe(kind_train_f[idx], train.labels[idx], kind_test_f, test.labels,
+                                             seed=seed, augmented=augmented, scale=pool_scales[kind])
+            cross_validated = {kind: max(result["val_top1"].values()) for kind, result in results.items()}
+            chosen = max(cross_validated, key=cross_validated.get)
+            result = results[chosen]
+            detail = {"weight_decay": result["weight_decay"], "folds": result["folds"], "val_top1": result["val_top1"]}
+            if len(results) > 1:
+                detail |= {"features": chosen, "cross_validated_by_features": cross_validated}
+            return result["top1"], detail
         setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
                    f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS, "standardised_on": "every training image"}
         if protocol == "raw":
@@ -159,9 +209,10 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
-    prepare = run.modality.finetune_input(cfg, settings)
 
     def tune(idx, seed, setting):
+        settings = FinetuneSettings(**setting)
+        prepare = run.modality.finetune_input(cfg, settings)
         if protocol == "supervised":
             torch.manual_seed(cfg.train.seed + 1000 + seed)
             backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
@@ -178,14 +229,27 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
 
 
 def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature):
-    graph = knn_graph(train_f)             # depends on the features only: one graph for every draw
+    """Two settings: fixed in advance, and chosen per draw by cross-validation inside its labels."""
+    graphs = {}                            # depend on the features only: one graph per size for every draw
+
+    def graph_of(neighbours):
+        if neighbours not in graphs:
+            graphs[neighbours] = knn_graph(train_f, neighbours)
+        return graphs[neighbours]
 
     def propagated(idx, seed, setting):
-        result = propagation_knn(train_f, idx, train_labels[idx], test_f, test_labels, graph,
-                                 temperature=temperature)
-        return result["top1"], {"propagated_top1": _right_share(result["propagated_labels"], idx, train_labels)}
-    return propagated, [{"classifier": "weighted kNN over propagated labels", "graph_neighbours": NEIGHBOURS,
-                         "alpha": ALPHA, "gamma": GAMMA, "k": VOTERS, "temperature": temperature}]
+        chosen, detail = setting, {}
+        if setting["choice"] == "cross-validated":
+            chosen, trials = choose_by_cross_validation(train_f, graph_of, idx, train_labels[idx], temperature,
+                                                        seed=seed)
+            detail = {"chosen": chosen, "cv_top1": max(t["cv_top1"] for t in trials)}
+        result = propagation_knn(train_f, idx, train_labels[idx], test_f, test_labels,
+                                 graph_of(chosen["graph_neighbours"]), chosen["alpha"], chosen["k"], temperature)
+        return result["top1"], {**detail,
+                                "propagated_top1": _right_share(result["propagated_labels"], idx, train_labels)}
+    common = {"classifier": "weighted kNN over propagated labels", "gamma": GAMMA, "temperature": temperature}
+    return propagated, [{**common, "choice": "fixed", "graph_neighbours": NEIGHBOURS, "alpha": ALPHA, "k": VOTERS},
+                        {**common, "choice": "cross-validated", "grid": GRID, "folds": FOLDS}]
 
 
 def _right_share(propagated: torch.Tensor, labelled: torch.Tensor, train_labels: torch.Tensor) -> float | None:
@@ -208,7 +272,12 @@ def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, da
 
 def _describe(row: dict) -> str:
     extra = f" k={row['settings']['k']}" if row["protocol"] == "knn" else ""
+    if row["protocol"] == "propagate":
+        extra = f" ({row['settings']['choice']})"
     spread = f" ± {100 * row['std']:.2f}" if row["seeds"] > 1 else ""
+    if "search" in row:
+        extra = (f" (lr {row['settings']['lr']:g}, weight decay {row['settings']['weight_decay']:g}, chosen from "
+                 f"{len(row['search']['trials'])} on validation)")
     return (f"{row['protocol']:>10}{extra} with {row['labels']:>9} labels ({row['num_labels']} images, "
             f"{row['seeds']} seed(s)): top-1 {100 * row['mean']:.2f}%{spread}  [{row['seconds']:.1f} s]")
 
@@ -219,9 +288,11 @@ def _append(path: Path, row: dict) -> None:
     atomic_write(path, previous + (json.dumps(row) + "\n").encode())
 
 
-def read_results(run_dir: str | Path) -> list[dict]:
-    """Every row of RUN_DIR/eval/results.jsonl, oldest first ([] when there are none)."""
+def read_results(run_dir: str | Path, scored_on: str = "test") -> list[dict]:
+    """The rows of RUN_DIR/eval/results.jsonl scored on the held-out part `scored_on` (rows from before
+    the validation part existed were scored on test), oldest first ([] when there are none)."""
     path = Path(run_dir) / "eval" / "results.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for row in rows if row.get("scored_on", "test") == scored_on]

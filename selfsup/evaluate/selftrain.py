@@ -37,7 +37,7 @@ def selftrain(backbone: nn.Module, train, labelled: torch.Tensor, test, settings
     feats = F.normalize(backbone_features(first, train.samples, device, precision), dim=1)
     spread = propagated_labels(knn_graph(feats), labelled, few.labels, num_classes)
     second, loss = train_classifier(backbone, replace(train, labels=spread), num_classes,
-                                    replace(settings, steps=2 * settings.steps), prepare, seed, device, precision,
+                                    replace(settings, steps=2 * settings.steps, epochs=0), prepare, seed, device, precision,
                                     progress, desc=f"self-training seed {seed}: fine-tune on the propagated labels")
     return {"top1": accuracy(second, test, device, precision),
             "first_top1": accuracy(first, test, device, precision),

@@ -9,7 +9,9 @@ from matplotlib.figure import Figure
 
 PROTOCOL_STYLE = {"knn": ("kNN (frozen)", "tab:blue", "o"), "linear": ("linear probe (frozen)", "tab:orange", "s"),
                   "linear map": ("linear probe on feature maps (frozen)", "tab:brown", "P"),
-                  "propagate": ("label propagation + kNN (frozen)", "tab:purple", "D"),
+                  "linear auto": ("linear probe, pooled or maps by cross-validation (frozen)", "tab:olive", "*"),
+                  "propagate": ("label propagation + kNN, fixed settings (frozen)", "tab:purple", "D"),
+                  "propagate cv": ("label propagation + kNN, cross-validated settings (frozen)", "tab:pink", "d"),
                   "finetune": ("fine-tune", "tab:green", "^"),
                   "selftrain": ("fine-tune + propagation + fine-tune", "tab:red", "v"),
                   "supervised": ("supervised from scratch", "black", "x")}
@@ -76,9 +78,12 @@ def label_efficiency(results: list[dict], knn_k: int) -> Figure | None:
 
 
 def _line(row: dict) -> str:
-    """The curve a result belongs to: its protocol, told apart for a linear probe of feature maps."""
-    if row["protocol"] == "linear" and row["settings"].get("features") == "map":
-        return "linear map"
+    """The curve a result belongs to: its protocol, told apart for a linear probe of feature maps (or of
+    the features cross-validation chose) and for propagation's two ways of setting itself."""
+    if row["protocol"] == "linear" and row["settings"].get("features", "pooled") != "pooled":
+        return f"linear {row['settings']['features']}"
+    if row["protocol"] == "propagate" and row["settings"].get("choice") == "cross-validated":
+        return "propagate cv"
     return row["protocol"]
 
 
