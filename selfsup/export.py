@@ -49,7 +49,10 @@ def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path 
                                "eval_size": cfg.augment.eval_size or cfg.data.size,
                                "mean": list(cfg.augment.mean), "std": list(cfg.augment.std),
                                "scale": "uint8 / 255, then (x - mean) / std"},
-                        origin={"run": str(Path(run_dir).resolve()), "step": run.step, "method": cfg.method.name})
+                        origin={"run": str(Path(run_dir).resolve()), "step": run.step, "method": cfg.method.name,
+                                "checkpoint": f"step-{run.step:07d}", "trained_in": cfg.train.precision},
+                        # The weights are stored in fp32 and load_encoder runs them in fp32, as `selfsup embed` does.
+                        precision="fp32")
     return save_encoder(run.backbone, spec, out)
 
 

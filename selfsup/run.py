@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from selfsup.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from selfsup.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
 from selfsup.config import Config, load_config
 from selfsup.evaluate import extract_features, knn_accuracy
 from selfsup.evaluate.features import check_kind, map_features
@@ -35,17 +35,18 @@ class Run:
         return modality_of(self.config)
 
     def embed(self, samples: torch.Tensor, batch_size: int = 1024, device: str = "auto",
-              progress: bool = False, kind: str = "pooled") -> torch.Tensor:
+              progress: bool = False, kind: str = "pooled", precision: str | None = None) -> torch.Tensor:
         """Samples (uint8 images (N, C, H, W), token ids (N, L), table rows (N, F)) -> L2-normalised
         backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's output) or 'map'
-        (images and convolutional backbones: selfsup.evaluate.features.map_features)."""
+        (images and convolutional backbones: selfsup.evaluate.features.map_features). precision: of the
+        forward pass (None: the run's training precision, as the evaluations use)."""
         check_kind(kind)
         dev = resolve_device(device)
         self.method.to(dev).eval()
         samples = self.modality.match_input(self.config, samples)
         embed = self.method.embed if kind == "pooled" else lambda batch: map_features(self.method.embed_maps(batch))
         return extract_features(embed, samples, batch_size, dev,
-                                resolve_precision(self.config.train.precision, dev), progress)
+                                resolve_precision(precision or self.config.train.precision, dev), progress)
 
     def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,
                       max_test: int | None = None, part: str = "test"):
@@ -64,7 +65,14 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     stem = Path(checkpoint) if checkpoint else latest_checkpoint(path / "checkpoints")
     if stem is None:
         raise CheckpointError(f"{path} has no checkpoint yet; was pretraining stopped before its first save?")
-    tensors, meta = load_checkpoint(stem)
+    try:
+        tensors, meta = load_checkpoint(stem)
+    except CheckpointError as e:
+        older = [s.name for s in list_checkpoints(path / "checkpoints") if s.name < Path(stem).with_suffix("").name]
+        if checkpoint or not older:
+            raise
+        raise CheckpointError(f"{e}; pass --checkpoint {path / 'checkpoints' / older[-1]}.safetensors "
+                              f"(or another of: {', '.join(older)})") from e
     method = build_method(cfg)
     if cfg.train.channels_last and modality_of(cfg).channels_last:
         method = method.use_channels_last()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from tqdm import tqdm
 
 from selfsup import distributed
@@ -340,13 +341,20 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
                 "num_images": len(data), "seed": cfg.train.seed}
     start_step = 0
     if resume:
-        start_step = _resume(method, optimizer, scaler, ckpt_dir, device, identity, may_write=main)
+        start_step = _resume(method, optimizer, scaler, ckpt_dir, device, identity, may_write=main,
+                             changed_settings=changed_model_settings(run_dir / "config.yaml", cfg))
         # Overrides given with --resume take effect.
         apply_hyperparameters(optimizer, cfg.optim, bias_lr_scale(method, cfg.optim))
     elif list_checkpoints(ckpt_dir):
         raise TrainingError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                             "or choose another run name")
+    if not resume:
+        # Nothing in the step draws from them today; code that will (data workers) stays reproducible.
+        random.seed(cfg.train.seed * 1000 + world.rank)
+        np.random.seed((cfg.train.seed * 1000 + world.rank) % 2**32)
     if main:                             # rank 0 alone writes; every rank reads
+        if not run_dir.is_dir():
+            print(f"run folder: {run_dir}", file=sys.stderr)
         run_dir.mkdir(parents=True, exist_ok=True)
         modality.save_assets(data, run_dir)      # before the monitor, which reads the run's tokenizer or table
         _keep_metrics_until(run_dir / "metrics.jsonl", start_step)
@@ -589,12 +597,17 @@ def _keep_metrics_until(path: Path, step: int) -> None:
 
 
 def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.device, identity: dict,
-            may_write: bool = True) -> int:
-    """Load the newest checkpoint that reads cleanly, falling back to older ones; return its step."""
+            may_write: bool = True, changed_settings: str = "") -> int:
+    """Load the newest checkpoint that reads cleanly, falling back to older ones; return its step.
+
+    Every complete checkpoint is a candidate, also one newer than the `latest` pointer (a kill between
+    a checkpoint's last file and the pointer's rename leaves it whole); only those that fail to load
+    are set aside as damaged. A run whose settings changed fails at once, for every checkpoint alike.
+    Temporary files of interrupted writes are cleared."""
+    if may_write:
+        for leftover in [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.parent.glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)
     candidates = list_checkpoints(ckpt_dir)
-    pointed = latest_checkpoint(ckpt_dir)
-    if pointed is not None and pointed in candidates:
-        candidates = candidates[:candidates.index(pointed) + 1]
     if not candidates:
         raise TrainingError(f"--resume: no checkpoint in {ckpt_dir}; start the run without --resume")
     errors = []
@@ -603,6 +616,7 @@ def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.dev
             tensors, meta = load_checkpoint(stem)
             _check_same_run(meta, identity, stem)
             model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+            _check_same_shapes(model_state, method.state_dict(), stem, changed_settings)
             method.load_state_dict(distributed.shaped_like(model_state, method.state_dict()))
             parameters = [p for group in optimizer.param_groups for p in group["params"]]
             tensors = distributed.shaped_like(tensors, {k: parameters[int(k.split(".")[1])] for k in tensors
@@ -612,6 +626,8 @@ def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.dev
                 scaler.load_state_dict(meta["grad_scaler"])
             rng_states = (tensors["rng.torch"], _python_rng(meta["rng"]["python"]), _numpy_rng(meta["rng"]["numpy"]))
             step = int(meta["step"])
+        except TrainingError:              # the settings changed: every checkpoint would fail the same way
+            raise
         except (CheckpointError, RuntimeError, KeyError, ValueError, TypeError) as e:
             errors.append(f"{stem.name}: {e}")
             print(f"warning: cannot resume from {stem}: {e}; trying an older checkpoint", file=sys.stderr)
@@ -627,6 +643,30 @@ def _resume(method: Method, optimizer, scaler, ckpt_dir: Path, device: torch.dev
         print(f"resuming from {stem.name} (step {step})", file=sys.stderr)
         return step
     raise TrainingError("--resume: no checkpoint could be loaded:\n  " + "\n  ".join(errors))
+
+
+def _check_same_shapes(saved: dict, built: dict, stem: Path, changed_settings: str) -> None:
+    """TrainingError naming the first tensor whose shape differs between the checkpoint and the model the
+    config builds (a sharded tensor reports its whole shape)."""
+    for name, tensor in saved.items():
+        if name not in built or built[name].shape == tensor.shape:
+            continue
+        raise TrainingError(f"cannot resume {stem.name}: its {name} has shape {tuple(tensor.shape)} but the config "
+                            f"builds {tuple(built[name].shape)}"
+                            + (f" ({changed_settings} since the run was saved)" if changed_settings else "")
+                            + "; resume with the original settings or start a new run")
+
+
+def changed_model_settings(saved_config: Path, cfg: Config) -> str:
+    """'backbone.width 0.25 -> 0.5, ...': the backbone and method settings of `cfg` that differ from the
+    run's config.yaml as it was saved (empty when there is none)."""
+    if not saved_config.is_file():
+        return ""
+    saved = yaml.safe_load(saved_config.read_text()) or {}
+    now = cfg.to_dict()
+    return ", ".join(f"{section}.{key} {value} -> {now[section].get(key)}"
+                     for section in ("backbone", "method") for key, value in (saved.get(section) or {}).items()
+                     if now[section].get(key) != value)
 
 
 def _check_same_run(meta: dict, identity: dict, stem: Path) -> None:

@@ -131,13 +131,15 @@ def with_bad_files(tmp_path):
     return root
 
 
-def test_unreadable_files_skipped_with_one_warning(with_bad_files):
-    with pytest.warns(UserWarning) as caught:
-        data = load_image_folder(with_bad_files, size=8)
-    messages = [str(w.message) for w in caught if "skipped" in str(w.message)]
-    assert len(messages) == 1
-    assert "skipped 2 unreadable" in messages[0]
-    assert "b_corrupt.jpg" in messages[0] and "c_truncated.jpg" in messages[0]
+def test_unreadable_and_ignored_files_get_one_warning_line_once(with_bad_files, capsys):
+    (with_bad_files / "notes.txt").write_text("not an image")
+    (with_bad_files / "scan.tif").write_bytes(b"II*\x00")
+    data = load_image_folder(with_bad_files, size=8)
+    load_image_folder(with_bad_files, size=8, labels=False)     # read again (as evaluation does): no repeat
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ")
+    assert "skipped 2 unreadable" in lines[0] and "b_corrupt.jpg" in lines[0] and "c_truncated.jpg" in lines[0]
+    assert "ignored 2 file(s) that are not images (.tif, .txt)" in lines[0]
     assert len(data) == 2
     assert data.images[0, :, 0, 0].tolist() == [255, 0, 0]
 

@@ -191,14 +191,57 @@ def test_full_disk_stops_with_a_message_and_keeps_the_previous_checkpoint(tiny_f
     assert result.steps == 6
 
 
-def test_resume_with_weights_of_other_shapes_names_the_file_and_the_mismatch(tiny_fashion, tmp_path):
+def test_resume_with_weights_of_other_shapes_says_once_which_tensor_and_setting(tiny_fashion, tmp_path, capsys):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
-    pretrain(small_config("train.steps=2"), tmp_path / "run", data=data, progress=False)
+    pretrain(small_config("train.steps=4", "train.checkpoint_every=2"), tmp_path / "run", data=data, progress=False)
+    capsys.readouterr()
     with pytest.raises(TrainingError) as e:
-        pretrain(small_config("train.steps=4", "backbone.width=0.25"), tmp_path / "run", data=data, resume=True,
+        pretrain(small_config("train.steps=6", "backbone.width=0.25"), tmp_path / "run", data=data, resume=True,
                  progress=False)
-    assert "step-0000002" in str(e.value) and "size mismatch" in str(e.value)
-    assert load_run(tmp_path / "run").step == 2                  # nothing was set aside or overwritten
+    message = str(e.value)
+    assert message.startswith("cannot resume step-0000004: its backbone.") and "\n" not in message
+    assert "has shape (8,) but the config builds (16,)" in message          # twice the channels
+    assert "backbone.width 0.125 -> 0.25 since the run was saved" in message
+    assert "older checkpoint" not in capsys.readouterr().err     # no other checkpoint was tried
+    assert load_run(tmp_path / "run").step == 4                  # nothing was set aside or overwritten
+
+
+def test_a_whole_checkpoint_newer_than_the_pointer_is_resumed_not_set_aside(tiny_fashion, tmp_path, capsys):
+    """A kill between a checkpoint's last file and the `latest` pointer's rename leaves the checkpoint
+    whole: resume takes it, and clears the temporary files of interrupted writes."""
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    cfg = ["train.steps=6", "train.checkpoint_every=2"]
+    pretrain(small_config(*cfg), tmp_path / "straight", data=data, progress=False)
+    pretrain(small_config("train.steps=6", "train.checkpoint_every=2"), tmp_path / "run", data=data, progress=False)
+    folder = tmp_path / "run" / "checkpoints"
+    (folder / "step-0000006.json").unlink()                      # as if killed before step 6's metadata
+    (folder / "latest").write_text("step-0000002")              # and before step 4's pointer
+    leftovers = [folder / ".step-0000006.json.x1.tmp", folder / ".latest.x2.tmp", tmp_path / "run" / ".config.yaml.x3.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"partial")
+    capsys.readouterr()
+    pretrain(load_config(tmp_path / "run" / "config.yaml"), tmp_path / "run", data=data, resume=True, progress=False)
+    err = capsys.readouterr().err
+    assert "resuming from step-0000004 (step 4)" in err and "damaged" not in err
+    assert not list(folder.glob("*.damaged")) and not any(leftover.exists() for leftover in leftovers)
+    assert max_abs_difference(final_model(tmp_path / "straight")[1], final_model(tmp_path / "run")[1]) == 0.0
+
+
+def test_resume_of_a_folder_that_is_not_a_run_is_bad_input(tmp_path, capsys):
+    assert main(["pretrain", "--resume", str(tmp_path / "nothing-here")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", str(tmp_path)]) == 2
+    assert "has no config.yaml" in capsys.readouterr().err
+
+
+def test_python_and_numpy_random_states_are_seeded_from_the_run(tiny_fashion, tmp_path):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    states = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        pretrain(small_config("train.steps=2", f"train.seed={seed}"), tmp_path / name, data=data, progress=False)
+        states.append(load_checkpoint(read_pointer(tmp_path / name / "checkpoints", "latest"))[1]["rng"])
+    assert states[0] == states[1] and states[0]["python"] != states[2]["python"]
+    assert states[0]["numpy"] != states[2]["numpy"]
 
 
 def test_resume_with_another_method_says_what_changed(tiny_fashion, tmp_path):
@@ -208,6 +251,22 @@ def test_resume_with_another_method_says_what_changed(tiny_fashion, tmp_path):
     with pytest.raises(TrainingError, match=f"method: simclr -> {other}"):
         pretrain(small_config("train.steps=4", f"method.name={other}"), tmp_path / "run", data=data, resume=True,
                  progress=False)
+
+
+def test_evaluate_and_embed_take_a_checkpoint_and_say_so_when_the_latest_is_unreadable(tiny_fashion, tmp_path,
+                                                                                       capsys):
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    pretrain(small_config("train.steps=4", "train.checkpoint_every=2", f"data.data_dir={tiny_fashion}"),
+             tmp_path / "run", data=data, progress=False)
+    (tmp_path / "run" / "checkpoints" / "step-0000004.safetensors").write_bytes(b"truncated")
+    embed = ["embed", str(tmp_path / "run"), "--data", "fashion-mnist", "--data-dir", str(tiny_fashion),
+             "--out", str(tmp_path / "e.npy")]
+    assert main(embed) == 1
+    assert f"pass --checkpoint {tmp_path / 'run' / 'checkpoints' / 'step-0000002'}.safetensors" in capsys.readouterr().err
+    older = str(tmp_path / "run" / "checkpoints" / "step-0000002.safetensors")
+    assert main([*embed, "--checkpoint", older]) == 0
+    assert main(["evaluate", "knn", str(tmp_path / "run"), "--checkpoint", older, "--k", "5", "--quiet"]) == 0
+    assert json.loads((tmp_path / "run" / "eval" / "knn.json").read_text())["step"] == 2
 
 
 # ----------------------------------------------------------------------------- export and safe loading

@@ -45,8 +45,8 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
 
     labels=True: each image is labelled with its first-level subfolder (the class); `classes`
     holds the sorted subfolder names and images directly in `path` are an error.
-    Unreadable files are skipped with one warning naming up to five of them; strict=True raises
-    a DataError on the first one instead.
+    Unreadable files are skipped and files that are not images ignored, with one `warning:` line on
+    stderr naming up to five unreadable ones; strict=True raises a DataError on the first unreadable one.
     """
     from selfsup.data import DataError, ImageSet, require_class_subfolders
     root = Path(path).expanduser()
@@ -61,7 +61,7 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
     files, other_files = _find_image_files(root)
     if not files:
         raise DataError(f"no images found in {str(root)!r}: looked for files ending in {', '.join(EXTENSIONS)} "
-                        f"(at any depth, in any case) and found {other_files} file(s) with other extensions")
+                        f"(at any depth, in any case) and found {len(other_files)} file(s) with other extensions")
 
     classes: list[str] = []
     if labels:
@@ -99,20 +99,36 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
     if not targets:
         raise DataError(f"no readable images in {str(root)!r}: all {len(files)} files ending in "
                         f"{', '.join(EXTENSIONS)} could not be read, e.g. {skipped[0]}")
-    if skipped:
-        more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) of {len(files)} in {str(root)!r}: "
-                      f"{'; '.join(skipped[:SHOWN_SKIPPED])}{more} (strict=True / --strict makes this an error)",
-                      stacklevel=2)
+    _warn_once(root, len(files), skipped, other_files)
     # A view, not a copy: the rows left over are only those of the skipped files.
     images = images[:len(targets)]
     label_tensor = torch.tensor(targets, dtype=torch.int64) if labels else None
     return ImageSet(images, label_tensor, classes, root.resolve().name, paths=kept)
 
 
-def _find_image_files(root: Path) -> tuple[list[Path], int]:
-    """Image files under root as paths relative to it, sorted by path parts; and how many other files."""
-    found, others = [], 0
+_warned: set = set()                  # (folder, what was said): a folder read twice in a process warns once
+
+
+def _warn_once(root: Path, total: int, skipped: list[str], other_files: list[str]) -> None:
+    """One `warning:` line on stderr for the files of the folder that were skipped or ignored."""
+    parts = []
+    if skipped:
+        more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+        parts.append(f"skipped {len(skipped)} unreadable image file(s) of {total}: "
+                     f"{'; '.join(skipped[:SHOWN_SKIPPED])}{more} (strict=True / --strict makes this an error)")
+    if other_files:
+        kinds = sorted({Path(name).suffix.lower() or "(no extension)" for name in other_files})
+        parts.append(f"ignored {len(other_files)} file(s) that are not images ({', '.join(kinds)}); "
+                     f"images end in {', '.join(EXTENSIONS)}")
+    message = f"warning: {str(root)!r}: " + "; ".join(parts)
+    if parts and (root, message) not in _warned:
+        _warned.add((root, message))
+        print(message, file=sys.stderr)
+
+
+def _find_image_files(root: Path) -> tuple[list[Path], list[str]]:
+    """Image files under root as paths relative to it, sorted by path parts; and the names of the other files."""
+    found, others = [], []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         for name in names:
@@ -121,7 +137,7 @@ def _find_image_files(root: Path) -> tuple[list[Path], int]:
             if name.lower().endswith(EXTENSIONS):
                 found.append(Path(folder, name).relative_to(root))
             else:
-                others += 1
+                others.append(name)
     return sorted(found, key=lambda p: p.parts), others
 
 
