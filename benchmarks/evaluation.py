@@ -37,8 +37,10 @@ def main():
     p.add_argument("--epochs", type=float, default=FinetuneSettings.epochs,
                    help="finetune and supervised: at least this many passes over the labels")
     p.add_argument("--search", action="store_true",
-                   help="finetune and supervised: choose lr and weight decay on the validation part from the "
-                        "grid of `selfsup evaluate finetune --search`, the same grid for both")
+                   help="finetune and supervised: choose lr and weight decay on the validation part, from the "
+                        "same grid for both")
+    p.add_argument("--search-lr", type=float, nargs="+", default=list(SEARCH_LR))
+    p.add_argument("--search-weight-decay", type=float, nargs="+", default=list(SEARCH_WEIGHT_DECAY))
     p.add_argument("--lr", type=float, help="finetune and supervised: the head's learning rate (the backbone's "
                                              "too, for supervised) [default: the modality's]")
     p.add_argument("--backbone-lr-scale", type=float,
@@ -55,11 +57,13 @@ def main():
     train, test = run.labelled_sets()
     val = run.labelled_sets(part="val")[1] if args.search else None
     name = run.config.data.source
-    shutil.rmtree(Path(args.run_dir) / "eval" / "features", ignore_errors=True)
     started = time.time()
-    for split, images in (("train", train), ("test", test)):
-        cached_features(run, images, f"{name} {split}")
-    lines = [{"feature_seconds": round(time.time() - started, 1), "images": len(train) + len(test)}]
+    lines = [{"images": len(train) + len(test)}]
+    if set(args.protocols) & {"knn", "linear", "propagate"}:      # the frozen protocols share one feature pass
+        shutil.rmtree(Path(args.run_dir) / "eval" / "features", ignore_errors=True)
+        for split, images in (("train", train), ("test", test)):
+            cached_features(run, images, f"{name} {split}")
+        lines[0]["feature_seconds"] = round(time.time() - started, 1)
     if args.features != "pooled" and "linear" in args.protocols:
         map_started = time.time()
         for split, images in (("train", train), ("test", test)):
@@ -72,7 +76,7 @@ def main():
                 settings = finetune_settings(run, steps=args.steps, epochs=args.epochs, lr=args.lr,
                                              backbone_lr_scale=args.backbone_lr_scale, probe_init=args.probe_init)
             features = args.features if protocol == "linear" else "pooled"
-            search = {"lr": SEARCH_LR, "weight_decay": SEARCH_WEIGHT_DECAY} \
+            search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay} \
                 if args.search and protocol in SEARCHABLE else None
             for row in evaluate_protocol(run, protocol, train, test, [labels], args.seeds, name, settings=settings,
                                          progress=False, log=lambda text: print(text, file=sys.stderr),

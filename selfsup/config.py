@@ -57,9 +57,9 @@ class DataConfig:
 @dataclass
 class BackboneConfig:
     name: str = "resnet18"
-    # Each backbone takes the fields that apply to it (see `selfsup.backbones`); the rest are ignored.
-    # ResNet: channel multiplier. 0.25 by default: on a 2-core CPU without native bf16 it reached
-    # 82.58% kNN in 9 minutes of SimCLR against width 0.5's 82.10%, and embeds 3x faster (docs/results.md).
+    # Each backbone takes the fields its factory declares (see `selfsup.backbones`); setting another is an error.
+    # ResNet: channel multiplier. 0.25 by default: on a small CPU a fixed time buys it more epochs than
+    # a wider net, which it needs more than width, and it embeds faster (docs/results.md).
     width: float = 0.25
     stem: str = "cifar"                # ResNet: "cifar" (3x3, no max-pool) for small images, or "imagenet"
     patch_size: int = 4                # ViT: pixels per patch side
@@ -71,9 +71,16 @@ class BackboneConfig:
     norm: str = "batch"                # tabular_mlp: normalisation in the hidden blocks: batch | layer | none
 
     def validate(self) -> None:
-        from selfsup.backbones import backbone_names
+        from selfsup.backbones import backbone_names, backbone_parameters
         if self.name not in backbone_names():
             raise ConfigError(f"backbone.name {self.name!r} is unknown; choose one of: {', '.join(backbone_names())}")
+        fields = [f.name for f in dataclasses.fields(self) if f.name != "name"]
+        taken = [f for f in backbone_parameters(self.name) if f in fields]
+        defaults = BackboneConfig()
+        stray = [f for f in fields if f not in taken and getattr(self, f) != getattr(defaults, f)]
+        if stray:
+            raise ConfigError(f"backbone.{stray[0]}={getattr(self, stray[0])!r} does not apply to backbone "
+                              f"{self.name}; its fields are: {', '.join(taken)}")
         if self.width <= 0:
             raise ConfigError(f"backbone.width must be > 0, got {self.width}")
         if self.stem not in ("cifar", "imagenet"):
@@ -82,7 +89,7 @@ class BackboneConfig:
             raise ConfigError(f"backbone.patch_size must be >= 1, got {self.patch_size}")
         if self.pos_embed not in ("sincos", "learned"):
             raise ConfigError(f"backbone.pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
-        if self.dim < 1 or self.depth < 1 or self.heads < 1 or self.dim % self.heads:
+        if self.dim < 1 or self.depth < 1 or self.heads < 1 or ("heads" in taken and self.dim % self.heads):
             raise ConfigError(f"backbone.dim, depth and heads must be >= 1 and dim divisible by heads; got "
                               f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
         if not 0 <= self.dropout < 1:
@@ -187,8 +194,8 @@ class TrainConfig:
     # With several processes: ddp keeps a whole copy of the weights and optimizer state on every rank;
     # fsdp shards them over the ranks (FSDP2, each Transformer block a unit), for models DDP cannot fit.
     strategy: str = "ddp"              # ddp | fsdp
-    # torch.compile the training step's forward and the batched augmentation. Off by default: on the CPU
-    # and on an H200 it did not pay for its compile time (docs/scale.md).
+    # torch.compile the training step's forward and the batched augmentation. Off by default: a default
+    # run is too short to win back the compile time (docs/scale.md).
     compile: bool = False
     compile_mode: str = "default"      # torch.compile's mode: default | reduce-overhead | max-autotune | ...
 

@@ -249,7 +249,7 @@ def _pretrain(cfg: Config, run_dir: Path, data, resume: bool, progress: bool, la
     precision = resolve_precision(cfg.train.precision, device)
     if precision == "bf16" and device.type == "cpu" and not _cpu_has_native_bf16() and world.is_main:
         print("warning: train.precision=bf16 on a CPU without native bf16 (AMX or AVX512-BF16): autocast emulates "
-              "it, over 100x slower than fp32 on a 2-core AMD EPYC without AVX-512 (docs/scale.md); "
+              "it, many times slower than fp32 (docs/scale.md); "
               "use train.precision=auto or fp32", file=sys.stderr)
     if cfg.train.batch_size % world.size:
         raise TrainingError(f"train.batch_size={cfg.train.batch_size} is the global batch; it must divide evenly "

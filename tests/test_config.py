@@ -163,3 +163,15 @@ def test_on_and_off_reach_text_settings_as_words():
     assert (cfg.train.sync_batchnorm, cfg.text.pack) == ("on", "off")
     with pytest.raises(ConfigError, match="sync_batchnorm"):
         load_config(overrides=["train.sync_batchnorm=maybe"])
+
+
+def test_a_backbone_field_that_does_not_apply_is_an_error_naming_the_valid_ones():
+    with pytest.raises(ConfigError, match="backbone.heads=8 does not apply to backbone resnet18; its fields are: "
+                                          "width, stem"):
+        load_config(overrides=["backbone.heads=8"])
+    with pytest.raises(ConfigError, match="backbone.width=0.5 does not apply to backbone vit_tiny"):
+        load_config(overrides=["backbone.name=vit_tiny", "backbone.width=0.5"])
+    with pytest.raises(ConfigError, match="backbone.heads=2 does not apply to backbone lstm"):
+        load_config(overrides=["method.name=simcse", "backbone.name=lstm", "backbone.heads=2"])
+    # Fields left at their defaults are not 'set', and a recurrent backbone has no heads to divide dim by.
+    assert load_config(overrides=["method.name=simcse", "backbone.name=lstm", "backbone.dim=30"]).backbone.dim == 30

@@ -24,8 +24,9 @@ MULTILINGUAL = "héllo wörld, 日本語のテキスト, emoji 🙂 and Ελλη
 
 
 def small_backbone(name, vocab_size=50, max_length=16, dim=32, depth=2, dropout=0.0):
-    return build_backbone(name, vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth, heads=4,
-                          dropout=dropout)
+    heads = {"heads": 4} if name in ("transformer", "gpt") else {}       # recurrent backbones have none
+    return build_backbone(name, vocab_size=vocab_size, max_length=max_length, dim=dim, depth=depth,
+                          dropout=dropout, **heads)
 
 
 def random_ids(rows, length, vocab_size=50, seed=0):

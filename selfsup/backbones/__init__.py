@@ -25,6 +25,11 @@ def backbone_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def backbone_parameters(name: str) -> list[str]:
+    """What the backbone's factory takes: its config fields, and the inputs the data decides."""
+    return list(inspect.signature(_REGISTRY[name]).parameters)
+
+
 def build_backbone(name: str, **kwargs) -> nn.Module:
     if name not in _REGISTRY:
         raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(backbone_names())}")

@@ -183,12 +183,12 @@ def gpt(vocab_size: int, max_length: int, dim: int = 128, depth: int = 2, heads:
 
 
 @register_backbone("lstm")
-def lstm(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2, heads: int = 4,
+def lstm(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2,
          dropout: float = 0.1) -> TextRNN:
     return TextRNN("lstm", vocab_size, dim, depth, dropout)
 
 
 @register_backbone("gru")
-def gru(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2, heads: int = 4,
+def gru(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2,
         dropout: float = 0.1) -> TextRNN:
     return TextRNN("gru", vocab_size, dim, depth, dropout)

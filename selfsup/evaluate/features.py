@@ -40,12 +40,10 @@ def pixel_features(images_u8: torch.Tensor) -> torch.Tensor:
 
 
 FEATURE_KINDS = ("pooled", "map")
-# The map probe reads the two stages before the last, each kept spatial up to MAP_GRID x MAP_GRID cells.
-# On the default Fashion-MNIST run, with 600 labels scored on the unlabelled training images
-# (docs/evaluation.md), the stage before the last alone beat the pooled output by 3 points and the
-# last stage's 4x4 map by 1, and adding the stage before it gained 0.18 more (adding the last stage
-# instead gained nothing). The grid caps the size for large images (a 224 px ResNet-50 would
-# otherwise give 200,000 numbers an image from one stage).
+# The map probe reads the two stages before the last, each kept spatial up to MAP_GRID x MAP_GRID cells:
+# global pooling averages away where an object's parts are, and the middle stages keep more of that
+# layout than the last one (docs/evaluation.md). The grid caps the size for large images (a 224 px
+# ResNet-50 would otherwise give 200,000 numbers an image from one stage).
 MAP_STAGES = (-3, -2)
 MAP_GRID = 7
 

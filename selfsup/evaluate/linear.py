@@ -19,8 +19,7 @@ from selfsup.evaluate.splits import class_balanced_folds, train_val_split
 
 WEIGHT_DECAYS = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 # Below this many labels the weight decay is chosen by cross-validation: a 10% split of 600 labels is
-# 60 images, too few to rank the candidates (on Fashion-MNIST at 1% it chose 0.6 points worse than
-# 5 folds, scored on the unlabelled training images; docs/evaluation.md).
+# 60 images, too few to rank the candidates (docs/evaluation.md).
 CROSS_VALIDATE_BELOW = 5000
 FOLDS = 5
 

@@ -32,8 +32,8 @@ from selfsup.methods.momentum import Queue, ema_update, momentum_copy
 @dataclass
 class MoCo2Config(MethodConfig):
     name: str = "moco2"
-    # The paper's 0.2 left MoCo v2 2.6 points of kNN behind SimCLR at 15 minutes on Fashion-MNIST;
-    # 0.1 (SimCLR's default here) closed half of that gap (docs/methods.md).
+    # Not the paper's 0.2: at the short budgets here the sharper 0.1 (SimCLR's default) learns more
+    # (docs/methods.md).
     temperature: float = 0.1
     # The paper's 0.999 moves the key encoder too slowly for the few thousand steps of a short
     # small-data run; 0.99 is the usual setting there (e.g. CIFAR-10 reproductions).

@@ -52,8 +52,8 @@ class SimCLR(Method):
     config_class = SimCLRConfig
     recipe = {
         # Brightness and contrast far stronger than the 0.4 that the shared view recipe keeps for MoCo
-        # v2 and BYOL: at the default run's step count on Fashion-MNIST, 2.0 gave the best kNN of 0.4
-        # to 3.0 (docs/results.md, "Colour jitter strength"). Grey images measure only these two, so
+        # v2 and BYOL: views whose intensities no longer match make the encoder match them by shape
+        # (docs/results.md, "Colour jitter strength"). Grey images measure only these two, so
         # saturation and hue keep SimCLR's colour distortion at strength 1.25 (0.8s, 0.2s): a hue
         # range of 0.5 would turn every colour into any other.
         "augment": {"brightness": 2.0, "contrast": 2.0, "saturation": 1.0, "hue": 0.25},
