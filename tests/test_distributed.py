@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from selfsup.config import load_config
 from selfsup import distributed
 from selfsup.augment import AugmentConfig
 from selfsup.backbones import build_backbone
@@ -160,10 +161,21 @@ def test_one_process_helpers_are_the_identity():
     assert distributed.gather(x) is x and distributed.all_reduce_sum(x) is x and distributed.world().size == 1
 
 
+def narrow_resnet(options, overrides) -> list[str]:
+    """backbone.width=0.125 when the run's backbone is a ResNet (a ViT has no width to set)."""
+    if "--resume" in options:
+        cfg = load_config(Path(options[options.index("--resume") + 1]) / "config.yaml")
+    else:
+        method = options[options.index("--method") + 1] if "--method" in options else "simclr"
+        cfg = load_config(overrides=[f"method.name={method}", *(o for o in overrides if o.startswith("backbone."))])
+    return ["backbone.width=0.125"] if cfg.backbone.name.startswith("resnet") else []
+
+
 def torchrun(tiny_fashion, runs, options, *overrides, env=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), "-m", "selfsup", "pretrain", "--runs-dir", str(runs), "--quiet", *options,
-               "--data-dir", str(tiny_fashion), "backbone.width=0.125", "train.batch_size=40", "train.threads=1",
+               "--data-dir", str(tiny_fashion), *narrow_resnet(options, overrides), "train.batch_size=40",
+               "train.threads=1",
                "train.log_every=1", "optim.schedule=constant", "optim.warmup_epochs=0", "eval.knn_k=20",
                "eval.after_pretrain=[]", "eval.report=false", *overrides]
     return subprocess.run(command, capture_output=True, text=True, timeout=300,

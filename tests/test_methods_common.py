@@ -18,14 +18,16 @@ from resume import assert_bitwise_equal, straight_and_resumed
 from small_data import write_corpus, write_table
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-TINY = ["backbone.width=0.125", "train.batch_size=16", "train.precision=fp32", "train.log_every=1",
-        "optim.warmup_epochs=0", "eval.online_every=0", "train.checkpoint_every=2"]
+TINY = ["train.batch_size=16", "train.precision=fp32", "train.log_every=1", "optim.warmup_epochs=0",
+        "eval.online_every=0", "train.checkpoint_every=2"]
 
 
 def tiny_config(method, *extra):
     cfg = load_config(overrides=[f"method.name={method}", *TINY, *extra])
     if cfg.backbone.name.startswith("vit"):               # the smallest ViT that still has every part
         cfg.backbone.name = "vit_tiny"
+    elif cfg.backbone.name.startswith("resnet"):          # the only backbones with a width
+        cfg.backbone.width = 0.125
     return cfg
 
 

@@ -31,7 +31,9 @@ HEADS = {"moco2": ["method.proj_hidden_dim=64", "method.proj_dim=32", "method.qu
 
 
 def small(name, *extra):
-    return load_config(overrides=[f"method.name={name}"] + SMALL + HEADS[name] + list(extra))
+    vit = any(e.startswith("backbone.name=vit") for e in extra)
+    base = [o for o in SMALL if not (vit and o.startswith("backbone.width"))]      # a ViT has no width
+    return load_config(overrides=[f"method.name={name}"] + base + HEADS[name] + list(extra))
 
 
 def built(name, *extra):

@@ -28,8 +28,8 @@ from selfsup.evaluate.features import MAP_GRID, MAP_STAGES, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
-from selfsup.evaluate.propagation import (ALPHA, FOLDS, GAMMA, GRID, NEIGHBOURS, VOTERS, choose_by_cross_validation,
-                                         knn_graph, propagation_knn)
+from selfsup.evaluate import propagation
+from selfsup.evaluate.propagation import choose_by_cross_validation, knn_graph, propagation_knn
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
 
@@ -247,9 +247,11 @@ def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature)
                                  graph_of(chosen["graph_neighbours"]), chosen["alpha"], chosen["k"], temperature)
         return result["top1"], {**detail,
                                 "propagated_top1": _right_share(result["propagated_labels"], idx, train_labels)}
-    common = {"classifier": "weighted kNN over propagated labels", "gamma": GAMMA, "temperature": temperature}
-    return propagated, [{**common, "choice": "fixed", "graph_neighbours": NEIGHBOURS, "alpha": ALPHA, "k": VOTERS},
-                        {**common, "choice": "cross-validated", "grid": GRID, "folds": FOLDS}]
+    common = {"classifier": "weighted kNN over propagated labels", "gamma": propagation.GAMMA,
+              "temperature": temperature}
+    return propagated, [{**common, "choice": "fixed", "graph_neighbours": propagation.NEIGHBOURS,
+                         "alpha": propagation.ALPHA, "k": propagation.VOTERS},
+                        {**common, "choice": "cross-validated", "grid": propagation.GRID, "folds": propagation.FOLDS}]
 
 
 def _right_share(propagated: torch.Tensor, labelled: torch.Tensor, train_labels: torch.Tensor) -> float | None:
