@@ -73,7 +73,7 @@ def main():
         for labels in args.labels:
             settings = None
             if protocol in ("finetune", "selftrain", "supervised"):
-                settings = finetune_settings(run, steps=args.steps, epochs=args.epochs, lr=args.lr,
+                settings = finetune_settings(run, protocol, steps=args.steps, epochs=args.epochs, lr=args.lr,
                                              backbone_lr_scale=args.backbone_lr_scale, probe_init=args.probe_init)
             features = args.features if protocol == "linear" else "pooled"
             search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay} \

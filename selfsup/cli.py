@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         f.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps [default: {defaults.steps}]")
         f.add_argument("--batch-size", type=int, default=defaults.batch_size,
                        help=f"batch size [default: {defaults.batch_size}]")
-        f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image['lr']} for images, "
-                                                f"{defaults.lr} for text and tables]")
+        image_lr = ImageModality.supervised_defaults["lr"] if name == "supervised" else image["lr"]
+        f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image_lr} for images, "
+                                                f"{defaults.lr} for text and tables; chosen on validation]")
         if name != "supervised":
             f.add_argument("--backbone-lr-scale", type=float,
                            help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
@@ -434,13 +435,13 @@ def cmd_evaluate(args) -> int:
             raise ConfigError("--search chooses on the validation part; score the choice with --on test")
         search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay}
         val = run.labelled_sets(args.data or "", args.data_dir, part="val")[1]
-    settings = None
-    if args.protocol in ("finetune", "selftrain", "supervised"):
-        settings = finetune_settings(run, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                     backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
-                                     layer_decay=getattr(args, "layer_decay", None),
-                                     probe_init=getattr(args, "probe_init", None))
     for protocol in protocols:
+        settings = None
+        if protocol in ("finetune", "selftrain", "supervised"):
+            settings = finetune_settings(run, protocol, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
+                                         layer_decay=getattr(args, "layer_decay", None),
+                                         probe_init=getattr(args, "probe_init", None))
         evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
                           settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0),
                           features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled",

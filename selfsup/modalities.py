@@ -40,9 +40,10 @@ class ImageModality:
     channels_last = True               # conv nets run faster with channels_last inputs
     fits_on_device = True              # the uint8 data set may live on the GPU
     raw_name = "raw pixels"
-    # Fine-tuning and the from-scratch baseline on images: the whole network at the head's rate; the
-    # rate is what the validation search chose for both protocols (docs/evaluation.md).
+    # Fine-tuning on images: the whole network at the head's rate. Each protocol's rate is the one its
+    # search on the validation part chose on the default Fashion-MNIST run (docs/evaluation.md).
     finetune_defaults = {"lr": 8e-3, "backbone_lr_scale": 1.0}
+    supervised_defaults = {"lr": 1.6e-2}
 
     def training_data(self, cfg, run_dir: Path | None = None) -> ImageSet:
         """The training part of the source: a labelled folder's test and validation files and a built-in
@@ -144,6 +145,7 @@ class TextModality:
     fits_on_device = False             # a packed corpus is mapped from disk and may be larger than memory
     raw_name = "bag of words"
     finetune_defaults: dict = {}        # FinetuneSettings' own (a small backbone rate)
+    supervised_defaults: dict = {}
     SOURCES = "a folder of .txt files, a .jsonl file (text.field) or a .txt file (one document per paragraph)"
 
     def tokenizer(self, cfg, run_dir: Path | None, texts: Callable | None = None):
@@ -274,6 +276,7 @@ class TabularModality:
     fits_on_device = True
     raw_name = "raw columns"
     finetune_defaults: dict = {}        # FinetuneSettings' own (a small backbone rate)
+    supervised_defaults: dict = {}
     PREPROCESSOR_FILE = "table.json"
 
     def _preprocessor(self, cfg, columns: dict, run_dir: Path | None, fit_rows=None):

@@ -78,10 +78,12 @@ def check_features(run, protocol: str, features: str) -> None:
                          f"{run.config.backbone.name} has none; use --features pooled")
 
 
-def finetune_settings(run, **given) -> FinetuneSettings:
-    """The run's modality's fine-tuning defaults, with the given values (None: not given) on top."""
-    return FinetuneSettings(**{**run.modality.finetune_defaults,
-                               **{key: value for key, value in given.items() if value is not None}})
+def finetune_settings(run, protocol: str = "finetune", **given) -> FinetuneSettings:
+    """The run's modality's defaults for fine-tuning (or for the supervised baseline), with the given
+    values (None: not given) on top."""
+    defaults = {**run.modality.finetune_defaults,
+                **(run.modality.supervised_defaults if protocol == "supervised" else {})}
+    return FinetuneSettings(**{**defaults, **{key: value for key, value in given.items() if value is not None}})
 
 
 def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100%",),
@@ -204,7 +206,7 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         return linear, [{**setting, "augment_copies": augment_copies, "features": features}]
 
     from selfsup.train import resolve_device, resolve_precision
-    settings = settings or finetune_settings(run)
+    settings = settings or finetune_settings(run, protocol)
     if protocol == "supervised":           # a random backbone has nothing to preserve: full rate, random head
         settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
