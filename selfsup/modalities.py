@@ -24,14 +24,9 @@ from selfsup.data.holdout import carve_validation, index_position, part_of
 from selfsup.text.tokenizer import TOKENIZER_FILE
 
 
-def is_held_out(index: int, fraction: float) -> bool:
-    """Whether document `index` of a text source is in its test share: a fixed hash of the index, so a
-    stream of any length is split the same way every time without being counted first."""
-    return index_position(index) < fraction
-
-
 def text_part(cfg, index: int) -> str:
-    """'train', 'val' or 'test': the part of a text source document number `index` belongs to."""
+    """'train', 'val' or 'test': the part of a text source document number `index` belongs to, from a
+    fixed hash of the index, so a stream of any length is split the same way without being counted first."""
     return part_of(index_position(index), cfg.text.test_fraction, cfg.data.val_fraction)
 
 

@@ -12,7 +12,8 @@ import pytest
 from selfsup.cli import main
 from selfsup.config import ConfigError, load_config
 from selfsup.data.fetch import find
-from selfsup.modalities import is_held_out, text_part
+from selfsup.data.holdout import index_position
+from selfsup.modalities import text_part
 from selfsup.run import load_run
 from selfsup.text import EOS, generate
 
@@ -33,7 +34,7 @@ def test_text_run_end_to_end(tmp_path, capsys):
     cfg = load_config(run / "config.yaml")
     assert cfg.modality == "text" and cfg.text.vocab_size == 260 and (run / "tokenizer.json").is_file()
     assert "bag of words" in out and "pretrained backbone" in out
-    held_out = [i for i in range(120) if is_held_out(i, cfg.text.test_fraction)]
+    held_out = [i for i in range(120) if text_part(cfg, i) == "test"]
     training = [i for i in range(120) if text_part(cfg, i) == "train"]
     from selfsup.train import load_training_data
     # Pretraining sees neither the test share nor the validation share.
@@ -119,10 +120,10 @@ def test_tabular_run_end_to_end(tmp_path, capsys):
 
 
 def test_held_out_documents_are_a_fixed_share_of_any_stream():
-    first = [i for i in range(20000) if is_held_out(i, 0.2)]
+    first = [i for i in range(20000) if index_position(i) < 0.2]
     assert abs(len(first) / 20000 - 0.2) < 0.01
-    assert first == [i for i in range(20000) if is_held_out(i, 0.2)]
-    assert set(i for i in range(20000) if is_held_out(i, 0.05)) < set(first)   # a smaller share is a subset
+    assert first == [i for i in range(20000) if index_position(i) < 0.2]
+    assert set(i for i in range(20000) if index_position(i) < 0.05) < set(first)   # a smaller share is a subset
 
 
 def test_a_method_of_another_modality_is_refused_with_the_choices():
