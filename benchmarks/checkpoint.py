@@ -21,7 +21,7 @@ import torch
 from selfsup.checkpoint import load_checkpoint, optimizer_state, save_checkpoint
 from selfsup.config import load_config
 from selfsup.optim import build_optimizer
-from selfsup.train import build_method
+from selfsup.build import build_method
 
 
 def measure(spec: str, repeats: int, folder: Path) -> dict:

@@ -92,9 +92,9 @@ def linear_row(run, train, test, data_name: str) -> dict:
 
 def language_model(run) -> dict:
     """Validation loss and perplexity on the held-out text; a sample for a next-token model."""
-    from selfsup.cli import _perplexity_and_print
+    from selfsup.pipeline import evaluate_perplexity
     from selfsup.text.generate import continue_prompt
-    measured = _perplexity_and_print(run)
+    measured = evaluate_perplexity(run)
     result = {"val_loss": round(measured["loss"], 4), "val_perplexity": round(measured["perplexity"], 3),
               "val_tokens": measured["tokens"]}
     if getattr(run.backbone, "causal", False):

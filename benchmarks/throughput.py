@@ -23,8 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from selfsup.config import load_config
 from selfsup.optim import build_optimizer
 from selfsup.precision import autocast, grad_scaler
-from selfsup.train import (Objective, build_method, compile_training, peak_memory_mb, prepare_device, resolve_device,
-                           step_generator)
+from selfsup.build import build_method
+from selfsup.runtime import peak_memory_mb, prepare_device, resolve_device, resolve_precision
+from selfsup.train import Objective, compile_training, step_generator
 
 
 def sync(device):

@@ -2,7 +2,8 @@
 
     import selfsup
     cfg = selfsup.load_config(overrides=["train.epochs=1"])
-    result = selfsup.pretrain(cfg, "runs/demo")
+    result = selfsup.pretrain(cfg, "runs/demo")              # training alone
+    selfsup.pretrain_and_evaluate(cfg, "runs/demo2")          # what `selfsup pretrain` runs: + kNN, report
     run = selfsup.load_run("runs/demo")
     feats = run.embed(images_u8)                       # (N, D), L2-normalised
     selfsup.export_encoder("runs/demo", "encoder.safetensors")
@@ -22,13 +23,16 @@ from selfsup.methods import Method, method_class, method_names
 from selfsup.methods.losses import nt_xent
 from selfsup.report import write_report
 from selfsup.run import Run, knn_report, load_run
-from selfsup.train import TrainingError, pretrain
+from selfsup.errors import TrainingError
+from selfsup.pipeline import pretrain_and_evaluate
+from selfsup.run_folder import RunFolder
+from selfsup.train import pretrain
 
 __version__ = "0.1.0"
 __all__ = [
     "AugmentConfig", "augment", "eval_transform", "backbone_names", "build_backbone", "Config", "ConfigError",
     "load_config", "DataError", "ImageSet", "from_array", "load_images", "extract_features", "knn_accuracy",
     "knn_predict", "Method", "method_class", "method_names", "nt_xent", "Run", "knn_report", "load_run",
-    "TrainingError", "pretrain", "export_encoder", "import_weights", "load_encoder", "linear_probe",
+    "TrainingError", "pretrain", "pretrain_and_evaluate", "RunFolder", "export_encoder", "import_weights", "load_encoder", "linear_probe",
     "evaluate_protocol", "read_results", "representation_metrics", "write_report",
 ]

@@ -122,3 +122,55 @@ class Budget:
         if self._loop_start is not None and step > self._loop_start[0]:
             out["step"] = (self.clock() - self._loop_start[1] - self._apart_total) / (step - self._loop_start[0])
         return out
+
+
+class StepPlanner:
+    """train.minutes turned into a step count for the training loop: first from a timed trial
+    (`first_plan`), then once more from the loop's pace (`after_step` returns the new count at the step
+    it re-plans). `agree` makes the ranks of a distributed run agree on a count (the fewest)."""
+
+    def __init__(self, seconds: float, cadence: Cadence, agree: Callable[[int], int] = lambda steps: steps):
+        self.seconds = seconds
+        self.budget = Budget(seconds, cadence)
+        self.agree = agree
+        self.pace_from: int | None = None
+        self.replan_at: int | None = None
+
+    def first_plan(self, costs: Costs, start_step: int) -> int:
+        """The total step count the trial's costs give."""
+        self.budget.planned_from_trial(costs)
+        return start_step + self.agree(self.budget.steps_left())
+
+    def start_loop(self, start_step: int, warmup_steps: int, total_steps: int) -> None:
+        """The loop starts at start_step. Up to the warm-up's last step and the cosine's first (factor 1)
+        the learning rates do not depend on the step count, so the count is fixed again there, from the
+        pace of the second half of the steps before it; without a warm-up left, 10 steps give the pace."""
+        count_free_steps = warmup_steps + 1 if warmup_steps > start_step else start_step + 10
+        self.replan_at = min(count_free_steps, total_steps - 1)
+        self.pace_from = start_step + (self.replan_at - start_step) // 2
+        self.budget.open_window(start_step)
+
+    def after_step(self, step: int) -> tuple[int, dict] | None:
+        """At the re-plan step: (the new total step count, the metrics row that explains it); else None."""
+        if step == self.pace_from:
+            self.budget.open_window(step)
+        if step != self.replan_at:
+            return None
+        costs = self.budget.replan(step)
+        total_steps = step + self.agree(self.budget.steps_left())
+        return total_steps, {"step": step, "budget": {
+            "planned_steps": total_steps, "seconds_left": round(self.budget.seconds_left(), 2),
+            **{f"{kind}_seconds": round(seconds, 5) for kind, seconds in vars(costs).items()}}}
+
+    def spent_apart(self, kind: str, seconds: float) -> None:
+        self.budget.spent_apart(kind, seconds)
+
+    def closing_row(self, step: int) -> dict:
+        """What the loop really spent, against what the plan assumed."""
+        return {"step": step, "budget": {
+            "used_seconds": round(self.budget.elapsed(), 2), "budget_seconds": self.seconds,
+            **{f"measured_{kind}_seconds": round(v, 5) for kind, v in self.budget.measured(step).items()}}}
+
+    def use(self) -> tuple[float, float]:
+        """(seconds from the budget's start to now, the budget's seconds)."""
+        return self.budget.elapsed(), self.seconds

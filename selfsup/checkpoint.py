@@ -17,12 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from selfsup.errors import CheckpointError
+
 FORMAT = "selfsup-checkpoint"
 VERSION = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used; the message names the file and what is wrong."""
 
 
 def atomic_write(path: Path, data: bytes) -> None:

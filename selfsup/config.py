@@ -15,11 +15,13 @@ from pathlib import Path
 import yaml
 
 from selfsup.augment import AugmentConfig
-from selfsup.methods import MethodConfig, method_class
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used; the message names the key and says what is valid."""
+from selfsup.backbones import backbone_names, backbone_parameters
+from selfsup.backbones.tabular import NORMS
+from selfsup.checkpoint import atomic_write
+from selfsup.errors import ConfigError
+from selfsup.evaluate.protocols import PROTOCOLS
+from selfsup.evaluate.splits import parse_label_budget
+from selfsup.methods import MethodConfig, method_class, method_names
 
 
 MODALITIES = ("image", "text", "tabular")
@@ -71,7 +73,6 @@ class BackboneConfig:
     norm: str = "batch"                # tabular_mlp: normalisation in the hidden blocks: batch | layer | none
 
     def validate(self) -> None:
-        from selfsup.backbones import backbone_names, backbone_parameters
         if self.name not in backbone_names():
             raise ConfigError(f"backbone.name {self.name!r} is unknown; choose one of: {', '.join(backbone_names())}")
         fields = [f.name for f in dataclasses.fields(self) if f.name != "name"]
@@ -94,7 +95,6 @@ class BackboneConfig:
                               f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
-        from selfsup.backbones.tabular import NORMS
         if self.norm not in NORMS:
             raise ConfigError(f"backbone.norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
 
@@ -244,8 +244,6 @@ class EvalConfig:
             raise ConfigError("eval.knn_k must be >= 1 and eval.knn_temperature > 0")
         if self.online_every < 0 or self.online_train < 1 or self.online_test < 1:
             raise ConfigError("eval.online_every must be >= 0 (0 = off), eval.online_train and eval.online_test >= 1")
-        from selfsup.evaluate.protocols import PROTOCOLS
-        from selfsup.evaluate.splits import parse_label_budget
         unknown = [p for p in self.after_pretrain if p not in PROTOCOLS]
         if unknown:
             raise ConfigError(f"eval.after_pretrain: unknown protocol(s) {', '.join(unknown)}; "
@@ -277,7 +275,6 @@ class Config:
     def validate(self) -> "Config":
         method_modality = method_class(self.method.name).modality
         if self.data.modality and self.data.modality != method_modality:
-            from selfsup.methods import method_names
             fitting = [m for m in method_names() if method_class(m).modality == self.data.modality]
             raise ConfigError(f"method {self.method.name!r} is a pretext task for {method_modality} data, but "
                               f"data.modality is {self.data.modality!r}; for {self.data.modality} choose one of: "
@@ -306,7 +303,6 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         """Write the resolved config as YAML, atomically (a kill mid-write keeps the old file)."""
-        from selfsup.checkpoint import atomic_write
         atomic_write(Path(path), self.to_yaml().encode())
 
 

@@ -20,6 +20,7 @@ from torch import nn
 from selfsup.backbones import build_backbone_from_config
 from selfsup.checkpoint import CheckpointError, atomic_write
 from selfsup.config import BackboneConfig, ConfigError, backbone_config
+from selfsup.run import load_run
 
 ENCODER_FORMAT = "selfsup-encoder"
 
@@ -40,7 +41,6 @@ def save_encoder(backbone: nn.Module, spec: dict, out: str | Path) -> Path:
 
 def export_encoder(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> Path:
     """Write the backbone of a run's newest (or given) checkpoint to `out` (.safetensors)."""
-    from selfsup.run import load_run      # run -> train -> ... imports this module's neighbours
     run = load_run(run_dir, checkpoint)
     cfg = run.config
     spec = encoder_spec(cfg.backbone, cfg.data.channels, cfg.augment.size or cfg.data.size,

@@ -7,15 +7,17 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from selfsup.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
+from selfsup.build import build_method
 from selfsup.config import Config, load_config
+from selfsup.errors import CheckpointError
 from selfsup.evaluate import extract_features, knn_accuracy
+from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.evaluate.features import check_kind, map_features
 from selfsup.evaluate.protocols import cached_features
-from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
-from selfsup.train import build_method, resolve_device, resolve_precision
+from selfsup.run_folder import RunFolder
+from selfsup.runtime import resolve_device, resolve_precision
 
 
 @dataclass
@@ -33,6 +35,10 @@ class Run:
     @property
     def modality(self):
         return modality_of(self.config)
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
 
     def embed(self, samples: torch.Tensor, batch_size: int = 1024, device: str = "auto",
               progress: bool = False, kind: str = "pooled", precision: str | None = None) -> torch.Tensor:
@@ -57,22 +63,12 @@ class Run:
 
 def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     """Rebuild a run's method from its config.yaml and load its newest (or the given) checkpoint."""
-    path = Path(path)
-    if not (path / "config.yaml").is_file():
-        raise CheckpointError(f"{path} is not a selfsup run folder (no config.yaml); "
+    folder = RunFolder(path)
+    if not folder.is_run():
+        raise CheckpointError(f"{folder} is not a selfsup run folder ({folder.why_not_a_run()}); "
                               "pass the folder `selfsup pretrain` wrote, e.g. runs/<name>")
-    cfg = load_config(path / "config.yaml")
-    stem = Path(checkpoint) if checkpoint else latest_checkpoint(path / "checkpoints")
-    if stem is None:
-        raise CheckpointError(f"{path} has no checkpoint yet; was pretraining stopped before its first save?")
-    try:
-        tensors, meta = load_checkpoint(stem)
-    except CheckpointError as e:
-        older = [s.name for s in list_checkpoints(path / "checkpoints") if s.name < Path(stem).with_suffix("").name]
-        if checkpoint or not older:
-            raise
-        raise CheckpointError(f"{e}; pass --checkpoint {path / 'checkpoints' / older[-1]}.safetensors "
-                              f"(or another of: {', '.join(older)})") from e
+    cfg = load_config(folder.config_file)
+    tensors, meta = folder.load_checkpoint(checkpoint)
     method = build_method(cfg)
     if cfg.train.channels_last and modality_of(cfg).channels_last:
         method = method.use_channels_last()
@@ -80,8 +76,8 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     try:
         method.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{stem}: weights do not fit the run's config ({e})") from e
-    return Run(path, cfg, method, int(meta["step"]))
+        raise CheckpointError(f"{folder.checkpoint_to_load(checkpoint)}: weights do not fit the run's config ({e})") from e
+    return Run(folder.path, cfg, method, int(meta["step"]))
 
 
 def knn_report(run: Run, train, test, k: int | None = None, temperature: float | None = None,

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch
 
-import selfsup.train
+import selfsup.run_folder
 from selfsup.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.config import Config, load_config
 from selfsup.train import pretrain
@@ -24,14 +24,14 @@ def model_tensors(run_dir) -> dict[str, torch.Tensor]:
 def straight_and_resumed(make_config: Callable[[], Config], data, tmp_path, kill_after: int, monkeypatch):
     """make_config() must checkpoint at step kill_after (e.g. train.checkpoint_every=kill_after)."""
     pretrain(make_config(), tmp_path / "straight", data=data, progress=False)
-    real_save = selfsup.train.save_checkpoint
+    real_save = selfsup.run_folder.save_checkpoint
 
     def save_then_die(folder, step, *args, **kwargs):
         real_save(folder, step, *args, **kwargs)
         if step == kill_after:
             raise Killed
     with monkeypatch.context() as patch:
-        patch.setattr(selfsup.train, "save_checkpoint", save_then_die)
+        patch.setattr(selfsup.run_folder, "save_checkpoint", save_then_die)
         try:
             pretrain(make_config(), tmp_path / "broken", data=data, progress=False)
         except Killed:

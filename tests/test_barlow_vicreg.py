@@ -13,7 +13,8 @@ from selfsup.methods.barlow import BarlowTwins, BarlowTwinsConfig, barlow_twins_
 from selfsup.methods.vicreg import VICReg, VICRegConfig, vicreg_loss, vicreg_terms
 from selfsup.optim import build_optimizer
 from selfsup.run import labelled_eval_sets
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.build import build_method
+from selfsup.train import pretrain, step_generator
 
 from training import knn_against_random_init, spread_of_projections, train_tiny
 

@@ -11,7 +11,8 @@ from selfsup.data import load_images
 from selfsup.methods.byol import BYOL, BYOLConfig, byol_loss
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
-from selfsup.train import build_method, step_generator
+from selfsup.build import build_method
+from selfsup.train import step_generator
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from training import knn_against_random_init, spread_of_projections, train_tiny

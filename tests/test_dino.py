@@ -15,7 +15,8 @@ from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.augment import eval_transform
 from selfsup.run import Run, load_run
-from selfsup.train import build_method, pretrain
+from selfsup.build import build_method
+from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from training import knn_against_random_init

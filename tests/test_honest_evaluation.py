@@ -16,12 +16,14 @@ from selfsup.checkpoint import read_pointer
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.data.holdout import carve_validation, part_of, path_position
-from selfsup.evaluate.datasets import image_parts, labelled_eval_sets
+from selfsup.evaluate.datasets import labelled_eval_sets
+from selfsup.modalities.image import image_parts
 from selfsup.evaluate.finetune import FinetuneSettings
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.modalities import text_part
 from selfsup.run import load_run
-from selfsup.train import load_training_data, pretrain
+from selfsup.build import load_training_data
+from selfsup.train import pretrain
 from small_data import write_corpus, write_table
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "optim.warmup_epochs=0",

@@ -12,7 +12,8 @@ from selfsup.data import load_images
 from selfsup.evaluate.representation import CollapseWatch, representation_metrics
 from selfsup.methods import embed_views, method_class, method_names
 from selfsup.run import load_run
-from selfsup.train import build_method, load_training_data, pretrain
+from selfsup.build import build_method, load_training_data
+from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from small_data import write_corpus, write_table

@@ -18,7 +18,8 @@ from selfsup.methods.moco3 import MoCo3, moco3_loss
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.optim import build_optimizer
 from selfsup.run import knn_report, labelled_eval_sets, load_run
-from selfsup.train import build_method, pretrain
+from selfsup.build import build_method
+from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from training import dot, some_views, unit

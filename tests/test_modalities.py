@@ -36,7 +36,7 @@ def test_text_run_end_to_end(tmp_path, capsys):
     assert "bag of words" in out and "pretrained backbone" in out
     held_out = [i for i in range(120) if text_part(cfg, i) == "test"]
     training = [i for i in range(120) if text_part(cfg, i) == "train"]
-    from selfsup.train import load_training_data
+    from selfsup.build import load_training_data
     # Pretraining sees neither the test share nor the validation share.
     assert len(load_training_data(cfg, run)) == len(training) < 120 - len(held_out)
     for protocol in ("linear", "raw", "finetune"):
@@ -73,7 +73,7 @@ def test_clm_on_a_folder_packs_the_corpus_generates_and_resumes(tmp_path, capsys
     # into windows of 32.
     kept = [p for i, p in enumerate(sorted(folder.iterdir())) if text_part(cfg, i) == "train"]
     assert 0 < len(kept) < 6
-    from selfsup.train import load_training_data
+    from selfsup.build import load_training_data
     assert len(load_training_data(cfg, run)) == sum(len(p.read_bytes()) + 1 for p in kept) // 32
     capsys.readouterr()
     assert main(["pretrain", "--resume", str(run), "--quiet", "train.steps=12", *FAST]) == 0

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from selfsup.config import ConfigError, load_config
 from selfsup.data import load_images
 from selfsup.methods.nnclr import NNCLR, NNCLRConfig, nearest_neighbours, nnclr_loss
-from selfsup.train import build_method
+from selfsup.build import build_method
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from training import dot, knn_against_random_init, some_views, train_tiny, unit

@@ -23,7 +23,8 @@ from selfsup.evaluate.online import OnlineMonitor
 from selfsup.export import import_weights, load_encoder
 from selfsup.methods import method_class, method_names
 from selfsup.run import load_run
-from selfsup.train import TrainingError, pretrain
+from selfsup.errors import TrainingError
+from selfsup.train import pretrain
 
 SMALL = ["backbone.width=0.125", "train.batch_size=32", "train.precision=fp32", "train.log_every=1",
          "optim.warmup_epochs=0", "eval.batch_size=256", "eval.online_train=100", "eval.online_test=50"]

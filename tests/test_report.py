@@ -19,7 +19,7 @@ from selfsup.data import load_images
 from selfsup.evaluate import features, protocols
 from selfsup.evaluate.protocols import check_features, read_results
 from selfsup.report.plots import label_efficiency
-from selfsup.evaluate.datasets import image_parts
+from selfsup.modalities.image import image_parts
 from selfsup.evaluate.splits import balanced_subset
 from selfsup.run import Run, split_labelled
 

@@ -10,7 +10,8 @@ from torch import nn
 from selfsup.config import ConfigError, load_config
 from selfsup.methods.simsiam import SimSiam, SimSiamConfig, simsiam_loss
 from selfsup.optim import lr_factor
-from selfsup.train import build_method, pretrain, step_generator
+from selfsup.build import build_method
+from selfsup.train import pretrain, step_generator
 
 from training import knn_against_random_init, spread_of_projections, train_tiny
 

@@ -13,7 +13,8 @@ from selfsup.data import load_images
 from selfsup.methods import encode_views
 from selfsup.methods.swav import SwAV, SwAVConfig, sinkhorn, swav_loss
 from selfsup.run import load_run
-from selfsup.train import build_method, pretrain
+from selfsup.build import build_method
+from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from training import knn_against_random_init

@@ -6,51 +6,10 @@ heads on top.
 """
 from __future__ import annotations
 
-import inspect
-from typing import Callable
+# Importing each backbone module fills the registry.
+from selfsup.backbones import resnet, tabular, text, vit  # noqa: F401
+from selfsup.backbones.registry import (backbone_names, backbone_parameters, build_backbone,
+                                        build_backbone_from_config, register_backbone)
 
-from torch import nn
-
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str):
-    def add(factory):
-        _REGISTRY[name] = factory
-        return factory
-    return add
-
-
-def backbone_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def backbone_parameters(name: str) -> list[str]:
-    """What the backbone's factory takes: its config fields, and the inputs the data decides."""
-    return list(inspect.signature(_REGISTRY[name]).parameters)
-
-
-def build_backbone(name: str, **kwargs) -> nn.Module:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {name!r}; choose one of: {', '.join(backbone_names())}")
-    return _REGISTRY[name](**kwargs)
-
-
-def build_backbone_from_config(cfg, in_channels: int = 3, image_size: int = 32, **data_inputs) -> nn.Module:
-    """The backbone a config's `backbone` section names, given the fields its factory takes (a ResNet
-    takes width and stem, a ViT patch_size and pos_embed, a text transformer dim, depth and heads);
-    image_size is the training view size; data_inputs are what the data decides for text and tables
-    (vocab_size, max_length; numeric_features, cardinalities)."""
-    if cfg.name not in _REGISTRY:
-        raise ValueError(f"unknown backbone {cfg.name!r}; choose one of: {', '.join(backbone_names())}")
-    factory = _REGISTRY[cfg.name]
-    offered = {**{k: v for k, v in vars(cfg).items() if k != "name"}, "in_channels": in_channels,
-               "image_size": image_size, **data_inputs}
-    accepted = inspect.signature(factory).parameters
-    return factory(**{k: v for k, v in offered.items() if k in accepted})
-
-
-from selfsup.backbones import resnet  # noqa: E402,F401  (fills the registry)
-from selfsup.backbones import vit  # noqa: E402,F401
-from selfsup.backbones import text  # noqa: E402,F401
-from selfsup.backbones import tabular  # noqa: E402,F401
+__all__ = ["backbone_names", "backbone_parameters", "build_backbone", "build_backbone_from_config",
+           "register_backbone"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from selfsup.backbones import register_backbone
+from selfsup.backbones.registry import register_backbone
 
 
 class BasicBlock(nn.Module):

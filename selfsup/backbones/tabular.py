@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from selfsup.backbones import register_backbone
+from selfsup.backbones.registry import register_backbone
 from selfsup.tabular.table import categorical_codes
 
 

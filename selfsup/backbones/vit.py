@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.backbones import register_backbone
+from selfsup.backbones.registry import register_backbone
 
 
 class Attention(nn.Module):

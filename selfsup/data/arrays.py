@@ -4,6 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from selfsup.data.imageset import ImageSet
+from selfsup.errors import DataError
+
 
 def from_array(images, labels=None, classes: list[str] | None = None, name: str = "array"):
     """Wrap an array of images as an ImageSet.
@@ -11,7 +14,6 @@ def from_array(images, labels=None, classes: list[str] | None = None, name: str 
     Float arrays are taken to be in [0, 1] when their maximum is <= 1, else in [0, 255].
     Channels-last arrays (N, H, W, C) with C in (1, 3, 4) and H, W > 4 are transposed.
     """
-    from selfsup.data import DataError, ImageSet
     x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images.detach().cpu()
     if x.dim() == 3:
         x = x.unsqueeze(1)

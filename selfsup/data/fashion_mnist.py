@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from selfsup.data.imageset import ImageSet
+from selfsup.errors import DataError
+
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 FILES = {
@@ -25,7 +28,6 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
 
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an IDX file (gzip or raw): 2 zero bytes, a type byte, a rank byte, big-endian dims, data."""
-    from selfsup.data import DataError
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
@@ -57,7 +59,6 @@ def search_dirs(data_dir: str | None = None) -> list[Path]:
 
 
 def find_files(split: str, data_dir: str | None = None) -> tuple[Path, Path]:
-    from selfsup.data import DataError
     if split not in FILES:
         raise DataError(f"Fashion-MNIST has splits 'train' and 'test', not {split!r}")
     names = FILES[split]
@@ -74,12 +75,10 @@ def find_files(split: str, data_dir: str | None = None) -> tuple[Path, Path]:
 
 
 def load_fashion_mnist(split: str = "train", data_dir: str | None = None):
-    from selfsup.data import ImageSet
     images_path, labels_path = find_files(split, data_dir)
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     if images.ndim != 3 or labels.shape != (images.shape[0],):
-        from selfsup.data import DataError
         raise DataError(f"{images_path} / {labels_path}: shapes {images.shape} and {labels.shape} do not match")
     return ImageSet(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)),
                     list(FASHION_MNIST_CLASSES), "fashion-mnist")

@@ -35,6 +35,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from selfsup.data.imageset import ImageSet, require_class_subfolders
+from selfsup.errors import DataError
+
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 PROGRESS_ABOVE = 2000          # files; smaller folders load in a few seconds without a bar
 SHOWN_SKIPPED = 5              # unreadable files named in the warning
@@ -48,7 +51,6 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
     Unreadable files are skipped and files that are not images ignored, with one `warning:` line on
     stderr naming up to five unreadable ones; strict=True raises a DataError on the first unreadable one.
     """
-    from selfsup.data import DataError, ImageSet, require_class_subfolders
     root = Path(path).expanduser()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "does not exist"

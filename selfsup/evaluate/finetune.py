@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from selfsup.evaluate.features import extract_features
+from selfsup.evaluate.linear import fit_logistic_regression
 from selfsup.optim import lr_factor
 from selfsup.precision import autocast, grad_scaler
 
@@ -142,7 +143,6 @@ def train_classifier(backbone: nn.Module, train, num_classes: int, settings: Fin
 @torch.no_grad()
 def init_head_from_probe(model: Classifier, train, num_classes: int, device, precision: str) -> None:
     """Set the head to the logistic regression fitted on the backbone's frozen (eval-mode) features."""
-    from selfsup.evaluate.linear import fit_logistic_regression
     feats = backbone_features(model, train.samples, device, precision)
     probe = fit_logistic_regression(feats, train.labels, num_classes, weight_decay=1e-3)
     # The probe standardises features: logits = ((f - mean) / std) @ W + b; fold that into the head.

@@ -4,11 +4,17 @@ measures (RankMe, normalised std, alignment, uniformity) on a fixed sample of im
 shows whether it is learning, warns when its embeddings collapse, and can keep its best checkpoint."""
 from __future__ import annotations
 
+import sys
+import time
+
 import torch
 
+from selfsup.errors import DataError
+from selfsup.evaluate.datasets import labelled_eval_sets
 from selfsup.evaluate.features import extract_features
 from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.representation import representation_metrics
+from selfsup.evaluate.representation import CollapseWatch, representation_metrics
+from selfsup.modalities import MODALITIES
 
 VIEW_SEED = 20231
 
@@ -44,7 +50,6 @@ class OnlineMonitor:
         return extract_features(embed, images, self.batch_size, self.device, self.precision)
 
     def _label_free(self, method) -> dict[str, float]:
-        from selfsup.modalities import MODALITIES
         plain = self._features(method.embed, self.sample)
         make_view = MODALITIES[method.modality].monitor_views(method)
         views = (None, None)
@@ -55,3 +60,57 @@ class OnlineMonitor:
             views = [self._features(lambda batch: method.evaluated_backbone(make_view(batch, gen)), self.sample)
                      for _ in range(2)]
         return {k: round(v, 5) for k, v in representation_metrics(plain, *views).items()}
+
+
+def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tuple | None,
+                   look_for_labels: bool, run_dir=None) -> OnlineMonitor | None:
+    """The online monitor: label-free measures on a fixed sample of images, and kNN on `labelled`
+    (train, validation) or, when look_for_labels, on the config's labelled data if it has labels: its
+    validation part, since the best checkpoint is chosen on this score. None when eval.online_every is 0."""
+    if not cfg.eval.online_every:
+        return None
+    if labelled is None and look_for_labels:
+        try:
+            labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test,
+                                          run_dir=run_dir, part="val")
+        except (DataError, ValueError) as e:
+            print(f"note: no online kNN during pretraining ({e}); label-free measures only", file=sys.stderr)
+    if labelled is not None:
+        labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
+    # The validation samples when there are labels; else evenly spaced training samples.
+    sample = labelled[1].samples if labelled is not None else \
+        data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
+    return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
+                         cfg.eval.batch_size, device, precision)
+
+
+class OnlineSchedule:
+    """The training loop's online evaluations: due every `every` steps and at the last step; each one
+    is a metrics row, a progress line, and the collapse warning when the embedding collapsed."""
+
+    def __init__(self, monitor: OnlineMonitor, every: int, steps_per_epoch: int, spreads_embeddings: bool,
+                 progress: bool):
+        self.monitor, self.every, self.steps_per_epoch, self.progress = monitor, every, steps_per_epoch, progress
+        self.collapse_watch = CollapseWatch(spreads_embeddings)
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step % self.every == 0 or step == total_steps
+
+    def __call__(self, step: int, method, log, say) -> float | None:
+        """Evaluate `method` at `step`, write the row with `log`, print with `say(text, file=...)` (the
+        progress bar's write); return the online kNN top-1 (None without labels)."""
+        start = time.perf_counter()
+        measured = self.monitor(method)
+        online_knn = measured.get("online_knn_top1")
+        epoch = step / self.steps_per_epoch
+        row = {"step": step, "epoch": round(epoch, 4), **measured, "seconds": round(time.perf_counter() - start, 3)}
+        warning = self.collapse_watch(measured)
+        if warning:
+            row["collapse_warning"] = warning
+            say(f"warning: step {step}: {warning}; check the learning rate and the method's "
+                "anti-collapse settings (docs/evaluation.md)", file=sys.stderr)
+        log(row)
+        if self.progress:
+            knn_text = f"online kNN top-1 {online_knn:.2%}, " if online_knn is not None else ""
+            say(f"step {step} (epoch {epoch:.2f}): {knn_text}RankMe {measured['rankme']:.1f}, std {measured['std']:.2f}")
+        return online_knn

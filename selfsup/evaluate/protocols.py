@@ -11,10 +11,9 @@ RUN_DIR/eval/features/, so a sweep over budgets, seeds or k costs one feature pa
 from __future__ import annotations
 
 import hashlib
-import json
 import statistics
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +22,6 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
-from selfsup.checkpoint import atomic_write
 from selfsup.evaluate.features import MAP_GRID, MAP_STAGES, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
@@ -32,8 +30,9 @@ from selfsup.evaluate import propagation
 from selfsup.evaluate.propagation import choose_by_cross_validation, knn_graph, propagation_knn
 from selfsup.evaluate.selftrain import selftrain
 from selfsup.evaluate.splits import LabelBudget, balanced_subset, parse_label_budget
+from selfsup.run_folder import RunFolder
+from selfsup.runtime import resolve_device, resolve_precision
 
-PROTOCOLS = ("knn", "linear", "propagate", "finetune", "selftrain", "supervised", "raw")
 # The protocols whose learning rate and weight decay a search chooses on the validation part, each from
 # the same grid, so that pretraining and its from-scratch baseline get the same tuning budget.
 SEARCHABLE = ("finetune", "supervised")
@@ -51,7 +50,7 @@ def cached_features(run, data, description: str, progress: bool = False, kind: s
     # Which stages a map reads is part of the key: a cache from another choice of stages is not reused.
     layout = (MAP_STAGES, MAP_GRID) if kind == "map" else ()
     digest.update(repr((tuple(data.samples.shape), description, *layout)).encode())
-    folder = Path(run.path) / "eval" / "features"
+    folder = run.folder.features_dir
     stem = "".join(c if c.isalnum() else "-" for c in description)
     path = folder / f"{stem}-{digest.hexdigest()[:10]}-step{run.step}.safetensors"
     if path.is_file():
@@ -131,7 +130,7 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
             if chosen:
                 row["search"] = chosen["search"]
             row["scored_on"] = scored_on
-            _append(Path(run.path) / "eval" / "results.jsonl", row)
+            run.folder.append_result(row)
             log(_describe(row))
             rows.append(row)
     return rows
@@ -155,62 +154,95 @@ def choose_on_validation(run, protocol: str, train, val, idx: torch.Tensor, base
             "search": {"trials": trials, "chosen_on": f"validation part ({len(val)} images)", "draw": 0}}
 
 
-def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, augment_copies=0,
+@dataclass
+class Scoring:
+    """What a protocol's scorer is given besides the run: the data and the caller's choices."""
+    train: object
+    test: object
+    data_name: str = ""
+    knn_ks: list[int] | None = None
+    settings: FinetuneSettings | None = None
+    progress: bool = True
+    augment_copies: int = 0
+    features: str = "pooled"
+
+
+def _scorer(run, protocol: str, train, test, data_name, knn_ks, settings, progress, augment_copies=0,
             features="pooled"):
     """(score(indices, seed, setting) -> (top-1, per-seed details or None), the settings to score)."""
+    if augment_copies and not run.modality.probe_augmentation:
+        raise ValueError(f"--augment (crop and flip copies) applies to images only, not to {run.modality.name} data")
+    scoring = Scoring(train, test, data_name, knn_ks, settings, progress, augment_copies, features)
+    return SCORERS[protocol](run, protocol, scoring)
+
+
+def _frozen_features(run, protocol: str, s: Scoring) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{kind: (train, test) features}: the backbone's frozen ones ('auto' gives pooled and map), or the
+    raw input's for the raw baseline."""
+    if protocol == "raw":                  # the no-learning baseline: the same probe on the raw input
+        return {run.modality.raw_name: run.modality.raw_features(s.train, s.test)}
+    kinds = ("pooled", "map") if s.features == "auto" else (s.features,)
+    return {kind: (cached_features(run, s.train, f"{s.data_name} train", s.progress, kind),
+                   cached_features(run, s.test, f"{s.data_name} test", s.progress, kind)) for kind in kinds}
+
+
+def _knn_scorer(run, protocol: str, s: Scoring):
+    train_f, test_f = _frozen_features(run, protocol, s)["pooled"]
+
+    def knn(idx, seed, setting):
+        return knn_accuracy(train_f[idx], s.train.labels[idx], test_f, s.test.labels,
+                            min(setting["k"], len(idx)), setting["temperature"]), None
     cfg = run.config
-    if augment_copies and run.modality.name != "image":
-        raise ValueError("--augment (crop and flip copies) applies to images only")
-    if protocol in ("knn", "linear", "propagate", "raw"):
-        # 'auto' fits the probe on the pooled features and on the maps, and keeps the one whose
-        # cross-validated accuracy inside the draw's labels is higher: a choice a few-label user can make.
-        kinds = ("pooled", "map") if features == "auto" else (features,)
-        if protocol == "raw":              # the no-learning baseline: the same probe on the raw input
-            feats = {run.modality.raw_name: run.modality.raw_features(train, test)}
-        else:
-            feats = {kind: (cached_features(run, train, f"{data_name} train", progress, kind),
-                            cached_features(run, test, f"{data_name} test", progress, kind)) for kind in kinds}
-        train_f, test_f = next(iter(feats.values()))
-        if protocol == "knn":
-            def knn(idx, seed, setting):
-                return knn_accuracy(train_f[idx], train.labels[idx], test_f, test.labels,
-                                    min(setting["k"], len(idx)), setting["temperature"]), None
-            return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (knn_ks or [cfg.eval.knn_k])]
-        if protocol == "propagate":
-            return _propagation_scorer(train_f, train.labels, test_f, test.labels, cfg.eval.knn_temperature)
+    return knn, [{"k": k, "temperature": cfg.eval.knn_temperature} for k in (s.knn_ks or [cfg.eval.knn_k])]
 
-        # Standardised with every training image's statistics: the same for every draw.
-        pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
 
-        def linear(idx, seed, setting):
-            results = {}
-            for kind, (kind_train_f, kind_test_f) in feats.items():
-                augmented = None
-                if augment_copies:         # features of crops of these images: drawn per seed, not cached
-                    augmented = torch.stack([run.embed(light_crop_flip(train.images[idx], 7919 * seed + copy),
-                                                       cfg.eval.batch_size, kind=kind)
-                                             for copy in range(augment_copies)])
-                results[kind] = linear_probe(kind_train_f[idx], train.labels[idx], kind_test_f, test.labels,
-                                             seed=seed, augmented=augmented, scale=pool_scales[kind])
-            cross_validated = {kind: max(result["val_top1"].values()) for kind, result in results.items()}
-            chosen = max(cross_validated, key=cross_validated.get)
-            result = results[chosen]
-            detail = {"weight_decay": result["weight_decay"], "folds": result["folds"], "val_top1": result["val_top1"]}
-            if len(results) > 1:
-                detail |= {"features": chosen, "cross_validated_by_features": cross_validated}
-            return result["top1"], detail
-        setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
-                   f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS, "standardised_on": "every training image"}
-        if protocol == "raw":
-            return linear, [{**setting, "features": run.modality.raw_name}]
-        return linear, [{**setting, "augment_copies": augment_copies, "features": features}]
+def _propagate_scorer(run, protocol: str, s: Scoring):
+    train_f, test_f = _frozen_features(run, protocol, s)["pooled"]
+    return _propagation_scorer(train_f, s.train.labels, test_f, s.test.labels, run.config.eval.knn_temperature)
 
-    from selfsup.train import resolve_device, resolve_precision
-    settings = settings or finetune_settings(run, protocol)
+
+def _linear_scorer(run, protocol: str, s: Scoring):
+    """The linear probe ('linear') or the same probe on the raw input ('raw'). With features 'auto' it fits
+    the probe on the pooled features and on the maps, and keeps the one whose cross-validated accuracy
+    inside the draw's labels is higher: a choice a few-label user can make."""
+    feats = _frozen_features(run, protocol, s)
+    # Standardised with every training image's statistics: the same for every draw.
+    pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
+
+    def linear(idx, seed, setting):
+        results = {}
+        for kind, (kind_train_f, kind_test_f) in feats.items():
+            augmented = None
+            if s.augment_copies:           # features of crops of these images: drawn per seed, not cached
+                augmented = torch.stack([run.embed(light_crop_flip(s.train.images[idx], 7919 * seed + copy),
+                                                   run.config.eval.batch_size, kind=kind)
+                                         for copy in range(s.augment_copies)])
+            results[kind] = linear_probe(kind_train_f[idx], s.train.labels[idx], kind_test_f, s.test.labels,
+                                         seed=seed, augmented=augmented, scale=pool_scales[kind])
+        cross_validated = {kind: max(result["val_top1"].values()) for kind, result in results.items()}
+        chosen = max(cross_validated, key=cross_validated.get)
+        result = results[chosen]
+        detail = {"weight_decay": result["weight_decay"], "folds": result["folds"], "val_top1": result["val_top1"]}
+        if len(results) > 1:
+            detail |= {"features": chosen, "cross_validated_by_features": cross_validated}
+        return result["top1"], detail
+    setting = {"classifier": "logistic regression (L-BFGS)", "val_fraction": 0.1,
+               f"folds_under_{CROSS_VALIDATE_BELOW}_labels": FOLDS, "standardised_on": "every training image"}
+    if protocol == "raw":
+        return linear, [{**setting, "features": run.modality.raw_name}]
+    return linear, [{**setting, "augment_copies": s.augment_copies, "features": s.features}]
+
+
+def _training_scorer(run, protocol: str, s: Scoring):
+    """Fine-tuning the pretrained backbone ('finetune', 'selftrain') or training the same backbone from
+    scratch on the same labels ('supervised')."""
+    cfg = run.config
+    settings = s.settings or finetune_settings(run, protocol)
     if protocol == "supervised":           # a random backbone has nothing to preserve: full rate, random head
         settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
+    train, test = s.train, s.test
 
     def tune(idx, seed, setting):
         settings = FinetuneSettings(**setting)
@@ -221,11 +253,11 @@ def _scorer(run, protocol, train, test, data_name, knn_ks, settings, progress, a
         else:
             backbone = run.backbone
         if protocol == "selftrain":
-            result = selftrain(backbone, train, idx, test, settings, prepare, seed, device, precision, progress)
+            result = selftrain(backbone, train, idx, test, settings, prepare, seed, device, precision, s.progress)
             return result["top1"], {"first_top1": result["first_top1"],
                                     "propagated_top1": _right_share(result["propagated_labels"], idx, train.labels)}
         result = finetune(backbone, train.select(idx), test, settings, prepare, seed, device,
-                          precision, progress, desc=f"{protocol} seed {seed}")
+                          precision, s.progress, desc=f"{protocol} seed {seed}")
         return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
     return tune, [asdict(settings)]
 
@@ -286,17 +318,14 @@ def _describe(row: dict) -> str:
             f"{row['seeds']} seed(s)): top-1 {100 * row['mean']:.2f}%{spread}  [{row['seconds']:.1f} s]")
 
 
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    previous = path.read_bytes() if path.exists() else b""
-    atomic_write(path, previous + (json.dumps(row) + "\n").encode())
-
-
 def read_results(run_dir: str | Path, scored_on: str = "test") -> list[dict]:
     """The rows of RUN_DIR/eval/results.jsonl scored on the held-out part `scored_on` (rows from before
     the validation part existed were scored on test), oldest first ([] when there are none)."""
-    path = Path(run_dir) / "eval" / "results.jsonl"
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [row for row in rows if row.get("scored_on", "test") == scored_on]
+    return [row for row in RunFolder(run_dir).read_results() if row.get("scored_on", "test") == scored_on]
+
+
+# protocol -> scorer(run, protocol, Scoring) -> (score(indices, seed, setting) -> (top-1, details), settings)
+SCORERS = {"knn": _knn_scorer, "linear": _linear_scorer, "propagate": _propagate_scorer,
+           "finetune": _training_scorer, "selftrain": _training_scorer, "supervised": _training_scorer,
+           "raw": _linear_scorer}
+PROTOCOLS = tuple(SCORERS)

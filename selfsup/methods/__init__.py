@@ -46,6 +46,8 @@ class Method(nn.Module):
     # self-distillation) or predicts something from them (masked patches, rotations, tokens): the
     # online monitor's collapse warning holds each family to its own healthy range.
     spreads_embeddings = True
+    language_model = False   # predicts tokens (summed_loss): held-out perplexity measures it
+    generates = False        # writes text after a prompt (logits over a causal backbone): `selfsup generate`
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format

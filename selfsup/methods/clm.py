@@ -30,6 +30,8 @@ class CLMConfig(MethodConfig):
 class CLM(TokenPrediction):
     config_class = CLMConfig
     spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
+    language_model = True
+    generates = True
     packs_text = True        # a language model learns from the running text, not from document-sized rows
     recipe = {
         "backbone": {"name": "gpt"},

@@ -61,6 +61,7 @@ def bert_mask(ids: torch.Tensor, vocab_size: int, gen: torch.Generator, mask_rat
 class MLM(TokenPrediction):
     config_class = MLMConfig
     spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
+    language_model = True
     recipe = {
         "backbone": {"name": "transformer"},
         # BERT / RoBERTa's AdamW (betas (0.9, 0.98), weight decay 0.01) at a small model's lr.

@@ -11,16 +11,19 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import time
 from pathlib import Path
 
 import torch
 import yaml
 
+from selfsup.build import load_training_data
 from selfsup.data import DataError, ImageSet
 from selfsup.evaluate.protocols import read_results
 from selfsup.report import plots
+from selfsup.run import load_run
+from selfsup.run_folder import RunFolder
+from selfsup.text.generate import continue_prompt
 
 MAP_IMAGES = 2000          # test images on the 2-D map
 MEMORY_IMAGES = 10000      # training images retrieval searches
@@ -29,18 +32,16 @@ QUERIES, NEIGHBOURS = 8, 7
 
 def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     """Write RUN_DIR/report.html and RUN_DIR/report/*.png; return the page's path."""
-    from selfsup.run import load_run
-    from selfsup.train import load_training_data
-    run_dir = Path(run_dir)
-    run = load_run(run_dir)
+    folder = RunFolder(run_dir)
+    run = load_run(folder.path)
     cfg = run.config
-    metrics = _read_jsonl(run_dir / "metrics.jsonl")
-    results = read_results(run_dir)
+    metrics = folder.read_metrics()
+    results = read_results(folder.path)
     try:
         memory, queries = run.labelled_sets(max_train=min(MEMORY_IMAGES, cfg.eval.max_train or MEMORY_IMAGES),
                                             max_test=min(MAP_IMAGES, cfg.eval.max_test or MAP_IMAGES))
     except DataError:                    # unlabeled data: map and retrieval on the training samples
-        data = load_training_data(cfg, run_dir).subset(MEMORY_IMAGES + MAP_IMAGES)
+        data = load_training_data(cfg, folder.path).subset(MEMORY_IMAGES + MAP_IMAGES)
         on_map = min(MAP_IMAGES, len(data) // 2)
         memory, queries = data.select(torch.arange(on_map, len(data))), data.select(torch.arange(on_map))
 
@@ -52,14 +53,19 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     query_feats = run.embed(queries.samples, cfg.eval.batch_size, progress=progress)
     figures["embedding_map"] = plots.embedding_maps(_maps(query_feats), queries.labels, queries.classes)
     extra_html = []
-    if run.modality.name == "image":
-        figures["retrieval"] = _retrieval(run, memory, queries, query_feats, progress)
-        figures["views"] = _views(run, queries)
-    elif run.modality.name == "text":
-        extra_html.append(_text_retrieval(run, memory, queries, query_feats, progress))
-        extra_html.append(_text_sample(run))
+    # The modality's own sections: a figure, or a piece of HTML.
+    panels = {"retrieval": lambda: _retrieval(run, memory, queries, query_feats, progress),
+              "views": lambda: _views(run, queries),
+              "text_retrieval": lambda: _text_retrieval(run, memory, queries, query_feats, progress),
+              "text_sample": lambda: _text_sample(run)}
+    for name in run.modality.report_panels:
+        panel = panels[name]()
+        if isinstance(panel, str):
+            extra_html.append(panel)
+        else:
+            figures[name] = panel
 
-    out = run_dir / "report"
+    out = folder.report_dir
     out.mkdir(exist_ok=True)
     sections = []
     for name, fig in figures.items():
@@ -69,13 +75,9 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
         fig.savefig(buffer, format="png", dpi=90)
         (out / f"{name}.png").write_bytes(buffer.getvalue())
         sections.append((name, base64.b64encode(buffer.getvalue()).decode()))
-    page = run_dir / "report.html"
-    page.write_text(_page(run_dir, cfg, run.step, sections, results, metrics, [h for h in extra_html if h]))
+    page = folder.report_page
+    page.write_text(_page(folder, cfg, run.step, sections, results, metrics, [h for h in extra_html if h]))
     return page
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _maps(feats: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -177,22 +179,21 @@ def _snippet(text: str, length: int = 160) -> str:
 
 def _text_sample(run) -> str:
     """For a next-token model: a sample it writes from a short prompt."""
-    if not (hasattr(run.method, "logits") and getattr(run.backbone, "causal", False)):
+    if not run.method.generates:
         return ""
-    from selfsup.text.generate import continue_prompt
     prompt = "The "
     sample = prompt + continue_prompt(run, prompt, max_new_tokens=300, seed=0)
     return f"<h2>Sample</h2><p>Generated from the prompt {prompt!r} (seed 0):</p><pre>{html.escape(sample)}</pre>"
 
 
-def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics: list[dict],
+def _page(folder: RunFolder, cfg, step: int, sections, results: list[dict], metrics: list[dict],
           extra_html: list[str] = ()) -> str:
     titles = {"training": "Pretraining", "online": "Online monitoring", "label_efficiency": "Label efficiency",
               "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task"}
-    summary = _read_json(run_dir / "train_summary.json")
-    knn = _read_json(run_dir / "eval" / "knn.json")
+    summary = folder.read_summary()
+    knn = folder.read_eval("knn")
     warnings = [r["collapse_warning"] for r in metrics if "collapse_warning" in r]
-    parts = [f"<h1>selfsup run {html.escape(run_dir.name)}</h1>",
+    parts = [f"<h1>selfsup run {html.escape(folder.path.name)}</h1>",
              f"<p>{html.escape(cfg.method.name)} on {html.escape(cfg.data.source)}, backbone "
              f"{html.escape(cfg.backbone.name)}; checkpoint step {step}; report written "
              f"{time.strftime('%Y-%m-%d %H:%M')}.</p>"]
@@ -216,7 +217,7 @@ def _page(run_dir: Path, cfg, step: int, sections, results: list[dict], metrics:
              "td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}"
              "pre{background:#f7f7f7;padding:1em;font-size:.85em}.warn{color:#b00;font-weight:bold}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>selfsup report: '
-            f'{html.escape(run_dir.name)}</title><style>{style}</style></head><body>\n'
+            f'{html.escape(folder.path.name)}</title><style>{style}</style></head><body>\n'
             + "\n".join(parts) + "\n</body></html>\n")
 
 
@@ -232,6 +233,3 @@ def _results_table(results: list[dict]) -> str:
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
     return ("<table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>" + "".join(rows) + "</table>")
 
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,185 @@
+"""`selfsup evaluate PROTOCOL RUN_DIR`: score a run's encoder with all or few of the labels."""
+from __future__ import annotations
+
+import argparse
+
+from selfsup.errors import ConfigError
+from selfsup.evaluate.features import FEATURE_KINDS
+from selfsup.evaluate.finetune import FinetuneSettings
+from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHABLE, check_features, evaluate_protocol,
+                                        finetune_settings)
+from selfsup.evaluate.splits import parse_label_budget
+from selfsup.modalities import ImageModality
+from selfsup.pipeline import evaluate_knn, evaluate_perplexity
+from selfsup.run import load_run
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, propagate, finetune, "
+                                        "selftrain, supervised, raw, perplexity",
+                       description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
+                                   "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
+                                   "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
+    protocols = p.add_subparsers(title="protocols", metavar="PROTOCOL")
+    k = _evaluate_parser(protocols, "knn", "weighted kNN top-1 on frozen, L2-normalised features",
+                         "Weighted kNN (cosine similarity, votes weighted by exp(sim/T)) of the run's backbone "
+                         "features: the labelled train split (or its few-label subset) is the memory, the test "
+                         "split is scored. Without --labels and with one k it also writes RUN_DIR/eval/knn.json.")
+    k.add_argument("--k", type=int, nargs="+", help="neighbours; several values sweep k "
+                                                    "[default: eval.knn_k of the run, 200]")
+    k.add_argument("--temperature", type=float, help="vote temperature [default: eval.knn_temperature, 0.1]")
+    k.add_argument("--baselines", action="store_true", help="also score the random-init backbone and raw pixels")
+    linear = _evaluate_parser(protocols, "linear", "linear probe (logistic regression) on frozen features",
+                     "Multinomial logistic regression on frozen, standardised backbone features (cached in "
+                     "RUN_DIR/eval/features/), fitted with L-BFGS; the weight decay is chosen from "
+                     "1e-5..1e-1 by 5-fold cross-validation of the training labels (a 10% validation "
+                     "split of them from 5000 labels up), never on the test set.")
+    linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
+                        help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
+                             "image; their features are extracted per seed [default: 0, no augmentation]")
+    linear.add_argument("--features", choices=FEATURE_KINDS + ("auto",), default="pooled",
+                        help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
+                             "last stage, the usual protocol), or 'map', the unpooled maps of the two stages before "
+                             "the last (each at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
+                             "probe and costs more time and disk (docs/evaluation.md); 'auto' fits both and keeps, per "
+                             "draw, the one with the better cross-validated accuracy inside the labels [default: pooled]")
+    _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
+                                             "training images",
+                     "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "
+                     "labels spread over a nearest-neighbour graph of all the training images' frozen "
+                     "features; a test image then takes the weighted kNN vote of the training images with the "
+                     "labels they received. Two results per budget: with settings fixed in advance (Iscen et "
+                     "al.'s 50-neighbour graph, alpha 0.99, 200 voters) and with settings chosen per draw by "
+                     "5-fold cross-validation inside its labels. The test images are never in the graph. Each "
+                     "result also records how many propagated labels were right (propagated_top1).")
+    for name, what in (("finetune", "fine-tune the pretrained encoder with a new linear head"),
+                       ("selftrain", "semi-supervised: fine-tune, propagate the labels to the unlabelled "
+                                     "training images, fine-tune again on all of them"),
+                       ("supervised", "the baseline: the same backbone trained from scratch on the same labels")):
+        f = _evaluate_parser(protocols, name, what,
+                             f"{what[0].upper() + what[1:]}: AdamW, warm-up + cosine schedule, random resized crop "
+                             "and flip, the same number of steps for every label budget. "
+                             + ("The backbone learns at the full rate. " if name == "supervised" else
+                                "The backbone learns at --backbone-lr-scale times the head's rate. ")
+                             + ("One round of self-training (Iscen et al. 2019): the labels spread over a "
+                                "50-neighbour graph of the fine-tuned encoder's features of every training image; "
+                                "the pretrained encoder is then fine-tuned on all of them, for twice --steps. "
+                                if name == "selftrain" else ""))
+        defaults, image = FinetuneSettings(), ImageModality.finetune_defaults
+        f.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps [default: {defaults.steps}]")
+        f.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                       help=f"batch size [default: {defaults.batch_size}]")
+        image_lr = ImageModality.supervised_defaults["lr"] if name == "supervised" else image["lr"]
+        f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image_lr} for images, "
+                                                f"{defaults.lr} for text and tables; chosen on validation]")
+        if name != "supervised":
+            f.add_argument("--backbone-lr-scale", type=float,
+                           help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
+                                f"{defaults.backbone_lr_scale} for text and tables]")
+            f.add_argument("--layer-decay", type=float, default=0.0,
+                           help="ViT: each earlier block learns at this factor times the next one's rate; "
+                                "0 = off [default: 0]")
+            f.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
+                           help="start the head from a linear probe on the frozen features (LP-FT) "
+                                "[default: on]")
+            f.add_argument("--baseline", action="store_true",
+                           help="also train the supervised-from-scratch baseline on the same labels (with the "
+                                "same --search when given)")
+        if name in SEARCHABLE:
+            f.add_argument("--search", action="store_true",
+                           help="choose the learning rate and weight decay on the validation part: every pair of "
+                                "--search-lr and --search-weight-decay trains on the first draw of each budget and "
+                                "the best on validation trains every draw (the test set is scored only then)")
+            f.add_argument("--search-lr", type=float, nargs="+", default=list(SEARCH_LR), metavar="LR",
+                           help=f"learning rates to try [default: {' '.join(map(str, SEARCH_LR))}]")
+            f.add_argument("--search-weight-decay", type=float, nargs="+", default=list(SEARCH_WEIGHT_DECAY),
+                           metavar="WD", help="weight decays to try "
+                                              f"[default: {' '.join(map(str, SEARCH_WEIGHT_DECAY))}]")
+
+    _evaluate_parser(protocols, "raw", "baseline: the linear probe on the raw input",
+                           "The no-learning baseline: the same logistic regression as `linear`, on the raw input "
+                           "instead of the backbone's features: pixels, a tf-idf bag of words (text), or the "
+                           "standardised and one-hot table columns.")
+    perplexity = protocols.add_parser(
+        "perplexity", help="language-model perplexity of a clm or mlm run on held-out text",
+        description="Mean cross-entropy and perplexity per token on the held-out share of the run's text "
+                    "(text.test_fraction of the documents, never trained on), or on --data. clm: next-token; "
+                    "mlm: a fixed seeded 15% masking (masked-LM perplexity, not comparable to a clm one). "
+                    "Written to RUN_DIR/eval/perplexity.json; `selfsup pretrain` prints it at the end.")
+    perplexity.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    perplexity.add_argument("--data", help="other text to score, all of it [default: the held-out share of the "
+                                           "run's source]")
+    perplexity.add_argument("--max-rows", type=int, default=0, help="score at most this many rows (documents, or "
+                                                                    "windows of a packed corpus) [default: 0, all]")
+    perplexity.set_defaults(func=cmd_perplexity)
+
+
+def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
+    """A `selfsup evaluate NAME` parser with the options every protocol shares."""
+    p = protocols.add_parser(name, help=help_text, description=description)
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--data", help="labelled data: a built-in data set or a folder with class subfolders (split "
+                                  "80/20), read at the run's image size and channels [default: the run's source]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    p.add_argument("--labels", nargs="+", metavar="BUDGET",
+                   help="training labels to use: 1%%, 10%%, 100/class, 600 (a total); several values give "
+                        "several results; class-balanced draws [default: 100%%]")
+    p.add_argument("--seeds", type=int, default=1, help="repeat each budget over this many draws and report "
+                                                        "mean ± std [default: 1]")
+    p.add_argument("--on", choices=("test", "val"), default="test",
+                   help="the held-out part scored: 'test' for final figures, 'val' (the validation part carved "
+                        "from the training data) for anything you choose by the result [default: test]")
+    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_evaluate, protocol=name)
+    return p
+
+
+def cmd_evaluate(args) -> int:
+    try:
+        for text in args.labels or []:
+            parse_label_budget(text)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    knn_ks = getattr(args, "k", None) or []
+    if args.protocol == "knn" and not args.labels and len(knn_ks) <= 1 and args.seeds == 1 and args.on == "test":
+        evaluate_knn(load_run(args.run_dir, args.checkpoint), args.data or "", args.data_dir,
+                     knn_ks[0] if knn_ks else None, args.temperature, args.baselines, not args.quiet)
+        return 0
+    run = load_run(args.run_dir, args.checkpoint)
+    try:
+        check_features(run, args.protocol, getattr(args, "features", "pooled"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    train, test = run.labelled_sets(args.data or "", args.data_dir, part=args.on)
+    data_name = args.data or run.config.eval.source or run.config.data.source
+    protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
+    search, val = None, None
+    if getattr(args, "search", False):
+        if args.on == "val":
+            raise ConfigError("--search chooses on the validation part; score the choice with --on test")
+        search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay}
+        val = run.labelled_sets(args.data or "", args.data_dir, part="val")[1]
+    for protocol in protocols:
+        settings = None
+        if protocol in ("finetune", "selftrain", "supervised"):
+            settings = finetune_settings(run, protocol, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
+                                         layer_decay=getattr(args, "layer_decay", None),
+                                         probe_init=getattr(args, "probe_init", None))
+        evaluate_protocol(run, protocol, train, test, args.labels or ["100%"], args.seeds, data_name, knn_ks,
+                          settings, progress=not args.quiet, augment_copies=getattr(args, "augment", 0),
+                          features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled",
+                          val=val, search=search, scored_on=args.on)
+    print(f"results appended to {run.folder.results_file}")
+    return 0
+
+
+def cmd_perplexity(args) -> int:
+    run = load_run(args.run_dir)
+    if not run.method.language_model:
+        raise ConfigError(f"{args.run_dir} is a {run.config.method.name} run; perplexity needs a clm or mlm run")
+    evaluate_perplexity(run, args.data or "", args.max_rows)
+    return 0

@@ -1,0 +1,108 @@
+"""Commands on a finished run: `selfsup report`, `embed`, `export`, and `import-weights` (another
+library's backbone as a selfsup encoder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from selfsup.backbones import build_backbone_from_config
+from selfsup.config import backbone_config, parse_overrides
+from selfsup.export import encoder_spec, export_encoder, import_weights, save_encoder
+from selfsup.report import write_report
+from selfsup.run import load_run
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("report", help="write RUN_DIR/report.html: training curves, label efficiency, maps",
+                       description="Write one self-contained HTML page, RUN_DIR/report.html (images embedded; opens "
+                                   "from disk with no server or network), and its figures as PNGs in "
+                                   "RUN_DIR/report/: loss, lr and throughput; online kNN and RankMe; accuracy "
+                                   "against the number of labels from every `selfsup evaluate` so far; a 2-D map "
+                                   "of test embeddings; nearest-neighbour retrieval; the pretext task's views; "
+                                   "a table of evaluations and the config.")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("embed", help="write backbone embeddings of images, text or table rows to a .npy file",
+                       description="Embed data with a run's frozen backbone (eval mode, no augmentation) and "
+                                   "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
+                                   "OUT.paths.txt lists the image of each row; text and tables are read with the "
+                                   "run's tokenizer / normalisation.")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--data", required=True, help="a folder of images or a built-in data set name; text or a "
+                                                 "table for text and tabular runs")
+    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    p.add_argument("--out", required=True, help="output .npy path")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "run"), default="fp32",
+                   help="arithmetic of the forward pass: fp32 gives the exported encoder's embeddings; 'run' the "
+                        "training precision (faster on hardware with bf16, up to 3e-3 away) [default: fp32]")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("export", help="write a run's encoder alone to a safetensors file",
+                       description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT "
+                                   "(.safetensors) with its rebuild recipe and input normalisation in the file's "
+                                   "header and in OUT.json. Load it with selfsup.load_encoder(OUT).")
+    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-weights", help="convert another library's backbone weights to a selfsup encoder",
+                       description="Read a state dict (.pt/.pth with torch.load(weights_only=True), so no code "
+                                   "runs; or .safetensors), rename its keys with an explicit key map, check every "
+                                   "weight fits the backbone you describe, and write a selfsup encoder file.")
+    p.add_argument("weights", help="the foreign weights file")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--backbone", default="resnet50", help="backbone name [default: resnet50]")
+    p.add_argument("--key-map", default="torchvision-resnet", help="key naming of the file: torchvision-resnet "
+                                                                   "or selfsup [default: torchvision-resnet]")
+    p.add_argument("--in-channels", type=int, default=3, help="input channels [default: 3]")
+    p.add_argument("--image-size", type=int, default=224, help="image size the weights expect [default: 224]")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="backbone_fields",
+                   help="a backbone field, repeatable: --set width=0.5 --set stem=cifar "
+                        "[defaults: width 1.0, stem imagenet]")
+    p.set_defaults(func=cmd_import_weights)
+
+
+def cmd_report(args) -> int:
+    print(f"report: {write_report(args.run_dir, progress=not args.quiet).resolve()}")
+    return 0
+
+def cmd_embed(args) -> int:
+    run = load_run(args.run_dir, args.checkpoint)
+    cfg = run.config
+    data = run.modality.read(cfg, run.path, args.data, args.split, args.data_dir, args.strict)
+    feats = run.embed(data.samples, cfg.eval.batch_size, progress=True,
+                      precision=cfg.train.precision if args.precision == "run" else args.precision)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, feats.numpy().astype(np.float32))
+    print(f"saved {tuple(feats.shape)} embeddings to {out}")
+    if getattr(data, "paths", None):
+        Path(f"{out}.paths.txt").write_text("\n".join(data.paths) + "\n")
+        print(f"row order: {out}.paths.txt")
+    if data.labels is not None:
+        np.save(out.with_name(out.stem + ".labels.npy"), data.labels.numpy())
+    return 0
+
+def cmd_export(args) -> int:
+    out = export_encoder(args.run_dir, args.out, args.checkpoint)
+    print(f"saved the encoder to {out} (recipe in {out.with_suffix('.json')}); "
+          f"load it with selfsup.load_encoder({str(out)!r})")
+    return 0
+
+def cmd_import_weights(args) -> int:
+    backbone_cfg = backbone_config({"name": args.backbone, "width": 1.0, "stem": "imagenet",
+                                    **parse_overrides(args.backbone_fields)})
+    backbone = build_backbone_from_config(backbone_cfg, args.in_channels, args.image_size)
+    dropped = import_weights(args.weights, backbone, args.key_map)
+    spec = encoder_spec(backbone_cfg, args.in_channels, args.image_size, origin={"imported": str(args.weights)})
+    out = save_encoder(backbone, spec, args.out)
+    print(f"saved {out}" + (f"; dropped {len(dropped)} key(s) with no counterpart: {', '.join(dropped)}"
+                            if dropped else ""))
+    return 0

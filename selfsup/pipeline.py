@@ -1,0 +1,127 @@
+"""Pretrain -> evaluate -> report, as one library call: what `selfsup pretrain` runs, so that a Python
+user of `selfsup.pretrain_and_evaluate()` gets the same run folder as the command:
+
+    result = selfsup.pretrain_and_evaluate(selfsup.load_config(overrides=["train.minutes=6"]), "runs/demo")
+
+Each stage is a function of its own as well (`evaluate_knn`, `evaluate_perplexity`,
+`evaluate_few_labels`); every stage prints what it measured and writes it into the run folder.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfsup.config import Config
+from selfsup.errors import DataError
+from selfsup.evaluate.protocols import evaluate_protocol
+from selfsup.report import write_report
+from selfsup.run import Run, knn_report, load_run
+from selfsup.run_folder import RunFolder
+from selfsup.text.generate import perplexity
+from selfsup.train import TrainResult, pretrain
+
+
+@dataclass
+class PipelineResult:
+    training: TrainResult
+    summary: dict                       # what train_summary.json holds
+    knn: dict | None = None             # eval/knn.json; None when there were no labels or no evaluation
+    perplexity: dict | None = None      # eval/perplexity.json, for language models
+    report: Path | None = None
+
+
+def pretrain_and_evaluate(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                          evaluate: bool = True) -> PipelineResult | None:
+    """Pretrain, write train_summary.json, then (unless evaluate=False or training stopped early) the
+    held-out perplexity of a language model, kNN with its baselines, the few-label protocols of
+    eval.after_pretrain and the report of eval.report. Under torchrun every rank trains and rank 0
+    alone evaluates; the other ranks get None."""
+    folder = RunFolder(run_dir)
+    training = pretrain(cfg, folder.path, resume=resume, progress=progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None
+    summary = training_summary(training)
+    folder.write_summary(summary)
+    result = PipelineResult(training, summary)
+    if training.stopped_early or not evaluate:
+        return result
+    run = load_run(folder.path)
+    if run.method.language_model:
+        result.perplexity = evaluate_perplexity(run)
+    result.knn = evaluate_knn(run, progress=progress)
+    if result.knn is not None and cfg.eval.after_pretrain:
+        evaluate_few_labels(run, cfg.eval.after_pretrain, cfg.eval.labels, progress=progress)
+    if cfg.eval.report:
+        result.report = write_report(folder.path, progress=progress)
+        print(f"report: {result.report.resolve()}  (open it in a browser)")
+    return result
+
+
+def training_summary(result: TrainResult) -> dict:
+    """Steps, epochs, seconds, images/s, peak memory and final loss of a pretraining, printed."""
+    summary = {"steps": result.steps, "epochs": round(result.epochs, 3), "seconds": round(result.seconds, 1),
+               "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
+               "final_loss": round(result.final_loss, 4) if math.isfinite(result.final_loss) else None}
+    if result.budget_use is not None:
+        summary["budget_seconds_used"], summary["budget_seconds"] = (round(v, 1) for v in result.budget_use)
+    print(f"pretraining: {summary['steps']} steps ({summary['epochs']} epochs) in {summary['seconds']} s, "
+          f"{summary['images_per_s']} images/s, peak memory {summary['peak_memory_mb']} MB")
+    if result.budget_use is not None:
+        print(f"time budget: {summary['budget_seconds_used']} s of {summary['budget_seconds']} s used "
+              "(timing trial and compilation included)")
+    return summary
+
+
+def evaluate_knn(run: Run, source: str = "", data_dir: str = "", k: int | None = None,
+                 temperature: float | None = None, baselines: bool = True, progress: bool = True) -> dict | None:
+    """kNN top-1 on the test part (with the random-init and raw-input baselines), printed and written to
+    eval/knn.json; None, with a note, when the evaluation data has no labels."""
+    try:
+        train, test = run.labelled_sets(source, data_dir)
+    except DataError as e:            # unlabeled training data: nothing to score, not an error of the run
+        if source:
+            raise
+        print(f"kNN skipped: no labelled evaluation data ({e})", file=sys.stderr)
+        return None
+    if train.labels is None:
+        print("kNN skipped: the evaluation data has no labels", file=sys.stderr)
+        return None
+    started = time.time()
+    report = knn_report(run, train, test, k, temperature, baselines=baselines, progress=progress,
+                        data_name=source or run.config.eval.source or run.config.data.source)
+    report["seconds"] = round(time.time() - started, 1)
+    report["step"] = run.step
+    written = run.folder.write_eval("knn", report)
+    print(f"kNN top-1 (k={report['k']}, T={report['temperature']}, {report['train_size']} train / "
+          f"{report['test_size']} test images):")
+    print(f"  pretrained backbone    {100 * report['knn_top1']:.2f}%")
+    if baselines:
+        print(f"  random-init backbone   {100 * report['knn_top1_random_init']:.2f}%")
+        print(f"  {report['raw_features']:<22} {100 * report['knn_top1_raw']:.2f}%")
+    print(f"saved {written}")
+    return report
+
+
+def evaluate_perplexity(run: Run, source: str = "", max_rows: int = 0) -> dict:
+    """Loss and perplexity of a language model on held-out text, printed and written to eval/perplexity.json."""
+    held_out = run.modality.held_out_text(run.config, run.path, source).subset(max_rows)
+    result = perplexity(run.method, held_out.samples)
+    result.update(rows=len(held_out), tokens=int((held_out.samples != 0).sum()), step=run.step,
+                  method=run.config.method.name, data=source or f"held-out share of {run.config.data.source}")
+    print(f"{run.config.method.name} on {result['tokens']} held-out tokens: loss {result['loss']:.4f} nats/token, "
+          f"perplexity {result['perplexity']:.3f}")
+    run.folder.write_eval("perplexity", result)
+    return result
+
+
+def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progress: bool = True) -> list[dict]:
+    """Each protocol at each label budget on the test part, one draw; rows go to eval/results.jsonl."""
+    train, test = run.labelled_sets()
+    source = run.config.eval.source or run.config.data.source
+    print(f"few-label evaluation ({', '.join(protocols)} with {', '.join(labels)} of the labels):")
+    return [row for protocol in protocols
+            for row in evaluate_protocol(run, protocol, train, test, labels, 1, source, progress=progress)]
