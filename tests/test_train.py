@@ -11,7 +11,8 @@ from selfsup.config import load_config
 from selfsup.data import DataError, load_images
 from selfsup.run import knn_report, labelled_eval_sets, load_run
 from selfsup import train as train_module
-from selfsup.train import TrainingError, pretrain
+from selfsup.errors import TrainingError
+from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
 from training import corrupt_loss_at_call
@@ -93,14 +94,22 @@ def assert_replays_from_its_config(budget, data, tmp_path):
 
 @pytest.mark.parametrize("method,online_every", [("simclr", 0), ("moco2", 0), ("simclr", 0.5)])
 def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace(method, online_every, tiny_fashion,
-                                                                                  tmp_path):
+                                                                                  tmp_path, monkeypatch):
     """train.minutes: the timed trial steps (and the timed online evaluation) run on the real model and
     are then undone, and the count is fixed again at the end of warm-up, whose learning rates do not
     depend on it; so the run is bitwise the run its config.yaml replays with the N it chose (for
     methods whose updates do not follow the schedule's progress)."""
+    real_trial = train_module._timed_trial
+
+    def trial_planning_60_steps(*args, budget_seconds, **kwargs):
+        # The trial runs for real (what it must not leave behind is the point), but its pace is fixed: a
+        # busy machine's would plan fewer steps than the 12-step warm-up and test another path.
+        costs = real_trial(*args, budget_seconds=budget_seconds, **kwargs)
+        return dataclasses.replace(costs, step=budget_seconds / 60, evaluation=0.0, checkpoint=0.0)
+    monkeypatch.setattr(train_module, "_timed_trial", trial_planning_60_steps)
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
     settings = [f"method.name={method}", "optim.warmup_epochs=1", f"eval.online_every={online_every}"]
-    # 9 s: room past the 12-step warm-up on a slow machine, with an evaluation every 6 steps
+    # 9 s, with an evaluation every 6 steps; the re-plan after the warm-up adds at least one step
     budget = pretrain(small_config(*settings, "train.minutes=0.15"), tmp_path / "budget", data=data, progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml").train
     assert recorded.steps == budget.steps > 12 and (recorded.epochs, recorded.minutes) == (0, 0.15)  # past warm-up
