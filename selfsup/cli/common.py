@@ -24,3 +24,10 @@ def cli_overrides(args) -> dict:
     if getattr(args, "strict", False):
         options.setdefault("data", {})["strict"] = True
     return merge(parse_overrides(args.overrides), options)
+
+
+def add_run_arguments(parser, checkpoint: bool = False) -> None:
+    """RUN_DIR, and with checkpoint=True the --checkpoint option of the commands that read a run's weights."""
+    parser.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    if checkpoint:
+        parser.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")

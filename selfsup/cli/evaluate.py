@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from selfsup.cli.common import add_run_arguments
 from selfsup.errors import ConfigError
 from selfsup.evaluate.features import FEATURE_KINDS
 from selfsup.evaluate.finetune import FinetuneSettings
@@ -106,7 +107,7 @@ def add_parsers(sub) -> None:
                     "(text.test_fraction of the documents, never trained on), or on --data. clm: next-token; "
                     "mlm: a fixed seeded 15% masking (masked-LM perplexity, not comparable to a clm one). "
                     "Written to RUN_DIR/eval/perplexity.json; `selfsup pretrain` prints it at the end.")
-    perplexity.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    add_run_arguments(perplexity)
     perplexity.add_argument("--data", help="other text to score, all of it [default: the held-out share of the "
                                            "run's source]")
     perplexity.add_argument("--max-rows", type=int, default=0, help="score at most this many rows (documents, or "
@@ -117,7 +118,7 @@ def add_parsers(sub) -> None:
 def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
     """A `selfsup evaluate NAME` parser with the options every protocol shares."""
     p = protocols.add_parser(name, help=help_text, description=description)
-    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    add_run_arguments(p, checkpoint=True)
     p.add_argument("--data", help="labelled data: a built-in data set or a folder with class subfolders (split "
                                   "80/20), read at the run's image size and channels [default: the run's source]")
     p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
@@ -129,7 +130,6 @@ def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> 
     p.add_argument("--on", choices=("test", "val"), default="test",
                    help="the held-out part scored: 'test' for final figures, 'val' (the validation part carved "
                         "from the training data) for anything you choose by the result [default: test]")
-    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_evaluate, protocol=name)
     return p

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from selfsup.backbones import build_backbone_from_config
+from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
 from selfsup.export import encoder_spec, export_encoder, import_weights, save_encoder
 from selfsup.report import write_report
@@ -21,7 +22,7 @@ def add_parsers(sub) -> None:
                                    "against the number of labels from every `selfsup evaluate` so far; a 2-D map "
                                    "of test embeddings; nearest-neighbour retrieval; the pretext task's views; "
                                    "a table of evaluations and the config.")
-    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    add_run_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_report)
 
@@ -30,14 +31,13 @@ def add_parsers(sub) -> None:
                                    "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
                                    "OUT.paths.txt lists the image of each row; text and tables are read with the "
                                    "run's tokenizer / normalisation.")
-    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    add_run_arguments(p, checkpoint=True)
     p.add_argument("--data", required=True, help="a folder of images or a built-in data set name; text or a "
                                                  "table for text and tabular runs")
     p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
     p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
     p.add_argument("--out", required=True, help="output .npy path")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
-    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "run"), default="fp32",
                    help="arithmetic of the forward pass: fp32 gives the exported encoder's embeddings; 'run' the "
                         "training precision (faster on hardware with bf16, up to 3e-3 away) [default: fp32]")
@@ -47,9 +47,8 @@ def add_parsers(sub) -> None:
                        description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT "
                                    "(.safetensors) with its rebuild recipe and input normalisation in the file's "
                                    "header and in OUT.json. Load it with selfsup.load_encoder(OUT).")
-    p.add_argument("run_dir", help="run folder written by `selfsup pretrain`")
+    add_run_arguments(p, checkpoint=True)
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--checkpoint", help="a checkpoint of the run (.safetensors/.json path) [default: newest]")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-weights", help="convert another library's backbone weights to a selfsup encoder",
