@@ -8,6 +8,7 @@ Prints one JSON object. Issue 33 reports these numbers before and after a restru
 - ``circles``: strongly connected groups of selfsup modules in the graph of module-level
   imports (an import inside a function does not count; it is how circles are hidden).
 - ``local_imports``: imports of selfsup modules inside function bodies.
+- ``circles_with_local_imports``: the circles of the graph with those imports added (what they hide).
 """
 from __future__ import annotations
 
@@ -101,6 +102,7 @@ def measure(root: Path = ROOT, top: int = 10) -> dict:
     files = sorted(root.rglob("*.py"))
     known = {module_name(f, root) for f in files}
     graph: dict[str, set[str]] = {}
+    graph_with_local: dict[str, set[str]] = {}
     functions: list[tuple[int, str]] = []
     local_imports = 0
     for f in files:
@@ -112,19 +114,24 @@ def measure(root: Path = ROOT, top: int = 10) -> dict:
             edges |= imported_modules(node, mod, is_package, known)
         # a module imports its parent packages too; those edges are implied, not written
         graph[mod] = {e for e in edges if e in known and e != mod}
+        graph_with_local[mod] = set(graph[mod])
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 start = min([node.lineno] + [d.lineno for d in node.decorator_list])
                 functions.append((node.end_lineno - start + 1, f"{mod}.{node.name}"))
                 for inner in ast.walk(node):
-                    if inner is not node and imported_modules(inner, mod, is_package, known):
+                    local = imported_modules(inner, mod, is_package, known) if inner is not node else set()
+                    if local:
                         local_imports += 1
+                        graph_with_local[mod] |= {e for e in local if e in known and e != mod}
     functions.sort(reverse=True)
     return {
         "modules": len(files),
         "longest": [{"function": name, "lines": n} for n, name in functions[:top]],
         "circles": strongly_connected(graph),
         "local_imports": local_imports,
+        # the circles the function-local imports hide: the same graph with their edges added
+        "circles_with_local_imports": strongly_connected(graph_with_local),
     }
 
 
