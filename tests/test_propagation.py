@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.evaluate.knn import knn_accuracy
-from selfsup.evaluate.propagation import (choose_by_cross_validation, knn_graph, propagate, propagated_labels,
-                                         propagation_knn)
+from selfsup.evaluate.propagation import (choose_by_cross_validation, knn_graph, propagate, propagate_many,
+                                         propagated_labels, propagation_knn)
 
 
 def sphere_points(n, dim=6, seed=0):
@@ -42,6 +42,21 @@ def test_propagation_solves_the_linear_system():
     expected = torch.linalg.solve(torch.eye(60) - 0.9 * graph.to_dense(), y)
     z = propagate(graph, labelled, labels, 3, alpha=0.9, max_iter=200, tolerance=1e-8)
     torch.testing.assert_close(z.float(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_several_labellings_solved_together_each_solve_their_own_system():
+    """Cross-validation solves every fold's labels in one conjugate-gradient run: each fold's Z must be
+    the direct solution for that fold's labels alone, whatever the other folds hold."""
+    feats = sphere_points(60)
+    graph = knn_graph(feats, k=6)
+    seedings = [(torch.tensor([0, 5, 9]), torch.tensor([0, 1, 1])), (torch.tensor([20, 31, 40, 41]),
+                                                                     torch.tensor([2, 0, 2, 2]))]
+    for (labelled, labels), z in zip(seedings, propagate_many(graph, seedings, 3, alpha=0.9, max_iter=200,
+                                                                tolerance=1e-8)):
+        y = torch.zeros(60, 3)
+        y[labelled, labels] = 1.0 / torch.bincount(labels, minlength=3).clamp_min(1)[labels].float()
+        torch.testing.assert_close(z.float(), torch.linalg.solve(torch.eye(60) - 0.9 * graph.to_dense(), y),
+                                   rtol=1e-4, atol=1e-5)
 
 
 def test_labelled_images_keep_their_labels_and_the_rest_take_the_argmax():

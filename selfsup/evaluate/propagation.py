@@ -73,11 +73,21 @@ def propagate(graph: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
     Z decays by about alpha at each hop from a labelled node, and each iteration reaches one hop
     further: the solve runs in float64 to a tight tolerance so that images many hops from any label
     still get their (tiny) scores instead of a row of zeros."""
+    return propagate_many(graph, [(labelled, labels)], num_classes, alpha, max_iter, tolerance)[0]
+
+
+@torch.no_grad()
+def propagate_many(graph: torch.Tensor, seedings: list[tuple[torch.Tensor, torch.Tensor]], num_classes: int,
+                   alpha: float = ALPHA, max_iter: int = 1000, tolerance: float = 1e-12) -> list[torch.Tensor]:
+    """propagate() for several (labelled, labels) pairs on one graph, solved together: each column of
+    the right-hand side is its own conjugate-gradient problem, so stacking the pairs' columns gives every
+    pair's Z at once, with one sparse product per iteration for all of them (cross-validation's folds)."""
     n = graph.shape[0]
     graph = graph.double()
-    per_class = torch.bincount(labels, minlength=num_classes).clamp_min(1).double()
-    y = torch.zeros(n, num_classes, dtype=torch.float64)
-    y[labelled, labels] = 1.0 / per_class[labels]
+    y = torch.zeros(n, len(seedings) * num_classes, dtype=torch.float64)
+    for i, (labelled, labels) in enumerate(seedings):
+        per_class = torch.bincount(labels, minlength=num_classes).clamp_min(1).double()
+        y[labelled, i * num_classes + labels] = 1.0 / per_class[labels]
     z = torch.zeros_like(y)
     residual = y.clone()
     direction = residual.clone()
@@ -93,13 +103,17 @@ def propagate(graph: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor,
             break
         direction = residual + (new_power / power.clamp_min(1e-300)) * direction
         power = new_power
-    return z
+    return list(z.split(num_classes, dim=1))
 
 
 def propagated_labels(graph: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor, num_classes: int,
                       alpha: float = ALPHA) -> torch.Tensor:
     """(N,) classes of every node: the propagation's argmax, and their own for the labelled nodes."""
-    chosen = propagate(graph, labelled, labels, num_classes, alpha).argmax(1)
+    return _classes(propagate(graph, labelled, labels, num_classes, alpha), labelled, labels)
+
+
+def _classes(scores: torch.Tensor, labelled: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    chosen = scores.argmax(1)
     chosen[labelled] = labels
     return chosen
 
@@ -130,9 +144,10 @@ def choose_by_cross_validation(feats: torch.Tensor, graph_of, labelled: torch.Te
     splits = class_balanced_folds(labels, folds, seed)
     correct = {setting: 0 for setting in itertools.product(grid["graph_neighbours"], grid["alpha"], grid["k"])}
     for neighbours, alpha in itertools.product(grid["graph_neighbours"], grid["alpha"]):
-        graph = graph_of(neighbours)
-        for train_part, held in splits:
-            spread = propagated_labels(graph, labelled[train_part], labels[train_part], num_classes, alpha)
+        scores = propagate_many(graph_of(neighbours), [(labelled[train_part], labels[train_part])
+                                                       for train_part, _ in splits], num_classes, alpha)
+        for (train_part, held), fold_scores in zip(splits, scores):
+            spread = _classes(fold_scores, labelled[train_part], labels[train_part])
             voters = torch.ones(len(feats), dtype=torch.bool)
             voters[labelled[held]] = False           # a hidden image does not vote on itself
             for k in grid["k"]:
