@@ -3,6 +3,7 @@ plus optional labels; it knows nothing of methods.
 
     load_images("fashion-mnist", split="train")       # IDX files, searched in the usual places
     load_images("path/to/images", labels=True)        # an image folder, labels from subfolders
+    load_images("path/to/photos.store")               # a packed store (`selfsup data pack`, data/store.py)
     from_array(np_or_torch_array, labels=None)        # arrays (N, H, W) or (N, C, H, W)
 """
 from __future__ import annotations
@@ -13,10 +14,12 @@ from selfsup.data.arrays import from_array
 from selfsup.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
 from selfsup.data.image_folder import load_image_folder
 from selfsup.data.imageset import ImageSet, convert, require_class_subfolders
+from selfsup.data.store import ImageStore, is_store, load_store, pack
 from selfsup.errors import DataError
 
-__all__ = ["BUILTIN", "DataError", "FASHION_MNIST_CLASSES", "ImageSet", "convert", "from_array", "load_fashion_mnist",
-           "load_image_folder", "load_images", "require_class_subfolders"]
+__all__ = ["BUILTIN", "DataError", "FASHION_MNIST_CLASSES", "ImageSet", "ImageStore", "convert", "from_array",
+           "is_store", "load_fashion_mnist", "load_image_folder", "load_images", "load_store", "pack",
+           "require_class_subfolders"]
 
 
 BUILTIN = {"fashion-mnist": load_fashion_mnist}
@@ -24,7 +27,7 @@ BUILTIN = {"fashion-mnist": load_fashion_mnist}
 
 def load_images(source: str, split: str = "train", *, data_dir: str | None = None, channels: int = 0,
                 size: int = 0, labels: bool = False, strict: bool = False) -> ImageSet:
-    """Load a built-in data set by name (split 'train' or 'test') or an image folder by path.
+    """Load a built-in data set by name (split 'train' or 'test'), a packed store or an image folder by path.
 
     channels / size: convert every image to this many channels / this square side (0 = keep
     the data set's own; an image folder with mixed sizes needs size, and takes 3 channels by default).
@@ -33,6 +36,8 @@ def load_images(source: str, split: str = "train", *, data_dir: str | None = Non
         images = BUILTIN[source](split=split, data_dir=data_dir)
         return convert(images, channels, size)
     path = Path(source).expanduser()
+    if is_store(path):
+        return load_store(path, channels=channels or 3, size=size or 32, labels=labels, strict=strict)
     if not path.exists():
         raise DataError(f"data source {source!r} is neither a built-in data set ({', '.join(BUILTIN)}) "
                         f"nor an existing folder; check the path")

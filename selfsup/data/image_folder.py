@@ -28,7 +28,9 @@ import os
 import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
     if size < 1:
         raise DataError(f"size must be a positive number of pixels, got {size}")
 
-    files, other_files = _find_image_files(root)
+    files, other_files = find_image_files(root)
     if not files:
         raise DataError(f"no images found in {str(root)!r}: looked for files ending in {', '.join(EXTENSIONS)} "
                         f"(at any depth, in any case) and found {len(other_files)} file(s) with other extensions")
@@ -71,47 +73,62 @@ def load_image_folder(path, channels: int = 3, size: int = 32, labels: bool = Fa
         classes = sorted({f.parts[0] for f in files})
     class_index = {name: i for i, name in enumerate(classes)}
 
+    decoded = decode_images(lambda i: root / files[i], [str(root / f) for f in files], channels, size, strict,
+                            f"loading {root.name}")
+    if not decoded.kept:
+        raise DataError(f"no readable images in {str(root)!r}: all {len(files)} files ending in "
+                        f"{', '.join(EXTENSIONS)} could not be read, e.g. {files[decoded.skipped[0][0]]} "
+                        f"({decoded.skipped[0][1]})")
+    warn_once(root, len(files), [f"{files[i]} ({why})" for i, why in decoded.skipped], other_files)
+    kept = [files[i] for i in decoded.kept]
+    label_tensor = torch.tensor([class_index[f.parts[0]] for f in kept], dtype=torch.int64) if labels else None
+    return ImageSet(decoded.images, label_tensor, classes, root.resolve().name, paths=[str(f) for f in kept])
+
+
+@dataclass
+class Decoded:
+    images: torch.Tensor               # uint8 (len(kept), C, size, size)
+    kept: list[int]                    # positions of the images that could be read
+    skipped: list[tuple[int, str]]     # (position, why) of those that could not
+
+
+def decode_images(open_item: Callable[[int], object], names: list[str], channels: int, size: int,
+                  strict: bool = False, desc: str = "loading") -> Decoded:
+    """Decode images 0..len(names)-1 (open_item(i): a path or a binary file object) into uint8
+    (N, channels, size, size), in threads. Unreadable ones are skipped, or with strict a DataError
+    names the first (names[i] says which)."""
     mode = "L" if channels == 1 else "RGB"
-    images = torch.empty((len(files), channels, size, size), dtype=torch.uint8)
-    targets: list[int] = []
-    skipped: list[str] = []
-    kept: list[str] = []
+    images = torch.empty((len(names), channels, size, size), dtype=torch.uint8)
+    kept: list[int] = []
+    skipped: list[tuple[int, str]] = []
     # Decoding and resizing release the GIL, so threads give a near-linear speed-up; a few
     # workers keep the memory of several very large images decoded at once bounded.
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            results = pool.map(lambda f: _read(root / f, mode, size), files)
-            for file, (pixels, error) in tqdm(zip(files, results), total=len(files), unit="img", file=sys.stderr,
-                                              desc=f"loading {root.name}", disable=len(files) <= PROGRESS_ABOVE):
+            results = pool.map(lambda i: _read(open_item(i), mode, size), range(len(names)))
+            for i, (pixels, error) in tqdm(enumerate(results), total=len(names), unit="img", file=sys.stderr,
+                                           desc=desc, disable=len(names) <= PROGRESS_ABOVE):
                 if error is not None:
                     if strict:
-                        raise DataError(f"cannot read image {str(root / file)!r}: {error}; "
+                        raise DataError(f"cannot read image {names[i]!r}: {error}; "
                                         f"without --strict (strict=False) it would be skipped")
-                    skipped.append(f"{file} ({error})")
+                    skipped.append((i, error))
                     continue
-                images[len(targets)] = torch.from_numpy(pixels.reshape(size, size, channels)).permute(2, 0, 1)
-                targets.append(class_index[file.parts[0]] if labels else 0)
-                kept.append(str(file))
+                images[len(kept)] = torch.from_numpy(pixels.reshape(size, size, channels)).permute(2, 0, 1)
+                kept.append(i)
     finally:
-        # On an error or Ctrl-C, do not wait for the rest of the folder to decode.
+        # On an error or Ctrl-C, do not wait for the rest to decode.
         pool.shutdown(cancel_futures=True)
-
-    if not targets:
-        raise DataError(f"no readable images in {str(root)!r}: all {len(files)} files ending in "
-                        f"{', '.join(EXTENSIONS)} could not be read, e.g. {skipped[0]}")
-    _warn_once(root, len(files), skipped, other_files)
-    # A view, not a copy: the rows left over are only those of the skipped files.
-    images = images[:len(targets)]
-    label_tensor = torch.tensor(targets, dtype=torch.int64) if labels else None
-    return ImageSet(images, label_tensor, classes, root.resolve().name, paths=kept)
+    # A view, not a copy: the rows left over are only those of the skipped images.
+    return Decoded(images[:len(kept)], kept, skipped)
 
 
 _warned: set = set()                  # (folder, what was said): a folder read twice in a process warns once
 
 
-def _warn_once(root: Path, total: int, skipped: list[str], other_files: list[str]) -> None:
+def warn_once(root: Path, total: int, skipped: list[str], other_files: list[str]) -> None:
     """One `warning:` line on stderr for the files of the folder that were skipped or ignored."""
     parts = []
     if skipped:
@@ -128,7 +145,7 @@ def _warn_once(root: Path, total: int, skipped: list[str], other_files: list[str
         print(message, file=sys.stderr)
 
 
-def _find_image_files(root: Path) -> tuple[list[Path], list[str]]:
+def find_image_files(root: Path) -> tuple[list[Path], list[str]]:
     """Image files under root as paths relative to it, sorted by path parts; and the names of the other files."""
     found, others = [], []
     for folder, subfolders, names in os.walk(root):
@@ -143,12 +160,12 @@ def _find_image_files(root: Path) -> tuple[list[Path], list[str]]:
     return sorted(found, key=lambda p: p.parts), others
 
 
-def _read(file: Path, mode: str, size: int) -> tuple[np.ndarray | None, str | None]:
+def _read(file, mode: str, size: int) -> tuple[np.ndarray | None, str | None]:
     """(pixels, None) with pixels uint8 (size, size[, 3]) in `mode`, or (None, why) for a file that cannot be read."""
     try:
         with Image.open(file) as img:
             img.draft(mode, (size, size))   # JPEG only; a no-op for other formats
-            img = _to_8_bit(img)
+            img = to_8_bit(img)
             img = img.resize((size, size), Image.BICUBIC, reducing_gap=3.0)
             if img.mode == "RGBA":
                 black = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -161,7 +178,7 @@ def _read(file: Path, mode: str, size: int) -> tuple[np.ndarray | None, str | No
         return None, f"{type(e).__name__}: {e}"
 
 
-def _to_8_bit(img: Image.Image) -> Image.Image:
+def to_8_bit(img: Image.Image) -> Image.Image:
     """The image as L, RGB or RGBA (RGBA exactly when it has transparency), scaling deeper pixels to 8 bit."""
     if img.has_transparency_data:
         return img.convert("RGBA")
