@@ -201,11 +201,13 @@ class RunFolder:
     def mark_best(self, saved: Path) -> None:
         mark_best(self.checkpoints, saved.with_suffix(""))
 
-    def save_training_state(self, step: int, method: torch.nn.Module, optimizer, scaler, device: torch.device,
-                            meta: dict, keep: int, write: bool, into: Path | None = None) -> Path | None:
+    def save_training_state(self, step: int, method: torch.nn.Module, optimizer, scaler, device: torch.device, *,
+                            epoch: float, identity: dict, online_knn: float | None, config: dict, keep: int,
+                            write: bool, into: Path | None = None) -> Path | None:
         """Checkpoint the training state of `step`: weights, optimizer, loss scale and random generators,
-        plus `meta`. Every rank calls it (sharded weights are gathered whole); the one with write=True
-        writes, into the checkpoints folder or `into`. Returns the .safetensors path written."""
+        with the run's identity (what a resume must match), its online kNN and config. Every rank calls
+        it (sharded weights are gathered whole); the one with write=True writes, into the checkpoints
+        folder or `into`. Returns the .safetensors path written."""
         tensors = {f"model.{k}": v for k, v in distributed.full_tensors(method.state_dict()).items()}
         optimizer_tensors, optimizer_meta = optimizer_state(optimizer)
         tensors.update(distributed.full_tensors(optimizer_tensors))
@@ -214,9 +216,10 @@ class RunFolder:
         tensors["rng.torch"] = torch.get_rng_state()
         if device.type == "cuda":            # dropout (SimCSE's augmentation) draws from the device's generator
             tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
-        meta = {**meta, "optimizer": optimizer_meta,
+        meta = {"epoch": epoch, "optimizer": optimizer_meta, **identity, "online_knn": online_knn,
                 "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())}}
+                "rng": {"python": _jsonable(random.getstate()), "numpy": _jsonable(np.random.get_state())},
+                "config": config}
         folder = into or self.checkpoints
         try:
             return save_checkpoint(folder, step, tensors, meta, keep=keep)

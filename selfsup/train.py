@@ -256,9 +256,9 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
         folder.keep_metrics_until(start_step)
 
     def checkpoint(step: int, online_knn: float | None, into: Path | None = None) -> Path | None:
-        meta = {"epoch": step / steps_per_epoch, **identity, "online_knn": online_knn, "config": cfg.to_dict()}
-        return folder.save_training_state(step, method, optimizer, scaler, device, meta, cfg.train.keep_checkpoints,
-                                          write=main, into=into)
+        return folder.save_training_state(step, method, optimizer, scaler, device, epoch=step / steps_per_epoch,
+                                          identity=identity, online_knn=online_knn, config=cfg.to_dict(),
+                                          keep=cfg.train.keep_checkpoints, write=main, into=into)
 
     # The monitor runs on rank 0 alone, which under FSDP holds only a shard of the weights.
     monitor = online_monitor(cfg, data, device, precision, labelled, look_for_labels=data_from_config,
@@ -294,7 +294,6 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
         while step < total_steps and not stop.requested:
             loss, logs, lr = train_step(step, total_steps)
             step += 1
-            step_log(step, total_steps, loss, logs, lr)
             replanned = planner.after_step(step) if planner is not None else None
             if replanned is not None:
                 total_steps, row = replanned
@@ -304,6 +303,7 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
                     folder.save_config(cfg)
                     bar.write(f"train.minutes={cfg.train.minutes:g}: at the loop's pace so far the budget holds "
                               f"{total_steps} steps ({total_steps / steps_per_epoch:.2f} epochs)", file=sys.stderr)
+            step_log(step, total_steps, loss, logs, lr)
             bar.update(1)
             online_knn = None
             if online is not None and online.due(step, total_steps):

@@ -201,14 +201,37 @@ def test_torchrun_two_processes_pretrain_and_resume_exactly(tiny_fashion, tmp_pa
     assert json.loads((tmp_path / "straight" / "eval" / "knn.json").read_text())["knn_top1"] > 0.3
 
 
-@pytest.mark.parametrize("method_name", [m for m in method_names() if method_class(m).modality == "image"])
-def test_every_image_method_trains_under_torchrun(method_name, tiny_fashion, tmp_path):
+EVERY_METHOD = """
+import sys
+import torch.distributed as dist
+from selfsup.config import load_config
+from selfsup.train import pretrain
+# One process group for every method: the processes start (and import torch) once, not once a method.
+dist.init_process_group("gloo")
+data, runs, methods = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in methods:
+    overrides = [f"method.name={name}", f"data.data_dir={data}", "train.batch_size=40", "train.threads=1",
+                 "train.steps=3", "optim.schedule=constant", "optim.warmup_epochs=0", "eval.online_every=0"]
+    if load_config(overrides=overrides).backbone.name.startswith("resnet"):
+        overrides.append("backbone.width=0.125")
+    result = pretrain(load_config(overrides=overrides), f"{runs}/{name}", progress=False)
+    if dist.get_rank() == 0:
+        print(f"{name}: {result.steps} steps", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_every_image_method_trains_under_torchrun(tiny_fashion, tmp_path):
     """Three steps of each method in 2 processes: its gathers, frozen parameters (DDP must be told),
     queues and teachers all work across ranks."""
-    result = torchrun(tiny_fashion, tmp_path, ["--name", method_name, "--method", method_name, "--no-eval"],
-                      "train.steps=3", "eval.online_every=0")
+    methods = [m for m in method_names() if method_class(m).modality == "image"]
+    (tmp_path / "every_method.py").write_text(EVERY_METHOD)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                             str(free_port()), str(tmp_path / "every_method.py"), str(tiny_fashion),
+                             str(tmp_path / "runs"), *methods], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "pretraining: 3 steps" in result.stdout
+    assert result.stdout.splitlines() == [f"{name}: 3 steps" for name in methods]
 
 
 def test_batch_that_does_not_split_evenly_is_refused(tiny_fashion, tmp_path):

