@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import selfsup.backbones
+import selfsup.backbones.registry
 from selfsup.augment import AugmentConfig
 from selfsup.backbones import build_backbone
 from selfsup.backbones.vit import VisionTransformer
@@ -231,7 +231,7 @@ def noisy(images_u8: torch.Tensor, seed: int) -> torch.Tensor:
 
 def test_short_training_beats_random_init_on_knn(tiny_fashion, tmp_path, monkeypatch, one_thread):
     """A 2-block ViT (the presets are too slow for a unit test) on a noisy tiny_fashion."""
-    monkeypatch.setitem(selfsup.backbones._REGISTRY, "vit_test",
+    monkeypatch.setitem(selfsup.backbones.registry._REGISTRY, "vit_test",
                         lambda patch_size=4, pos_embed="sincos", in_channels=3, image_size=28: VisionTransformer(
                             64, 2, 4, patch_size=patch_size, pos_embed=pos_embed, in_channels=in_channels,
                             image_size=image_size))
