@@ -82,8 +82,8 @@ def pack(source: str | Path, out: str | Path, max_side: int = 512, strict: bool 
         raise DataError(f"no images found in {str(root)!r}")
     _check_output(root, out)
     fingerprint = _fingerprint(root, files, max_side)
-    if _up_to_date(out, fingerprint, strict):
-        previous = _read_index_json(out)
+    previous = _index_if_up_to_date(out, fingerprint, strict)
+    if previous is not None:
         return PackResult(out, previous["count"], previous.get("skipped", 0), previous.get("bytes", 0), False)
     # Labels when every image sits in a first-level subfolder (as the folder source reads them).
     labelled = all(len(f.parts) > 1 for f in files)
@@ -161,31 +161,31 @@ def _check_output(root: Path, out: Path) -> None:
                         "it; choose another place, e.g. next to the folder")
     if out.exists() and not out.is_dir():
         raise DataError(f"{str(out)!r} is a file; give pack a folder name for the store")
-    if out.is_dir() and any(out.iterdir()) and not _is_a_store(out):
+    if out.is_dir() and any(out.iterdir()) and _store_index(out) is None:
         raise DataError(f"{str(out)!r} already holds files and is not an image store; pack into a new or empty "
                         "folder (nothing was written)")
 
 
-def _is_a_store(path: Path) -> bool:
+def _store_index(path: Path) -> dict | None:
+    """The index.json of the store at `path`; None when it is not one."""
     try:
-        return json.loads((path / INDEX).read_text()).get("format") == FORMAT
+        index = json.loads((path / INDEX).read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return index if index.get("format") == FORMAT else None
 
 
-def _up_to_date(out: Path, fingerprint: str, strict: bool) -> bool:
-    """Whether `out` is a readable store of the same files and settings (under strict, one that skipped
-    none: packing again must name the unreadable file)."""
-    if not _is_a_store(out):
-        return False
-    index = json.loads((out / INDEX).read_text())
-    if index.get("fingerprint") != fingerprint or (strict and index.get("skipped")):
-        return False
+def _index_if_up_to_date(out: Path, fingerprint: str, strict: bool) -> dict | None:
+    """The index of `out` when it is a readable store of the same files and settings (under strict, one
+    that skipped none: packing again must name the unreadable file); else None."""
+    index = _store_index(out)
+    if index is None or index.get("fingerprint") != fingerprint or (strict and index.get("skipped")):
+        return None
     try:
         ImageStore(out).close()
     except DataError:                    # shards deleted or truncated since: pack again
-        return False
-    return True
+        return None
+    return index
 
 
 def _prepared(pool: ProcessPoolExecutor, root: Path, files: list[Path], max_side: int, window: int = 256):
