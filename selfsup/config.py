@@ -24,15 +24,16 @@ from selfsup.evaluate.splits import parse_label_budget
 from selfsup.methods import MethodConfig, method_class, method_names
 
 
-MODALITIES = ("image", "text", "tabular")
+MODALITIES = ("image", "text", "tabular", "interactions")
 
 
 @dataclass
 class DataConfig:
     # image: a built-in data set name or an image folder path; text: a folder of .txt files, a .jsonl
-    # file or a .txt file; tabular: a .csv / .tsv / .parquet file
+    # file or a .txt file; tabular: a .csv / .tsv / .parquet file; interactions: an interaction log
+    # (.inter / .csv / .tsv / .parquet) or a folder holding one .inter file
     source: str = "fashion-mnist"
-    modality: str = ""                 # image | text | tabular; "" = the method's (clm -> text, scarf -> tabular)
+    modality: str = ""                 # image | text | tabular | interactions; "" = the method's (clm -> text)
     data_dir: str = ""                 # extra folder to search for built-in data sets
     channels: int = 0                  # 0 = as stored (image folders: 3)
     size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
@@ -143,6 +144,32 @@ class TableConfig:
 
 
 @dataclass
+class InteractionsConfig:
+    """How interaction logs are read (data.modality=interactions; docs/recommendation.md)."""
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"     # "" = the file's order is the time order
+    max_length: int = 50               # items per training row and per history a model reads (RecBole's 50)
+    # A user attribute of the log's .user file (e.g. gender, age, occupation) as the label of the user
+    # representation's evaluations (kNN, linear probe, few labels); "" = none. A numeric attribute with
+    # more than 10 values (age) is cut into 4 bands at the training users' quartiles.
+    label: str = ""
+    test_fraction: float = 0.2         # with a label: the share of users held out to test it (fixed draw)
+    ranking_k: int = 10                # the cut-off of HR@k and NDCG@k
+    items: int = 0                     # resolved from the log: the item vocabulary's size
+
+    def validate(self) -> None:
+        if not self.user_column or not self.item_column:
+            raise ConfigError("interactions.user_column and interactions.item_column must name columns")
+        if self.max_length < 2:
+            raise ConfigError(f"interactions.max_length must be >= 2, got {self.max_length}")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"interactions.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.ranking_k < 1:
+            raise ConfigError(f"interactions.ranking_k must be >= 1, got {self.ranking_k}")
+
+
+@dataclass
 class OptimConfig:
     name: str = "lars"                 # sgd | lars | adamw
     lr: float = 8.0                    # peak learning rate, reached after warm-up
@@ -198,6 +225,9 @@ class TrainConfig:
     # run is too short to win back the compile time (docs/scale.md).
     compile: bool = False
     compile_mode: str = "default"      # torch.compile's mode: default | reduce-overhead | max-autotune | ...
+    # A run folder whose backbone weights this run starts from (fine-tuning a pretraining on another
+    # task, e.g. maskeditem then nextitem); the heads start fresh. "" = random initialisation.
+    init_from: str = ""
 
     def validate(self) -> None:
         if self.batch_size < 2:
@@ -267,6 +297,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     text: TextConfig = field(default_factory=TextConfig)
     table: TableConfig = field(default_factory=TableConfig)
+    interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
 
     @property
     def modality(self) -> str:
@@ -280,7 +311,7 @@ class Config:
                               f"data.modality is {self.data.modality!r}; for {self.data.modality} choose one of: "
                               f"{', '.join(fitting)}")
         for section in (self.data, self.backbone, self.method, self.augment, self.optim, self.train, self.eval,
-                        self.text, self.table):
+                        self.text, self.table, self.interactions):
             check = getattr(section, "validate", None)
             if check:
                 try:
@@ -289,7 +320,7 @@ class Config:
                     raise
                 except ValueError as e:
                     raise ConfigError(str(e)) from e
-        for section in ("text", "table"):
+        for section in ("text", "table", "interactions"):
             if getattr(self, section).test_fraction + self.data.val_fraction >= 1:
                 raise ConfigError(f"{section}.test_fraction + data.val_fraction must stay below 1 to leave "
                                   f"training data, got {getattr(self, section).test_fraction} + {self.data.val_fraction}")

@@ -18,9 +18,12 @@ from pathlib import Path
 from selfsup.config import Config
 from selfsup.errors import DataError
 from selfsup.evaluate.protocols import evaluate_protocol
+from selfsup.evaluate.ranking import ranking_report
+from selfsup.interactions.data import ITEM_OFFSET
 from selfsup.report import write_report
 from selfsup.run import Run, knn_report, load_run
 from selfsup.run_folder import RunFolder
+from selfsup.runtime import resolve_device
 from selfsup.text.generate import perplexity
 from selfsup.train import TrainResult, pretrain
 
@@ -31,13 +34,14 @@ class PipelineResult:
     summary: dict                       # what train_summary.json holds
     knn: dict | None = None             # eval/knn.json; None when there were no labels or no evaluation
     perplexity: dict | None = None      # eval/perplexity.json, for language models
+    ranking: dict | None = None         # eval/ranking.json, for recommenders
     report: Path | None = None
 
 
 def pretrain_and_evaluate(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True,
                           evaluate: bool = True) -> PipelineResult | None:
     """Pretrain, write train_summary.json, then (unless evaluate=False or training stopped early) the
-    held-out perplexity of a language model, kNN with its baselines, the few-label protocols of
+    held-out perplexity of a language model, the ranking metrics of a recommender, kNN with its baselines, the few-label protocols of
     eval.after_pretrain and the report of eval.report. Under torchrun every rank trains and rank 0
     alone evaluates; the other ranks get None."""
     folder = RunFolder(run_dir)
@@ -52,6 +56,8 @@ def pretrain_and_evaluate(cfg: Config, run_dir: str | Path, *, resume: bool = Fa
     run = load_run(folder.path)
     if run.method.language_model:
         result.perplexity = evaluate_perplexity(run)
+    if run.method.recommends:
+        result.ranking = evaluate_ranking(run)
     result.knn = evaluate_knn(run, progress=progress)
     if result.knn is not None and cfg.eval.after_pretrain:
         evaluate_few_labels(run, cfg.eval.after_pretrain, cfg.eval.labels, progress=progress)
@@ -116,6 +122,27 @@ def evaluate_perplexity(run: Run, source: str = "", max_rows: int = 0) -> dict:
           f"perplexity {result['perplexity']:.3f}")
     run.folder.write_eval("perplexity", result)
     return result
+
+
+def evaluate_ranking(run: Run, part: str = "test", source: str = "") -> dict:
+    """HR@k, NDCG@k and MRR of a recommender with full ranking on the leave-one-out part, against the
+    most-popular and item-kNN baselines; printed and written to eval/ranking.json."""
+    cfg = run.config
+    split = run.modality.leave_one_out(cfg, source, run.path)
+    device = resolve_device(cfg.train.device)
+    run.method.to(device).eval()
+    report = ranking_report(run.method.next_item_scores, split, part, ITEM_OFFSET + cfg.interactions.items,
+                            cfg.interactions.ranking_k, device)
+    report.update(step=run.step, method=cfg.method.name)
+    k = report["k"]
+    print(f"next-item ranking over all {cfg.interactions.items} items, leave-one-out {part} item of "
+          f"{report['users']} users (items they had excluded):")
+    print(f"  {'':<14} {'HR@' + str(k):>8} {'NDCG@' + str(k):>8} {'MRR':>8}")
+    for name in ("model", "most_popular", "item_knn"):
+        row = report[name]
+        print(f"  {name:<14} {row['hr']:>8.4f} {row['ndcg']:>8.4f} {row['mrr']:>8.4f}")
+    print(f"saved {run.folder.write_eval('ranking', report)}")
+    return report
 
 
 def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progress: bool = True) -> list[dict]:

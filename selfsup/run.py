@@ -16,7 +16,7 @@ from selfsup.evaluate.features import check_kind, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
-from selfsup.run_folder import RunFolder
+from selfsup.run_folder import RunFolder, method_weights
 from selfsup.runtime import resolve_device, resolve_precision
 
 
@@ -72,7 +72,7 @@ def load_run(path: str | Path, checkpoint: str | Path | None = None) -> Run:
     method = build_method(cfg)
     if cfg.train.channels_last and modality_of(cfg).channels_last:
         method = method.use_channels_last()
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    state = method_weights(tensors)
     try:
         method.load_state_dict(state)
     except RuntimeError as e:

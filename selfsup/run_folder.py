@@ -33,6 +33,15 @@ from selfsup.checkpoint import (atomic_write, latest_checkpoint, list_checkpoint
 from selfsup.errors import CheckpointError, TrainingError
 
 
+MODEL_PREFIX = "model."          # a checkpoint's method weights; the optimizer's are "optimizer."
+
+
+def method_weights(tensors: dict[str, torch.Tensor], module: str = "") -> dict[str, torch.Tensor]:
+    """The method's weights among a checkpoint's tensors; with a module name ('backbone'), that module's."""
+    prefix = MODEL_PREFIX + (f"{module}." if module else "")
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -188,6 +197,18 @@ class RunFolder:
             raise CheckpointError(f"{e}; pass --checkpoint {self.checkpoints / older[-1]}.safetensors "
                                   f"(or another of: {', '.join(older)})") from e
 
+    def load_backbone_into(self, method) -> None:
+        """Start `method` from the trained backbone of this run's newest checkpoint (train.init_from); the
+        backbones must have the same weights' names and shapes (the heads may differ)."""
+        tensors, _ = self.load_checkpoint()
+        weights = method_weights(tensors, "backbone")
+        try:
+            method.backbone.load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"train.init_from={self.path}: its backbone does not fit this run's "
+                                  f"({type(method.backbone).__name__}); use the same backbone sizes and data "
+                                  f"({str(e).splitlines()[0]})") from e
+
     def best_score(self) -> float | None:
         """The online kNN of the checkpoint the `best` pointer names (None when there is none)."""
         best = read_pointer(self.checkpoints, "best")
@@ -208,7 +229,7 @@ class RunFolder:
         with the run's identity (what a resume must match), its online kNN and config. Every rank calls
         it (sharded weights are gathered whole); the one with write=True writes, into the checkpoints
         folder or `into`. Returns the .safetensors path written."""
-        tensors = {f"model.{k}": v for k, v in distributed.full_tensors(method.state_dict()).items()}
+        tensors = {f"{MODEL_PREFIX}{k}": v for k, v in distributed.full_tensors(method.state_dict()).items()}
         optimizer_tensors, optimizer_meta = optimizer_state(optimizer)
         tensors.update(distributed.full_tensors(optimizer_tensors))
         if not write:
@@ -250,7 +271,7 @@ class RunFolder:
             try:
                 tensors, meta = load_checkpoint(stem)
                 _check_same_run(meta, identity, stem)
-                model_state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+                model_state = method_weights(tensors)
                 _check_same_shapes(model_state, method.state_dict(), stem, changed_settings)
                 method.load_state_dict(distributed.shaped_like(model_state, method.state_dict()))
                 parameters = [p for group in optimizer.param_groups for p in group["params"]]

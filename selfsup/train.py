@@ -357,7 +357,10 @@ def _join_processes(cfg: Config) -> tuple[distributed.World, torch.device, str]:
 def _build_model(cfg: Config, world: distributed.World, device: torch.device):
     """(the method on its device, the objective the step calls: wrapped for DDP / FSDP and compiled as
     the config says, whether its weights are sharded over the processes)."""
-    method = build_method(cfg).to(device)
+    method = build_method(cfg)
+    if cfg.train.init_from:
+        RunFolder(cfg.train.init_from).load_backbone_into(method)
+    method = method.to(device)
     if cfg.train.channels_last and modality_of(cfg).channels_last:
         method = method.use_channels_last()
     objective = Objective(method)

@@ -38,3 +38,27 @@ def write_table(path, n=240, seed=0):
         lines.append(f"{x1:.3f},{x2_cell},{colour},{rng.normal():.3f},class{label}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def write_interactions(folder, users=60, items=30, seed=0, name="log"):
+    """RecBole atomic files `name`.inter / .user / .item in folder: users walk the items in a cycle, one
+    step at a time (gender M) or two (gender F), from a random start, so the next item follows from
+    the last one and the gender from the history. Item ids are strings, and the rows are shuffled
+    (time order is the timestamp's, not the file's)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    events, people = [], []
+    for u in range(users):
+        gender = "MF"[u % 2]
+        step, position, length = 1 + u % 2, rng.randrange(items), rng.randint(8, 14)
+        for t in range(length):
+            events.append(f"u{u}\tm{position}\t{rng.randint(1, 5)}\t{1000 + 10 * t + u}")
+            position = (position + step) % items
+        people.append(f"u{u}\t{20 + u % 40}\t{gender}")
+    rng.shuffle(events)
+    (folder / f"{name}.inter").write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+                                          + "\n".join(events) + "\n")
+    (folder / f"{name}.user").write_text("user_id:token\tage:token\tgender:token\n" + "\n".join(people) + "\n")
+    (folder / f"{name}.item").write_text("item_id:token\tmovie_title:token_seq\n"
+                                         + "\n".join(f"m{i}\tMovie {i}" for i in range(items)) + "\n")
+    return folder

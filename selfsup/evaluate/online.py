@@ -21,14 +21,16 @@ VIEW_SEED = 20231
 
 class OnlineMonitor:
     def __init__(self, sample: torch.Tensor, labelled: tuple | None, k: int,
-                 temperature: float, batch_size: int, device: torch.device, precision: str):
+                 temperature: float, batch_size: int, device: torch.device, precision: str, task=None):
         """sample: samples (images, token ids, table rows) for the label-free measures; labelled:
-        (train, test) data sets for kNN, or None."""
+        (train, test) data sets for kNN, or None; task: the modality's online measure of the task
+        itself (Modality.online_task), whose `selects` score then chooses the best checkpoint."""
         if labelled is not None and (labelled[0].labels is None or labelled[1].labels is None):
             raise ValueError("online kNN needs labelled train and test sets")
-        self.sample, self.labelled = sample, labelled
+        self.sample, self.labelled, self.task = sample, labelled, task
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         self.device, self.precision = device, precision
+        self.selects = task.selects if task is not None else "online_knn_top1"
 
     def __call__(self, method) -> dict[str, float]:
         """{'online_knn_top1' (with labels), 'rankme', 'std', 'uniformity', 'alignment'}; the method is
@@ -42,6 +44,8 @@ class OnlineMonitor:
                 feats = [self._features(method.embed, s.samples) for s in (train, test)]
                 record["online_knn_top1"] = knn_accuracy(feats[0], train.labels, feats[1], test.labels, self.k,
                                                          self.temperature)
+            if self.task is not None:
+                record.update(self.task(method, self.device))
         finally:
             method.train(was_training)
         return record
@@ -66,9 +70,11 @@ def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tu
                    look_for_labels: bool, run_dir=None) -> OnlineMonitor | None:
     """The online monitor: label-free measures on a fixed sample of images, and kNN on `labelled`
     (train, validation) or, when look_for_labels, on the config's labelled data if it has labels: its
-    validation part, since the best checkpoint is chosen on this score. None when eval.online_every is 0."""
+    validation part, since the best checkpoint is chosen on this score (or on the modality's measure
+    of the task itself, a recommender's validation NDCG). None when eval.online_every is 0."""
     if not cfg.eval.online_every:
         return None
+    task = MODALITIES[cfg.modality].online_task(cfg, run_dir)
     if labelled is None and look_for_labels:
         try:
             labelled = labelled_eval_sets(cfg, max_train=cfg.eval.online_train, max_test=cfg.eval.online_test,
@@ -81,7 +87,7 @@ def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tu
     sample = labelled[1].samples if labelled is not None else \
         data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
-                         cfg.eval.batch_size, device, precision)
+                         cfg.eval.batch_size, device, precision, task)
 
 
 class OnlineSchedule:
@@ -98,7 +104,8 @@ class OnlineSchedule:
 
     def __call__(self, step: int, method, log, say) -> float | None:
         """Evaluate `method` at `step`, write the row with `log`, print with `say(text, file=...)` (the
-        progress bar's write); return the online kNN top-1 (None without labels)."""
+        progress bar's write); return the score the best checkpoint is chosen on (online kNN top-1, or
+        the task's own measure; None without either)."""
         start = time.perf_counter()
         measured = self.monitor(method)
         online_knn = measured.get("online_knn_top1")
@@ -112,5 +119,8 @@ class OnlineSchedule:
         log(row)
         if self.progress:
             knn_text = f"online kNN top-1 {online_knn:.2%}, " if online_knn is not None else ""
-            say(f"step {step} (epoch {epoch:.2f}): {knn_text}RankMe {measured['rankme']:.1f}, std {measured['std']:.2f}")
-        return online_knn
+            task_text = "".join(f"{name.removeprefix('online_')} {value:.4f}, " for name, value in measured.items()
+                                if self.monitor.task is not None and name in self.monitor.task.names)
+            say(f"step {step} (epoch {epoch:.2f}): {knn_text}{task_text}RankMe {measured['rankme']:.1f}, "
+                f"std {measured['std']:.2f}")
+        return measured.get(self.monitor.selects)

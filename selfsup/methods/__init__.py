@@ -30,7 +30,7 @@ class Method(nn.Module):
     """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
 
     config_class = MethodConfig
-    modality = "image"       # the data the method's views are made from: image | text | tabular
+    modality = "image"       # the data the method's views are made from: image | text | tabular | interactions
     packs_text = False       # text: train on the corpus cut into windows (text.pack=auto), not one row per document
     # Settings of other config sections the method's paper needs, under the user's file and overrides:
     # e.g. {"augment": {"local_crops": 6}, "optim": {"name": "adamw"}}.
@@ -48,6 +48,7 @@ class Method(nn.Module):
     spreads_embeddings = True
     language_model = False   # predicts tokens (summed_loss): held-out perplexity measures it
     generates = False        # writes text after a prompt (logits over a causal backbone): `selfsup generate`
+    recommends = False       # scores every item as a user's next (next_item_scores): ranking metrics measure it
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format

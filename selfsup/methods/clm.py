@@ -33,6 +33,7 @@ class CLM(TokenPrediction):
     language_model = True
     generates = True
     packs_text = True        # a language model learns from the running text, not from document-sized rows
+    backbone_choices = CAUSAL_BACKBONES       # named when the backbone does not fit
     recipe = {
         "backbone": {"name": "gpt"},
         # nanoGPT's small-model settings (lr 1e-3, betas (0.9, 0.99), weight decay 0.1, clip 1).
@@ -44,7 +45,7 @@ class CLM(TokenPrediction):
         super().__init__(backbone, cfg, augment_cfg)
         if not getattr(backbone, "causal", False):
             raise ValueError(f"clm predicts the next token, which needs a causal backbone "
-                             f"(backbone.name={' / '.join(CAUSAL_BACKBONES)}), got {type(backbone).__name__}")
+                             f"(backbone.name={' / '.join(self.backbone_choices)}), got {type(backbone).__name__}")
         self.head = language_model_head(backbone)
 
     def views(self, batch: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:

@@ -62,6 +62,8 @@ class MLM(TokenPrediction):
     config_class = MLMConfig
     spreads_embeddings = False      # a predictive task: see selfsup/evaluate/representation.py
     language_model = True
+    backbone_choices = BIDIRECTIONAL_BACKBONES       # named when the backbone does not fit
+    causal_hint = "; for gpt, lstm or gru use method.name=clm"
     recipe = {
         "backbone": {"name": "transformer"},
         # BERT / RoBERTa's AdamW (betas (0.9, 0.98), weight decay 0.01) at a small model's lr.
@@ -73,8 +75,8 @@ class MLM(TokenPrediction):
         super().__init__(backbone, cfg, augment_cfg)
         if getattr(backbone, "causal", True):
             raise ValueError(f"mlm predicts hidden tokens from both sides, which needs a bidirectional backbone "
-                             f"(backbone.name={' / '.join(BIDIRECTIONAL_BACKBONES)}), got a causal or non-text "
-                             f"{type(backbone).__name__}; for gpt, lstm or gru use method.name=clm")
+                             f"(backbone.name={' / '.join(self.backbone_choices)}), got a causal or non-text "
+                             f"{type(backbone).__name__}{self.causal_hint}")
         self.head = language_model_head(backbone)
 
     def views(self, batch: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:

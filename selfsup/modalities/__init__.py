@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from selfsup.modalities.base import Modality
 from selfsup.modalities.image import ImageModality, image_input
+from selfsup.modalities.interactions import InteractionsModality
 from selfsup.modalities.tabular import TabularModality
 from selfsup.modalities.text import TextModality, text_part
 
-__all__ = ["MODALITIES", "ImageModality", "Modality", "TabularModality", "TextModality", "image_input",
+__all__ = ["MODALITIES", "ImageModality", "InteractionsModality", "Modality", "TabularModality", "TextModality", "image_input",
            "modality_of", "text_part"]
 
-MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), TextModality(), TabularModality())}
+MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), TextModality(), TabularModality(),
+                                                       InteractionsModality())}
 
 
 def modality_of(cfg) -> Modality:

@@ -8,12 +8,25 @@ normalisation) read new data as training read it; None when there is no run yet.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from selfsup.errors import DataError
+
+
+@dataclass
+class OnlineTask:
+    """measure(method, device) -> {name: value} for each of `names`; `selects` is the one the best
+    checkpoint is chosen on (higher is better)."""
+    measure: Callable
+    names: tuple[str, ...]
+    selects: str
+
+    def __call__(self, method, device) -> dict[str, float]:
+        return self.measure(method, device)
 
 
 def identity_input(batch: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -72,6 +85,19 @@ class Modality(ABC):
     def monitor_views(self, method) -> Callable | None:
         """(samples, gen) -> an augmented view for the online alignment measure; None: no views."""
         return None
+
+    def online_task(self, cfg, run_dir: Path | None):
+        """A measure of the pretext task itself on validation data, for the online monitor (an
+        OnlineTask), or None: then the monitor has kNN and the label-free measures only."""
+        return None
+
+    def item_vocabulary(self, run_dir: Path) -> dict:
+        """A recommender run's item ids and titles ({'items': [...], 'titles': [...]})."""
+        raise DataError(f"{self.name} data has no item vocabulary; it belongs to an interactions run")
+
+    def leave_one_out(self, cfg, source: str = "", run_dir: Path | None = None):
+        """Interaction histories split by time (selfsup.interactions.LeaveOneOut), for ranking metrics."""
+        raise DataError(f"{self.name} data has no interaction histories; ranking needs an interactions run")
 
     def held_out_text(self, cfg, run_dir: Path, source: str = ""):
         """The held-out documents a language model's perplexity is measured on."""

@@ -20,6 +20,8 @@ import yaml
 from selfsup.build import load_training_data
 from selfsup.data import DataError, ImageSet
 from selfsup.evaluate.protocols import read_results
+from selfsup.evaluate.ranking import item_counts
+from selfsup.interactions.data import ITEM_OFFSET
 from selfsup.report import plots
 from selfsup.run import load_run
 from selfsup.run_folder import RunFolder
@@ -57,7 +59,8 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     panels = {"retrieval": lambda: _retrieval(run, memory, queries, query_feats, progress),
               "views": lambda: _views(run, queries),
               "text_retrieval": lambda: _text_retrieval(run, memory, queries, query_feats, progress),
-              "text_sample": lambda: _text_sample(run)}
+              "text_sample": lambda: _text_sample(run),
+              "ranking": lambda: _ranking(run)}
     for name in run.modality.report_panels:
         panel = panels[name]()
         if isinstance(panel, str):
@@ -184,6 +187,56 @@ def _text_sample(run) -> str:
     prompt = "The "
     sample = prompt + continue_prompt(run, prompt, max_new_tokens=300, seed=0)
     return f"<h2>Sample</h2><p>Generated from the prompt {prompt!r} (seed 0):</p><pre>{html.escape(sample)}</pre>"
+
+
+def _ranking(run) -> str:
+    """For a recommender: eval/ranking.json as tables (model against the baselines, cold start, by
+    history length), and the nearest items of the most popular ones by their learned embeddings."""
+    report = run.folder.read_eval("ranking")
+    if not report:
+        return ""
+    k = report["k"]
+    names = ("model", "most_popular", "item_knn")
+
+    def table(rows: dict, title: str) -> str:
+        body = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{rows[name][m]:.4f}</td>" for m in ("hr", "ndcg", "mrr"))
+                       + "</tr>" for name in names if name in rows)
+        return (f"<h3>{html.escape(title)}</h3><table><tr><th></th><th>HR@{k}</th><th>NDCG@{k}</th><th>MRR</th></tr>"
+                f"{body}</table>")
+    parts = ["<h2>Next-item ranking</h2>",
+             f"<p>Leave-one-out {report['part']} item of {report['users']} users, ranked among every item "
+             "(the items the user had excluded; ties broken at random in expectation).</p>",
+             table(report, "All users")]
+    cold = report["cold_start"]
+    parts.append(table(cold, f"Cold-start users (at most {cold['max_items']} items before): {cold['users']}")
+                 if cold["users"] else f"<p>No cold-start user (at most {cold['max_items']} items before the "
+                                       "held-out one) in this data.</p>")
+    short = next(v for key, v in report.items() if key.startswith("last_") and key.endswith("_items"))
+    parts.append(table(short, f"Every user's history cut to its {cold['max_items']} newest items"))
+    parts.append("<h3>Model NDCG@" + str(k) + " by history length</h3><table><tr><th>items before</th><th>users</th>"
+                 f"<th>NDCG@{k}</th></tr>" + "".join(f"<tr><td>{r['from']}-{r['to']}</td><td>{r['users']}</td>"
+                                                      f"<td>{r['ndcg']:.4f}</td></tr>" for r in report["by_history_length"])
+                 + "</table>")
+    parts.append(_nearest_items(run))
+    return "".join(parts)
+
+
+def _nearest_items(run, queries: int = 6, neighbours: int = 5) -> str:
+    """The most popular training items and their nearest items by the cosine of the item embeddings."""
+    vocabulary = run.modality.item_vocabulary(run.path)
+    titles = vocabulary["titles"]
+    split = run.modality.leave_one_out(run.config, run_dir=run.path)
+    popular = item_counts(split.train_histories, ITEM_OFFSET + len(titles))[ITEM_OFFSET:].argsort(descending=True)
+    embedding = torch.nn.functional.normalize(run.backbone.token_embedding.weight[ITEM_OFFSET:].detach().float(), dim=1)
+    rows = []
+    for item in popular[:queries].tolist():
+        similarity = embedding @ embedding[item]
+        similarity[item] = float("-inf")
+        found = similarity.topk(neighbours).indices.tolist()
+        rows.append(f"<tr><td><b>{html.escape(titles[item])}</b></td><td>"
+                    + "; ".join(html.escape(titles[j]) for j in found) + "</td></tr>")
+    return ("<h3>Nearest items of the most popular ones (cosine of the learned item embeddings)</h3>"
+            "<table><tr><th>item</th><th>nearest</th></tr>" + "".join(rows) + "</table>")
 
 
 def _page(folder: RunFolder, cfg, step: int, sections, results: list[dict], metrics: list[dict],

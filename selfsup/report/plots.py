@@ -33,12 +33,17 @@ def training_curves(rows: list[dict]) -> Figure | None:
 
 
 def online_curves(rows: list[dict]) -> Figure | None:
-    """Online kNN top-1, RankMe and normalised std against the epoch (the monitor's rows)."""
+    """Online kNN top-1, a recommender's validation HR@k and NDCG@k, RankMe and normalised std against
+    the epoch (the monitor's rows)."""
     rows = [r for r in rows if "rankme" in r or "online_knn_top1" in r]
     if not rows:
         return None
-    panels = [(k, t) for k, t in (("online_knn_top1", "online kNN top-1 (%)"), ("rankme", "RankMe (effective rank)"),
-                                  ("std", "normalised std (collapse if ~0)")) if any(k in r for r in rows)]
+    ranking = sorted({k for r in rows for k in r if k.startswith(("online_hr", "online_ndcg"))})
+    named = [("online_knn_top1", "online kNN top-1 (%)"),
+             *((k, f"validation {k.removeprefix('online_').upper().replace('HR', 'HR@').replace('NDCG', 'NDCG@')}")
+               for k in ranking),
+             ("rankme", "RankMe (effective rank)"), ("std", "normalised std (collapse if ~0)")]
+    panels = [(k, t) for k, t in named if any(k in r for r in rows)]
     fig = Figure(figsize=(4 * len(panels), 3.2), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, title) in zip(axes, panels):
