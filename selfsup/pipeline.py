@@ -126,7 +126,8 @@ def evaluate_perplexity(run: Run, source: str = "", max_rows: int = 0) -> dict:
 
 def evaluate_ranking(run: Run, part: str = "test", source: str = "") -> dict:
     """HR@k, NDCG@k and MRR of a recommender with full ranking on the leave-one-out part, against the
-    most-popular and item-kNN baselines; printed and written to eval/ranking.json."""
+    most-popular and item-kNN baselines; printed and written to eval/ranking.json (the validation
+    part's to eval/ranking-val.json)."""
     cfg = run.config
     split = run.modality.leave_one_out(cfg, source, run.path)
     device = resolve_device(cfg.train.device)
@@ -141,7 +142,7 @@ def evaluate_ranking(run: Run, part: str = "test", source: str = "") -> dict:
     for name in ("model", "most_popular", "item_knn"):
         row = report[name]
         print(f"  {name:<14} {row['hr']:>8.4f} {row['ndcg']:>8.4f} {row['mrr']:>8.4f}")
-    print(f"saved {run.folder.write_eval('ranking', report)}")
+    print(f"saved {run.folder.write_eval('ranking' if part == 'test' else 'ranking-val', report)}")
     return report
 
 

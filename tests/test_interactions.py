@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.build import build_method, complete_config, load_training_data
+from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data.fetch import MOVIELENS_FILES, MOVIELENS_MEMBERS, extract_movielens
 from selfsup.errors import CheckpointError, ConfigError, DataError
@@ -275,3 +276,33 @@ def test_movielens_is_taken_from_the_wheel_and_a_changed_layout_is_an_error(tmp_
     with pytest.raises(DataError, match="has no recbole/dataset_example/ml-100k/ml-100k.inter"):
         extract_movielens(tmp_path / "old.whl", tmp_path / "again")
     assert not (tmp_path / "again").exists()
+
+
+def test_the_command_line_trains_a_recommender_and_scores_its_validation_items_apart(tmp_path, capsys):
+    log = write_interactions(tmp_path / "log")
+    assert main(["pretrain", "--data", str(log), "--method", "nextitem", "--runs-dir", str(tmp_path), "--name", "rec",
+                 "--quiet", *SMALL, "train.steps=4", "eval.report=false"]) == 0
+    assert "next-item ranking over all 30 items" in capsys.readouterr().out
+    test_scores = json.loads((tmp_path / "rec" / "eval" / "ranking.json").read_text())
+    assert main(["evaluate", "ranking", str(tmp_path / "rec"), "--part", "val"]) == 0
+    assert json.loads((tmp_path / "rec" / "eval" / "ranking.json").read_text()) == test_scores
+    assert json.loads((tmp_path / "rec" / "eval" / "ranking-val.json").read_text())["part"] == "val"
+    assert main(["pretrain", "--data", str(log), "--modality", "interactions", "--method", "simclr", "--quiet"]) != 0
+    assert "for interactions choose one of: cl4srec, maskeditem, nextitem" in capsys.readouterr().err
+
+
+def test_the_online_monitor_scores_validation_items_and_keeps_the_best_checkpoint_by_ndcg(tmp_path):
+    log = write_interactions(tmp_path / "log", users=80, items=60)
+    pretrain(config(log, "nextitem", "train.steps=40", "optim.lr=0.01", "eval.online_every=1"), tmp_path / "run",
+             progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if "online_ndcg10" in r]
+    assert len(scored) >= 3 and all(0 <= r["online_hr10"] <= 1 for r in scored)
+    best = json.loads(next((tmp_path / "run" / "checkpoints").glob(
+        (tmp_path / "run" / "checkpoints" / "best").read_text().strip() + ".json")).read_text())
+    assert best["online_knn"] == max(r["online_ndcg10"] for r in scored)
+    # The monitor scores the validation items, never the test items.
+    run = load_run(tmp_path / "run")
+    split = modality_of(run.config).leave_one_out(run.config, run_dir=run.path)
+    val = ranking_metrics(run.method.eval().next_item_scores, split.val)
+    assert scored[-1]["online_ndcg10"] == pytest.approx(val["ndcg"], abs=1e-4)

@@ -11,13 +11,13 @@ from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHAB
                                         finetune_settings)
 from selfsup.evaluate.splits import parse_label_budget
 from selfsup.modalities import ImageModality
-from selfsup.pipeline import evaluate_knn, evaluate_perplexity
+from selfsup.pipeline import evaluate_knn, evaluate_perplexity, evaluate_ranking
 from selfsup.run import load_run
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, propagate, finetune, "
-                                        "selftrain, supervised, raw, perplexity",
+                                        "selftrain, supervised, raw, perplexity, ranking",
                        description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
                                    "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
                                    "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
@@ -113,6 +113,17 @@ def add_parsers(sub) -> None:
     perplexity.add_argument("--max-rows", type=int, default=0, help="score at most this many rows (documents, or "
                                                                     "windows of a packed corpus) [default: 0, all]")
     perplexity.set_defaults(func=cmd_perplexity)
+    ranking = protocols.add_parser(
+        "ranking", help="next-item ranking of a recommender run (nextitem, maskeditem, cl4srec): HR@k, NDCG@k, MRR",
+        description="Every item is ranked for each user's leave-one-out item (the items the user had are left "
+                    "out; no sampled negatives), next to the most-popular and item-kNN baselines, with the "
+                    "cold-start users apart and the metric by history length. --part val scores the validation "
+                    "items (for choices), test the test items (final figures). Written to "
+                    "RUN_DIR/eval/ranking.json; `selfsup pretrain` prints it at the end (docs/recommendation.md).")
+    add_run_arguments(ranking, checkpoint=True)
+    ranking.add_argument("--part", choices=["val", "test"], default="test",
+                         help="which held-out item of each user [default: test]")
+    ranking.set_defaults(func=cmd_ranking)
 
 
 def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -174,6 +185,15 @@ def cmd_evaluate(args) -> int:
                           features=getattr(args, "features", "pooled") if protocol == "linear" else "pooled",
                           val=val, search=search, scored_on=args.on)
     print(f"results appended to {run.folder.results_file}")
+    return 0
+
+
+def cmd_ranking(args) -> int:
+    run = load_run(args.run_dir, args.checkpoint)
+    if not run.method.recommends:
+        raise ConfigError(f"{args.run_dir} is a {run.config.method.name} run; ranking needs a nextitem, maskeditem "
+                          "or cl4srec run")
+    evaluate_ranking(run, args.part)
     return 0
 
 
