@@ -7,6 +7,11 @@ items, next to the most-popular and item-kNN baselines. Prints one JSON line (ap
     python benchmarks/recommendation.py nextitem --minutes 10 --seed 0 --out docs/recommendation.jsonl
     python benchmarks/recommendation.py maskeditem --minutes 5 --then-nextitem 5 --seed 0 --out ...
 
+On a shared machine, --quiet-file makes each stage wait while another job's marker (any `quiet*` file
+beside it) exists, then hold its own marker for --quiet-seconds, the stage's timing trial and
+re-plan, so that a watcher can pause the other jobs meanwhile (the budget's step count is then
+timed on a quiet machine; only the wall time of the rest stretches).
+
 The model is scored twice: at its last checkpoint (what `selfsup pretrain` reports) and at the
 checkpoint with the best validation NDCG@k of the online monitor (chosen on the validation items,
 never the test items).
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -28,8 +34,20 @@ from selfsup.run import load_run
 from selfsup.run_folder import RunFolder
 
 
-def train(method: str, minutes: float, seed: int, run_dir: Path, overrides: list[str], init_from: Path | None = None):
+def hold_quiet(marker: Path | None, seconds: float) -> None:
+    """Wait while another job's quiet marker exists, then hold `marker` for `seconds`."""
+    if marker is None:
+        return
+    while any(p != marker for p in marker.parent.glob("quiet*")):
+        time.sleep(5)
+    marker.touch()
+    threading.Timer(seconds, lambda: marker.unlink(missing_ok=True)).start()
+
+
+def train(method: str, minutes: float, seed: int, run_dir: Path, overrides: list[str], init_from: Path | None = None,
+          quiet: tuple[Path | None, float] = (None, 0.0)):
     shutil.rmtree(run_dir, ignore_errors=True)
+    hold_quiet(*quiet)
     settings = [f"method.name={method}", f"train.minutes={minutes}", f"train.seed={seed}", "eval.report=false",
                 "interactions.label=", *overrides]
     if init_from is not None:
@@ -50,13 +68,17 @@ def main():
     p.add_argument("--data", default="movielens-100k")
     p.add_argument("--runs-dir", default="/tmp/selfsup-recommendation")
     p.add_argument("--out", help="append the JSON line to this file")
+    p.add_argument("--quiet-file", type=Path, help="the marker that asks other jobs to pause (see above)")
+    p.add_argument("--quiet-seconds", type=float, default=60.0)
     args = p.parse_intermixed_args()
+    quiet = (args.quiet_file, args.quiet_seconds)
 
     overrides = [f"data.source={args.data}", *args.overrides]
     base = Path(args.runs_dir) / f"{args.method}-{args.minutes:g}-then-{args.then_nextitem:g}-seed{args.seed}"
-    stages = [train(args.method, args.minutes, args.seed, base / "pretrain", overrides)]
+    stages = [train(args.method, args.minutes, args.seed, base / "pretrain", overrides, quiet=quiet)]
     if args.then_nextitem:
-        stages.append(train("nextitem", args.then_nextitem, args.seed, base / "finetune", overrides, base / "pretrain"))
+        stages.append(train("nextitem", args.then_nextitem, args.seed, base / "finetune", overrides, base / "pretrain",
+                            quiet))
     final, _ = stages[-1]
     run_dir = base / ("finetune" if args.then_nextitem else "pretrain")
     row = {"method": args.method, "then_nextitem_min": args.then_nextitem, "minutes": args.minutes,

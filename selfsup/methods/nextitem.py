@@ -3,8 +3,8 @@ Recommendation"; GRU4Rec, Hidasi et al. 2016): the generative task of recommenda
 modelling with items for tokens.
 
 Each training row is a window of one user's items in time order; position i predicts item i + 1
-with a softmax over the whole item set (cross-entropy, as in the full-softmax SASRec of Petrov and
-Macdonald 2023, rather than the original's one sampled negative), from a head tied to the item
+with a softmax over the whole item set (cross-entropy, as in the full-softmax SASRec of Klenitskiy and
+Vasilev 2023, rather than the original's one sampled negative), from a head tied to the item
 embedding. To recommend, the state at the user's last item scores every item.
 """
 from __future__ import annotations
