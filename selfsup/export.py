@@ -8,6 +8,7 @@ dict, and that only through torch.load(weights_only=True), which refuses code ob
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import re
 from pathlib import Path
@@ -86,6 +87,54 @@ def load_encoder(path: str | Path, device: str | torch.device = "cpu") -> nn.Mod
         raise CheckpointError(f"{path}: the weights do not fit a {backbone_cfg.name} built from its recipe ({e})") from e
     backbone.selfsup_spec = spec
     return backbone.to(device).eval()
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+ONNX_OPSET = 17
+
+
+def export_onnx(run_dir: str | Path, out: str | Path, checkpoint: str | Path | None = None) -> dict:
+    """Write the image encoder of a run's newest (or given) checkpoint to `out` as ONNX, in fp32 with a
+    dynamic batch size: input `images` (N, C, S, S) normalised as the .json beside it says (S the run's
+    evaluation size), output `features` (N, feature_dim). With onnxruntime installed, the file is run on
+    a batch of a size other than the traced one and compared with PyTorch; returns {path, bytes,
+    max_abs_diff (None without onnxruntime)}. Token backbones (text, item histories) are refused: their
+    padding mask depends on the input's values, which tracing would freeze."""
+    run = load_run(run_dir, checkpoint)
+    if not run.modality.exports_onnx:
+        raise ConfigError(f"ONNX export covers image encoders, not the {run.config.modality} backbone "
+                          f"{run.config.backbone.name}; use `selfsup export` (safetensors) for it")
+    backbone = run.backbone.float().eval()
+    cfg = run.config
+    size = cfg.augment.eval_size or cfg.data.size
+    example = torch.randn(2, cfg.data.channels, size, size, generator=torch.Generator().manual_seed(0))
+    out, graph = Path(out), io.BytesIO()
+    # The TorchScript exporter: it needs no onnxscript, and traces the encoder in eval mode.
+    torch.onnx.export(backbone, (example,), graph, input_names=["images"], output_names=["features"],
+                      dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False,
+                      opset_version=ONNX_OPSET)
+    atomic_write(out, graph.getvalue())
+    spec = encoder_spec(cfg.backbone, cfg.data.channels, size, feature_dim=backbone.feature_dim, format_file="onnx",
+                        input={"name": "images", "shape": ["batch", cfg.data.channels, size, size],
+                               "mean": list(cfg.augment.mean), "std": list(cfg.augment.std),
+                               "scale": "uint8 / 255, then (x - mean) / std"},
+                        origin={"run": str(Path(run_dir).resolve()), "step": run.step, "method": cfg.method.name})
+    atomic_write(out.with_suffix(".json"), json.dumps(spec, indent=1).encode())
+    return {"path": out, "bytes": out.stat().st_size, "max_abs_diff": _onnx_difference(out, backbone, example)}
+
+
+def _onnx_difference(path: Path, backbone: nn.Module, example: torch.Tensor) -> float | None:
+    """The largest difference between onnxruntime's and PyTorch's features on 3 inputs (None without onnxruntime)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    batch = torch.randn(3, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    exported = torch.from_numpy(session.run(None, {"images": batch.numpy()})[0])
+    with torch.no_grad():
+        return float((exported - backbone(batch)).abs().max())
 
 
 # ----------------------------------------------------------------------------- foreign weights

@@ -13,6 +13,7 @@ from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.data.fetch import MOVIELENS_FILES, MOVIELENS_MEMBERS, extract_movielens
 from selfsup.errors import CheckpointError, ConfigError, DataError
+from selfsup.export import export_onnx
 from selfsup.evaluate.ranking import (item_knn, most_popular, rank_counts, ranking_metrics, ranking_report,
                                       tie_aware_metrics)
 from selfsup.interactions.data import ITEM_OFFSET, leave_one_out, read_interactions, windows
@@ -255,8 +256,10 @@ def test_init_from_starts_from_another_runs_backbone_and_refuses_one_that_does_n
         pretrain(wider, tmp_path / "wider", progress=False)
 
 
-def test_a_run_evaluated_on_another_log_with_other_items_is_refused(tmp_path):
+def test_a_run_evaluated_on_another_log_with_other_items_is_refused_and_onnx_export_too(tmp_path):
     pretrain(config(write_interactions(tmp_path / "log"), "nextitem", "train.steps=1"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="ONNX export covers image encoders, not the interactions backbone sasrec"):
+        export_onnx(tmp_path / "run", tmp_path / "rec.onnx")
     run = load_run(tmp_path / "run")
     other = write_interactions(tmp_path / "other", items=12)
     with pytest.raises(DataError, match="does not have the items the run"):

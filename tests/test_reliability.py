@@ -295,6 +295,22 @@ def test_exported_encoder_loads_as_a_module_with_the_same_outputs(trained_run, t
     assert not encoder.training
 
 
+def test_onnx_export_runs_in_onnxruntime_at_any_batch_size_with_the_same_features(trained_run, tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    out = tmp_path / "enc" / "encoder.onnx"
+    assert main(["export", str(trained_run), "--out", str(out), "--format", "onnx"]) == 0
+    assert "onnxruntime matches PyTorch to" in capsys.readouterr().out
+    spec = json.loads(out.with_suffix(".json").read_text())
+    assert spec["input"]["name"] == "images" and spec["input"]["shape"][1:] == [1, 28, 28]
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    run = load_run(trained_run)
+    run.backbone.eval()
+    x = torch.randn(5, 1, 28, 28)                       # traced with 2 images
+    exported = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    with torch.no_grad():
+        torch.testing.assert_close(exported, run.backbone(x), atol=1e-4, rtol=0)
+
+
 def test_load_encoder_rejects_files_without_a_recipe_or_of_another_shape(trained_run, tmp_path):
     from safetensors.torch import save_file
     bare = tmp_path / "bare.safetensors"

@@ -9,7 +9,7 @@ import numpy as np
 from selfsup.backbones import build_backbone_from_config
 from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
-from selfsup.export import encoder_spec, export_encoder, import_weights, save_encoder
+from selfsup.export import encoder_spec, export_encoder, export_onnx, import_weights, save_encoder
 from selfsup.report import write_report
 from selfsup.run import load_run
 
@@ -43,12 +43,17 @@ def add_parsers(sub) -> None:
                         "training precision (faster on hardware with bf16, up to 3e-3 away) [default: fp32]")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser("export", help="write a run's encoder alone to a safetensors file",
-                       description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT "
-                                   "(.safetensors) with its rebuild recipe and input normalisation in the file's "
-                                   "header and in OUT.json. Load it with selfsup.load_encoder(OUT).")
+    p = sub.add_parser("export", help="write a run's encoder alone to a safetensors or ONNX file",
+                       description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT. "
+                                   "safetensors: with its rebuild recipe and input normalisation in the file's "
+                                   "header and in OUT.json; load it with selfsup.load_encoder(OUT). onnx (image "
+                                   "encoders): fp32 with a dynamic batch, input 'images' normalised as OUT.json says, "
+                                   "output 'features'; checked against PyTorch with onnxruntime when installed "
+                                   "(pip install 'selfsup[onnx]').")
     add_run_arguments(p, checkpoint=True)
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", required=True, help="output path (.safetensors or .onnx)")
+    p.add_argument("--format", choices=("safetensors", "onnx"), default="safetensors",
+                   help="file format [default: safetensors]")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import-weights", help="convert another library's backbone weights to a selfsup encoder",
@@ -90,6 +95,13 @@ def cmd_embed(args) -> int:
     return 0
 
 def cmd_export(args) -> int:
+    if args.format == "onnx":
+        result = export_onnx(args.run_dir, args.out, args.checkpoint)
+        checked = (f"onnxruntime matches PyTorch to {result['max_abs_diff']:.1e}" if result["max_abs_diff"] is not None
+                   else "not checked: onnxruntime is not installed (pip install 'selfsup[onnx]')")
+        print(f"saved the encoder to {result['path']} ({result['bytes'] / 2**20:.1f} MB; input normalisation in "
+              f"{result['path'].with_suffix('.json')}); {checked}")
+        return 0
     out = export_encoder(args.run_dir, args.out, args.checkpoint)
     print(f"saved the encoder to {out} (recipe in {out.with_suffix('.json')}); "
           f"load it with selfsup.load_encoder({str(out)!r})")

@@ -41,6 +41,9 @@ class Modality(ABC):
     finetune_defaults: dict = {}       # FinetuneSettings for fine-tuning (else its own defaults)
     supervised_defaults: dict = {}     # ... and on top of those for the supervised baseline
     probe_augmentation: bool = False   # the linear probe may add crop-and-flip copies (evaluate --augment)
+    # `selfsup export --format onnx` can trace the backbone: its input has a fixed meaning per position
+    # (a token backbone's padding mask depends on the values, which tracing would freeze).
+    exports_onnx: bool = False
     # The report's sections beyond the common ones (selfsup.report): retrieval, views, text_retrieval,
     # text_sample.
     report_panels: tuple[str, ...] = ()

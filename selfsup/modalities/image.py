@@ -22,6 +22,7 @@ class ImageModality(Modality):
     fits_on_device = True              # the uint8 data set may live on the GPU
     raw_name = "raw pixels"
     probe_augmentation = True
+    exports_onnx = True
     report_panels = ("retrieval", "views")
     # Fine-tuning on images: the whole network at the head's rate. Each protocol's rate is the one its
     # search on the validation part chose on the default Fashion-MNIST run (docs/evaluation.md).
