@@ -22,6 +22,7 @@ from selfsup.errors import ConfigError
 from selfsup.evaluate.protocols import PROTOCOLS
 from selfsup.evaluate.splits import parse_label_budget
 from selfsup.methods import MethodConfig, method_class, method_names
+from selfsup.trackers import TRACKERS
 
 
 MODALITIES = ("image", "text", "tabular", "interactions")
@@ -228,6 +229,8 @@ class TrainConfig:
     # A run folder whose backbone weights this run starts from (fine-tuning a pretraining on another
     # task, e.g. maskeditem then nextitem); the heads start fresh. "" = random initialisation.
     init_from: str = ""
+    # Experiment trackers that receive every metrics.jsonl row (rank 0): tensorboard (RUN_DIR/tensorboard/).
+    loggers: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         if self.batch_size < 2:
@@ -247,6 +250,9 @@ class TrainConfig:
             raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
+        unknown = [name for name in self.loggers if name not in TRACKERS]
+        if unknown:
+            raise ConfigError(f"train.loggers: unknown tracker(s) {', '.join(unknown)}; choose from {', '.join(TRACKERS)}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.keep_checkpoints < 1:
             raise ConfigError("train.log_every, train.checkpoint_every and train.keep_checkpoints must be >= 1")
 

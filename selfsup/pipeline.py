@@ -25,6 +25,7 @@ from selfsup.run import Run, knn_report, load_run
 from selfsup.run_folder import RunFolder
 from selfsup.runtime import resolve_device
 from selfsup.text.generate import perplexity
+from selfsup.trackers import open_trackers
 from selfsup.train import TrainResult, pretrain
 
 
@@ -59,12 +60,35 @@ def pretrain_and_evaluate(cfg: Config, run_dir: str | Path, *, resume: bool = Fa
     if run.method.recommends:
         result.ranking = evaluate_ranking(run)
     result.knn = evaluate_knn(run, progress=progress)
+    few_labels = []
     if result.knn is not None and cfg.eval.after_pretrain:
-        evaluate_few_labels(run, cfg.eval.after_pretrain, cfg.eval.labels, progress=progress)
+        few_labels = evaluate_few_labels(run, cfg.eval.after_pretrain, cfg.eval.labels, progress=progress)
+    track_evaluations(run, result, few_labels)
     if cfg.eval.report:
         result.report = write_report(folder.path, progress=progress)
         print(f"report: {result.report.resolve()}  (open it in a browser)")
     return result
+
+
+def track_evaluations(run: Run, result: PipelineResult, few_labels: list[dict]) -> None:
+    """The evaluations' headline numbers to the run's trackers (train.loggers), at the run's last step."""
+    if not run.config.train.loggers:
+        return
+    scores = {}
+    if result.knn:
+        scores.update({key: result.knn[key] for key in ("knn_top1", "knn_top1_random_init", "knn_top1_raw")
+                       if key in result.knn})
+    if result.perplexity:
+        scores["perplexity"] = result.perplexity["perplexity"]
+    if result.ranking:
+        k = result.ranking["k"]
+        scores.update({f"{name}_{metric}{'' if metric == 'mrr' else k}": result.ranking[name][metric]
+                       for name in ("model", "most_popular", "item_knn") for metric in ("hr", "ndcg", "mrr")})
+    scores.update({f"{row['protocol']}_{row['labels']}": row["mean"] for row in few_labels})
+    trackers = open_trackers(run.config.train.loggers, run.path, run.step, run.config.to_dict())
+    for tracker in trackers:
+        tracker({"step": run.step, "eval": scores})
+        tracker.close()
 
 
 def training_summary(result: TrainResult) -> dict:

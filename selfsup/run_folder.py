@@ -139,9 +139,10 @@ class RunFolder:
                 if line.strip() and json.loads(line)["step"] <= step]
         atomic_write(self.metrics_file, "".join(row + "\n" for row in rows).encode())
 
-    def metrics_writer(self, write: bool = True) -> "MetricsWriter":
-        """Appends rows to metrics.jsonl; with write=False (a rank other than 0) it discards them."""
-        return MetricsWriter(open(self.metrics_file if write else os.devnull, "a"))
+    def metrics_writer(self, write: bool = True, trackers: list | None = None) -> "MetricsWriter":
+        """Appends rows to metrics.jsonl and hands them to the trackers (train.loggers); with write=False
+        (a rank other than 0) it discards them."""
+        return MetricsWriter(open(self.metrics_file if write else os.devnull, "a"), trackers or [])
 
     def read_metrics(self) -> list[dict]:
         return _read_jsonl(self.metrics_file)
@@ -303,20 +304,25 @@ class RunFolder:
 
 
 class MetricsWriter:
-    """metrics.jsonl open for appending: one JSON row per call, flushed so a killed run keeps it."""
+    """metrics.jsonl open for appending: one JSON row per call, flushed so a killed run keeps it, and
+    the same row to each tracker."""
 
-    def __init__(self, file: IO[str]):
-        self.file = file
+    def __init__(self, file: IO[str], trackers: list | None = None):
+        self.file, self.trackers = file, trackers or []
 
     def __call__(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
+        for tracker in self.trackers:
+            tracker(row)
 
     def __enter__(self) -> "MetricsWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.file.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _check_same_shapes(saved: dict, built: dict, stem: Path, changed_settings: str) -> None:

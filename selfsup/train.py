@@ -37,6 +37,7 @@ from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer,
 from selfsup.precision import autocast, grad_scaler
 from selfsup.run_folder import RunFolder
 from selfsup.runtime import cpu_has_native_bf16, peak_memory_mb, prepare_device, resolve_device, resolve_precision
+from selfsup.trackers import open_trackers
 
 
 class Objective(torch.nn.Module):
@@ -286,7 +287,8 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
     step = last_saved = start_step
     if planner is not None:
         planner.start_loop(start_step, warmup_steps, total_steps)
-    with folder.metrics_writer(write=main) as log, \
+    trackers = open_trackers(cfg.train.loggers, folder.path, start_step, cfg.to_dict()) if main else []
+    with folder.metrics_writer(write=main, trackers=trackers) as log, \
             tqdm(total=total_steps, initial=start_step, desc=cfg.method.name, unit="step", disable=not progress,
                  dynamic_ncols=True, file=sys.stderr) as bar, \
             _StopRequest() as stop:
