@@ -23,6 +23,12 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """One update; `closure` (torch.optim's contract, which Lightning uses) recomputes the loss and
+        gradients first and its loss is returned."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         # Multi-tensor kernels over each group's parameters: a per-parameter loop costs a dozen small
         # kernels a tensor, which on a GPU is launch overhead paid on every step.
         for group in self.param_groups:
@@ -47,6 +53,7 @@ class LARS(torch.optim.Optimizer):
             else:
                 torch._foreach_add_(buffers, grads)
             torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss
 
 
 def param_groups(model: nn.Module, weight_decay: float, constant_lr=(), bias_lr_scale: float = 1.0) -> list[dict]:
@@ -105,3 +112,14 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "c
         return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_learning_rates(optimizer, optim_cfg, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Set every parameter group's lr for `step`: the schedule's (warm-up, then cosine or constant), or
+    the constant one for groups the method keeps constant after warm-up, times the group's lr_scale.
+    Returns the schedule's lr."""
+    lr = optim_cfg.lr * lr_factor(step, total_steps, warmup_steps, optim_cfg.schedule, optim_cfg.min_lr_ratio)
+    constant_lr = optim_cfg.lr * lr_factor(step, total_steps, warmup_steps, "constant")
+    for group in optimizer.param_groups:
+        group["lr"] = (constant_lr if group.get("constant_lr") else lr) * group.get("lr_scale", 1.0)
+    return lr

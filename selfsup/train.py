@@ -33,7 +33,7 @@ from selfsup.errors import TrainingError
 from selfsup.evaluate.online import OnlineMonitor, OnlineSchedule, online_monitor
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
-from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer, lr_factor
+from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer, set_learning_rates
 from selfsup.precision import autocast, grad_scaler
 from selfsup.run_folder import RunFolder
 from selfsup.runtime import cpu_has_native_bf16, peak_memory_mb, prepare_device, resolve_device, resolve_precision
@@ -173,10 +173,7 @@ class TrainStep:
     def __call__(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict, float]:
         """Returns the loss, the method's logs and the step's learning rate."""
         optim = self.cfg.optim
-        lr = optim.lr * lr_factor(step, total_steps, self.warmup_steps, optim.schedule, optim.min_lr_ratio)
-        constant_lr = optim.lr * lr_factor(step, total_steps, self.warmup_steps, "constant")
-        for group in self.optimizer.param_groups:
-            group["lr"] = (constant_lr if group.get("constant_lr") else lr) * group.get("lr_scale", 1.0)
+        lr = set_learning_rates(self.optimizer, optim, step, total_steps, self.warmup_steps)
         views = self.method.views(self.batches(step), step_generator(self.cfg.train.seed, step, self.rank, self.device))
         with autocast(self.device.type, self.precision):
             loss, logs = self.objective(views)
@@ -277,7 +274,7 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
                                checkpoint, online_steps, steps_per_epoch, main)
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     replays_a_budget = planner is None and bool(cfg.train.steps and cfg.train.minutes)
-    warmup_steps = train_step.warmup_steps = _fit_warmup(cfg, warmup_steps, total_steps, steps_per_epoch,
+    warmup_steps = train_step.warmup_steps = fit_warmup(cfg, warmup_steps, total_steps, steps_per_epoch,
                                                          replays_a_budget, say=main)
     if main:
         folder.save_config(cfg)          # with the step count a time budget chose
@@ -429,7 +426,7 @@ def _plan_budget(cfg: Config, folder: RunFolder, train_step: TrainStep, method: 
     return planner
 
 
-def _fit_warmup(cfg: Config, warmup_steps: int, total_steps: int, steps_per_epoch: int, replays_a_budget: bool,
+def fit_warmup(cfg: Config, warmup_steps: int, total_steps: int, steps_per_epoch: int, replays_a_budget: bool,
                 say: bool) -> int:
     """The warm-up's step count, shortened to half the run when it would take most of it. The config.yaml
     of a budgeted run holds both its step count and its minutes; replaying it keeps the warm-up the run
