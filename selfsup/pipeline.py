@@ -87,7 +87,7 @@ def track_evaluations(run: Run, result: PipelineResult, few_labels: list[dict]) 
     scores.update({f"{row['protocol']}_{row['labels']}": row["mean"] for row in few_labels})
     trackers = open_trackers(run.config.train.loggers, run.path, run.step, run.config.to_dict())
     for tracker in trackers:
-        tracker({"step": run.step, "eval": scores})
+        tracker({"step": run.step, "evaluation": scores})
         tracker.close()
 
 

@@ -313,12 +313,13 @@ def test_the_online_monitor_scores_validation_items_and_keeps_the_best_checkpoin
 
 @pytest.mark.slow
 def test_real_movielens_nextitem_beats_most_popular_on_the_validation_items(tmp_path):
-    """MovieLens-100K (`selfsup data fetch movielens-100k`): 150 steps of SASRec (about 8 epochs) rank
-    the validation items better than the most-popular baseline, with all 1,682 items ranked."""
+    """MovieLens-100K (`selfsup data fetch movielens-100k`): 100 steps of SASRec (about 5.5 epochs, at
+    lr 3e-3 to learn faster) rank the validation items better than the most-popular baseline, with all
+    1,682 items ranked."""
     source = find("movielens-100k")
     if source is None:
         pytest.skip("movielens-100k not fetched (selfsup data fetch movielens-100k)")
-    cfg = load_config(overrides=["method.name=nextitem", f"data.source={source}", "train.steps=150",
+    cfg = load_config(overrides=["method.name=nextitem", f"data.source={source}", "train.steps=100", "optim.lr=0.003",
                                  "train.precision=fp32", "eval.online_every=0", "train.threads=1"])
     pretrain(cfg, tmp_path / "run", progress=False)
     run = load_run(tmp_path / "run")

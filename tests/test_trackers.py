@@ -56,9 +56,9 @@ def test_the_evaluations_after_pretraining_reach_tensorboard_at_the_last_step(tm
     log = write_interactions(tmp_path / "log")
     result = pretrain_and_evaluate(load_config(overrides=[f"data.source={log}", *SMALL, "train.steps=3"]),
                                    tmp_path / "run", progress=False)
-    [(step, value)] = scalars(tmp_path / "run", "eval/model_ndcg10")
+    [(step, value)] = scalars(tmp_path / "run", "evaluation/model_ndcg10")
     assert step == 3 and value == pytest.approx(result.ranking["model"]["ndcg"])
-    assert scalars(tmp_path / "run", "eval/item_knn_hr10")[0][0] == 3
+    assert scalars(tmp_path / "run", "evaluation/item_knn_hr10")[0][0] == 3
 
 
 def test_an_unknown_tracker_is_a_config_error_listing_the_known_ones():
