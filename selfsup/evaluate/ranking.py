@@ -57,7 +57,8 @@ def rank_counts(scores: torch.Tensor, targets: torch.Tensor, seen: list[torch.Te
 
 def ranking_metrics(scorer: Scorer, held_out: HeldOutItems, k: int = 10, batch_size: int = 256,
                     device: torch.device | str = "cpu") -> dict[str, float]:
-    """{'hr', 'ndcg', 'mrr', 'users'}: the mean metrics of scorer's rankings for the held-out users."""
+    """{'hr', 'ndcg', 'mrr', 'users'}: the mean metrics of scorer's rankings for the held-out users (the
+    histories go to `device`; the ranking is done where the scorer's scores are)."""
     per_row = ranking_per_user(scorer, held_out, k, batch_size, device)
     return {**{name: round(float(values.mean()), 5) for name, values in per_row.items()}, "users": len(held_out)}
 
@@ -69,7 +70,7 @@ def ranking_per_user(scorer: Scorer, held_out: HeldOutItems, k: int = 10, batch_
         rows = slice(start, start + batch_size)
         with torch.no_grad():
             scores = scorer(held_out.histories[rows].to(device))
-        greater, equal = rank_counts(scores, held_out.targets[rows].to(device), held_out.seen[rows])
+        greater, equal = rank_counts(scores, held_out.targets[rows].to(scores.device), held_out.seen[rows])
         for name, values in tie_aware_metrics(greater, equal, k).items():
             parts[name].append(values)
     return {name: torch.cat(values) for name, values in parts.items()}
@@ -114,15 +115,14 @@ def ranking_report(model: Scorer, split: LeaveOneOut, part: str, vocab_size: int
                  "item_knn": item_knn(split.train_histories, vocab_size)}
     scorers = {"model": model, **baselines}
     report = {"part": part, "k": k, "users": len(held_out), "unscored_users": split.unscored_users,
-              **{name: ranking_metrics(s, held_out, k, device=device if name == "model" else "cpu")
-                 for name, s in scorers.items()}}
+              **{name: ranking_metrics(s, held_out, k, device=device) for name, s in scorers.items()}}
     cold = (held_out.history_lengths <= COLD_START).nonzero().flatten()
     report["cold_start"] = {"users": len(cold), "max_items": COLD_START}
     if len(cold):
         report["cold_start"].update({name: ranking_metrics(s, held_out.select(cold), k, device=device)
                                      for name, s in scorers.items()})
     short = held_out.truncated(COLD_START)
-    report[f"last_{COLD_START}_items"] = {name: ranking_metrics(s, short, k, device=device if name == "model" else "cpu")
+    report[f"last_{COLD_START}_items"] = {name: ranking_metrics(s, short, k, device=device)
                                           for name, s in scorers.items()}
     report["by_history_length"] = _by_history_length(model, held_out, k, device)
     return report

@@ -8,7 +8,8 @@
 
 Item tokens share the text tokens' specials (PAD=0, MASK=3), so the text backbones and the
 token-prediction losses run on item sequences unchanged; item i of the vocabulary is token
-ITEM_OFFSET + i. The vocabulary is every item of the log in sorted order (numbers by value), so
+ITEM_OFFSET + i. The vocabulary is every item of the log in sorted order (by value when every id is a
+number, else as text), so
 the same log always gives the same tokens; the run saves it (items.json).
 
 What a log may hold, and what happens to it (docs/recommendation.md):
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from selfsup.errors import DataError
-from selfsup.tabular.table import read_table
+from selfsup.tabular.table import read_table, sorted_values
 from selfsup.text.tokenizer import NUM_SPECIAL, PAD
 
 ITEM_OFFSET = NUM_SPECIAL
@@ -105,8 +106,8 @@ def read_interactions(source: str | Path, user_column: str = "user_id", item_col
     duplicates = len(kept) - len(events)
     if not events:
         raise DataError(f"{path} has no event with both a user and an item")
-    item_ids = _sorted_ids(items[i] for i in events)
-    user_ids = _sorted_ids(users[i] for i in events)
+    item_ids = sorted_values(items[i] for i in events)
+    user_ids = sorted_values(users[i] for i in events)
     item_token = {item: ITEM_OFFSET + k for k, item in enumerate(item_ids)}
     user_index = {user: u for u, user in enumerate(user_ids)}
     timed: list[list[tuple[float, int, int]]] = [[] for _ in user_ids]
@@ -132,16 +133,6 @@ def _times(cells: list[str | None], path: Path) -> list[float]:
                             "to take the file's order")
         times.append(value)
     return times
-
-
-def _sorted_ids(ids) -> list[str]:
-    """Distinct ids, numbers by value (so '2' < '10') and before any other text."""
-    def key(text: str):
-        try:
-            return (0, float(text), text)
-        except ValueError:
-            return (1, 0.0, text)
-    return sorted(set(ids), key=key)
 
 
 def right_padded(rows: list[list[int]], length: int) -> torch.Tensor:

@@ -50,8 +50,7 @@ class MaskedItem(MLM):
             raise ValueError(f"histories of {histories.shape[1]} items are longer than the backbone's max_length {room}")
         if histories.shape[1] == room:
             full = lengths >= room
-            shifted = torch.cat([histories[:, 1:], torch.full_like(histories[:, :1], PAD)], 1)[:, :room - 1]
-            histories = torch.where(full[:, None], shifted, histories[:, :room - 1])
+            histories = torch.where(full[:, None], histories.roll(-1, 1), histories)[:, :room - 1]
             lengths = lengths.clamp(max=room - 1)
         ids = torch.cat([histories, torch.full_like(histories[:, :1], PAD)], 1)
         ids[torch.arange(len(ids), device=ids.device), lengths] = MASK

@@ -21,6 +21,7 @@ from selfsup.evaluate.ranking import ranking_metrics
 from selfsup.methods import method_class
 from selfsup.modalities.base import Modality, OnlineTask
 from selfsup.run_folder import RunFolder
+from selfsup.tabular.table import parse_number, sorted_values
 from selfsup.text.data import TextSet
 
 VOCABULARY_FILE = "items.json"
@@ -116,20 +117,21 @@ class InteractionsModality(Modality):
         split = leave_one_out(log, cfg.interactions.max_length)
         parts = [part_of(path_position(user), cfg.interactions.test_fraction, cfg.data.val_fraction)
                  for user in log.users]
-        values = self._label_values(cfg, log, parts)
+        values, order = self._label_values(cfg, log, parts)
         sets = []
         for wanted in ("train", part):
             rows = [u for u, (p, v) in enumerate(zip(parts, values)) if p == wanted and v is not None]
             if not rows:
                 raise DataError(f"{log.path}: no user with a {cfg.interactions.label!r} value falls in the {wanted} part")
             sets.append((rows, [values[u] for u in rows]))
-        classes = sorted({v for _, labels in sets for v in labels}, key=_value_order)
+        present = {v for _, labels in sets for v in labels}
+        classes = [c for c in order if c in present] if order else sorted_values(present)
         return tuple(TextSet(self._user_rows(split, rows), torch.tensor([classes.index(v) for v in labels]), classes,
                              log.path.stem) for rows, labels in sets)
 
-    def _label_values(self, cfg, log: InteractionLog, parts: list[str]) -> list[str | None]:
-        """Each user's label: the attribute's value, or its band for a numeric attribute with many values
-        (quartiles of the training users' values)."""
+    def _label_values(self, cfg, log: InteractionLog, parts: list[str]) -> tuple[list[str | None], list[str]]:
+        """(each user's label, the bands in order): the attribute's value (no bands), or its band for a
+        numeric attribute with many values (quartiles of the training users' values)."""
         attributes = user_attributes(log)
         name = cfg.interactions.label
         if name not in attributes:
@@ -137,14 +139,14 @@ class InteractionsModality(Modality):
             raise DataError(f"no user attribute {name!r}: {where} " +
                             (f"has {', '.join(attributes)}" if attributes else "does not exist"))
         values = attributes[name]
-        numbers = {v: _number(v) for v in values if v is not None}
+        numbers = {v: parse_number(v) for v in values if v is not None}
         if len(numbers) <= MANY_VALUES or any(n is None for n in numbers.values()):
-            return values
+            return values, []
         training = sorted(numbers[v] for v, p in zip(values, parts) if v is not None and p == "train")
         edges = [training[min(len(training) - 1, len(training) * q // BANDS)] for q in range(1, BANDS)]
         bounds = [float("-inf"), *edges, float("inf")]
         labels = [f"{_plain(low)}-{_plain(high)}" for low, high in zip(bounds, bounds[1:])]
-        return [None if v is None else labels[sum(numbers[v] >= e for e in edges)] for v in values]
+        return [None if v is None else labels[sum(numbers[v] >= e for e in edges)] for v in values], labels
 
     def _user_rows(self, split: LeaveOneOut, users: list[int]) -> torch.Tensor:
         return right_padded([split.train_histories[u][-split.max_length:] for u in users], split.max_length)
@@ -160,19 +162,5 @@ class InteractionsModality(Modality):
         return user_item_matrix(train.samples, vocab), user_item_matrix(test.samples, vocab)
 
 
-def _number(text: str) -> float | None:
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _plain(value: float) -> str:
     return "" if abs(value) == float("inf") else f"{value:g}"
-
-
-def _value_order(label: str):
-    """Bands ('-25', '25-31', ...) in numeric order, other labels as text."""
-    low = label.split("-", 1)[0] if "-" in label else label
-    number = _number(low) if low else float("-inf")
-    return (0, number, label) if number is not None else (1, 0.0, label)

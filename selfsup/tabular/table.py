@@ -100,7 +100,8 @@ def _column_names(header: Sequence[str], path: Path) -> list[str]:
     return names
 
 
-def _number(cell: str) -> float | None:
+def parse_number(cell: str) -> float | None:
+    """The cell as a finite number, or None."""
     try:
         value = float(cell)
     except ValueError:
@@ -108,11 +109,11 @@ def _number(cell: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _sorted_values(values: Iterable[str]) -> list[str]:
+def sorted_values(values: Iterable[str]) -> list[str]:
     """Distinct values in a fixed order: by number when all are numbers (so "2" < "10"), else as text."""
     distinct = set(values)
-    if all(_number(v) is not None for v in distinct):
-        return sorted(distinct, key=lambda v: (_number(v), v))
+    if all(parse_number(v) is not None for v in distinct):
+        return sorted(distinct, key=lambda v: (parse_number(v), v))
     return sorted(distinct)
 
 
@@ -176,7 +177,7 @@ class TablePreprocessor:
         self.categorical_columns, self.vocabularies = [], []
         for name in features:
             present = [cell for cell in columns[name] if cell is not None]
-            numbers = [_number(cell) for cell in present]
+            numbers = [parse_number(cell) for cell in present]
             if name not in categorical and all(x is not None for x in numbers):
                 values = np.asarray(numbers, dtype=np.float64)
                 std = float(values.std()) if len(values) else 0.0
@@ -185,8 +186,8 @@ class TablePreprocessor:
                 self.stds.append(std if std > 0 else 1.0)          # a constant column maps to 0
             else:
                 self.categorical_columns.append(name)
-                self.vocabularies.append(_sorted_values(present))
-        self.classes = _sorted_values(c for c in columns[label_column] if c is not None) if label_column else []
+                self.vocabularies.append(sorted_values(present))
+        self.classes = sorted_values(c for c in columns[label_column] if c is not None) if label_column else []
         return self
 
     def transform(self, columns: Columns) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -215,7 +216,7 @@ class TablePreprocessor:
     def _numeric(name: str, cells: list[str | None], mean: float, std: float) -> np.ndarray:
         values = np.empty(len(cells), dtype=np.float64)
         for i, cell in enumerate(cells):
-            number = math.nan if cell is None else _number(cell)
+            number = math.nan if cell is None else parse_number(cell)
             if number is None:
                 raise DataError(f"column {name!r} is numeric in the training rows but data row {i + 1} holds "
                                 f"{cell!r}; list the column in table.categorical or clean the cell")
