@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from selfsup.augment import AugmentConfig
-from selfsup.backbones import backbone_names, backbone_parameters
+from selfsup.backbones import backbone_names, backbone_parameters, is_backbone
 from selfsup.backbones.tabular import NORMS
 from selfsup.checkpoint import atomic_write
 from selfsup.errors import ConfigError
@@ -75,7 +75,7 @@ class BackboneConfig:
     norm: str = "batch"                # tabular_mlp: normalisation in the hidden blocks: batch | layer | none
 
     def validate(self) -> None:
-        if self.name not in backbone_names():
+        if not is_backbone(self.name):
             raise ConfigError(f"backbone.name {self.name!r} is unknown; choose one of: {', '.join(backbone_names())}")
         fields = [f.name for f in dataclasses.fields(self) if f.name != "name"]
         taken = [f for f in backbone_parameters(self.name) if f in fields]
@@ -229,7 +229,8 @@ class TrainConfig:
     # A run folder whose backbone weights this run starts from (fine-tuning a pretraining on another
     # task, e.g. maskeditem then nextitem); the heads start fresh. "" = random initialisation.
     init_from: str = ""
-    # Experiment trackers that receive every metrics.jsonl row (rank 0): tensorboard (RUN_DIR/tensorboard/).
+    # Experiment trackers that receive every metrics.jsonl row (rank 0): tensorboard (RUN_DIR/tensorboard/),
+    # mlflow (RUN_DIR/mlruns/ or $MLFLOW_TRACKING_URI), wandb (offline in RUN_DIR/wandb/); selfsup/trackers.py.
     loggers: list[str] = field(default_factory=list)
 
     def validate(self) -> None:

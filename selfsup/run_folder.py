@@ -9,6 +9,8 @@ Every file name a run folder holds is spelled here and nowhere else:
       train_summary.json     steps, time, images/s, memory of the pretraining
       eval/                  knn.json, perplexity.json, results.jsonl, features/ (cached features)
       report.html, report/   the report and its figures
+      tensorboard/, mlruns/, wandb/, trackers.json
+                             what train.loggers writes, and the MLflow / W&B run ids
       tokenizer.json, ...    assets a modality saves to read data again as training did
 
 A checkpoint holds everything a resumed run needs: weights, optimizer, loss scale, and the state of
@@ -94,6 +96,14 @@ class RunFolder:
     @property
     def report_dir(self) -> Path:
         return self.path / "report"
+
+    def tracker_dir(self, tracker: str) -> Path:
+        """Where a tracker of train.loggers writes: tensorboard/, mlruns/ (MLflow's file store), wandb/."""
+        return self.path / {"mlflow": "mlruns"}.get(tracker, tracker)
+
+    @property
+    def tracker_ids_file(self) -> Path:
+        return self.path / "trackers.json"
 
     def eval_file(self, name: str) -> Path:
         """eval/<name>.json: the latest result of one evaluation (knn, perplexity)."""
@@ -319,10 +329,15 @@ class MetricsWriter:
     def __enter__(self) -> "MetricsWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def checkpointed(self, step: int) -> None:
+        """A checkpoint now covers the rows up to `step`: trackers that cannot take a point back send them."""
+        for tracker in self.trackers:
+            tracker.checkpointed(step)
+
+    def __exit__(self, exc_type, *exc) -> None:
         self.file.close()
         for tracker in self.trackers:
-            tracker.close()
+            tracker.close(completed=exc_type is None)
 
 
 def _check_same_shapes(saved: dict, built: dict, stem: Path, changed_settings: str) -> None:

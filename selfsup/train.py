@@ -314,6 +314,7 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
                     or online_knn is not None:
                 started = time.perf_counter()
                 saved = checkpoint(step, online_knn)
+                log.checkpointed(step)
                 last_saved = step
                 if saved is not None and online_knn is not None and (best_score is None or online_knn > best_score):
                     best_score = online_knn
@@ -322,6 +323,7 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
                     planner.spent_apart("checkpoint", time.perf_counter() - started)
         if step != last_saved:
             checkpoint(step, None)
+            log.checkpointed(step)
         if planner is not None:
             log(planner.closing_row(step))
     seconds = time.time() - step_log.started

@@ -15,7 +15,7 @@ PACKAGE = ROOT / "selfsup"
 # ("features" and "report" name other things too: a dict key, a command. Inside checkpoints/ the pointers
 # `latest` and `best` belong to the checkpoint format, selfsup.checkpoint.)
 RUN_FOLDER_NAMES = {"config.yaml", "metrics.jsonl", "checkpoints", "train_summary.json", "eval", "results.jsonl",
-                    "report.html", ".budget-trial"}
+                    "report.html", ".budget-trial", "trackers.json", "mlruns"}
 MODALITY_NAMES = {"image", "text", "tabular"}
 
 
