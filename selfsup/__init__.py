@@ -10,6 +10,10 @@
     encoder = selfsup.load_encoder("encoder.safetensors")   # a plain nn.Module, eval mode
     selfsup.write_report("runs/demo")                  # runs/demo/report.html
 """
+from selfsup.compat import declare_torchvision_operators_if_unloadable
+
+declare_torchvision_operators_if_unloadable()      # before anything imports torchvision (timm, lightning)
+
 from selfsup.augment import AugmentConfig, augment, eval_transform
 from selfsup.backbones import backbone_names, build_backbone
 from selfsup.config import Config, ConfigError, load_config

@@ -150,7 +150,13 @@ def _torchvision_resnet_key(key: str) -> str | None:
     return key.replace(".downsample.", ".shortcut.")
 
 
-KEY_MAPS = {"torchvision-resnet": _torchvision_resnet_key, "selfsup": lambda key: key}
+def _wrapped_library_key(key: str) -> str:
+    """timm and Hugging Face models sit in selfsup's wrapper as `model` (selfsup/backbones/external.py)."""
+    return "model." + key
+
+
+KEY_MAPS = {"torchvision-resnet": _torchvision_resnet_key, "selfsup": lambda key: key,
+            "timm": _wrapped_library_key, "hf": _wrapped_library_key}
 
 
 def read_foreign_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -183,9 +189,10 @@ def import_weights(path: str | Path, backbone: nn.Module, key_map: str = "torchv
     if key_map not in KEY_MAPS:
         raise ValueError(f"unknown key map {key_map!r}; choose one of: {', '.join(KEY_MAPS)}")
     rename = KEY_MAPS[key_map]
+    classifier = tuple(getattr(backbone, "classifier_keys", ()))     # a timm model's head, which we drop
     mapped, dropped = {}, []
     for key, value in read_foreign_state_dict(path).items():
-        ours = rename(key)
+        ours = None if classifier and key.startswith(classifier) else rename(key)
         (dropped.append(key) if ours is None else mapped.__setitem__(ours, value))
     own = backbone.state_dict()
     missing = sorted(set(own) - set(mapped))

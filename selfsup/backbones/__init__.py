@@ -7,9 +7,10 @@ heads on top.
 from __future__ import annotations
 
 # Importing each backbone module fills the registry.
-from selfsup.backbones import resnet, tabular, text, vit  # noqa: F401
+from selfsup.backbones import external, resnet, tabular, text, vit  # noqa: F401
 from selfsup.backbones.registry import (backbone_names, backbone_parameters, build_backbone,
-                                        build_backbone_from_config, register_backbone)
+                                        build_backbone_from_config, is_backbone, register_backbone,
+                                        register_backbone_family)
 
 __all__ = ["backbone_names", "backbone_parameters", "build_backbone", "build_backbone_from_config",
-           "register_backbone"]
+           "is_backbone", "register_backbone", "register_backbone_family"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from selfsup.backbones import build_backbone_from_config
+from selfsup.backbones import backbone_parameters, build_backbone_from_config, is_backbone
 from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
 from selfsup.export import encoder_spec, export_encoder, export_onnx, import_weights, save_encoder
@@ -62,9 +62,11 @@ def add_parsers(sub) -> None:
                                    "weight fits the backbone you describe, and write a selfsup encoder file.")
     p.add_argument("weights", help="the foreign weights file")
     p.add_argument("--out", required=True, help="output .safetensors path")
-    p.add_argument("--backbone", default="resnet50", help="backbone name [default: resnet50]")
-    p.add_argument("--key-map", default="torchvision-resnet", help="key naming of the file: torchvision-resnet "
-                                                                   "or selfsup [default: torchvision-resnet]")
+    p.add_argument("--backbone", default="resnet50", help="backbone name, also timm:<model> or hf:<folder> "
+                                                          "[default: resnet50]")
+    p.add_argument("--key-map", default="torchvision-resnet",
+                   help="key naming of the file: torchvision-resnet, selfsup, timm (a timm model's state dict; "
+                        "its classifier is dropped) or hf (a transformers base model's) [default: torchvision-resnet]")
     p.add_argument("--in-channels", type=int, default=3, help="input channels [default: 3]")
     p.add_argument("--image-size", type=int, default=224, help="image size the weights expect [default: 224]")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="backbone_fields",
@@ -108,7 +110,10 @@ def cmd_export(args) -> int:
     return 0
 
 def cmd_import_weights(args) -> int:
-    backbone_cfg = backbone_config({"name": args.backbone, "width": 1.0, "stem": "imagenet",
+    # A full-size ResNet unless told otherwise; other backbones have no width or stem.
+    full_size = {"width": 1.0, "stem": "imagenet"} if is_backbone(args.backbone) else {}
+    full_size = {k: v for k, v in full_size.items() if k in backbone_parameters(args.backbone)}
+    backbone_cfg = backbone_config({"name": args.backbone, **full_size,
                                     **parse_overrides(args.backbone_fields)})
     backbone = build_backbone_from_config(backbone_cfg, args.in_channels, args.image_size)
     dropped = import_weights(args.weights, backbone, args.key_map)
