@@ -24,7 +24,7 @@ from selfsup.run import knn_report, load_run
 from selfsup.run_folder import RunFolder
 from selfsup.train import pretrain
 
-DEFAULT_BACKBONES = ["timm:resnet18", "timm:convnext_atto", "timm:efficientnet_b0", "timm:mobilenetv3_small_100",
+DEFAULT_BACKBONES = ["timm:resnet18", "timm:mobilenetv3_small_100", "timm:efficientnet_b0",
                      "hf-vit"]
 
 

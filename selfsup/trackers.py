@@ -179,10 +179,10 @@ class WandbTracker(HeldRows):
         if run_id is None:
             run_id = secrets.token_hex(4)          # W&B run ids: lower-case letters and digits
             ids.set("wandb", run_id)
-        # W&B makes its own wandb/ folder inside `dir`.
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "selfsup"), name=folder.path.name, id=run_id,
-                              dir=str(folder.tracker_dir("wandb").parent), mode=os.environ.get("WANDB_MODE", "offline"), resume="allow",
-                              config=config, settings=wandb.Settings(silent=True, console="off"))
+                              dir=str(folder.tracker_dir("wandb").parent),        # W&B adds the wandb/ itself
+                              mode=os.environ.get("WANDB_MODE", "offline"), resume="allow", config=config,
+                              settings=wandb.Settings(silent=True, console="off"))
 
     def send(self, rows: list[dict]) -> None:
         for row in rows:

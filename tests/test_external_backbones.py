@@ -175,3 +175,10 @@ def test_a_causal_hf_model_is_refused_by_mlm_and_a_bidirectional_one_by_clm(tmp_
     load_training_data(cfg)
     with pytest.raises(ConfigError, match="bidirectional backbone"):
         build_method(cfg)
+
+
+@needs_timm
+def test_a_timm_model_that_downsamples_small_images_to_nothing_is_a_config_error_naming_the_size():
+    # ConvNeXt's stages divide the side by 32; a 20-pixel view ends below its last 2x2 downsampling.
+    with pytest.raises(ConfigError, match="timm:convnext_atto cannot encode 20-pixel images.*augment.size"):
+        build_method(config("simclr", "timm:convnext_atto", "augment.size=20"), in_channels=1)

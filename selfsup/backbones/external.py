@@ -33,12 +33,17 @@ def _import_timm():
     return timm
 
 
-def _feature_dim(module: nn.Module, example: torch.Tensor) -> int:
-    """The width of module(example)'s features, found in eval mode without gradients."""
+def _feature_dim(module: nn.Module, example: torch.Tensor, name: str) -> int:
+    """The width of module(example)'s features, found in eval mode without gradients; a ValueError
+    naming the image size when the model cannot encode images that small."""
     was_training = module.training
     module.eval()
-    with torch.no_grad():
-        dim = module(example).shape[-1]
+    try:
+        with torch.no_grad():
+            dim = module(example).shape[-1]
+    except RuntimeError as e:
+        raise ValueError(f"{name} cannot encode {example.shape[-1]}-pixel images ({e}); train on larger views "
+                         f"(augment.size, data.size) or choose a model with less downsampling") from e
     module.train(was_training)
     return dim
 
@@ -65,7 +70,8 @@ class TimmBackbone(nn.Module):
         classifier = self.model.pretrained_cfg.get("classifier") or ()
         self.classifier_keys = tuple(f"{name}." for name in ([classifier] if isinstance(classifier, str)
                                                              else classifier))
-        self.feature_dim = _feature_dim(self.model, torch.zeros(2, in_channels, image_size, image_size))
+        self.feature_dim = _feature_dim(self.model, torch.zeros(2, in_channels, image_size, image_size),
+                                         f"timm:{model_name}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
@@ -115,7 +121,7 @@ class HFVisionBackbone(nn.Module):
         self.size_options = ({"interpolate_pos_encoding": True}
                              if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters else {})
         self.classifier_keys = ()
-        self.feature_dim = _feature_dim(self, torch.zeros(2, in_channels, image_size, image_size))
+        self.feature_dim = _feature_dim(self, torch.zeros(2, in_channels, image_size, image_size), f"hf:{folder}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=images, **self.size_options)
