@@ -61,12 +61,15 @@ class TimmBackbone(nn.Module):
         # Transformers are built for one image size: the training view's, and any other (multi-crop's
         # small crops, the evaluation size) by interpolating the position table where the model can.
         # Convolutional networks take any size and refuse these arguments.
-        for size_options in ({"img_size": image_size, "dynamic_img_size": True}, {"img_size": image_size}, {}):
+        self.model = None
+        for size_options in ({"img_size": image_size, "dynamic_img_size": True}, {"img_size": image_size}):
             try:
                 self.model = timm.create_model(model_name, **size_options, **options)
                 break
             except TypeError:
                 continue
+        if self.model is None:
+            self.model = timm.create_model(model_name, **options)
         classifier = self.model.pretrained_cfg.get("classifier") or ()
         self.classifier_keys = tuple(f"{name}." for name in ([classifier] if isinstance(classifier, str)
                                                              else classifier))
