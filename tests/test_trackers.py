@@ -3,6 +3,7 @@ continues the curves without repeating the steps its lost attempt logged after i
 the evaluations after pretraining land at the last step. Each tracker's own files are read back."""
 import json
 import struct
+import sys
 
 import pytest
 
@@ -129,3 +130,14 @@ def test_mlflow_gets_the_resolved_config_as_parameters(tmp_path):
     run = client.get_run(run_id)
     assert run.data.params["optim.lr"] == "0.0042" and run.data.params["method.name"] == "nextitem"
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
+
+
+@pytest.mark.parametrize("tracker,module", [("tensorboard", "torch.utils.tensorboard"), ("mlflow", "mlflow"),
+                                            ("wandb", "wandb")])
+def test_a_tracker_whose_package_is_missing_is_a_one_line_error_naming_the_extra(tracker, module, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setitem(sys.modules, module, None)            # `import module` now raises ImportError
+    log = write_interactions(tmp_path / "log")
+    cfg = load_config(overrides=[f"data.source={log}", *SMALL, "train.steps=1", f"train.loggers=[{tracker}]"])
+    with pytest.raises(ConfigError, match=rf"needs the {tracker} package: pip install 'selfsup\[{tracker}\]'"):
+        pretrain(cfg, tmp_path / "run", progress=False)
