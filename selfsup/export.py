@@ -189,7 +189,7 @@ def import_weights(path: str | Path, backbone: nn.Module, key_map: str = "torchv
     if key_map not in KEY_MAPS:
         raise ValueError(f"unknown key map {key_map!r}; choose one of: {', '.join(KEY_MAPS)}")
     rename = KEY_MAPS[key_map]
-    classifier = tuple(getattr(backbone, "classifier_keys", ()))     # a timm model's head, which we drop
+    classifier = getattr(backbone, "classifier_keys", ())     # a timm model's head, which we drop
     mapped, dropped = {}, []
     for key, value in read_foreign_state_dict(path).items():
         ours = None if classifier and key.startswith(classifier) else rename(key)

@@ -123,7 +123,6 @@ class HFVisionBackbone(nn.Module):
         # (multi-crop's small crops, the evaluation size) when asked.
         self.size_options = ({"interpolate_pos_encoding": True}
                              if "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters else {})
-        self.classifier_keys = ()
         self.feature_dim = _feature_dim(self, torch.zeros(2, in_channels, image_size, image_size), f"hf:{folder}")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -151,7 +150,6 @@ class HFTextBackbone(nn.Module):
         self.vocab_size, self.max_length = vocab_size, max_length
         self.causal = bool(getattr(config, "is_decoder", False)) or config.model_type in _CAUSAL_MODEL_TYPES
         self.feature_dim = config.hidden_size
-        self.classifier_keys = ()
 
     @property
     def token_embedding(self) -> nn.Embedding:

@@ -111,8 +111,8 @@ def cmd_export(args) -> int:
 
 def cmd_import_weights(args) -> int:
     # A full-size ResNet unless told otherwise; other backbones have no width or stem.
-    full_size = {"width": 1.0, "stem": "imagenet"} if is_backbone(args.backbone) else {}
-    full_size = {k: v for k, v in full_size.items() if k in backbone_parameters(args.backbone)}
+    taken = backbone_parameters(args.backbone) if is_backbone(args.backbone) else []
+    full_size = {k: v for k, v in {"width": 1.0, "stem": "imagenet"}.items() if k in taken}
     backbone_cfg = backbone_config({"name": args.backbone, **full_size,
                                     **parse_overrides(args.backbone_fields)})
     backbone = build_backbone_from_config(backbone_cfg, args.in_channels, args.image_size)
