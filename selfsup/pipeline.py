@@ -15,11 +15,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
+from selfsup.augment import normalize, to_float
+from selfsup.build import build_method
 from selfsup.config import Config
-from selfsup.errors import DataError
+from selfsup.data import load_scenes
+from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate.dense import SegmentSettings, segment
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.evaluate.ranking import ranking_report
+from selfsup.evaluate.splits import parse_label_budget
 from selfsup.interactions.data import ITEM_OFFSET
+from selfsup.modalities.image import image_parts
 from selfsup.report import write_report
 from selfsup.run import Run, knn_report, load_run
 from selfsup.run_folder import RunFolder
@@ -177,3 +185,55 @@ def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progr
     print(f"few-label evaluation ({', '.join(protocols)} with {', '.join(labels)} of the labels):")
     return [row for protocol in protocols
             for row in evaluate_protocol(run, protocol, train, test, labels, 1, source, progress=progress)]
+
+
+def evaluate_segmentation(run: Run, labels: list[str], seeds: int = 1, settings: SegmentSettings | None = None,
+                          baseline: bool = False, part: str = "test", source: str = "", data_dir: str = "",
+                          progress: bool = True) -> list[dict]:
+    """Semantic segmentation of the scene set from the run's encoder (selfsup.evaluate.dense) with each share
+    of the training scenes and each seed; with `baseline`, the same network from random initialisation too.
+    The validation scenes choose the kept state; `part` is scored. Rows go to eval/dense.jsonl."""
+    settings = settings or SegmentSettings()
+    source = source or "fashion-scenes"
+    if source != "fashion-scenes":
+        raise ConfigError(f"segmentation reads the fashion-scenes set (selfsup data fetch fashion-scenes); "
+                          f"{source!r} is not supported yet")
+    if not run.modality.dense_tasks:
+        raise ConfigError(f"{run.path} is a {run.modality.name} run; segmentation needs an image encoder")
+    scenes = load_scenes("train", data_dir or run.config.data.data_dir or None)
+    parts = image_parts(scenes.as_images(), source, run.config.data.val_fraction)
+    train, val = scenes.select(parts["train"]), scenes.select(parts["val"])
+    scored = val if part == "val" else load_scenes("test", data_dir or run.config.data.data_dir or None)
+    cfg, device = run.config, resolve_device(run.config.train.device)
+
+    def prepare(images_u8):
+        return normalize(to_float(run.modality.match_input(cfg, images_u8)), cfg.augment.mean, cfg.augment.std)
+
+    encoders = [("pretrained", run.backbone)]
+    if baseline:
+        encoders.append(("random init" if settings.mode == "linear" else "from scratch",
+                         build_method(cfg).evaluated_backbone))
+    print(f"segmentation ({settings.mode}) of {source}: {len(train)} training scenes, {len(val)} validation, "
+          f"{len(scored)} scored ({part}); mIoU and pixel accuracy over {train.num_classes} classes + background")
+    rows = []
+    for budget_text in labels:
+        budget = parse_label_budget(budget_text)
+        if budget.per_class:
+            raise ConfigError("segmentation budgets are a share (10%) or a count (900) of the training scenes")
+        count = budget.total or max(1, round(budget.fraction * len(train)))
+        for seed in range(seeds):
+            chosen = train.select(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
+                                  .sort().values)
+            for init, encoder in encoders:
+                started = time.perf_counter()
+                result = segment(encoder, chosen, val, scored, prepare, settings, seed, device, progress,
+                                 desc=f"{init} {budget.text} seed {seed}")
+                row = {"protocol": f"segment-{settings.mode}", "init": init, "labels": budget.text, "scenes": count,
+                       "seed": seed, "scored_on": part, "step": run.step, "method": cfg.method.name,
+                       **result, "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings)}
+                run.folder.append_result(row, to=run.folder.dense_results_file)
+                print(f"  {budget.text:>5} seed {seed} {init:<12} mIoU {100 * row['miou']:6.2f}  pixel accuracy "
+                      f"{100 * row['pixel_accuracy']:6.2f}  (validation mIoU {100 * row['val_miou']:.2f}; "
+                      f"{row['seconds']:.0f} s)")
+                rows.append(row)
+    return rows

@@ -172,10 +172,16 @@ class RunFolder:
     def read_eval(self, name: str) -> dict | None:
         return _read_json(self.eval_file(name))
 
-    def append_result(self, row: dict) -> None:
-        """Add one row to eval/results.jsonl; a kill mid-write leaves the file as it was."""
-        previous = self.results_file.read_bytes() if self.results_file.exists() else b""
-        atomic_write(self.results_file, previous + (json.dumps(row) + "\n").encode())
+    @property
+    def dense_results_file(self) -> Path:
+        """eval/dense.jsonl: segmentation and detection results (selfsup evaluate segment)."""
+        return self.eval_dir / "dense.jsonl"
+
+    def append_result(self, row: dict, to: Path | None = None) -> None:
+        """Add one row to eval/results.jsonl (or `to`); a kill mid-write leaves the file as it was."""
+        path = to or self.results_file
+        previous = path.read_bytes() if path.exists() else b""
+        atomic_write(path, previous + (json.dumps(row) + "\n").encode())
 
     def read_results(self) -> list[dict]:
         return _read_jsonl(self.results_file)

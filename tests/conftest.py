@@ -1,4 +1,5 @@
 import gzip
+import random
 import struct
 
 import numpy as np
@@ -33,6 +34,15 @@ def write_tiny_fashion(folder):
 @pytest.fixture
 def tiny_fashion(tmp_path):
     return write_tiny_fashion(tmp_path / "fmnist")
+
+
+@pytest.fixture(autouse=True)
+def seeded_draws():
+    """Every test starts from the same global random state, whichever worker runs it and whatever ran
+    before: a draw that crosses a tolerance then fails on every run, not one CI run in fifty."""
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
 
 
 @pytest.fixture(autouse=True)

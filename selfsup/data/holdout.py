@@ -8,7 +8,7 @@ Every labelled source is cut into three parts, the same way whenever it is read:
 - ``test``: the final figures only.
 
 A built-in data set brings its own test split, and its validation part is a fixed count of its
-training images (Fashion-MNIST: 5,000 of 60,000) drawn with a fixed seed. An image folder, a text
+training images (Fashion-MNIST: 5,000 of 60,000; fashion-scenes: 1,000 of 10,000) drawn with a fixed seed. An image folder, a text
 source and a table hold out ``test_fraction`` and ``data.val_fraction`` of their samples, decided
 per sample from a hash of what identifies it (a file's path inside the folder, a document's
 position, a row's position), so a folder read with or without labels, or a stream read twice, is
@@ -22,7 +22,7 @@ import torch
 
 PARTS = ("train", "val", "test")
 HELD_OUT = ("val", "test")
-BUILTIN_VALIDATION = {"fashion-mnist": 5000}
+BUILTIN_VALIDATION = {"fashion-mnist": 5000, "fashion-scenes": 1000}
 VALIDATION_SEED = 52361
 
 

@@ -44,6 +44,8 @@ class Modality(ABC):
     # `selfsup export --format onnx` can trace the backbone: its input has a fixed meaning per position
     # (a token backbone's padding mask depends on the values, which tracing would freeze).
     exports_onnx: bool = False
+    # Its encoder gives feature maps that dense tasks read (segmentation, detection: selfsup.evaluate.dense).
+    dense_tasks: bool = False
     # The report's sections beyond the common ones (selfsup.report): retrieval, views, text_retrieval,
     # text_sample.
     report_panels: tuple[str, ...] = ()

@@ -23,6 +23,7 @@ class ImageModality(Modality):
     raw_name = "raw pixels"
     probe_augmentation = True
     exports_onnx = True
+    dense_tasks = True
     report_panels = ("retrieval", "views")
     # Fine-tuning on images: the whole network at the head's rate. Each protocol's rate is the one its
     # search on the validation part chose on the default Fashion-MNIST run (docs/evaluation.md).

@@ -1,0 +1,216 @@
+"""Semantic segmentation from a pretrained image encoder, scored by mIoU and pixel accuracy.
+
+Two protocols, as MoCo, DINO and MAE report them:
+
+- ``linear``: the backbone is frozen; a batch norm and a 1x1 convolution classify every cell of its
+  last feature map, and the logits are upsampled (bilinear) to the image. The maps are computed once
+  and cached, so only the head trains.
+- ``finetune``: the backbone trains with a light FPN decoder on its last three feature maps
+  (lateral 1x1 convolutions, top-down sums, one 3x3 convolution, a 1x1 classifier).
+
+Each trains on the labelled training scenes (or a share of them), checks the validation scenes at a
+few points and keeps the best state (chosen on validation only), and is then scored once on the
+held-out scenes. Feature maps: a ResNet's stage outputs, a ViT's patch tokens laid out on their grid.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from selfsup.data.scenes import SceneSet
+from selfsup.errors import ConfigError
+from selfsup.optim import lr_factor
+
+MODES = ("linear", "finetune")
+
+
+@dataclass
+class SegmentSettings:
+    mode: str = "linear"
+    epochs: float = 30.0               # passes over the labelled scenes (at least `steps` steps)
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 1e-3                   # AdamW; the backbone learns at the same rate when fine-tuned
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.05
+    checks: int = 5                    # validation checks over training; the best state is kept
+    decoder_width: int = 64            # the FPN decoder's channels (finetune)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ConfigError(f"segmentation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.epochs <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
+            raise ConfigError("segmentation epochs, steps, batch size and checks must be positive")
+
+    def steps_for(self, scenes: int) -> int:
+        return max(self.steps, math.ceil(self.epochs * scenes / min(self.batch_size, scenes)))
+
+
+def feature_maps(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """(B, C, H, W) images -> the backbone's feature maps (B, C_i, H_i, W_i), finest first."""
+    if hasattr(backbone, "stage_maps"):
+        return backbone.stage_maps(x)
+    if hasattr(backbone, "forward_tokens") and hasattr(backbone, "grid_size"):
+        grid_h, grid_w = backbone.grid_size(*x.shape[-2:])
+        patches = backbone.forward_tokens(x)[:, 1:]
+        return [patches.transpose(1, 2).reshape(len(x), -1, grid_h, grid_w)]
+    raise ConfigError(f"{type(backbone).__name__} gives no feature maps; dense tasks need a ResNet (its stages) or "
+                      "a ViT (its patch tokens)")
+
+
+class LinearSegmentHead(nn.Module):
+    """Batch norm and a 1x1 convolution on the last feature map, upsampled to the image."""
+
+    def __init__(self, channels: list[int], classes: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(channels[-1])
+        self.classify = nn.Conv2d(channels[-1], classes, 1)
+
+    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        logits = self.classify(self.norm(maps[-1]))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class FPNSegmentHead(nn.Module):
+    """A light feature pyramid over the last three maps (Lin et al. 2017's top-down path, one output level)."""
+
+    def __init__(self, channels: list[int], classes: int, width: int = 64):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels[-3:])
+        self.smooth = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                                    nn.ReLU(inplace=True))
+        self.classify = nn.Conv2d(width, classes, 1)
+
+    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        maps = maps[-len(self.lateral):]
+        x = self.lateral[-1](maps[-1])
+        for lateral, finer in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
+            x = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False) + lateral(finer)
+        return F.interpolate(self.classify(self.smooth(x)), size=size, mode="bilinear", align_corners=False)
+
+
+def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
+    """(classes, classes) counts: row = true class, column = predicted class."""
+    index = target.flatten().long() * classes + pred.flatten().long()
+    return torch.bincount(index, minlength=classes * classes).reshape(classes, classes)
+
+
+def segmentation_scores(confusion: torch.Tensor) -> dict:
+    """mIoU (mean over the classes that occur in the truth or the prediction), pixel accuracy, per-class IoU."""
+    confusion = confusion.double()
+    hits = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - hits
+    present = union > 0
+    iou = torch.where(present, hits / union.clamp(min=1), torch.full_like(hits, float("nan")))
+    return {"miou": iou[present].mean().item(), "pixel_accuracy": (hits.sum() / confusion.sum()).item(),
+            "iou": [None if math.isnan(v) else v for v in iou.tolist()]}
+
+
+class Segmenter(nn.Module):
+    """backbone + head; `prepare` turns uint8 scenes into the backbone's normalised input."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, prepare: Callable):
+        super().__init__()
+        self.backbone, self.head, self.prepare = backbone, head, prepare
+
+    def forward(self, images_u8: torch.Tensor) -> torch.Tensor:
+        x = self.prepare(images_u8)
+        return self.head(feature_maps(self.backbone, x), x.shape[-2:])
+
+
+def segment(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet, prepare: Callable,
+            settings: SegmentSettings, seed: int = 0, device: str | torch.device = "cpu", progress: bool = False,
+            desc: str = "segment") -> dict:
+    """Train a head (and, fine-tuning, a copy of the backbone) on `train`'s masks; keep the state best on
+    `val`; return mIoU and pixel accuracy on `val` (at that state) and on `test`."""
+    torch.manual_seed(seed)
+    classes = train.num_classes + 1                                 # + background
+    device = torch.device(device)
+    backbone = copy.deepcopy(backbone).to(device).eval()
+    with torch.no_grad():
+        channels = [m.shape[1] for m in feature_maps(backbone, prepare(train.images[:2].to(device)))]
+    head_type = LinearSegmentHead if settings.mode == "linear" else FPNSegmentHead
+    head = head_type(channels, classes) if settings.mode == "linear" else head_type(channels, classes,
+                                                                                    settings.decoder_width)
+    model = Segmenter(backbone, head, prepare).to(device)
+    frozen = settings.mode == "linear"
+    backbone.requires_grad_(not frozen)
+    size = tuple(train.images.shape[-2:])
+    if frozen:      # the backbone's last maps of every scene, once; only the head trains and predicts from them
+        cached = {name: cached_maps(backbone, scenes.images, prepare) for name, scenes in
+                  (("train", train), ("val", val), ("test", test))}
+        predictors = {name: (lambda i, j, maps=maps: model.head([maps[i:j].to(device).float()], size))
+                      for name, maps in cached.items()}
+    else:
+        predictors = {name: (lambda i, j, scenes=scenes: model(scenes.images[i:j].to(device)))
+                      for name, scenes in (("val", val), ("test", test))}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
+    steps = settings.steps_for(len(train))
+    warmup = round(settings.warmup_fraction * steps)
+    check_at = {round(steps * (i + 1) / settings.checks) - 1 for i in range(settings.checks)}
+    order_gen = torch.Generator().manual_seed(seed)
+    batch_size = min(settings.batch_size, len(train))
+    order, position = torch.randperm(len(train), generator=order_gen), 0
+    best, best_state, loss = -1.0, None, torch.tensor(float("nan"))
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if position + batch_size > len(order):
+            order, position = torch.randperm(len(train), generator=order_gen), 0
+        idx = order[position:position + batch_size]
+        position += batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * lr_factor(step, steps, warmup)
+        model.head.train()
+        if frozen:                                                  # the cached maps of the plain scenes
+            logits, target = model.head([cached["train"][idx].to(device).float()], size), train.semantic[idx]
+        else:                                                       # mirrored scenes and masks alike
+            flip = torch.rand(len(idx), generator=order_gen) < 0.5
+            model.backbone.train()
+            logits, target = model(_flip(train.images[idx], flip).to(device)), _flip(train.semantic[idx], flip)
+        loss = F.cross_entropy(logits, target.long().to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step in check_at:
+            score = score_predictions(model, predictors["val"], val.semantic, classes)["miou"]
+            if score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    val_scores = score_predictions(model, predictors["val"], val.semantic, classes)
+    test_scores = score_predictions(model, predictors["test"], test.semantic, classes)
+    return {"val_miou": val_scores["miou"], "val_pixel_accuracy": val_scores["pixel_accuracy"],
+            "miou": test_scores["miou"], "pixel_accuracy": test_scores["pixel_accuracy"], "iou": test_scores["iou"],
+            "steps": steps, "final_train_loss": loss.item()}
+
+
+def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """x (B, ..., W) with the rows where flip is True mirrored left-right."""
+    return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
+@torch.no_grad()
+def cached_maps(backbone: nn.Module, images: torch.Tensor, prepare: Callable, batch_size: int = 256) -> torch.Tensor:
+    """The frozen backbone's last feature map of every image, in float16 to halve the memory it takes."""
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    return torch.cat([feature_maps(backbone, prepare(images[i:i + batch_size].to(device)))[-1].half().cpu()
+                      for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def score_predictions(model: nn.Module, predict: Callable, masks: torch.Tensor, classes: int,
+                      batch_size: int = 256) -> dict:
+    """Scores of predict(i, j) -> logits (j - i, classes, H, W) against masks[i:j], in eval mode."""
+    model.eval()
+    confusion = torch.zeros(classes, classes, dtype=torch.long)
+    for i in range(0, len(masks), batch_size):
+        pred = predict(i, i + batch_size).argmax(1).cpu()
+        confusion += confusion_matrix(pred, masks[i:i + batch_size], classes)
+    return segmentation_scores(confusion)

@@ -1,0 +1,191 @@
+"""Scenes with dense labels (selfsup/data/scenes.py) and segmentation from an encoder (selfsup/evaluate/dense.py)."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import write_idx
+from selfsup.backbones import build_backbone
+from selfsup.cli import main
+from selfsup.data import load_images, load_scenes
+from selfsup.data.scenes import SceneRecipe, compose, read_scenes, render_items, write_scenes
+from selfsup.errors import ConfigError, DataError
+from selfsup.evaluate.dense import (SegmentSettings, confusion_matrix, feature_maps, segment,
+                                    segmentation_scores)
+
+TINY = SceneRecipe(canvas=48, train_scenes=120, test_scenes=30, max_items=3, scale_range=(0.5, 1.5))
+
+
+def items(n, value=200, seed=0):
+    """(n, 28, 28) uint8 items: a bright rectangle of a random size each, labels n % 10."""
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        h, w = rng.integers(8, 24, 2)
+        images[i, 14 - h // 2:14 + h - h // 2, 14 - w // 2:14 + w - w // 2] = value
+    return images, np.arange(n) % 10
+
+
+def test_an_item_rendered_at_its_own_size_and_place_is_the_item_itself():
+    item = torch.arange(28 * 28, dtype=torch.float32).reshape(1, 28, 28) % 251
+    # The sampling grid is computed in float32: a pixel may move by ~1e-6 of a pixel, 1e-3 of a grey level.
+    exact = dict(atol=1e-3, rtol=0)
+    same = render_items(item, torch.tensor([28.0]), torch.tensor([0.0]), torch.tensor([[14.0, 14.0]]), 28)
+    torch.testing.assert_close(same, item, **exact)
+    moved = render_items(item, torch.tensor([28.0]), torch.tensor([0.0]), torch.tensor([[30.0, 20.0]]), 56)[0]
+    torch.testing.assert_close(moved[6:34, 16:44], item[0], **exact)
+    assert moved.sum() == pytest.approx(item.sum().item(), abs=1.0)
+    # A quarter turn moves the item's top row to one side, and a half-size copy covers a quarter of the area.
+    turned = render_items(item, torch.tensor([28.0]), torch.tensor([math.pi / 2]), torch.tensor([[14.0, 14.0]]), 28)
+    assert torch.allclose(turned[0], item[0].rot90(1), atol=1e-3) or torch.allclose(turned[0], item[0].rot90(-1), atol=1e-3)
+    ones = torch.full((1, 28, 28), 100.0)
+    half = render_items(ones, torch.tensor([14.0]), torch.tensor([0.0]), torch.tensor([[14.0, 14.0]]), 28)
+    assert (half > 50).sum() == 14 * 14
+
+
+def test_composed_scenes_label_every_visible_item_pixel_and_box():
+    images, labels = items(400)
+    scenes = compose(images, labels, 100, TINY, np.random.default_rng(0))
+    assert len(scenes) == 100 and scenes.images.shape == (100, 1, 48, 48)
+    assert len(set(scenes.items.tolist())) == len(scenes.items)                 # each item at most once
+    per_scene = torch.bincount(scenes.box_scene, minlength=100)
+    assert per_scene.min() >= 1 and per_scene.max() <= 3
+    for row, (scene, box) in enumerate(zip(scenes.box_scene.tolist(), scenes.boxes)):
+        number = int((scenes.box_scene[:row] == scene).sum()) + 1              # objects are numbered in order
+        visible = scenes.instances[scene] == number
+        ys, xs = torch.nonzero(visible, as_tuple=True)
+        assert box.tolist() == [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+        assert (scenes.semantic[scene][visible] == labels[scenes.items[row]] + 1).all()
+        # A visible object keeps at least half of its pixels (the rectangles are at least 4x4 at half size).
+        assert visible.sum() >= 8
+    assert ((scenes.semantic > 0) == (scenes.instances > 0)).all()
+    assert torch.equal(compose(images, labels, 100, TINY, np.random.default_rng(0)).images, scenes.images)
+
+
+def test_a_new_item_that_would_hide_most_of_an_earlier_one_is_dropped():
+    big = np.full((2, 28, 28), 200, np.uint8)
+    recipe = SceneRecipe(canvas=32, max_items=2, scale_range=(1.0, 1.0), max_rotation_deg=0.0)
+    scenes = compose(big, np.array([1, 2]), 1, recipe, np.random.default_rng(3))
+    # Two full 28-px squares on a 32-px canvas overlap by at least 24x24 px: the second must not be pasted.
+    assert len(scenes.boxes) == 1 and set(scenes.instances.unique().tolist()) <= {0, 1}
+
+
+def test_select_keeps_each_scenes_objects_and_renumbers_them():
+    images, labels = items(300)
+    scenes = compose(images, labels, 50, TINY, np.random.default_rng(1))
+    picked = scenes.select(torch.tensor([7, 2]))
+    assert torch.equal(picked.images, scenes.images[[7, 2]])
+    for new, old in ((0, 7), (1, 2)):
+        assert torch.equal(picked.boxes[picked.box_scene == new], scenes.boxes[scenes.box_scene == old])
+    counts = torch.bincount(scenes.semantic[7].flatten().long(), minlength=11)
+    counts[0] = -1
+    assert picked.dominant_labels()[0] == counts.argmax() - 1
+
+
+def fake_fashion(folder):
+    """Fashion-MNIST files whose training items are 120 bright and test items 255 bright."""
+    folder.mkdir()
+    for prefix, n, value in (("train", 600, 120), ("t10k", 200, 255)):
+        images, labels = items(n, value, seed=n)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return folder
+
+
+def test_fetch_writes_train_scenes_from_training_items_and_test_scenes_from_test_items(tmp_path):
+    data = fake_fashion(tmp_path / "fmnist")
+    meta = write_scenes(tmp_path / "fashion-scenes", TINY, str(data), log=lambda _: None)
+    train, test = read_scenes(tmp_path / "fashion-scenes", "train"), read_scenes(tmp_path / "fashion-scenes", "test")
+    assert meta["counts"]["train"]["scenes"] == len(train) == 120 and len(test) == 30
+    # The background stays under 120: no test item (255) can be in a training scene, and every test scene has one.
+    assert train.images.max() <= 130 and (test.images.flatten(1).max(1).values > 200).all()
+    assert train.items.max() < 600 and test.items.max() < 200
+    assert torch.equal(read_scenes(tmp_path / "fashion-scenes").images,
+                       write_scenes(tmp_path / "again", TINY, str(data), log=lambda _: None) and
+                       read_scenes(tmp_path / "again").images)
+
+
+def test_scenes_are_a_built_in_image_set_and_a_missing_set_says_how_to_get_it(tmp_path):
+    write_scenes(tmp_path / "fashion-scenes", TINY, str(fake_fashion(tmp_path / "fmnist")), log=lambda _: None)
+    images = load_images("fashion-scenes", "train", data_dir=str(tmp_path))
+    assert images.images.shape == (120, 1, 48, 48) and images.labels.max() < 10
+    assert len(load_scenes("test", str(tmp_path))) == 30
+    with pytest.raises(DataError, match="selfsup data fetch fashion-scenes"):
+        read_scenes(tmp_path / "nothing")
+    with pytest.raises(DataError, match="multiple of 8"):
+        SceneRecipe(canvas=50).validate()
+
+
+def test_segmentation_scores_match_a_hand_count():
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 2, 0]])
+    pred = torch.tensor([[0, 1, 1, 1], [2, 2, 0, 0]])
+    confusion = confusion_matrix(pred, target, 4)
+    scores = segmentation_scores(confusion)
+    # class 0: hits 2, union 3 + 3 - 2 = 4; class 1: hits 2, union 2 + 3 - 2 = 3; class 2: hits 2, union 3 + 2 - 2 = 3
+    assert scores["iou"][:3] == [pytest.approx(2 / 4), pytest.approx(2 / 3), pytest.approx(2 / 3)]
+    assert scores["iou"][3] is None                                            # class 3 never occurs
+    assert scores["miou"] == pytest.approx((0.5 + 2 / 3 + 2 / 3) / 3)
+    assert scores["pixel_accuracy"] == pytest.approx(6 / 8)
+
+
+def test_feature_maps_of_a_resnet_and_a_vit():
+    resnet = build_backbone("resnet18", width=0.125, in_channels=1)
+    maps = feature_maps(resnet, torch.zeros(2, 1, 32, 32))
+    assert [m.shape[-1] for m in maps] == [32, 16, 8, 4]
+    vit = build_backbone("vit_tiny", patch_size=8, in_channels=1, image_size=32)
+    (grid,) = feature_maps(vit, torch.zeros(2, 1, 32, 48))
+    assert grid.shape == (2, 192, 4, 6)
+    with pytest.raises(ConfigError, match="feature maps"):
+        feature_maps(nn.Linear(3, 3), torch.zeros(2, 3))
+
+
+class Oracle(nn.Module):
+    """A 'backbone' whose map one-hot encodes each pixel's grey level in steps of 20 at stride 2: enough for
+    a linear head to read the class of scenes painted with grey = 20 * (class + 1)."""
+
+    def __init__(self, informative: bool = True):
+        super().__init__()
+        self.informative = informative
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def stage_maps(self, x):
+        levels = (x * 255 / 20).round().long().clamp(0, 11) if self.informative else torch.randint(0, 12, x.shape)
+        return [nn.functional.one_hot(levels[:, 0, ::2, ::2], 12).permute(0, 3, 1, 2).float() + 0 * self.anchor]
+
+
+def painted_scenes(n, seed):
+    images, labels = items(3 * n, seed=seed)
+    scenes = compose(images, labels, n, SceneRecipe(canvas=32, max_items=2, scale_range=(0.5, 1.0)),
+                     np.random.default_rng(seed))
+    scenes.images = (scenes.semantic.long() * 20).to(torch.uint8)[:, None]
+    return scenes
+
+
+def test_a_linear_head_on_informative_maps_segments_and_on_random_maps_does_not():
+    train, val, test = painted_scenes(60, 0), painted_scenes(20, 1), painted_scenes(20, 2)
+    settings = SegmentSettings(epochs=40, steps=100, batch_size=16, lr=5e-2)
+    prepare = lambda u8: u8.float() / 255
+    good = segment(Oracle(), train, val, test, prepare, settings)
+    bad = segment(Oracle(informative=False), train, val, test, prepare, settings)
+    assert good["miou"] > 0.8 and good["pixel_accuracy"] > 0.9
+    assert bad["miou"] < 0.3
+    assert good["steps"] == max(100, math.ceil(40 * 60 / 16))
+
+
+def test_segment_command_writes_rows_for_the_run_and_its_random_init(tmp_path, capsys):
+    write_scenes(tmp_path / "fashion-scenes", TINY, str(fake_fashion(tmp_path / "fmnist")), log=lambda _: None)
+    run = tmp_path / "runs" / "scenes"
+    assert main(["pretrain", "--data", "fashion-scenes", "--data-dir", str(tmp_path), "--runs-dir",
+                 str(tmp_path / "runs"), "--name", "scenes", "--quiet", "--no-eval", "backbone.width=0.125",
+                 "train.batch_size=32", "train.steps=3", "train.precision=fp32", "eval.online_every=0"]) == 0
+    assert main(["evaluate", "segment", str(run), "--labels", "50%", "--baseline", "--steps", "5", "--epochs", "1",
+                 "--batch-size", "16", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
+    assert [(r["init"], r["labels"], r["scenes"]) for r in rows] == [("pretrained", "50%", 54), ("random init", "50%", 54)]
+    assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" for r in rows)
+    capsys.readouterr()
+    assert main(["evaluate", "segment", str(run), "--labels", "5/class"]) != 0
+    assert "a share (10%) or a count" in capsys.readouterr().err
