@@ -14,8 +14,10 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from selfsup.augment import normalize, to_float
 from selfsup.build import build_method
@@ -23,6 +25,8 @@ from selfsup.config import Config
 from selfsup.data import load_scenes
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import SegmentSettings, segment
+from selfsup.evaluate.detect import detect
+from selfsup.evaluate.explain import explanation_maps, save_explanations
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.evaluate.ranking import ranking_report
 from selfsup.evaluate.splits import parse_label_budget
@@ -187,53 +191,82 @@ def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progr
             for row in evaluate_protocol(run, protocol, train, test, labels, 1, source, progress=progress)]
 
 
-def evaluate_segmentation(run: Run, labels: list[str], seeds: int = 1, settings: SegmentSettings | None = None,
-                          baseline: bool = False, part: str = "test", source: str = "", data_dir: str = "",
-                          progress: bool = True) -> list[dict]:
-    """Semantic segmentation of the scene set from the run's encoder (selfsup.evaluate.dense) with each share
-    of the training scenes and each seed; with `baseline`, the same network from random initialisation too.
-    The validation scenes choose the kept state; `part` is scored. Rows go to eval/dense.jsonl."""
+def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, settings: SegmentSettings | None = None,
+                   baseline: bool = False, part: str = "test", source: str = "", data_dir: str = "",
+                   progress: bool = True) -> list[dict]:
+    """Segmentation (task 'segment': selfsup.evaluate.dense) or detection ('detect': selfsup.evaluate.detect)
+    of the scene set from the run's encoder, with each share of the training scenes and each seed; with
+    `baseline`, the same network from random initialisation too. The validation scenes choose the kept
+    state; `part` is scored. Rows go to eval/dense.jsonl."""
     settings = settings or SegmentSettings()
     source = source or "fashion-scenes"
     if source != "fashion-scenes":
-        raise ConfigError(f"segmentation reads the fashion-scenes set (selfsup data fetch fashion-scenes); "
+        raise ConfigError(f"dense tasks read the fashion-scenes set (selfsup data fetch fashion-scenes); "
                           f"{source!r} is not supported yet")
     if not run.modality.dense_tasks:
-        raise ConfigError(f"{run.path} is a {run.modality.name} run; segmentation needs an image encoder")
+        raise ConfigError(f"{run.path} is a {run.modality.name} run; dense tasks need an image encoder")
     scenes = load_scenes("train", data_dir or run.config.data.data_dir or None)
     parts = image_parts(scenes.as_images(), source, run.config.data.val_fraction)
     train, val = scenes.select(parts["train"]), scenes.select(parts["val"])
     scored = val if part == "val" else load_scenes("test", data_dir or run.config.data.data_dir or None)
-    cfg, device = run.config, resolve_device(run.config.train.device)
-
-    def prepare(images_u8):
-        return normalize(to_float(run.modality.match_input(cfg, images_u8)), cfg.augment.mean, cfg.augment.std)
-
+    cfg, device, prepare = run.config, resolve_device(run.config.train.device), native_image_input(run)
+    frozen = task == "segment" and settings.mode == "linear"
     encoders = [("pretrained", run.backbone)]
     if baseline:
-        encoders.append(("random init" if settings.mode == "linear" else "from scratch",
-                         build_method(cfg).evaluated_backbone))
-    print(f"segmentation ({settings.mode}) of {source}: {len(train)} training scenes, {len(val)} validation, "
-          f"{len(scored)} scored ({part}); mIoU and pixel accuracy over {train.num_classes} classes + background")
+        encoders.append(("random init" if frozen else "from scratch", build_method(cfg).evaluated_backbone))
+    protocol, train_task = ("detect", detect) if task == "detect" else (f"segment-{settings.mode}", segment)
+    measures = ("map", "map50") if task == "detect" else ("miou", "pixel_accuracy")
+    print(f"{protocol} on {source}: {len(train)} training scenes, {len(val)} validation, {len(scored)} scored "
+          f"({part}); {' and '.join(measures)} over {train.num_classes} classes")
     rows = []
     for budget_text in labels:
         budget = parse_label_budget(budget_text)
-        if budget.per_class:
-            raise ConfigError("segmentation budgets are a share (10%) or a count (900) of the training scenes")
         count = budget.total or max(1, round(budget.fraction * len(train)))
         for seed in range(seeds):
             chosen = train.select(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count]
                                   .sort().values)
             for init, encoder in encoders:
                 started = time.perf_counter()
-                result = segment(encoder, chosen, val, scored, prepare, settings, seed, device, progress,
-                                 desc=f"{init} {budget.text} seed {seed}")
-                row = {"protocol": f"segment-{settings.mode}", "init": init, "labels": budget.text, "scenes": count,
-                       "seed": seed, "scored_on": part, "step": run.step, "method": cfg.method.name,
-                       **result, "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings)}
+                result = train_task(encoder, chosen, val, scored, prepare, settings, seed, device, progress,
+                                    desc=f"{init} {budget.text} seed {seed}")
+                row = {"protocol": protocol, "init": init, "labels": budget.text, "scenes": count, "seed": seed,
+                       "scored_on": part, "step": run.step, "method": cfg.method.name, **result,
+                       "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings)}
                 run.folder.append_result(row, to=run.folder.dense_results_file)
-                print(f"  {budget.text:>5} seed {seed} {init:<12} mIoU {100 * row['miou']:6.2f}  pixel accuracy "
-                      f"{100 * row['pixel_accuracy']:6.2f}  (validation mIoU {100 * row['val_miou']:.2f}; "
-                      f"{row['seconds']:.0f} s)")
+                scores = "  ".join(f"{name} {100 * row[name]:6.2f}" for name in measures)
+                print(f"  {budget.text:>5} seed {seed} {init:<12} {scores}  (validation {measures[0]} "
+                      f"{100 * row['val_' + measures[0]]:.2f}; {row['seconds']:.0f} s)")
                 rows.append(row)
     return rows
+
+
+def native_image_input(run: Run) -> Callable:
+    """uint8 images -> the backbone's normalised input at the images' own size, with the run's channels."""
+    cfg = run.config
+    return lambda images_u8: normalize(to_float(run.modality.match_input(cfg, images_u8)), cfg.augment.mean,
+                                       cfg.augment.std)
+
+
+def explain_images(run: Run, images, out: Path, references: int = 2000) -> list[Path]:
+    """Explanation maps (selfsup.evaluate.explain) of `images` (an ImageSet) written as PNGs into `out`: a ViT's
+    class attention per head, or a CNN's Grad-CAM towards each image's nearest neighbour among the first
+    `references` training images (whose class, when known, is written beside the picture)."""
+    if not run.modality.dense_tasks:
+        raise ConfigError(f"{run.path} is a {run.modality.name} run; explanation maps need an image encoder")
+    prepare, backbone = native_image_input(run), run.backbone.cpu().eval()
+    bank, bank_features = None, None
+    if not hasattr(backbone, "class_attention"):
+        bank = run.modality.training_data(run.config, run.path).subset(references)
+        with torch.no_grad():
+            bank_features = torch.cat([F.normalize(backbone(prepare(bank.images[i:i + 256])), dim=1)
+                                       for i in range(0, len(bank), 256)])
+    x = prepare(images.images)
+    result = explanation_maps(backbone, x, bank_features)
+    captions = None
+    if result["nearest"] is not None:
+        named = bank.labels is not None and bank.classes
+        captions = [f"Grad-CAM towards training image {int(j)}" + (f" ({bank.classes[bank.labels[j]]})" if named else "")
+                    for j in result["nearest"]]
+    paths = save_explanations(images.images, result, out, captions)
+    print(f"{result['kind']} maps of {len(images)} images -> {out}/explanations.png (and one PNG an image)")
+    return paths

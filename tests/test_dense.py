@@ -15,6 +15,8 @@ from selfsup.data.scenes import SceneRecipe, compose, read_scenes, render_items,
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import (SegmentSettings, confusion_matrix, feature_maps, segment,
                                     segmentation_scores)
+from selfsup.evaluate.detect import centre_targets, coco_map, decode, flip_boxes, focal_loss
+from selfsup.evaluate.explain import explanation_maps
 
 TINY = SceneRecipe(canvas=48, train_scenes=120, test_scenes=30, max_items=3, scale_range=(0.5, 1.5))
 
@@ -175,7 +177,7 @@ def test_a_linear_head_on_informative_maps_segments_and_on_random_maps_does_not(
     assert good["steps"] == max(100, math.ceil(40 * 60 / 16))
 
 
-def test_segment_command_writes_rows_for_the_run_and_its_random_init(tmp_path, capsys):
+def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(tmp_path, capsys):
     write_scenes(tmp_path / "fashion-scenes", TINY, str(fake_fashion(tmp_path / "fmnist")), log=lambda _: None)
     run = tmp_path / "runs" / "scenes"
     assert main(["pretrain", "--data", "fashion-scenes", "--data-dir", str(tmp_path), "--runs-dir",
@@ -189,3 +191,118 @@ def test_segment_command_writes_rows_for_the_run_and_its_random_init(tmp_path, c
     capsys.readouterr()
     assert main(["evaluate", "segment", str(run), "--labels", "5/class"]) != 0
     assert "a share (10%) or a count" in capsys.readouterr().err
+    assert main(["evaluate", "detect", str(run), "--labels", "50%", "--steps", "3", "--epochs", "1", "--batch-size",
+                 "16", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
+    assert rows[-1]["protocol"] == "detect" and 0 <= rows[-1]["map"] <= 1 and rows[-1]["stride"] == 2
+    assert main(["explain", str(run), "--data", "fashion-scenes", "--count", "3", "--out", str(tmp_path / "maps")]) == 0
+    assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
+        "explain-000.png", "explain-001.png", "explain-002.png", "explanations.png", "explanations.txt"]
+    assert "Grad-CAM towards training image" in (tmp_path / "maps" / "explanations.txt").read_text()
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+def test_centre_targets_put_a_peak_on_each_objects_class_and_cell():
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 16.0], [40.0, 0.0, 48.0, 32.0]])
+    targets = centre_targets(boxes, torch.tensor([3, 1]), torch.tensor([0, 1]), 2, 5, (12, 12), 4.0)
+    heat = targets["heatmap"]
+    assert heat.shape == (2, 5, 12, 12)
+    assert heat[0, 3, 3, 4] == 1 and heat[1, 1, 4, 11] == 1                   # centres (16, 12) and (44, 16) / 4
+    assert heat.eq(1).sum() == 2 and heat[0, 1].sum() == 0 and heat[1, 3].sum() == 0
+    torch.testing.assert_close(targets["size"], torch.tensor([[4.0, 2.0], [2.0, 8.0]]))
+    torch.testing.assert_close(targets["offset"], torch.tensor([[0.0, 0.0], [0.0, 0.0]]))
+    # The Gaussian is wider along the longer side: the second box is 4x taller than wide.
+    assert heat[1, 1, 6, 11] > heat[1, 1, 4, 9]
+
+
+def test_focal_loss_is_centernets_formula():
+    logits = torch.tensor([[[[0.3, -1.0], [2.0, 0.5]]]])
+    target = torch.tensor([[[[1.0, 0.6], [0.0, 1.0]]]])
+    p = torch.sigmoid(logits)
+    by_hand = -(((1 - p[0, 0, 0, 0]) ** 2 * torch.log(p[0, 0, 0, 0]))
+                + ((1 - p[0, 0, 1, 1]) ** 2 * torch.log(p[0, 0, 1, 1]))
+                + (1 - 0.6) ** 4 * p[0, 0, 0, 1] ** 2 * torch.log(1 - p[0, 0, 0, 1])
+                + p[0, 0, 1, 0] ** 2 * torch.log(1 - p[0, 0, 1, 0])) / 2
+    torch.testing.assert_close(focal_loss(logits, target), by_hand)
+
+
+def perfect_outputs(scenes, grid, stride):
+    """What a head that is always right would output for the scenes: the targets, as logits."""
+    rows = scenes.box_scene
+    targets = centre_targets(scenes.boxes, scenes.box_labels, rows, len(scenes), scenes.num_classes, grid, stride)
+    out = {"heatmap": torch.logit(targets["heatmap"].clamp(1e-4, 1 - 1e-4)),
+           "size": torch.zeros(len(scenes), 2, *grid), "offset": torch.zeros(len(scenes), 2, *grid)}
+    cx, cy = targets["cell"][:, 0], targets["cell"][:, 1]
+    out["size"][rows, :, cy, cx] = targets["size"]
+    out["offset"][rows, :, cy, cx] = targets["offset"]
+    return out
+
+
+def test_decoding_perfect_outputs_gives_the_boxes_back_and_full_map():
+    images, labels = items(200)
+    scenes = compose(images, labels, 30, SceneRecipe(canvas=48, max_items=2, scale_range=(0.8, 1.5)),
+                     np.random.default_rng(4))
+    detections = decode(perfect_outputs(scenes, (48, 48), 1.0), 1.0)
+    first = detections[0]["scores"] > 0.5
+    assert torch.allclose(detections[0]["boxes"][first].sort(0).values, scenes.boxes[scenes.box_scene == 0].sort(0).values)
+    scores = coco_map(detections, scenes)
+    assert scores["map"] == pytest.approx(1.0) and scores["map50"] == pytest.approx(1.0)
+    # Boxes shifted by a fifth of their width overlap by IoU 0.8 / 1.2 = 2/3: they count at the thresholds
+    # 0.5, 0.55, 0.6 and 0.65 of the ten, so mAP@.5 stays 1 and mAP@[.5:.95] drops to 0.4.
+    shifted = [dict(d, boxes=d["boxes"] + torch.stack([(d["boxes"][:, 2] - d["boxes"][:, 0]) / 5,
+                                                        torch.zeros(len(d["boxes"]))] * 2, 1)) for d in detections]
+    worse = coco_map(shifted, scenes)
+    assert worse["map"] == pytest.approx(0.4, abs=0.01) and worse["map50"] == pytest.approx(1.0)
+    assert coco_map([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+                     for _ in range(len(scenes))], scenes) == {"map": 0.0, "map50": 0.0}
+
+
+def test_flipped_boxes_follow_the_mirrored_image():
+    boxes = torch.tensor([[2.0, 3.0, 10.0, 7.0], [0.0, 0.0, 4.0, 4.0]])
+    flipped = flip_boxes(boxes, torch.tensor([True, False]), 32)
+    torch.testing.assert_close(flipped, torch.tensor([[22.0, 3.0, 30.0, 7.0], [0.0, 0.0, 4.0, 4.0]]))
+
+
+# ------------------------------------------------------------------------------------- explanations
+
+def test_class_attention_is_the_weights_the_last_block_averages_values_with():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", patch_size=8, in_channels=1, image_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    maps = vit.class_attention(x)
+    assert maps.shape == (2, 3, 4, 4) and (maps >= 0).all() and (maps.flatten(2).sum(-1) < 1).all()
+    # The class token's output of the last attention (before its projection) is its weights times the values:
+    # recompute the weight on the class token itself as 1 - the patches' sum, and compare with the module.
+    tokens = vit.embed_tokens(x)
+    for block in vit.blocks[:-1]:
+        tokens = block(tokens)
+    attention, b, n, d = vit.blocks[-1].attn, *tokens.shape
+    _, _, v = attention.qkv(vit.blocks[-1].norm1(tokens)).view(b, n, 3, attention.heads, -1).permute(2, 0, 3, 1, 4)
+    weights = torch.cat([1 - maps.flatten(2).sum(-1, keepdim=True), maps.flatten(2)], -1)      # (B, heads, n)
+    ours = (weights[:, :, None] @ v)[:, :, 0]                                                   # (B, heads, dh)
+    q, k, _ = attention.qkv(vit.blocks[-1].norm1(tokens)).view(b, n, 3, attention.heads, -1).permute(2, 0, 3, 1, 4)
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v)[:, :, 0]
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-4)
+    result = explanation_maps(vit, x)
+    assert result["kind"] == "attention" and result["maps"].shape == (2, 3, 32, 32) and result["maps"].max() == 1
+
+
+class BrightChannel(nn.Module):
+    """A 'CNN' whose last stage is (the image, a constant): its embedding leans towards channel 0 as the image
+    gets brighter, so Grad-CAM towards a reference on channel 0 must light up the bright pixels."""
+
+    def stage_maps(self, x):
+        return [torch.cat([x, torch.ones_like(x)], 1)]
+
+
+def test_grad_cam_lights_up_the_region_that_makes_an_image_like_its_neighbour():
+    x = torch.zeros(1, 1, 16, 16, requires_grad=False)
+    x[0, 0, 4:8, 10:14] = 1.0
+    references = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [-1.0, -0.2]]), dim=1)
+    result = explanation_maps(BrightChannel(), x, references)
+    maps = result["maps"][0, 0]
+    assert result["kind"] == "grad-cam" and result["nearest"].tolist() == [0]
+    assert maps[4:8, 10:14].min() == 1 and maps[:4].max() == 0 and maps[8:].max() == 0
+    with pytest.raises(ConfigError, match="ViT .* or a ResNet"):
+        explanation_maps(nn.Linear(2, 2), x)

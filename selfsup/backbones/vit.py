@@ -133,6 +133,10 @@ class VisionTransformer(nn.Module):
         keep: (B, n_keep) indices into the row-major patch grid; only those patches are encoded,
         in that order (position embeddings are added before the others are dropped). None = all.
         """
+        return self.norm(self.blocks(self.embed_tokens(x, keep)))
+
+    def embed_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """The sequence the blocks read: the class token, then the (kept) patches, with positions added."""
         grid_h, grid_w = self.grid_size(*x.shape[-2:])
         tokens = self.patch_embed(x).flatten(2).transpose(1, 2)             # (B, N, dim)
         pos = self.position_embedding(grid_h, grid_w, tokens.device, tokens.dtype)
@@ -140,7 +144,21 @@ class VisionTransformer(nn.Module):
         if keep is not None:
             tokens = torch.gather(tokens, 1, keep[..., None].expand(-1, -1, tokens.shape[-1]))
         cls = (self.cls_token + pos[:, :1]).expand(tokens.shape[0], -1, -1).to(tokens.dtype)
-        return self.norm(self.blocks(torch.cat([cls, tokens], dim=1)))
+        return torch.cat([cls, tokens], dim=1)
+
+    def class_attention(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, heads, grid_h, grid_w): the last block's attention of the class token to each patch, per head
+        (the maps of DINO's figures): softmax(q_cls k^T / sqrt(head dim)) over the class token and patches."""
+        grid_h, grid_w = self.grid_size(*x.shape[-2:])
+        tokens = self.embed_tokens(x)
+        for block in self.blocks[:-1]:
+            tokens = block(tokens)
+        attention = self.blocks[-1].attn
+        b, n, d = tokens.shape
+        q, k, _ = attention.qkv(self.blocks[-1].norm1(tokens)).view(b, n, 3, attention.heads, d // attention.heads) \
+            .permute(2, 0, 3, 1, 4)
+        weights = (q[:, :, :1] @ k.transpose(-2, -1) * (d // attention.heads) ** -0.5).softmax(-1)   # (B, h, 1, n)
+        return weights[:, :, 0, 1:].reshape(b, attention.heads, grid_h, grid_w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_tokens(x)[:, 0]

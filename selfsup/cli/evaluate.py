@@ -12,13 +12,13 @@ from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHAB
                                         finetune_settings)
 from selfsup.evaluate.splits import parse_label_budget
 from selfsup.modalities import ImageModality
-from selfsup.pipeline import evaluate_knn, evaluate_perplexity, evaluate_ranking, evaluate_segmentation
+from selfsup.pipeline import evaluate_knn, evaluate_perplexity, evaluate_ranking, evaluate_dense
 from selfsup.run import load_run
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="evaluate a pretrained run: knn, linear, propagate, finetune, "
-                                        "selftrain, supervised, raw, perplexity, ranking, segment",
+                                        "selftrain, supervised, raw, perplexity, ranking, segment, detect",
                        description="Evaluate a run's encoder on labelled data, with all or few of the labels. "
                                    "Each result is printed and appended to RUN_DIR/eval/results.jsonl, which "
                                    "`selfsup report` turns into the label-efficiency curve. See docs/evaluation.md.")
@@ -126,7 +126,7 @@ def add_parsers(sub) -> None:
                          help="which held-out item of each user [default: test]")
     ranking.set_defaults(func=cmd_ranking)
     defaults = SegmentSettings()
-    seg = protocols.add_parser(
+    segment_parser = protocols.add_parser(
         "segment", help="semantic segmentation of fashion-scenes from an image run's encoder: mIoU, pixel accuracy",
         description="Per-pixel classes of the fashion-scenes set (selfsup data fetch fashion-scenes) from the run's "
                     "encoder. --mode linear: the backbone is frozen and a batch norm + 1x1 convolution classifies "
@@ -134,25 +134,40 @@ def add_parsers(sub) -> None:
                     "light FPN decoder on its last three maps. The validation scenes (carved from the training "
                     "scenes) choose the state kept; the test scenes give the final figure. Rows go to "
                     "RUN_DIR/eval/dense.jsonl (docs/dense.md).")
-    add_run_arguments(seg, checkpoint=True)
-    seg.add_argument("--mode", choices=SEGMENT_MODES, default=defaults.mode,
-                     help=f"frozen linear head or fine-tuned backbone + decoder [default: {defaults.mode}]")
-    seg.add_argument("--labels", nargs="+", default=["100%"], metavar="BUDGET",
-                     help="share (10%%) or count (900) of the training scenes with masks [default: 100%%]")
-    seg.add_argument("--seeds", type=int, default=1, help="draws of the scenes (and head seeds) per budget [default: 1]")
-    seg.add_argument("--baseline", action="store_true",
-                     help="also the same network from random initialisation (linear: frozen random features; "
-                          "finetune: trained from scratch)")
-    seg.add_argument("--epochs", type=float, default=defaults.epochs,
-                     help=f"passes over the labelled scenes [default: {defaults.epochs:g}]")
-    seg.add_argument("--steps", type=int, default=defaults.steps, help=f"at least this many steps [default: {defaults.steps}]")
-    seg.add_argument("--batch-size", type=int, default=defaults.batch_size, help=f"[default: {defaults.batch_size}]")
-    seg.add_argument("--lr", type=float, default=defaults.lr, help=f"AdamW learning rate [default: {defaults.lr}]")
-    seg.add_argument("--on", choices=("test", "val"), default="test",
-                     help="scored part: test for final figures, val for choices [default: test]")
-    seg.add_argument("--data-dir", default="", help="folder holding fashion-scenes [default: where fetch writes]")
-    seg.add_argument("--quiet", action="store_true", help="no progress bars")
-    seg.set_defaults(func=cmd_segment)
+    segment_parser.add_argument("--mode", choices=SEGMENT_MODES, default=defaults.mode,
+                                help=f"frozen linear head or fine-tuned backbone + decoder [default: {defaults.mode}]")
+    detect_parser = protocols.add_parser(
+        "detect", help="object detection on fashion-scenes, fine-tuning the run's encoder: COCO mAP",
+        description="Boxes of the fashion-scenes objects: the run's backbone is fine-tuned with a CenterNet head "
+                    "(class-centre heatmaps, box size and offset) on the FPN of its last three maps. COCO's "
+                    "mAP@[.5:.95] and mAP@.5 (pycocotools: pip install 'selfsup[dense]'); the validation scenes "
+                    "choose the state kept, the test scenes give the final figure. Rows go to "
+                    "RUN_DIR/eval/dense.jsonl (docs/dense.md).")
+    for task, parser in (("segment", segment_parser), ("detect", detect_parser)):
+        add_run_arguments(parser, checkpoint=True)
+        parser.add_argument("--labels", nargs="+", default=["100%"], metavar="BUDGET",
+                            help="share (10%%) or count (900) of the training scenes with labels [default: 100%%]")
+        parser.add_argument("--seeds", type=int, default=1, help="draws of the scenes (and head seeds) per budget "
+                                                                 "[default: 1]")
+        parser.add_argument("--baseline", action="store_true",
+                            help="also the same network from random initialisation (a frozen linear head reads "
+                                 "random features; a fine-tuned one trains from scratch)")
+        parser.add_argument("--epochs", type=float, default=0.0,
+                            help="passes over the labelled scenes [default: " + ("30 linear, 10 finetune"
+                                 if task == "segment" else "10") + "]")
+        parser.add_argument("--steps", type=int, default=defaults.steps,
+                            help=f"at least this many steps [default: {defaults.steps}]")
+        parser.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                            help=f"[default: {defaults.batch_size}]")
+        parser.add_argument("--lr", type=float, default=0.0,
+                            help="AdamW learning rate [default: " + ("5e-2 linear (chosen on validation), 1e-3 "
+                                 "finetune" if task == "segment" else "1e-3") + "]")
+        parser.add_argument("--on", choices=("test", "val"), default="test",
+                            help="scored part: test for final figures, val for choices [default: test]")
+        parser.add_argument("--data-dir", default="", help="folder holding fashion-scenes [default: where fetch "
+                                                           "writes]")
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
+        parser.set_defaults(func=cmd_dense, task=task)
 
 
 def _evaluate_parser(protocols, name: str, help_text: str, description: str) -> argparse.ArgumentParser:
@@ -234,7 +249,7 @@ def cmd_perplexity(args) -> int:
     return 0
 
 
-def cmd_segment(args) -> int:
+def cmd_dense(args) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     try:
@@ -242,12 +257,12 @@ def cmd_segment(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     if any(budget.per_class for budget in budgets):
-        raise ConfigError("segmentation budgets are a share (10%) or a count (900) of the training scenes, "
+        raise ConfigError("scene budgets are a share (10%) or a count (900) of the training scenes, "
                           "not a count per class")
-    settings = SegmentSettings(mode=args.mode, epochs=args.epochs, steps=args.steps, batch_size=args.batch_size,
-                               lr=args.lr)
+    settings = SegmentSettings(mode=getattr(args, "mode", "finetune"), epochs=args.epochs, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr)
     run = load_run(args.run_dir, args.checkpoint)
-    evaluate_segmentation(run, args.labels, args.seeds, settings, args.baseline, args.on, data_dir=args.data_dir,
-                          progress=not args.quiet)
+    evaluate_dense(run, args.task, args.labels, args.seeds, settings, args.baseline, args.on, data_dir=args.data_dir,
+                   progress=not args.quiet)
     print(f"results appended to {run.folder.dense_results_file}")
     return 0

@@ -1,15 +1,18 @@
-"""Commands on a finished run: `selfsup report`, `embed`, `export`, and `import-weights` (another
+"""Commands on a finished run: `selfsup report`, `embed`, `explain`, `export`, and `import-weights` (another
 library's backbone as a selfsup encoder)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from selfsup.backbones import backbone_parameters, build_backbone_from_config, is_backbone
 from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
 from selfsup.export import encoder_spec, export_encoder, export_onnx, import_weights, save_encoder
+from selfsup.errors import ConfigError
+from selfsup.pipeline import explain_images
 from selfsup.report import write_report
 from selfsup.run import load_run
 
@@ -42,6 +45,21 @@ def add_parsers(sub) -> None:
                    help="arithmetic of the forward pass: fp32 gives the exported encoder's embeddings; 'run' the "
                         "training precision (faster on hardware with bf16, up to 3e-3 away) [default: fp32]")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("explain", help="write maps of what an image encoder looks at (attention, Grad-CAM) as PNGs",
+                       description="For a ViT: the last block's class-token attention to each patch, one map per "
+                                   "head (as in DINO's figures). For a ResNet: Grad-CAM of the last stage for the "
+                                   "similarity of each image to its nearest neighbour among the run's training "
+                                   "images. Writes OUT/explain-NNN.png (the image, then each map over it) and "
+                                   "OUT/explanations.png (all of them); docs/dense.md.")
+    add_run_arguments(p, checkpoint=True)
+    p.add_argument("--data", required=True, help="a folder of images or a built-in data set name (fashion-mnist, "
+                                                 "fashion-scenes)")
+    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    p.add_argument("--count", type=int, default=8, help="explain the first COUNT images [default: 8]")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("export", help="write a run's encoder alone to a safetensors or ONNX file",
                        description="Write the backbone of a run's newest checkpoint (or --checkpoint) to OUT. "
@@ -78,6 +96,15 @@ def add_parsers(sub) -> None:
 def cmd_report(args) -> int:
     print(f"report: {write_report(args.run_dir, progress=not args.quiet).resolve()}")
     return 0
+
+def cmd_explain(args) -> int:
+    if args.count < 1:
+        raise ConfigError(f"--count must be >= 1, got {args.count}")
+    run = load_run(args.run_dir, args.checkpoint)
+    data = run.modality.read(run.config, run.path, args.data, args.split, args.data_dir)
+    explain_images(run, data.select(torch.arange(min(args.count, len(data)))), Path(args.out))
+    return 0
+
 
 def cmd_embed(args) -> int:
     run = load_run(args.run_dir, args.checkpoint)

@@ -31,23 +31,30 @@ from selfsup.optim import lr_factor
 MODES = ("linear", "finetune")
 
 
+# Per mode: the linear head's rate was chosen on the validation scenes (docs/dense.md); the fine-tuning
+# ones are set in advance, not searched.
+MODE_DEFAULTS = {"linear": {"lr": 5e-2, "epochs": 30.0}, "finetune": {"lr": 1e-3, "epochs": 10.0}}
+
+
 @dataclass
 class SegmentSettings:
-    mode: str = "linear"
-    epochs: float = 30.0               # passes over the labelled scenes (at least `steps` steps)
+    mode: str = "linear"               # linear | finetune (detection always fine-tunes)
+    epochs: float = 0.0                # passes over the labelled scenes (at least `steps` steps); 0 = the mode's
     steps: int = 300
     batch_size: int = 64
-    lr: float = 1e-3                   # AdamW; the backbone learns at the same rate when fine-tuned
+    lr: float = 0.0                    # AdamW; the backbone learns at the same rate when fine-tuned; 0 = the mode's
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     checks: int = 5                    # validation checks over training; the best state is kept
-    decoder_width: int = 64            # the FPN decoder's channels (finetune)
+    decoder_width: int = 64            # the FPN decoder's channels (finetune, detection)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"segmentation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.epochs <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
-            raise ConfigError("segmentation epochs, steps, batch size and checks must be positive")
+        self.lr = self.lr or MODE_DEFAULTS[self.mode]["lr"]
+        self.epochs = self.epochs or MODE_DEFAULTS[self.mode]["epochs"]
+        if self.epochs <= 0 or self.lr <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
+            raise ConfigError("segmentation epochs, lr, steps, batch size and checks must be positive")
 
     def steps_for(self, scenes: int) -> int:
         return max(self.steps, math.ceil(self.epochs * scenes / min(self.batch_size, scenes)))
@@ -78,22 +85,34 @@ class LinearSegmentHead(nn.Module):
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-class FPNSegmentHead(nn.Module):
-    """A light feature pyramid over the last three maps (Lin et al. 2017's top-down path, one output level)."""
+class FPN(nn.Module):
+    """A light feature pyramid over the last three maps (Lin et al. 2017's top-down path), one output level:
+    lateral 1x1 convolutions, top-down sums, one 3x3 convolution; (B, width, H_finest, W_finest)."""
 
-    def __init__(self, channels: list[int], classes: int, width: int = 64):
+    def __init__(self, channels: list[int], width: int = 64):
         super().__init__()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels[-3:])
         self.smooth = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
                                     nn.ReLU(inplace=True))
-        self.classify = nn.Conv2d(width, classes, 1)
 
-    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
         maps = maps[-len(self.lateral):]
         x = self.lateral[-1](maps[-1])
         for lateral, finer in zip(reversed(self.lateral[:-1]), reversed(maps[:-1])):
             x = F.interpolate(x, size=finer.shape[-2:], mode="bilinear", align_corners=False) + lateral(finer)
-        return F.interpolate(self.classify(self.smooth(x)), size=size, mode="bilinear", align_corners=False)
+        return self.smooth(x)
+
+
+class FPNSegmentHead(nn.Module):
+    """The FPN's output classified per cell by a 1x1 convolution, upsampled to the image."""
+
+    def __init__(self, channels: list[int], classes: int, width: int = 64):
+        super().__init__()
+        self.neck = FPN(channels, width)
+        self.classify = nn.Conv2d(width, classes, 1)
+
+    def forward(self, maps: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.classify(self.neck(maps)), size=size, mode="bilinear", align_corners=False)
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, classes: int) -> torch.Tensor:
@@ -113,8 +132,8 @@ def segmentation_scores(confusion: torch.Tensor) -> dict:
             "iou": [None if math.isnan(v) else v for v in iou.tolist()]}
 
 
-class Segmenter(nn.Module):
-    """backbone + head; `prepare` turns uint8 scenes into the backbone's normalised input."""
+class DenseModel(nn.Module):
+    """backbone + a head on its feature maps; `prepare` turns uint8 scenes into the backbone's normalised input."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, prepare: Callable):
         super().__init__()
@@ -136,11 +155,9 @@ def segment(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet,
     backbone = copy.deepcopy(backbone).to(device).eval()
     with torch.no_grad():
         channels = [m.shape[1] for m in feature_maps(backbone, prepare(train.images[:2].to(device)))]
-    head_type = LinearSegmentHead if settings.mode == "linear" else FPNSegmentHead
-    head = head_type(channels, classes) if settings.mode == "linear" else head_type(channels, classes,
-                                                                                    settings.decoder_width)
-    model = Segmenter(backbone, head, prepare).to(device)
     frozen = settings.mode == "linear"
+    head = LinearSegmentHead(channels, classes) if frozen else FPNSegmentHead(channels, classes, settings.decoder_width)
+    model = DenseModel(backbone, head, prepare).to(device)
     backbone.requires_grad_(not frozen)
     size = tuple(train.images.shape[-2:])
     if frozen:      # the backbone's last maps of every scene, once; only the head trains and predicts from them
@@ -151,46 +168,62 @@ def segment(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet,
     else:
         predictors = {name: (lambda i, j, scenes=scenes: model(scenes.images[i:j].to(device)))
                       for name, scenes in (("val", val), ("test", test))}
-    trained = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trained, lr=settings.lr, weight_decay=settings.weight_decay)
-    steps = settings.steps_for(len(train))
-    warmup = round(settings.warmup_fraction * steps)
-    check_at = {round(steps * (i + 1) / settings.checks) - 1 for i in range(settings.checks)}
-    order_gen = torch.Generator().manual_seed(seed)
-    batch_size = min(settings.batch_size, len(train))
-    order, position = torch.randperm(len(train), generator=order_gen), 0
-    best, best_state, loss = -1.0, None, torch.tensor(float("nan"))
-    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-        if position + batch_size > len(order):
-            order, position = torch.randperm(len(train), generator=order_gen), 0
-        idx = order[position:position + batch_size]
-        position += batch_size
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * lr_factor(step, steps, warmup)
-        model.head.train()
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         if frozen:                                                  # the cached maps of the plain scenes
             logits, target = model.head([cached["train"][idx].to(device).float()], size), train.semantic[idx]
         else:                                                       # mirrored scenes and masks alike
-            flip = torch.rand(len(idx), generator=order_gen) < 0.5
-            model.backbone.train()
-            logits, target = model(_flip(train.images[idx], flip).to(device)), _flip(train.semantic[idx], flip)
-        loss = F.cross_entropy(logits, target.long().to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step in check_at:
-            score = score_predictions(model, predictors["val"], val.semantic, classes)["miou"]
-            if score > best:
-                best, best_state = score, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            logits, target = model(flip_images(train.images[idx], flip).to(device)), flip_images(train.semantic[idx], flip)
+        return F.cross_entropy(logits, target.long().to(device))
+
+    steps, loss = fit(model, batch_loss, lambda: score_predictions(model, predictors["val"], val.semantic,
+                                                                    classes)["miou"],
+                      settings, len(train), seed, frozen, progress, desc)
     val_scores = score_predictions(model, predictors["val"], val.semantic, classes)
     test_scores = score_predictions(model, predictors["test"], test.semantic, classes)
     return {"val_miou": val_scores["miou"], "val_pixel_accuracy": val_scores["pixel_accuracy"],
             "miou": test_scores["miou"], "pixel_accuracy": test_scores["pixel_accuracy"], "iou": test_scores["iou"],
-            "steps": steps, "final_train_loss": loss.item()}
+            "steps": steps, "final_train_loss": loss}
 
 
-def _flip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+def fit(model: nn.Module, batch_loss: Callable, validate: Callable, settings: SegmentSettings, count: int,
+        seed: int, frozen_backbone: bool, progress: bool, desc: str) -> tuple[int, float]:
+    """The dense tasks' loop: AdamW over the parameters that train, warm-up and cosine decay, batches of a
+    seeded permutation of `count` samples; validate() (higher is better) at settings.checks points, and the
+    model is left at the best of them. batch_loss(indices, generator) -> the loss of one batch."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
+                                  weight_decay=settings.weight_decay)
+    steps = settings.steps_for(count)
+    warmup = round(settings.warmup_fraction * steps)
+    check_at = {round(steps * (i + 1) / settings.checks) - 1 for i in range(settings.checks)}
+    gen = torch.Generator().manual_seed(seed)
+    batch_size = min(settings.batch_size, count)
+    order, position = torch.randperm(count, generator=gen), 0
+    best, best_state, loss = -math.inf, None, torch.tensor(float("nan"))
+    for step in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+        if position + batch_size > len(order):
+            order, position = torch.randperm(count, generator=gen), 0
+        idx = order[position:position + batch_size]
+        position += batch_size
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * lr_factor(step, steps, warmup)
+        model.train()
+        if frozen_backbone:
+            model.backbone.eval()
+        loss = batch_loss(idx, gen)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step in check_at:
+            score = validate()
+            if score > best:
+                best, best_state = score, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return steps, loss.item()
+
+
+def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     """x (B, ..., W) with the rows where flip is True mirrored left-right."""
     return torch.where(flip.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
 
