@@ -79,6 +79,7 @@ def test_fetch_returns_at_once_when_outputs_exist(monkeypatch, tmp_path):
     forbid_commands(monkeypatch)
     (tmp_path / "sotu").mkdir()
     (tmp_path / "movielens-100k").mkdir()
+    (tmp_path / "fashion-scenes").mkdir()
     for name in ("spam-assassin.jsonl", "fortunes.jsonl", "letter-recognition.csv"):
         (tmp_path / name).write_text("x\n")
     for name in fetch_module.DATASETS:
