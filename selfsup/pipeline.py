@@ -14,24 +14,22 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from selfsup.augment import normalize, to_float
 from selfsup.build import build_method
 from selfsup.config import Config
 from selfsup.data import load_scenes
+from selfsup.data.coco import find_annotations, read_coco
+from selfsup.data.holdout import part_of, path_position
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import SegmentSettings, segment
 from selfsup.evaluate.detect import detect
-from selfsup.evaluate.explain import explanation_maps, save_explanations
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.evaluate.ranking import ranking_report
 from selfsup.evaluate.splits import parse_label_budget
 from selfsup.interactions.data import ITEM_OFFSET
-from selfsup.modalities.image import image_parts
+from selfsup.modalities.image import FOLDER_TEST_FRACTION, image_parts
 from selfsup.report import write_report
 from selfsup.run import Run, knn_report, load_run
 from selfsup.run_folder import RunFolder
@@ -192,24 +190,21 @@ def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progr
 
 
 def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, settings: SegmentSettings | None = None,
-                   baseline: bool = False, part: str = "test", source: str = "", data_dir: str = "",
+                   baseline: bool = False, part: str = "test", source: str = "", data_dir: str = "", size: int = 0,
                    progress: bool = True) -> list[dict]:
     """Segmentation (task 'segment': selfsup.evaluate.dense) or detection ('detect': selfsup.evaluate.detect)
-    of the scene set from the run's encoder, with each share of the training scenes and each seed; with
-    `baseline`, the same network from random initialisation too. The validation scenes choose the kept
-    state; `part` is scored. Rows go to eval/dense.jsonl."""
+    from the run's encoder, on fashion-scenes or a COCO-style annotation file (scene_parts), with each share of
+    the training scenes and each seed; with `baseline`, the same network from random initialisation too. The
+    validation scenes choose the kept state; `part` is scored. Rows go to eval/dense.jsonl."""
     settings = settings or SegmentSettings()
     source = source or "fashion-scenes"
-    if source != "fashion-scenes":
-        raise ConfigError(f"dense tasks read the fashion-scenes set (selfsup data fetch fashion-scenes); "
-                          f"{source!r} is not supported yet")
     if not run.modality.dense_tasks:
         raise ConfigError(f"{run.path} is a {run.modality.name} run; dense tasks need an image encoder")
-    scenes = load_scenes("train", data_dir or run.config.data.data_dir or None)
-    parts = image_parts(scenes.as_images(), source, run.config.data.val_fraction)
-    train, val = scenes.select(parts["train"]), scenes.select(parts["val"])
-    scored = val if part == "val" else load_scenes("test", data_dir or run.config.data.data_dir or None)
-    cfg, device, prepare = run.config, resolve_device(run.config.train.device), native_image_input(run)
+    train, val, scored = scene_parts(run, source, data_dir, part, size)
+    if task == "segment" and train.semantic is None:
+        raise DataError(f"{source} has boxes only (an annotation without 'segmentation'); segmentation needs masks, "
+                        "detection (selfsup evaluate detect) works with boxes")
+    cfg, device, prepare = run.config, resolve_device(run.config.train.device), run.modality.native_input(run.config)
     frozen = task == "segment" and settings.mode == "linear"
     encoders = [("pretrained", run.backbone)]
     if baseline:
@@ -229,8 +224,8 @@ def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, setti
                 started = time.perf_counter()
                 result = train_task(encoder, chosen, val, scored, prepare, settings, seed, device, progress,
                                     desc=f"{init} {budget.text} seed {seed}")
-                row = {"protocol": protocol, "init": init, "labels": budget.text, "scenes": count, "seed": seed,
-                       "scored_on": part, "step": run.step, "method": cfg.method.name, **result,
+                row = {"protocol": protocol, "data": source, "init": init, "labels": budget.text, "scenes": count,
+                       "seed": seed, "scored_on": part, "step": run.step, "method": cfg.method.name, **result,
                        "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings)}
                 run.folder.append_result(row, to=run.folder.dense_results_file)
                 scores = "  ".join(f"{name} {100 * row[name]:6.2f}" for name in measures)
@@ -240,33 +235,28 @@ def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, setti
     return rows
 
 
-def native_image_input(run: Run) -> Callable:
-    """uint8 images -> the backbone's normalised input at the images' own size, with the run's channels."""
-    cfg = run.config
-    return lambda images_u8: normalize(to_float(run.modality.match_input(cfg, images_u8)), cfg.augment.mean,
-                                       cfg.augment.std)
-
-
-def explain_images(run: Run, images, out: Path, references: int = 2000) -> list[Path]:
-    """Explanation maps (selfsup.evaluate.explain) of `images` (an ImageSet) written as PNGs into `out`: a ViT's
-    class attention per head, or a CNN's Grad-CAM towards each image's nearest neighbour among the first
-    `references` training images (whose class, when known, is written beside the picture)."""
-    if not run.modality.dense_tasks:
-        raise ConfigError(f"{run.path} is a {run.modality.name} run; explanation maps need an image encoder")
-    prepare, backbone = native_image_input(run), run.backbone.cpu().eval()
-    bank, bank_features = None, None
-    if not hasattr(backbone, "class_attention"):
-        bank = run.modality.training_data(run.config, run.path).subset(references)
-        with torch.no_grad():
-            bank_features = torch.cat([F.normalize(backbone(prepare(bank.images[i:i + 256])), dim=1)
-                                       for i in range(0, len(bank), 256)])
-    x = prepare(images.images)
-    result = explanation_maps(backbone, x, bank_features)
-    captions = None
-    if result["nearest"] is not None:
-        named = bank.labels is not None and bank.classes
-        captions = [f"Grad-CAM towards training image {int(j)}" + (f" ({bank.classes[bank.labels[j]]})" if named else "")
-                    for j in result["nearest"]]
-    paths = save_explanations(images.images, result, out, captions)
-    print(f"{result['kind']} maps of {len(images)} images -> {out}/explanations.png (and one PNG an image)")
-    return paths
+def scene_parts(run: Run, source: str, data_dir: str = "", part: str = "test", size: int = 0):
+    """(train, validation, scored) SceneSets: fashion-scenes' training scenes less its validation part, and its
+    validation or test scenes; or a COCO-style annotation file's images (read at `size`, else the run's image
+    size, in the run's channels) cut into train, validation and test by the hash of each file name, as image
+    folders are."""
+    data_dir = data_dir or run.config.data.data_dir or None
+    if source == "fashion-scenes":
+        scenes = load_scenes("train", data_dir)
+        parts = image_parts(scenes.as_images(), source, run.config.data.val_fraction)
+        scored = scenes.select(parts["val"]) if part == "val" else load_scenes("test", data_dir)
+        return scenes.select(parts["train"]), scenes.select(parts["val"]), scored
+    annotations = find_annotations(source)
+    if annotations is None:
+        raise ConfigError(f"dense tasks read fashion-scenes (selfsup data fetch fashion-scenes) or a COCO-style "
+                          f"annotation file (or a folder holding one); {source!r} is neither")
+    scenes = read_coco(annotations, size or run.config.data.size, run.config.data.channels or 3)
+    names = [part_of(path_position(p), FOLDER_TEST_FRACTION, run.config.data.val_fraction) for p in scenes.paths]
+    cut = {name: scenes.select(torch.tensor([i for i, n in enumerate(names) if n == name], dtype=torch.long))
+           for name in ("train", "val", "test")}
+    for name, piece in cut.items():
+        if not len(piece):
+            raise DataError(f"{annotations}: none of its {len(scenes)} images falls in the {name} part (test "
+                            f"{FOLDER_TEST_FRACTION:.0%}, validation {run.config.data.val_fraction:.0%} by file name "
+                            "hash); annotate more images")
+    return cut["train"], cut["val"], cut[part]

@@ -11,6 +11,7 @@ from conftest import write_idx
 from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.data import load_images, load_scenes
+from selfsup.data.coco import find_annotations, read_coco
 from selfsup.data.scenes import SceneRecipe, compose, read_scenes, render_items, write_scenes
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import (SegmentSettings, confusion_matrix, feature_maps, segment,
@@ -199,6 +200,15 @@ def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
         "explain-000.png", "explain-001.png", "explain-002.png", "explanations.png", "explanations.txt"]
     assert "Grad-CAM towards training image" in (tmp_path / "maps" / "explanations.txt").read_text()
+    # A user's own COCO-style folder: detection works with boxes only, segmentation says it needs masks.
+    coco = write_coco(tmp_path / "coco", masks=False)
+    assert main(["evaluate", "detect", str(run), "--data", str(coco), "--size", "48", "--steps", "3", "--epochs",
+                 "0.1", "--batch-size", "8", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
+    assert rows[-1]["data"] == str(coco) and rows[-1]["scenes"] > 10
+    capsys.readouterr()
+    assert main(["evaluate", "segment", str(run), "--data", str(coco), "--size", "48", "--quiet"]) != 0
+    assert "segmentation needs masks" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ detection
@@ -306,3 +316,61 @@ def test_grad_cam_lights_up_the_region_that_makes_an_image_like_its_neighbour():
     assert maps[4:8, 10:14].min() == 1 and maps[:4].max() == 0 and maps[8:].max() == 0
     with pytest.raises(ConfigError, match="ViT .* or a ResNet"):
         explanation_maps(nn.Linear(2, 2), x)
+
+
+# ---------------------------------------------------------------------------------- COCO annotations
+
+def write_coco(folder, masks=True, count=30):
+    """`count` 40x30 grey images with a bright 10x8 rectangle (category 7) and a small 4x4 square in front of it
+    (category 3); polygons for the rectangle, RLE for the square; one crowd annotation that must be ignored."""
+    from PIL import Image
+    folder.mkdir()
+    images, annotations = [], []
+    for i in range(count):
+        picture = np.zeros((30, 40), np.uint8)
+        x, y = 2 + i % 20, 3 + i % 15
+        picture[y:y + 8, x:x + 10] = 200
+        picture[y + 2:y + 6, x + 3:x + 7] = 120
+        Image.fromarray(picture).save(folder / f"img{i}.png")
+        images.append({"id": 100 + i, "file_name": f"img{i}.png", "width": 40, "height": 30})
+        square = np.zeros((30, 40), np.uint8, order="F")
+        square[y + 2:y + 6, x + 3:x + 7] = 1
+        from pycocotools import mask as coco_mask
+        rle = coco_mask.encode(square)
+        rle["counts"] = rle["counts"].decode()
+        rectangle = {"id": 2 * i + 1, "image_id": 100 + i, "category_id": 7, "bbox": [x, y, 10, 8], "iscrowd": 0}
+        small = {"id": 2 * i + 2, "image_id": 100 + i, "category_id": 3, "bbox": [x + 3, y + 2, 4, 4], "iscrowd": 0}
+        if masks:
+            rectangle["segmentation"] = [[x, y, x + 10, y, x + 10, y + 8, x, y + 8]]
+            small["segmentation"] = rle
+        annotations += [rectangle, small]
+    annotations.append({"id": 999, "image_id": 100, "category_id": 3, "bbox": [0, 0, 40, 30], "iscrowd": 1})
+    spec = {"images": images + [{"id": 500, "file_name": "missing.png", "width": 40, "height": 30}],
+            "annotations": annotations, "categories": [{"id": 7, "name": "rectangle"}, {"id": 3, "name": "square"}]}
+    (folder / "instances.json").write_text(json.dumps(spec))
+    return folder
+
+
+def test_coco_annotations_become_scenes_with_scaled_boxes_and_masks(tmp_path):
+    folder = write_coco(tmp_path / "coco")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable or missing"):
+        scenes = read_coco(find_annotations(folder), size=80, channels=1)
+    assert len(scenes) == 30 and scenes.classes == ["square", "rectangle"] and scenes.images.shape == (30, 1, 80, 80)
+    first = scenes.boxes[scenes.box_scene == 0]
+    # Image 0: rectangle at x 2, y 3 of 40 x 30, scaled by 2 and 8/3; crowd left out, largest first.
+    torch.testing.assert_close(first, torch.tensor([[4.0, 8.0, 24.0, 88 / 3], [10.0, 40 / 3, 18.0, 72 / 3]]))
+    assert scenes.box_labels[scenes.box_scene == 0].tolist() == [1, 0]
+    # The square is painted over the rectangle: its pixels are class 'square' (1 + 0), the rest of the box 'rectangle'.
+    assert scenes.semantic[0, 20, 14] == 1 and scenes.semantic[0, 10, 6] == 2 and scenes.semantic[0, 60, 60] == 0
+    assert scenes.instances[0, 20, 14] == 2 and scenes.instances[0, 10, 6] == 1
+    assert scenes.dominant_labels()[0] == 1
+
+
+def test_a_coco_set_with_boxes_only_serves_detection_and_segmentation_says_it_needs_masks(tmp_path, capsys):
+    folder = write_coco(tmp_path / "coco", masks=False)
+    with pytest.warns(UserWarning):
+        scenes = read_coco(folder / "instances.json", size=40)
+    assert scenes.semantic is None and len(scenes.boxes) == 60 and scenes.dominant_labels()[0] == 1
+    with pytest.raises(DataError, match="not a COCO annotation file"):
+        (tmp_path / "bad.json").write_text('{"images": []}')
+        read_coco(tmp_path / "bad.json", size=40)

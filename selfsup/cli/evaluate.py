@@ -164,6 +164,11 @@ def add_parsers(sub) -> None:
                                  "finetune" if task == "segment" else "1e-3") + "]")
         parser.add_argument("--on", choices=("test", "val"), default="test",
                             help="scored part: test for final figures, val for choices [default: test]")
+        parser.add_argument("--data", default="fashion-scenes",
+                            help="fashion-scenes, or a COCO-style annotation .json (or a folder holding one) with "
+                                 "its images beside it, split 70/10/20 by file name hash [default: fashion-scenes]")
+        parser.add_argument("--size", type=int, default=0,
+                            help="side COCO images are squashed to [default: the run's image size]")
         parser.add_argument("--data-dir", default="", help="folder holding fashion-scenes [default: where fetch "
                                                            "writes]")
         parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -262,7 +267,7 @@ def cmd_dense(args) -> int:
     settings = SegmentSettings(mode=getattr(args, "mode", "finetune"), epochs=args.epochs, steps=args.steps,
                                batch_size=args.batch_size, lr=args.lr)
     run = load_run(args.run_dir, args.checkpoint)
-    evaluate_dense(run, args.task, args.labels, args.seeds, settings, args.baseline, args.on, data_dir=args.data_dir,
-                   progress=not args.quiet)
+    evaluate_dense(run, args.task, args.labels, args.seeds, settings, args.baseline, args.on, args.data,
+                   args.data_dir, args.size, progress=not args.quiet)
     print(f"results appended to {run.folder.dense_results_file}")
     return 0

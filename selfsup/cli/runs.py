@@ -12,7 +12,7 @@ from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
 from selfsup.export import encoder_spec, export_encoder, export_onnx, import_weights, save_encoder
 from selfsup.errors import ConfigError
-from selfsup.pipeline import explain_images
+from selfsup.evaluate.explain import explain_run, save_explanations
 from selfsup.report import write_report
 from selfsup.run import load_run
 
@@ -97,12 +97,20 @@ def cmd_report(args) -> int:
     print(f"report: {write_report(args.run_dir, progress=not args.quiet).resolve()}")
     return 0
 
+EXPLAIN_REFERENCES = 2000           # training images a CNN's Grad-CAM looks for each image's nearest neighbour in
+
+
 def cmd_explain(args) -> int:
     if args.count < 1:
         raise ConfigError(f"--count must be >= 1, got {args.count}")
     run = load_run(args.run_dir, args.checkpoint)
     data = run.modality.read(run.config, run.path, args.data, args.split, args.data_dir)
-    explain_images(run, data.select(torch.arange(min(args.count, len(data)))), Path(args.out))
+    images = data.select(torch.arange(min(args.count, len(data))))
+    references = run.modality.training_data(run.config, run.path).subset(EXPLAIN_REFERENCES)
+    result, captions = explain_run(run, images, references)
+    save_explanations(images.images, result, Path(args.out), captions)
+    print(f"{result['kind']} maps of {len(images)} images -> {Path(args.out) / 'explanations.png'} (and one PNG "
+          "an image; captions in explanations.txt)")
     return 0
 
 

@@ -55,15 +55,17 @@ class SceneRecipe:
 
 @dataclass
 class SceneSet:
-    """Scenes in memory: images and their dense labels, plus one row per object."""
-    images: torch.Tensor                  # uint8 (N, 1, H, W)
-    semantic: torch.Tensor                # uint8 (N, H, W): 0 background, 1 + class
-    instances: torch.Tensor               # uint8 (N, H, W): 0 background, k = the scene's k-th object
+    """Scenes in memory: images and their dense labels, plus one row per object. A set with boxes only
+    (COCO annotations without segmentations) has no masks: semantic and instances are None."""
+    images: torch.Tensor                  # uint8 (N, C, H, W)
+    semantic: torch.Tensor | None         # uint8 (N, H, W): 0 background, 1 + class
+    instances: torch.Tensor | None        # uint8 (N, H, W): 0 background, k = the scene's k-th object
     boxes: torch.Tensor                   # float32 (M, 4): x0, y0, x1, y1 in pixels, around the visible pixels
     box_labels: torch.Tensor              # int64 (M,): the object's class (0-based, without background)
     box_scene: torch.Tensor               # int64 (M,): the scene the object is in
     classes: list[str] = field(default_factory=lambda: list(FASHION_MNIST_CLASSES))
     items: torch.Tensor | None = None     # int64 (M,): the Fashion-MNIST item index of each object
+    paths: list[str] = field(default_factory=list)   # per scene, when read from files
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -80,18 +82,30 @@ class SceneSet:
         keep = where[self.box_scene] >= 0
         order = torch.argsort(where[self.box_scene[keep]], stable=True)
         pick = lambda t: None if t is None else t[keep][order]
-        return SceneSet(self.images[idx], self.semantic[idx], self.instances[idx], pick(self.boxes),
-                        pick(self.box_labels), where[self.box_scene[keep]][order], self.classes, pick(self.items))
+        per_scene = lambda t: None if t is None else t[idx]
+        return SceneSet(self.images[idx], per_scene(self.semantic), per_scene(self.instances), pick(self.boxes),
+                        pick(self.box_labels), where[self.box_scene[keep]][order], self.classes, pick(self.items),
+                        [self.paths[i] for i in idx.tolist()] if self.paths else [])
 
     def dominant_labels(self) -> torch.Tensor:
-        """(N,) the class of each scene's largest visible object: a whole-image label for kNN monitoring."""
+        """(N,) the class of each scene's largest visible object (by pixels; by box area without masks): a
+        whole-image label for kNN monitoring. A scene without objects gets class 0."""
+        if self.semantic is None:
+            area = (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+            largest = torch.full((len(self),), -1.0)
+            labels = torch.zeros(len(self), dtype=torch.long)
+            for scene, size, label in zip(self.box_scene.tolist(), area.tolist(), self.box_labels.tolist()):
+                if size > largest[scene]:
+                    largest[scene], labels[scene] = size, label
+            return labels
         counts = torch.zeros(len(self), self.num_classes + 1, dtype=torch.long)
-        counts.scatter_add_(1, self.semantic.flatten(1).long(), torch.ones_like(self.semantic.flatten(1), dtype=torch.long))
+        flat = self.semantic.flatten(1).long()
+        counts.scatter_add_(1, flat, torch.ones_like(flat))
         counts[:, 0] = -1
         return counts.argmax(1) - 1
 
     def as_images(self, name: str = "fashion-scenes") -> ImageSet:
-        return ImageSet(self.images, self.dominant_labels(), list(self.classes), name)
+        return ImageSet(self.images, self.dominant_labels(), list(self.classes), name, list(self.paths))
 
 
 def background_texture(n: int, canvas: int, rng: np.random.Generator) -> np.ndarray:

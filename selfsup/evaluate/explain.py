@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from selfsup.data.imageset import ImageSet
 from selfsup.errors import ConfigError
 
 
@@ -68,7 +71,6 @@ def _to_unit(maps: torch.Tensor) -> torch.Tensor:
 
 def overlay(image_u8: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> np.ndarray:
     """An (H, W, 3) uint8 picture: the image in grey or colour with the map in the 'jet' colours over it."""
-    import matplotlib
     picture = image_u8.float().div(255)
     picture = picture.expand(3, -1, -1) if picture.shape[0] == 1 else picture[:3]
     colours = torch.from_numpy(matplotlib.colormaps["jet"](heat.numpy())[..., :3]).permute(2, 0, 1).float()
@@ -80,7 +82,6 @@ def save_explanations(images_u8: torch.Tensor, result: dict, out: Path, captions
                       scale: int = 4) -> list[Path]:
     """One PNG a picture (the image, then each map over it, side by side, enlarged `scale` times) and a
     grid of them all, explanations.png; returns the paths."""
-    from PIL import Image
     out.mkdir(parents=True, exist_ok=True)
     paths, rows = [], []
     for i, image in enumerate(images_u8):
@@ -95,3 +96,22 @@ def save_explanations(images_u8: torch.Tensor, result: dict, out: Path, captions
     if captions:
         (out / "explanations.txt").write_text("\n".join(f"{p.name}: {c}" for p, c in zip(paths, captions)) + "\n")
     return paths + [out / "explanations.png"]
+
+
+def explain_run(run, images: ImageSet, references: ImageSet) -> tuple[dict, list[str]]:
+    """explanation_maps of a run's encoder (selfsup.run.Run) for `images`, at their own size; a CNN is explained
+    towards each image's nearest neighbour among `references`. Also one caption an image."""
+    if not run.modality.dense_tasks:
+        raise ConfigError(f"{run.path} is a {run.modality.name} run; explanation maps need an image encoder")
+    prepare, backbone = run.modality.native_input(run.config), run.backbone.cpu().eval()
+    bank = None
+    if not hasattr(backbone, "class_attention"):
+        with torch.no_grad():
+            bank = torch.cat([F.normalize(backbone(prepare(references.images[i:i + 256])), dim=1)
+                              for i in range(0, len(references), 256)])
+    result = explanation_maps(backbone, prepare(images.images), bank)
+    if result["nearest"] is None:
+        return result, [f"class-token attention, heads 1-{result['maps'].shape[1]}"] * len(images)
+    named = references.labels is not None and references.classes
+    return result, [f"Grad-CAM towards training image {int(j)}"
+                    + (f" ({references.classes[references.labels[j]]})" if named else "") for j in result["nearest"]]

@@ -46,8 +46,8 @@ class Modality(ABC):
     exports_onnx: bool = False
     # Its encoder gives feature maps that dense tasks read (segmentation, detection: selfsup.evaluate.dense).
     dense_tasks: bool = False
-    # The report's sections beyond the common ones (selfsup.report): retrieval, views, text_retrieval,
-    # text_sample.
+    # The report's sections beyond the common ones (selfsup.report): retrieval, views, explanations,
+    # text_retrieval, text_sample, ranking.
     report_panels: tuple[str, ...] = ()
 
     @abstractmethod

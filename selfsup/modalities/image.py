@@ -24,7 +24,7 @@ class ImageModality(Modality):
     probe_augmentation = True
     exports_onnx = True
     dense_tasks = True
-    report_panels = ("retrieval", "views")
+    report_panels = ("retrieval", "views", "explanations")
     # Fine-tuning on images: the whole network at the head's rate. Each protocol's rate is the one its
     # search on the validation part chose on the default Fashion-MNIST run (docs/evaluation.md).
     finetune_defaults = {"lr": 8e-3, "backbone_lr_scale": 1.0}
@@ -68,6 +68,12 @@ class ImageModality(Modality):
         if samples.shape[1] != cfg.data.channels:
             samples = convert(ImageSet(samples), channels=cfg.data.channels).images
         return samples
+
+    def native_input(self, cfg) -> Callable:
+        """uint8 images -> the backbone's normalised input at the images' own size with the run's channels: what
+        dense tasks and explanation maps read (no resizing to the view size)."""
+        return lambda images_u8: normalize(to_float(self.match_input(cfg, images_u8)), cfg.augment.mean,
+                                           cfg.augment.std)
 
     def raw_features(self, train: ImageSet, test: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
         return pixel_features(train.images), pixel_features(test.images)

@@ -3,8 +3,9 @@ opens from disk with no server or network) plus its figures as PNGs in RUN_DIR/r
 
 It shows how pretraining went (loss, lr, throughput; online kNN, RankMe), what it bought
 (the label-efficiency curve from eval/results.jsonl), what the encoder learned (a 2-D map of
-test embeddings, nearest-neighbour retrieval), what the pretext task saw (views from the run's
-own recipe), and every evaluation with its settings next to the run's config.
+test embeddings, nearest-neighbour retrieval, where an image encoder looks: attention or
+Grad-CAM maps), what the pretext task saw (views from the run's own recipe), and every evaluation
+with its settings next to the run's config.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import yaml
 
 from selfsup.build import load_training_data
 from selfsup.data import DataError, ImageSet
+from selfsup.errors import ConfigError
+from selfsup.evaluate.explain import explain_run, overlay
 from selfsup.evaluate.protocols import read_results
 from selfsup.evaluate.ranking import item_counts
 from selfsup.interactions.data import ITEM_OFFSET
@@ -58,6 +61,7 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
     # The modality's own sections: a figure, or a piece of HTML.
     panels = {"retrieval": lambda: _retrieval(run, memory, queries, query_feats, progress),
               "views": lambda: _views(run, queries),
+              "explanations": lambda: _explanations(run, memory, queries),
               "text_retrieval": lambda: _text_retrieval(run, memory, queries, query_feats, progress),
               "text_sample": lambda: _text_sample(run),
               "ranking": lambda: _ranking(run)}
@@ -134,6 +138,24 @@ def _views(run, data: ImageSet):
         rows.append(_pixels(batch[i:i + 1]) + [(x * std + mean) for v in shown for x in v][:9])
     return plots.image_grid(rows, [f"image {i}" for i in range(len(rows))],
                             f"what {run.config.method.name} trains on: each image, then its views")
+
+
+def _explanations(run, memory: ImageSet, queries: ImageSet):
+    """What the encoder looks at in a few test images: a ViT's class attention per head, a CNN's Grad-CAM
+    towards each image's nearest training image (selfsup.evaluate.explain); None for other encoders."""
+    picks = _query_picks(queries)[:6]
+    shown = queries.select(torch.tensor(picks))
+    try:
+        result, captions = explain_run(run, shown, memory)
+    except ConfigError:
+        return None
+    rows = [[torch.from_numpy(overlay(image, m)).permute(2, 0, 1).float().div(255) for m in maps]
+            for image, maps in zip(shown.images, result["maps"][:, :8])]
+    rows = [_pixels(shown.images[i:i + 1]) + row for i, row in enumerate(rows)]
+    titles = [f"{_class_name(queries, q)}" if queries.labels is not None else f"image {q}" for q in picks]
+    what = ("class-token attention of the last block, one map per head" if result["kind"] == "attention"
+            else "Grad-CAM towards each image's nearest training image: " + "; ".join(captions[:3]) + " ...")
+    return plots.image_grid(rows, titles, what)
 
 
 def _nearest(run, memory, query_feats: torch.Tensor, picks: list[int], progress: bool) -> torch.Tensor:
@@ -242,7 +264,8 @@ def _nearest_items(run, queries: int = 6, neighbours: int = 5) -> str:
 def _page(folder: RunFolder, cfg, step: int, sections, results: list[dict], metrics: list[dict],
           extra_html: list[str] = ()) -> str:
     titles = {"training": "Pretraining", "online": "Online monitoring", "label_efficiency": "Label efficiency",
-              "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task"}
+              "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task",
+              "explanations": "What the encoder looks at"}
     summary = folder.read_summary()
     knn = folder.read_eval("knn")
     warnings = [r["collapse_warning"] for r in metrics if "collapse_warning" in r]
