@@ -34,11 +34,8 @@ def add_parsers(sub) -> None:
                                    "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
                                    "OUT.paths.txt lists the image of each row; text and tables are read with the "
                                    "run's tokenizer / normalisation.")
-    add_run_arguments(p, checkpoint=True)
-    p.add_argument("--data", required=True, help="a folder of images or a built-in data set name; text or a "
-                                                 "table for text and tabular runs")
-    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
-    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    _add_data_arguments(p, "a folder of images or a built-in data set name; text or a table for text and "
+                           "tabular runs")
     p.add_argument("--out", required=True, help="output .npy path")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16", "run"), default="fp32",
@@ -52,11 +49,7 @@ def add_parsers(sub) -> None:
                                    "similarity of each image to its nearest neighbour among the run's training "
                                    "images. Writes OUT/explain-NNN.png (the image, then each map over it) and "
                                    "OUT/explanations.png (all of them); docs/dense.md.")
-    add_run_arguments(p, checkpoint=True)
-    p.add_argument("--data", required=True, help="a folder of images or a built-in data set name (fashion-mnist, "
-                                                 "fashion-scenes)")
-    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
-    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
+    _add_data_arguments(p, "a folder of images or a built-in data set name (fashion-mnist, fashion-scenes)")
     p.add_argument("--count", type=int, default=8, help="explain the first COUNT images [default: 8]")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_explain)
@@ -91,6 +84,14 @@ def add_parsers(sub) -> None:
                    help="a backbone field, repeatable: --set width=0.5 --set stem=cifar "
                         "[defaults: width 1.0, stem imagenet]")
     p.set_defaults(func=cmd_import_weights)
+
+
+def _add_data_arguments(p, data_help: str) -> None:
+    """The run and the data a command on a finished run reads: RUN_DIR, --checkpoint, --data, --split, --data-dir."""
+    add_run_arguments(p, checkpoint=True)
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--split", default="test", help="split of a built-in data set [default: test]")
+    p.add_argument("--data-dir", default="", help="extra folder to search for built-in data sets")
 
 
 def cmd_report(args) -> int:
