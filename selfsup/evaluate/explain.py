@@ -79,10 +79,11 @@ def overlay(image_u8: torch.Tensor, heat: torch.Tensor, alpha: float = 0.5) -> n
 
 
 def save_explanations(images_u8: torch.Tensor, result: dict, out: Path, captions: list[str] | None = None,
-                      scale: int = 4) -> list[Path]:
-    """One PNG a picture (the image, then each map over it, side by side, enlarged `scale` times) and a
-    grid of them all, explanations.png; returns the paths."""
+                      scale: int = 0) -> list[Path]:
+    """One PNG a picture (the image, then each map over it, side by side, enlarged `scale` times; 0 = to
+    about 128 px) and a grid of them all, explanations.png; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
+    scale = scale or max(1, 128 // images_u8.shape[-1])
     paths, rows = [], []
     for i, image in enumerate(images_u8):
         plain = overlay(image, torch.zeros(image.shape[-2:]), alpha=0.0)
