@@ -64,7 +64,7 @@ def test_pretrain_ends_with_few_label_results_online_measures_and_a_report(tiny_
     assert [r["step"] for r in online] == [4, 8]
     assert all(1.0 <= r["rankme"] <= 64 and r["std"] > 0 and "alignment" in r and "uniformity" in r for r in online)
     assert (tiny_run / "report.html").is_file()
-    for figure in ("training", "online", "label_efficiency", "embedding_map", "retrieval", "views"):
+    for figure in ("training", "online", "label_efficiency", "embedding_map", "retrieval", "views", "explanations"):
         assert (tiny_run / "report" / f"{figure}.png").stat().st_size > 1000, figure
 
 
@@ -212,9 +212,9 @@ def test_report_renders_in_headless_chromium_with_every_image_and_no_errors(tiny
         headings = driver.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.textContent)")
     finally:
         driver.quit()
-    assert len(images) == 6 and all(complete and width > 0 for _, complete, width in images), images
+    assert len(images) == 7 and all(complete and width > 0 for _, complete, width in images), images
     assert errors == []
-    assert {"Label efficiency", "Evaluations", "Config"} <= set(headings)
+    assert {"Label efficiency", "What the encoder looks at", "Evaluations", "Config"} <= set(headings)
 
 
 def test_the_linear_probe_is_standardised_on_every_training_image(tiny_run, tmp_path, monkeypatch):
