@@ -71,6 +71,7 @@ class BackboneConfig:
     dim: int = 128                     # text and tabular backbones: width (hidden size)
     depth: int = 2                     # text and tabular backbones: layers
     heads: int = 4                     # transformer / gpt: attention heads (dim must divide by it)
+    decoder_depth: int = 0             # seq2seq: decoder layers (0: as many as the encoder's depth)
     dropout: float = 0.1               # text and tabular backbones (SimCSE's only augmentation)
     norm: str = "batch"                # tabular_mlp: normalisation in the hidden blocks: batch | layer | none
 
@@ -95,6 +96,8 @@ class BackboneConfig:
         if self.dim < 1 or self.depth < 1 or self.heads < 1 or ("heads" in taken and self.dim % self.heads):
             raise ConfigError(f"backbone.dim, depth and heads must be >= 1 and dim divisible by heads; got "
                               f"dim={self.dim}, depth={self.depth}, heads={self.heads}")
+        if self.decoder_depth < 0:
+            raise ConfigError(f"backbone.decoder_depth must be >= 0 (0: as many as depth), got {self.decoder_depth}")
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"backbone.dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS:

@@ -77,11 +77,11 @@ def test_find(monkeypatch, tmp_path):
 
 def test_fetch_returns_at_once_when_outputs_exist(monkeypatch, tmp_path):
     forbid_commands(monkeypatch)
-    (tmp_path / "sotu").mkdir()
-    (tmp_path / "movielens-100k").mkdir()
-    (tmp_path / "fashion-scenes").mkdir()
-    for name in ("spam-assassin.jsonl", "fortunes.jsonl", "letter-recognition.csv"):
-        (tmp_path / name).write_text("x\n")
+    for output in fetch_module.OUTPUTS.values():      # a file (name.ext) or a folder
+        if "." in output:
+            (tmp_path / output).write_text("x\n")
+        else:
+            (tmp_path / output).mkdir()
     for name in fetch_module.DATASETS:
         assert fetch(name, str(tmp_path), log=lambda message: None).exists()
 

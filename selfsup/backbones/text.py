@@ -27,6 +27,21 @@ def mean_over_tokens(states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+def attention_mask(ids: torch.Tensor, causal: bool) -> torch.Tensor | None:
+    """bool (B, 1, L, L), True where query i may attend to key j of ids (B, L): keys that are PAD are
+    hidden (and later ones too when causal); every position still sees itself, so a PAD query (whose
+    output nobody reads) never has an empty row, which would give NaN. None when nothing is PAD: then
+    the attention's `causal` flag alone decides, which lets torch use its fused kernels."""
+    padded = ids == PAD
+    if not padded.any():
+        return None
+    length = ids.shape[1]
+    allowed = ~padded[:, None, :] | torch.eye(length, dtype=torch.bool, device=ids.device)
+    if causal:
+        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+    return allowed.unsqueeze(1)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
@@ -34,11 +49,22 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor | None, causal: bool,
+                cache: dict | None = None) -> torch.Tensor:
         """allowed: bool (B, 1, L, L), True where query i may attend to key j; None = no padding, then
-        `causal` alone decides (which lets torch use its fused causal kernels)."""
+        `causal` alone decides (which lets torch use its fused causal kernels).
+
+        cache: generation one token at a time (x is (B, 1, dim), the newest position): the keys and
+        values of the earlier positions are kept in it and the new one attends to all of them."""
         b, n, d = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            if n != 1:
+                raise ValueError(f"a key/value cache takes one new position at a time, got {n}")
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], 2), torch.cat([cache["v"], v], 2)
+            cache["k"], cache["v"] = k, v
+            causal = False                   # the one new query may see every cached key
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, is_causal=causal and allowed is None,
                                            dropout_p=self.dropout if self.training else 0.0)
         return self.proj(x.transpose(1, 2).reshape(b, n, d))
@@ -99,22 +125,10 @@ class TextTransformer(nn.Module):
             raise ValueError(f"sequences of {length} tokens are longer than this backbone's max_length "
                              f"{self.max_length}")
         x = self.drop(self.token_embedding(ids) + self.position_embedding[:length])
-        allowed = self._attention_mask(ids)
+        allowed = attention_mask(ids, self.causal)
         for block in self.blocks:
             x = block(x, allowed, self.causal)
         return self.norm(x)
-
-    def _attention_mask(self, ids: torch.Tensor) -> torch.Tensor | None:
-        """Keys that are PAD are hidden; every position still sees itself, so a PAD query (whose output
-        nobody reads) never has an empty row, which would give NaN."""
-        padded = ids == PAD
-        if not padded.any():
-            return None
-        length = ids.shape[1]
-        allowed = ~padded[:, None, :] | torch.eye(length, dtype=torch.bool, device=ids.device)
-        if self.causal:
-            allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        return allowed.unsqueeze(1)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L) -> the mean of the non-PAD tokens' final states (B, dim)."""
