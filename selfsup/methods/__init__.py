@@ -49,6 +49,7 @@ class Method(nn.Module):
     language_model = False   # predicts tokens (summed_loss): held-out perplexity measures it
     generates = False        # writes text after a prompt (logits over a causal backbone): `selfsup generate`
     recommends = False       # scores every item as a user's next (next_item_scores): ranking metrics measure it
+    needs_sentence_ends = False  # text: method.sentence_end_ids is filled from the tokenizer (BART's permutation)
     # Set to torch.channels_last by the trainer for conv nets: views and embed then hand the
     # backbone inputs in the layout its weights use.
     memory_format = torch.contiguous_format
@@ -58,6 +59,12 @@ class Method(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
         self.augment_cfg = augment_cfg
+
+    @classmethod
+    def added_tokens(cls, cfg: MethodConfig) -> int:
+        """Token ids the method adds above the tokenizer's vocabulary (T5's sentinels): the backbone's
+        vocabulary is the tokenizer's plus these."""
+        return 0
 
     def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
         return [self._layout(v) for v in multi_crop(batch_u8, self.augment_cfg, gen, self.num_views)]

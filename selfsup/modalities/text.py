@@ -17,7 +17,7 @@ from selfsup.run_folder import RunFolder
 from selfsup.text import (BOS, EOS, build_tokenizer, encode_documents, iter_documents, load_tokenizer, pack_corpus,
                           save_tokenizer)
 from selfsup.text.baselines import bag_of_words
-from selfsup.text.tokenizer import TOKENIZER_FILE
+from selfsup.text.tokenizer import TOKENIZER_FILE, sentence_end_ids
 
 
 def text_part(cfg, index: int) -> str:
@@ -97,13 +97,17 @@ class TextModality(Modality):
         if TOKENIZER_FILE not in data.assets:
             raise DataError("text passed to pretrain needs the tokenizer it was encoded with: "
                             "TextSet(..., assets={'tokenizer.json': tokenizer})")
-        cfg.text.vocab_size = data.assets[TOKENIZER_FILE].vocab_size
+        tokenizer = data.assets[TOKENIZER_FILE]
+        cfg.text.vocab_size = tokenizer.vocab_size
+        if method_class(cfg.method.name).needs_sentence_ends and not cfg.method.sentence_end_ids:
+            cfg.method.sentence_end_ids = sentence_end_ids(tokenizer)
 
     def save_assets(self, data, run_dir: Path) -> None:
         save_tokenizer(data.assets[TOKENIZER_FILE], RunFolder(run_dir).asset(TOKENIZER_FILE))
 
     def backbone_inputs(self, cfg) -> dict:
-        return {"vocab_size": cfg.text.vocab_size, "max_length": cfg.text.max_length}
+        added = method_class(cfg.method.name).added_tokens(cfg.method)
+        return {"vocab_size": cfg.text.vocab_size + added, "max_length": cfg.text.max_length}
 
     def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = "",
                       part: str = "test"):

@@ -50,6 +50,13 @@ class ByteTokenizer:
         return cls()
 
 
+def sentence_end_ids(tokenizer) -> list[int]:
+    """The ids of the ordinary tokens whose text ends a sentence (ends in '.', '!' or '?' once trailing
+    space is stripped): where BART cuts a document into sentences."""
+    return [i for i in range(NUM_SPECIAL, tokenizer.vocab_size)
+            if tokenizer.decode([i]).rstrip().endswith((".", "!", "?"))]
+
+
 def _require_tokenizers():
     try:
         import tokenizers
