@@ -48,7 +48,11 @@ _TORCHVISION_OPERATORS = [
     "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, "
     "SymInt groups, SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 ]
-_declared = None       # the torch.library.Library holding the declarations, kept alive
+# The torch.library.Library holding the declarations lives as long as the process, not this module:
+# torchvision's import needs them whenever it happens, also after selfsup's modules were unloaded and
+# imported again (tests/test_structure.py does), when a module global would be collected with its
+# module, taking the declarations with it.
+_KEEP_ALIVE = "_selfsup_torchvision_declarations"
 
 
 def _has_torchvision_operators() -> bool:
@@ -61,7 +65,6 @@ def _has_torchvision_operators() -> bool:
 
 def declare_torchvision_operators_if_unloadable() -> None:
     """Before torchvision is imported: if its C++ operators cannot load next to this torch, declare them."""
-    global _declared
     if torch.version.cuda is not None or _has_torchvision_operators():
         return
     spec = importlib.util.find_spec("torchvision")       # finds the package without importing it
@@ -75,6 +78,7 @@ def declare_torchvision_operators_if_unloadable() -> None:
         return
     except OSError:            # built against CUDA libraries this torch does not have
         pass
-    _declared = torch.library.Library("torchvision", "DEF")
+    declared = torch.library.Library("torchvision", "DEF")
     for schema in _TORCHVISION_OPERATORS:
-        _declared.define(schema)
+        declared.define(schema)
+    setattr(torch.library, _KEEP_ALIVE, declared)
