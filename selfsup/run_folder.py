@@ -177,6 +177,16 @@ class RunFolder:
         """eval/dense.jsonl: segmentation and detection results (selfsup evaluate segment)."""
         return self.eval_dir / "dense.jsonl"
 
+    @property
+    def summaries_results_file(self) -> Path:
+        """eval/summaries.jsonl: ROUGE of fine-tuned summarizers and the lead baseline (finetune-seq2seq)."""
+        return self.eval_dir / "summaries.jsonl"
+
+    @property
+    def summarizer_file(self) -> Path:
+        """summarizer.safetensors: the encoder-decoder fine-tuned on summaries that `summarize` uses."""
+        return self.path / "summarizer.safetensors"
+
     def append_result(self, row: dict, to: Path | None = None) -> None:
         """Add one row to eval/results.jsonl (or `to`); a kill mid-write leaves the file as it was."""
         path = to or self.results_file

@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfsup.cli import data, evaluate, generate, pretrain, runs
+from selfsup.cli import data, evaluate, generate, pretrain, runs, summaries
 from selfsup.errors import USER_ERRORS, ConfigError, DataError
 
 # Each module adds its commands' parsers, in the order `selfsup --help` lists them.
-COMMANDS = (pretrain, evaluate, generate, runs, data)
+COMMANDS = (pretrain, evaluate, generate, summaries, runs, data)
 
 
 def main(argv: list[str] | None = None) -> int:

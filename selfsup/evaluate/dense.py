@@ -37,15 +37,24 @@ MODE_DEFAULTS = {"linear": {"lr": 5e-2, "epochs": 30.0}, "finetune": {"lr": 1e-3
 
 
 @dataclass
-class SegmentSettings:
-    mode: str = "linear"               # linear | finetune (detection always fine-tunes)
-    epochs: float = 0.0                # passes over the labelled scenes (at least `steps` steps); 0 = the mode's
+class FitSettings:
+    """What `fit`, the fine-tuning loop of the dense tasks and of summaries, reads."""
+    epochs: float = 0.0                # passes over the labelled samples (at least `steps` steps)
     steps: int = 300
     batch_size: int = 64
-    lr: float = 0.0                    # AdamW; the backbone learns at the same rate when fine-tuned; 0 = the mode's
+    lr: float = 0.0                    # AdamW; a fine-tuned backbone learns at the same rate
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.05
     checks: int = 5                    # validation checks over training; the best state is kept
+
+    def steps_for(self, samples: int) -> int:
+        return max(self.steps, math.ceil(self.epochs * samples / min(self.batch_size, samples)))
+
+
+@dataclass
+class SegmentSettings(FitSettings):
+    """epochs and lr 0: the mode's (MODE_DEFAULTS)."""
+    mode: str = "linear"               # linear | finetune (detection always fine-tunes)
     decoder_width: int = 64            # the FPN decoder's channels (finetune, detection)
 
     def __post_init__(self):
@@ -55,9 +64,6 @@ class SegmentSettings:
         self.epochs = self.epochs or MODE_DEFAULTS[self.mode]["epochs"]
         if self.epochs <= 0 or self.lr <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
             raise ConfigError("segmentation epochs, lr, steps, batch size and checks must be positive")
-
-    def steps_for(self, scenes: int) -> int:
-        return max(self.steps, math.ceil(self.epochs * scenes / min(self.batch_size, scenes)))
 
 
 def feature_maps(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -187,9 +193,9 @@ def segment(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet,
             "steps": steps, "final_train_loss": loss}
 
 
-def fit(model: nn.Module, batch_loss: Callable, validate: Callable, settings: SegmentSettings, count: int,
+def fit(model: nn.Module, batch_loss: Callable, validate: Callable, settings: FitSettings, count: int,
         seed: int, frozen_backbone: bool, progress: bool, desc: str) -> tuple[int, float]:
-    """The dense tasks' loop: AdamW over the parameters that train, warm-up and cosine decay, batches of a
+    """The fine-tuning loop of the dense tasks and of summaries: AdamW over the parameters that train, warm-up and cosine decay, batches of a
     seeded permutation of `count` samples; validate() (higher is better) at settings.checks points, and the
     model is left at the best of them. batch_loss(indices, generator) -> the loss of one batch."""
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.lr,

@@ -1,0 +1,127 @@
+"""Fine-tuning an encoder-decoder on document -> summary pairs, decoding, ROUGE, the lead baseline (issue 28)."""
+import itertools
+import json
+
+import pytest
+import torch
+
+from selfsup.backbones import build_backbone
+from selfsup.cli import main
+from selfsup.config import load_config
+from selfsup.errors import CheckpointError, DataError
+from selfsup.evaluate.summaries import SummarySettings, evaluate_summaries, summarize
+from selfsup.run import load_run
+from selfsup.text.pairs import encode_pairs, pair_parts, read_pairs
+from selfsup.text.summarize import DecodeSettings, banned_by_ngrams, first_sentence, generate_seq2seq, \
+    lead_summaries, rouge
+from selfsup.text.tokenizer import BOS, EOS, ByteTokenizer
+from selfsup.train import pretrain
+
+from small_data import write_corpus
+
+
+def tiny_model(vocab_size=260):
+    torch.manual_seed(0)
+    return build_backbone("seq2seq", vocab_size=vocab_size, max_length=16, dim=16, depth=1, heads=2,
+                          dropout=0.0).eval()
+
+
+def test_no_repeat_ngram_bans_the_token_that_would_repeat_an_ngram():
+    assert sorted(banned_by_ngrams([5, 6, 7, 5, 6], 3)) == [7]          # 5 6 7 once already
+    assert banned_by_ngrams([5, 6, 7, 5, 8], 3) == []
+    assert sorted(banned_by_ngrams([5, 6, 5], 2)) == [6]
+    assert banned_by_ngrams([5, 6], 0) == []
+
+
+def test_a_wide_beam_finds_the_best_length_normalised_sequence_of_all():
+    """With 6 tokens, 3 steps and more beams than hypotheses, beam search is exhaustive: its answer must be
+    the sequence (ended by EOS, or cut at 3 tokens) with the best log p / length."""
+    model = tiny_model(vocab_size=6)
+    source = torch.tensor([[4, 5, 5, 4, EOS]])
+    settings = DecodeSettings(strategy="beam", beams=128, max_new_tokens=3, no_repeat_ngram=0, length_penalty=1.0)
+    found = generate_seq2seq(model, source, settings)[0]
+
+    def score(words, ended):
+        target = words + ([EOS] if ended else [])
+        logprobs = model.logits(source, torch.tensor([[BOS] + target[:-1]])).log_softmax(-1)[0]
+        total = sum(logprobs[i, t].item() for i, t in enumerate(target))
+        return total / max(len(words), 1)
+
+    candidates = [(score(list(w), True), list(w)) for n in range(3) for w in itertools.product(range(6), repeat=n)
+                  if EOS not in w]
+    candidates += [(score(list(w), False), list(w)) for w in itertools.product(range(6), repeat=3) if EOS not in w]
+    assert found == max(candidates)[1]
+
+
+def test_one_beam_is_greedy_and_sampling_repeats_with_its_seed():
+    model = tiny_model()
+    sources = torch.randint(4, 260, (3, 10), generator=torch.Generator().manual_seed(0))
+    greedy = generate_seq2seq(model, sources, DecodeSettings(strategy="greedy", max_new_tokens=8))
+    assert generate_seq2seq(model, sources, DecodeSettings(strategy="beam", beams=1, max_new_tokens=8)) == greedy
+    sample = DecodeSettings(strategy="sample", temperature=1.5, top_p=0.9, max_new_tokens=8, seed=3)
+    assert generate_seq2seq(model, sources, sample) == generate_seq2seq(model, sources, sample)
+    assert all(len(ids) <= 8 for ids in greedy)
+
+
+def test_rouge_and_the_lead_baseline():
+    perfect = rouge(["the cat sat on the mat"], ["the cat sat on the mat"])
+    assert perfect["rouge1"] == perfect["rouge2"] == perfect["rougeL"] == 100.0 and perfect["length"] == 6
+    assert rouge(["dogs bark"], ["the cat sat"])["rouge1"] == 0.0
+    assert first_sentence("Tool to do X. It also does Y.\nMore.") == "Tool to do X."
+    assert first_sentence("Version 1.2 of the tool\nsecond line") == "Version 1.2 of the tool"
+    assert lead_summaries(["one two three four five. six"], 3) == ["one two three"]
+
+
+def write_pairs(path, lines):
+    path.write_bytes(b"\n".join(line if isinstance(line, bytes) else json.dumps(line).encode() for line in lines))
+    return path
+
+
+def test_pairs_files_say_what_is_wrong(tmp_path, monkeypatch):
+    bad = write_pairs(tmp_path / "bad.jsonl", [{"document": "d", "summary": "s"}, {"body": "x"}])
+    with pytest.raises(DataError, match=r"bad.jsonl:2: no 'document' and 'summary' fields \(it has: body\)"):
+        read_pairs(bad, "document", "summary")
+    mixed = write_pairs(tmp_path / "mixed.jsonl", [{"document": "d", "summary": ""}, {"document": "a", "summary": "b"},
+                                                   b'{"document": "caf\xe9", "summary": "s"}'])
+    with pytest.warns(UserWarning, match="skipped 1 pairs with an empty document or summary; 1 lines had bytes"):
+        assert read_pairs(mixed, "document", "summary") == [("a", "b"), ("caf\ufffd", "s")]
+    monkeypatch.setenv("HOME", str(tmp_path))              # where a fetched set would be looked for
+    monkeypatch.delenv("SELFSUP_DATA", raising=False)
+    with pytest.raises(DataError, match="not fetched yet"):
+        pair_parts("debian-descriptions", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_long_documents_are_cut_counted_and_end_with_eos():
+    with pytest.warns(UserWarning, match="1 of 2 documents longer than 7 tokens"):
+        sources, targets = encode_pairs([("x" * 20, "ab"), ("short", "cd")], ByteTokenizer(), 8, 4)
+    assert sources.shape == (2, 8) and targets.shape == (2, 4)
+    assert sources[0, -1].item() == EOS and targets[0, :3].tolist() == [ord("a") + 4, ord("b") + 4, EOS]
+
+
+def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_saved_model(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", n=60)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [{"document": json.loads(line)["body"], "summary": json.loads(line)["topic"]}
+                                                   for line in corpus.read_text().splitlines()])
+    cfg = load_config(overrides=["method.name=bart", f"data.source={corpus}", "text.field=body", "text.max_length=48",
+                                 "backbone.dim=16", "backbone.heads=2", "train.batch_size=16", "train.steps=4",
+                                 "train.precision=fp32", "eval.online_every=0"])
+    pretrain(cfg, tmp_path / "run", progress=False)
+    run = load_run(tmp_path / "run")
+    with pytest.raises(CheckpointError, match="no fine-tuned summarizer"):
+        summarize(run, ["a document"])
+    settings = SummarySettings(epochs=1, steps=6, batch_size=8, checks=2, summary_tokens=8, val_pairs=4,
+                               decode=DecodeSettings(beams=2, max_new_tokens=6))
+    rows = evaluate_summaries(run, ["50%", "100%"], seeds=1, settings=settings, baseline=True, source=str(pairs),
+                              progress=False)
+    assert [(r["init"], r["labels"]) for r in rows] == [("lead", "-"), ("pretrained", "50%"), ("from scratch", "50%"),
+                                                         ("pretrained", "100%"), ("from scratch", "100%")]
+    assert all(0 <= r["rougeL"] <= 100 for r in rows) and rows[1]["steps"] == 6 and len(rows[1]["examples"]) == 5
+    written = [json.loads(line) for line in run.folder.summaries_results_file.read_text().splitlines()]
+    assert [r["init"] for r in written] == [r["init"] for r in rows]
+    assert run.folder.summarizer_file.is_file()
+    document = tmp_path / "doc.txt"
+    document.write_text("A document to summarise. It has two sentences.")
+    capsys.readouterr()
+    assert main(["summarize", str(tmp_path / "run"), "--text", str(document), "--beams", "2",
+                 "--max-new-tokens", "5"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
