@@ -10,6 +10,7 @@ from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.errors import CheckpointError, DataError
 from selfsup.evaluate.summaries import SummarySettings, evaluate_summaries, summarize
+from selfsup.report import write_report
 from selfsup.run import load_run
 from selfsup.text.pairs import encode_pairs, pair_parts, read_pairs
 from selfsup.text.summarize import DecodeSettings, banned_by_ngrams, first_sentence, generate_seq2seq, \
@@ -118,7 +119,9 @@ def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_sav
     assert all(0 <= r["rougeL"] <= 100 for r in rows) and rows[1]["steps"] == 6 and len(rows[1]["examples"]) == 5
     written = [json.loads(line) for line in run.folder.summaries_results_file.read_text().splitlines()]
     assert [r["init"] for r in written] == [r["init"] for r in rows]
-    assert run.folder.summarizer_file.is_file()
+    assert run.folder.summarizer_file.is_file() and len(rows[1]["val_rougeL_checks"]) == 2
+    page = write_report(tmp_path / "run").read_text()
+    assert "<h2>Summaries</h2>" in page and "from scratch" in page
     document = tmp_path / "doc.txt"
     document.write_text("A document to summarise. It has two sentences.")
     capsys.readouterr()

@@ -70,8 +70,8 @@ def write_summaries(backbone, sources: torch.Tensor, tokenizer, decode: DecodeSe
 
 def finetune_summarizer(backbone, train: tuple, val: tuple, val_references: list[str], tokenizer,
                         settings: SummarySettings, seed: int, device, progress: bool = True, desc: str = ""):
-    """A copy of backbone fine-tuned on train (sources, targets); returns (model, steps, validation ROUGE-L of
-    the kept state)."""
+    """A copy of backbone fine-tuned on train (sources, targets); returns (model at the kept state, steps,
+    the validation ROUGE-L at each check)."""
     model = copy.deepcopy(backbone).to(device)
     sources, targets = train
     greedy = DecodeSettings(strategy="greedy", max_new_tokens=settings.summary_tokens,
@@ -87,7 +87,7 @@ def finetune_summarizer(backbone, train: tuple, val: tuple, val_references: list
 
     steps, _ = fit(model, batch_loss, validate, settings, len(sources), seed, frozen_backbone=False,
                    progress=progress, desc=desc)
-    return model.eval(), steps, max(scores)
+    return model.eval(), steps, scores
 
 
 def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: SummarySettings | None = None,
@@ -130,19 +130,20 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
             chosen = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
             for init, encoder in encoders:
                 started = time.perf_counter()
-                model, steps, val_rouge = finetune_summarizer(
+                model, steps, checks = finetune_summarizer(
                     encoder, (train[0][chosen], train[1][chosen]), val, [s for _, s in val_pairs], tokenizer, settings,
                     seed, device, progress, desc=f"{init} {budget.text} seed {seed}")
                 written = write_summaries(model, scored_sources, tokenizer, settings.decode)
                 row = {**common, "init": init, "labels": budget.text, "pairs": count, "seed": seed,
-                       **rouge(written, references), "val_rougeL": val_rouge, "steps": steps,
+                       **rouge(written, references), "val_rougeL": max(checks), "val_rougeL_checks": checks,
+                       "steps": steps,
                        "seconds": round(time.perf_counter() - started, 1),
                        "settings": {**vars(settings), "decode": vars(settings.decode)},
                        "examples": [{"document": doc, "reference": ref, "written": text}
                                     for (doc, ref), text in zip(scored_pairs[:5], written[:5])]}
                 run.folder.append_result(row, to=run.folder.summaries_results_file)
                 print(f"  {budget.text:>5} seed {seed} {init:<12} {_scores_text(row)}  (validation ROUGE-L "
-                      f"{val_rouge:.2f}; {steps} steps, {row['seconds']:.0f} s)")
+                      f"{row['val_rougeL']:.2f}; {steps} steps, {row['seconds']:.0f} s)")
                 rows.append(row)
                 if init == "pretrained" and seed == 0 and count == largest:
                     save_summarizer(model, run, {"labels": budget.text, "seed": seed, "data": source,

@@ -31,7 +31,7 @@ class TextModality(Modality):
     channels_last = False
     fits_on_device = False             # a packed corpus is mapped from disk and may be larger than memory
     raw_name = "bag of words"
-    report_panels = ("text_retrieval", "text_sample")
+    report_panels = ("text_retrieval", "text_sample", "summaries")
     SOURCES = "a folder of .txt files, a .jsonl file (text.field) or a .txt file (one document per paragraph)"
 
     def tokenizer(self, cfg, run_dir: Path | None, texts: Callable | None = None):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import time
 from pathlib import Path
 
@@ -64,6 +65,7 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
               "explanations": lambda: _explanations(run, memory, queries),
               "text_retrieval": lambda: _text_retrieval(run, memory, queries, query_feats, progress),
               "text_sample": lambda: _text_sample(run),
+              "summaries": lambda: _summaries(run),
               "ranking": lambda: _ranking(run)}
     for name in run.modality.report_panels:
         panel = panels[name]()
@@ -209,6 +211,29 @@ def _text_sample(run) -> str:
     prompt = "The "
     sample = prompt + continue_prompt(run, prompt, max_new_tokens=300, seed=0)
     return f"<h2>Sample</h2><p>Generated from the prompt {prompt!r} (seed 0):</p><pre>{html.escape(sample)}</pre>"
+
+
+def _summaries(run) -> str:
+    """For an encoder-decoder fine-tuned on summaries (eval/summaries.jsonl): ROUGE of every row, the
+    validation ROUGE-L at each check of its fine-tuning, and documents with their reference and
+    written summaries."""
+    path = run.folder.summaries_results_file
+    if not path.is_file():
+        return ""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    cells = lambda row: "".join(f"<td>{row[m]:.2f}</td>" for m in ("rouge1", "rouge2", "rougeL", "length"))  # noqa: E731
+    table = "".join(f"<tr><td>{html.escape(row['init'])}</td><td>{row['labels']}</td><td>{row['seed']}</td>{cells(row)}"
+                    f"<td>{' → '.join(f'{v:.1f}' for v in row.get('val_rougeL_checks', []))}</td></tr>"
+                    for row in rows)
+    examples = next((row["examples"] for row in reversed(rows) if row.get("examples")), [])
+    shown = "".join(f"<tr><td>{html.escape(_snippet(e['document'], 300))}</td><td>{html.escape(e['reference'])}</td>"
+                    f"<td>{html.escape(e['written'])}</td></tr>" for e in examples)
+    return ("<h2>Summaries</h2><p>Fine-tuned on document → summary pairs (selfsup finetune-seq2seq); ROUGE F1 on "
+            f"the {html.escape(rows[-1]['scored_on'])} pairs, length in words; the validation ROUGE-L at each check "
+            "of the fine-tuning (the best state is kept).</p><table><tr><th>init</th><th>pairs</th><th>seed</th>"
+            "<th>ROUGE-1</th><th>ROUGE-2</th><th>ROUGE-L</th><th>length</th><th>validation ROUGE-L</th></tr>"
+            f"{table}</table>" + (f"<h3>Examples (the last fine-tuning's)</h3><table class=\"text\"><tr><th>document"
+                                  f"</th><th>reference</th><th>written</th></tr>{shown}</table>" if shown else ""))
 
 
 def _ranking(run) -> str:
