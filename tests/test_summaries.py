@@ -9,7 +9,8 @@ from selfsup.backbones import build_backbone
 from selfsup.cli import main
 from selfsup.config import load_config
 from selfsup.errors import CheckpointError, DataError
-from selfsup.evaluate.summaries import SummarySettings, evaluate_summaries, summarize
+from selfsup.evaluate.summaries import PromptedSummarizer, SummarySettings, evaluate_summaries, summarize, \
+    summarizer_for
 from selfsup.report import write_report
 from selfsup.run import load_run
 from selfsup.text.pairs import encode_pairs, pair_parts, read_pairs
@@ -128,3 +129,29 @@ def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_sav
     assert main(["summarize", str(tmp_path / "run"), "--text", str(document), "--beams", "2",
                  "--max-new-tokens", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
+
+
+def test_a_clm_run_is_prompted_with_the_document_and_learns_only_the_summary(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", n=60)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", [{"document": json.loads(line)["body"], "summary": json.loads(line)["topic"]}
+                                                   for line in corpus.read_text().splitlines()])
+    cfg = load_config(overrides=["method.name=clm", f"data.source={corpus}", "text.field=body", "text.max_length=32",
+                                 "backbone.dim=16", "backbone.heads=2", "train.batch_size=16", "train.steps=3",
+                                 "train.precision=fp32", "eval.online_every=0"])
+    pretrain(cfg, tmp_path / "clm", progress=False)
+    run = load_run(tmp_path / "clm")
+    model = summarizer_for(run, summary_tokens=8)
+    assert isinstance(model, PromptedSummarizer) and model.document_tokens == 32 - 8 - 2
+    sources = torch.tensor([[10, 11, 12, EOS, 0], [13, EOS, 0, 0, 0]])
+    assert model.prompts(sources).tolist() == [[EOS, 10, 11, 12, BOS, 0, 0], [EOS, 13, BOS, 0, 0, 0, 0]]
+    targets = torch.tensor([[20, 21, EOS], [22, EOS, 0]])
+    model.eval()                                       # no dropout: the two computations must agree
+    logits = model.network.logits(torch.tensor([[EOS, 10, 11, 12, BOS, 20, 21], [EOS, 13, BOS, 22, 0, 0, 0]]))
+    expected = torch.nn.functional.cross_entropy(torch.cat([logits[0, 4:7], logits[1, 2:4]]),
+                                                 torch.tensor([20, 21, EOS, 22, EOS]))
+    torch.testing.assert_close(model.loss(sources, targets, 0.0), expected)
+    settings = SummarySettings(epochs=1, steps=4, batch_size=8, checks=1, summary_tokens=8, val_pairs=4,
+                               decode=DecodeSettings(beams=2, max_new_tokens=6))
+    rows = evaluate_summaries(run, ["100%"], settings=settings, source=str(pairs), progress=False)
+    assert [r["init"] for r in rows] == ["lead", "pretrained"] and rows[1]["method"] == "clm"
+    assert len(summarize(run, ["a document", "another one"])) == 2

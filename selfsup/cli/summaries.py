@@ -40,8 +40,9 @@ def decode_settings(args) -> DecodeSettings:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser(
-        "finetune-seq2seq", help="fine-tune a bart/t5 run on document -> summary pairs, score it with ROUGE",
-        description="Fine-tune the run's encoder-decoder on document -> summary pairs with a share of the training "
+        "finetune-seq2seq", help="fine-tune a bart/t5 (or clm) run on document -> summary pairs, score it with ROUGE",
+        description="Fine-tune the run's encoder-decoder (or a clm run's language model, prompted with the document "
+                    "and a separator) on document -> summary pairs with a share of the training "
                     "pairs (and each seed); the validation pairs' ROUGE-L (greedy summaries) chooses the state "
                     "kept; the scored part's summaries get ROUGE-1/2/L F1 (rouge-score: pip install "
                     "'selfsup[summaries]'), next to the lead baseline (the first sentence) and, with --baseline, "

@@ -1,9 +1,10 @@
-"""Fine-tune a pretrained encoder-decoder on document -> summary pairs and score what it writes (issue 28).
+"""Fine-tune a pretrained encoder-decoder (or, as a comparison, a causal language model) on document ->
+summary pairs and score what it writes (issue 28).
 
     rows = evaluate_summaries(run, labels=["1%", "10%"], seeds=3, baseline=True)   # eval/summaries.jsonl
     summarize(run, ["A long description ..."])                                      # with the saved summarizer
 
-For each share of the training pairs and each seed: the run's encoder-decoder (and, with `baseline`,
+For each share of the training pairs and each seed: the run's model (and, with `baseline`,
 the same network from random initialisation) is fine-tuned with teacher forcing (cross-entropy with
 label smoothing), the validation pairs' ROUGE-L of greedy summaries picks the state kept among
 evenly spaced checks, and the scored part's summaries (beam search by default) get ROUGE-1/2/L.
@@ -20,10 +21,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from selfsup.build import build_method
+from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
 
+from selfsup.build import build_method
 from selfsup.checkpoint import atomic_write
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.evaluate.dense import FitSettings, fit
@@ -31,6 +34,7 @@ from selfsup.evaluate.splits import parse_label_budget
 from selfsup.runtime import resolve_device
 from selfsup.text.pairs import encode_pairs, encode_texts, pair_parts
 from selfsup.text.summarize import DecodeSettings, generate_seq2seq, lead_summaries, rouge
+from selfsup.methods.denoising import compact, document_tokens, shift_right
 from selfsup.text.tokenizer import BOS, PAD
 
 SUMMARIZER_FORMAT = "selfsup-summarizer"
@@ -55,31 +59,96 @@ class SummarySettings(FitSettings):
             raise ConfigError("summary_tokens must be >= 2, val_pairs >= 1 and label_smoothing in [0, 1)")
 
 
-def summary_loss(backbone, sources: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
-    """Mean cross-entropy of every non-PAD target token under teacher forcing (decoder reads BOS + target)."""
-    target_in = torch.cat([torch.full_like(targets[:, :1], BOS), targets[:, :-1]], 1)
-    predicted = targets != PAD
-    states = backbone.decode(target_in, backbone.tokens(sources), sources)[predicted]
-    logits = backbone.lm_head(states).float()
-    return F.cross_entropy(logits, targets[predicted], label_smoothing=label_smoothing)
+class EncoderDecoderSummarizer(nn.Module):
+    """An encoder-decoder (seq2seq backbone) reads the document and writes the summary."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.network = backbone
+
+    def loss(self, sources: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        """Mean cross-entropy of every non-PAD target token; the decoder reads BOS + the target (teacher forcing)."""
+        target_in = shift_right(targets)
+        predicted = targets != PAD
+        states = self.network.decode(target_in, self.network.tokens(sources), sources)[predicted]
+        logits = self.network.lm_head(states).float()
+        return F.cross_entropy(logits, targets[predicted], label_smoothing=label_smoothing)
+
+    def write(self, sources: torch.Tensor, decode: DecodeSettings) -> list[list[int]]:
+        return generate_seq2seq(self.network, sources, decode)
 
 
-def write_summaries(backbone, sources: torch.Tensor, tokenizer, decode: DecodeSettings) -> list[str]:
-    return [tokenizer.decode(ids) for ids in generate_seq2seq(backbone, sources, decode)]
+class PromptedSummarizer(nn.Module):
+    """A causal language model (a clm run) reads `start, document, SEP` and continues with the summary
+    (GPT-2's "TL;DR:" set-up, with a learned separator): the comparison the encoder-decoder is measured
+    against. The document is cut so that the summary fits the model's window; the loss is on the summary
+    tokens and EOS only. SEP is BOS, a token a packed clm corpus never shows, so fine-tuning gives it this
+    one meaning."""
+
+    separator = BOS
+
+    def __init__(self, method: nn.Module, summary_tokens: int, start_token: int):
+        super().__init__()
+        self.network, self.start_token = method, start_token
+        window = getattr(method.backbone, "max_length", None)
+        self.document_tokens = (window - summary_tokens - 2) if window else None
+        if self.document_tokens is not None and self.document_tokens < 1:
+            raise ConfigError(f"a {window}-token window leaves no room for a document next to {summary_tokens} "
+                              "summary tokens; lower --summary-tokens")
+
+    def prompts(self, sources: torch.Tensor) -> torch.Tensor:
+        """sources (B, S) (document, EOS, PAD) -> (B, P): start, the document cut to fit, SEP; right-padded."""
+        documents, _ = document_tokens(sources)
+        documents = documents[:, :self.document_tokens]
+        start = torch.full_like(documents[:, :1], self.start_token)
+        rows = torch.cat([start, documents, torch.full_like(start, PAD)], 1)
+        rows.scatter_(1, (documents != PAD).sum(1, keepdim=True) + 1, self.separator)
+        return rows
+
+    def loss(self, sources: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+        prompts = self.prompts(sources)
+        whole = torch.cat([prompts, targets], 1)
+        keep = whole != PAD
+        length = int(keep.sum(1).max())
+        sequence = compact(whole, keep, length)
+        is_summary = compact(torch.cat([torch.zeros_like(prompts), torch.ones_like(targets)], 1), keep, length)
+        predicted = is_summary[:, 1:].bool()
+        logits = self.network.logits(sequence[:, :-1])[predicted].float()
+        return F.cross_entropy(logits, sequence[:, 1:][predicted], label_smoothing=label_smoothing)
+
+    def write(self, sources: torch.Tensor, decode: DecodeSettings) -> list[list[int]]:
+        return generate_seq2seq(self.network, self.prompts(sources), decode)
 
 
-def finetune_summarizer(backbone, train: tuple, val: tuple, val_references: list[str], tokenizer,
+def summarizer_for(run, network: nn.Module | None = None, summary_tokens: int = 48) -> nn.Module:
+    """The summarizer a run's model makes: an encoder-decoder's backbone, or a clm method prompted. `network`:
+    the run's (None) or another of the same kind (the from-scratch baseline)."""
+    method = network if network is not None else run.method
+    backbone = method.evaluated_backbone
+    if getattr(backbone, "is_encoder_decoder", False):
+        return EncoderDecoderSummarizer(copy.deepcopy(backbone))
+    if method.generates:
+        return PromptedSummarizer(copy.deepcopy(method), summary_tokens, run.modality.start_token(run.config))
+    raise ConfigError(f"{run.path} is a {run.config.method.name} run on {run.config.backbone.name}; summaries need "
+                      "an encoder-decoder run (method bart or t5) or a causal language model (method clm)")
+
+
+def write_summaries(model, sources: torch.Tensor, tokenizer, decode: DecodeSettings) -> list[str]:
+    return [tokenizer.decode(ids) for ids in model.write(sources, decode)]
+
+
+def finetune_summarizer(model: nn.Module, train: tuple, val: tuple, val_references: list[str], tokenizer,
                         settings: SummarySettings, seed: int, device, progress: bool = True, desc: str = ""):
-    """A copy of backbone fine-tuned on train (sources, targets); returns (model at the kept state, steps,
-    the validation ROUGE-L at each check)."""
-    model = copy.deepcopy(backbone).to(device)
+    """model (a summarizer, changed in place) fine-tuned on train (sources, targets); returns (model at the
+    kept state, steps, the validation ROUGE-L at each check)."""
+    model.to(device)
     sources, targets = train
     greedy = DecodeSettings(strategy="greedy", max_new_tokens=settings.summary_tokens,
                             no_repeat_ngram=settings.decode.no_repeat_ngram)
     scores = []
 
     def batch_loss(indices, gen):
-        return summary_loss(model, sources[indices].to(device), targets[indices].to(device), settings.label_smoothing)
+        return model.loss(sources[indices].to(device), targets[indices].to(device), settings.label_smoothing)
 
     def validate():
         scores.append(rouge(write_summaries(model, val[0], tokenizer, greedy), val_references)["rougeL"])
@@ -97,10 +166,7 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
     """Fine-tune and score as the module docstring says; one row per (share, seed, init) and one for the lead
     baseline, appended to RUN_DIR/eval/summaries.jsonl."""
     settings = settings or SummarySettings()
-    backbone = run.method.evaluated_backbone
-    if not getattr(backbone, "is_encoder_decoder", False):
-        raise ConfigError(f"{run.path} is a {run.config.method.name} run on {run.config.backbone.name}; summaries "
-                          "need an encoder-decoder run (method bart or t5, backbone.name=seq2seq)")
+    summarizer_for(run, summary_tokens=settings.summary_tokens)    # refuses a run that cannot write
     cfg, device = run.config, resolve_device(run.config.train.device)
     tokenizer = run.modality.tokenizer(cfg, run.path)
     parts = pair_parts(source, source_field, target_field, data_dir or None)
@@ -121,17 +187,17 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
     rows = [lead]
     run.folder.append_result(lead, to=run.folder.summaries_results_file)
     print(f"  lead (first sentence, {mean_words} words)  " + _scores_text(lead))
-    encoders = [("pretrained", backbone)] + ([("from scratch", build_method(cfg).evaluated_backbone)] if baseline else [])
+    networks = [("pretrained", None)] + ([("from scratch", build_method(cfg))] if baseline else [])
     budgets = [(budget, min(len(train[0]), budget.total or max(1, round(budget.fraction * len(train[0])))))
                for budget in map(parse_label_budget, labels)]
     largest = max(count for _, count in budgets)
     for budget, count in budgets:
         for seed in range(seeds):
             chosen = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-            for init, encoder in encoders:
+            for init, network in networks:
                 started = time.perf_counter()
                 model, steps, checks = finetune_summarizer(
-                    encoder, (train[0][chosen], train[1][chosen]), val, [s for _, s in val_pairs], tokenizer, settings,
+                    summarizer_for(run, network, settings.summary_tokens), (train[0][chosen], train[1][chosen]), val, [s for _, s in val_pairs], tokenizer, settings,
                     seed, device, progress, desc=f"{init} {budget.text} seed {seed}")
                 written = write_summaries(model, scored_sources, tokenizer, settings.decode)
                 row = {**common, "init": init, "labels": budget.text, "pairs": count, "seed": seed,
@@ -147,6 +213,7 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
                 rows.append(row)
                 if init == "pretrained" and seed == 0 and count == largest:
                     save_summarizer(model, run, {"labels": budget.text, "seed": seed, "data": source,
+                                                 "summary_tokens": settings.summary_tokens,
                                                  "decode": vars(settings.decode)})
     return rows
 
@@ -154,6 +221,11 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
 def _scores_text(row: dict) -> str:
     return (f"ROUGE-1 {row['rouge1']:5.2f}  ROUGE-2 {row['rouge2']:5.2f}  ROUGE-L {row['rougeL']:5.2f}  "
             f"{row['length']:.1f} words")
+
+
+def safe_metadata(path) -> dict:
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
 
 
 def save_summarizer(model, run, meta: dict) -> None:
@@ -164,12 +236,13 @@ def save_summarizer(model, run, meta: dict) -> None:
 
 
 def load_summarizer(run):
-    """The run's encoder-decoder with the weights `evaluate_summaries` saved, in eval mode."""
+    """The run's summarizer with the weights `evaluate_summaries` saved, in eval mode."""
     path = run.folder.summarizer_file
     if not path.is_file():
         raise CheckpointError(f"{run.path} has no fine-tuned summarizer ({path.name}); make one with "
                               f"`selfsup finetune-seq2seq {run.path} --data PAIRS`")
-    model = copy.deepcopy(run.method.evaluated_backbone)
+    meta = json.loads(safe_metadata(path)["selfsup"])
+    model = summarizer_for(run, summary_tokens=meta["summary_tokens"])
     try:
         model.load_state_dict(load_safetensors_bytes(path.read_bytes()))
     except (RuntimeError, ValueError) as e:
@@ -180,5 +253,6 @@ def load_summarizer(run):
 def summarize(run, documents: list[str], decode: DecodeSettings | None = None) -> list[str]:
     """Summaries of `documents` by the run's saved summarizer."""
     model = load_summarizer(run)
-    sources, _ = encode_texts(documents, run.modality.tokenizer(run.config, run.path), run.config.text.max_length)
-    return write_summaries(model, sources, run.modality.tokenizer(run.config, run.path), decode or DecodeSettings())
+    tokenizer = run.modality.tokenizer(run.config, run.path)
+    sources, _ = encode_texts(documents, tokenizer, run.config.text.max_length)
+    return write_summaries(model, sources, tokenizer, decode or DecodeSettings())

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from selfsup.text.generate import restrict
-from selfsup.text.tokenizer import BOS, EOS
+from selfsup.text.tokenizer import BOS, EOS, PAD
 
 STRATEGIES = ("beam", "greedy", "sample")
 
@@ -60,39 +60,78 @@ def _block_repeats(logprobs: torch.Tensor, histories: list[list[int]], n: int) -
     return logprobs
 
 
-class _Decoder:
-    """The decoder's state for rows that each hold one hypothesis: caches and the next position."""
+class _EncoderDecoderRows:
+    """An encoder-decoder's decoding state, one hypothesis a row: its caches and the next position."""
 
     def __init__(self, backbone, sources: torch.Tensor):
         self.backbone, self.sources = backbone, sources
         self.memory = backbone.tokens(sources)
         self.caches = [{} for _ in backbone.decoder_blocks]
         self.position = 0
+        self.room = backbone.max_length                  # positions the decoder has
 
-    def next_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (R,) the newest token of each row -> log-probabilities of the next one (R, vocab), fp32."""
-        states = self.backbone.decode(tokens[:, None], self.memory, self.sources, self.caches, start=self.position)
+    def next_logprobs(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        """tokens (R,): each row's newest token (None at the start: BOS) -> log-probabilities of the next
+        one (R, vocab), fp32, on the CPU."""
+        if tokens is None:
+            tokens = torch.full((len(self.sources),), BOS, dtype=torch.long, device=self.sources.device)
+        states = self.backbone.decode(tokens.to(self.sources.device)[:, None], self.memory, self.sources,
+                                      self.caches, start=self.position)
         self.position += 1
-        return self.backbone.lm_head(states[:, -1]).float().log_softmax(-1)
+        return self.backbone.lm_head(states[:, -1]).float().log_softmax(-1).cpu()
 
-    def reorder(self, rows: torch.Tensor) -> None:
-        """Keep rows `rows` (R,) of every cache, in that order (beam search's survivors)."""
-        self.memory, self.sources = self.memory[rows], self.sources[rows]
+    def reorder(self, rows: list[int]) -> None:
+        """Keep rows `rows`, in that order (beam search's survivors)."""
+        index = torch.tensor(rows, device=self.sources.device)
+        self.memory, self.sources = self.memory[index], self.sources[index]
         for cache in self.caches:
             for key in cache:
-                cache[key] = cache[key][rows]
+                cache[key] = cache[key][index]
 
 
-def _sample(backbone, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
+class _CausalRows:
+    """A causal language model's decoding state (a clm method: `logits(ids)` over a causal backbone), one
+    hypothesis a row: its prompt and what it has written, run whole at each step."""
+
+    def __init__(self, model, prompts: torch.Tensor):
+        self.model, self.device = model, prompts.device
+        self.rows = [row[row != PAD].tolist() for row in prompts]
+        window = getattr(model.backbone, "max_length", None) or 10 ** 9
+        self.room = window - max(len(row) for row in self.rows)
+
+    def next_logprobs(self, tokens: torch.Tensor | None) -> torch.Tensor:
+        if tokens is not None:
+            for row, token in zip(self.rows, tokens.tolist()):
+                row.append(token)
+        lengths = torch.tensor([len(row) for row in self.rows])
+        batch = torch.full((len(self.rows), int(lengths.max())), PAD, dtype=torch.long)
+        for i, row in enumerate(self.rows):
+            batch[i, :len(row)] = torch.tensor(row)
+        logits = self.model.logits(batch.to(self.device))            # right-padded: PAD after cannot change them
+        return logits[torch.arange(len(self.rows)), (lengths - 1).to(self.device)].float().log_softmax(-1).cpu()
+
+    def reorder(self, rows: list[int]) -> None:
+        self.rows = [list(self.rows[i]) for i in rows]
+
+
+def _rows(model, sources: torch.Tensor):
+    if getattr(model, "is_encoder_decoder", False):
+        return _EncoderDecoderRows(model, sources)
+    if getattr(getattr(model, "backbone", None), "causal", False) and hasattr(model, "logits"):
+        return _CausalRows(model, sources)
+    raise ValueError(f"writing from a document needs an encoder-decoder (backbone.name=seq2seq) or a causal "
+                     f"language model (a clm method), got {type(model).__name__}")
+
+
+def _sample(model, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
     """Greedy (strategy 'greedy') or sampled tokens, each row until EOS or max_new_tokens."""
-    decoder = _Decoder(backbone, sources)
+    rows = _rows(model, sources)
     gen = torch.Generator().manual_seed(settings.seed)       # on the CPU: the same text on every device
     outputs: list[list[int]] = [[] for _ in range(len(sources))]
     done = [False] * len(sources)
-    tokens = torch.full((len(sources),), BOS, dtype=torch.long, device=sources.device)
-    limit = min(settings.max_new_tokens, backbone.max_length)
-    for _ in range(limit):
-        logprobs = _block_repeats(decoder.next_logprobs(tokens).cpu(), outputs, settings.no_repeat_ngram)
+    tokens = None
+    for _ in range(min(settings.max_new_tokens, rows.room)):
+        logprobs = _block_repeats(rows.next_logprobs(tokens), outputs, settings.no_repeat_ngram)
         if settings.strategy == "greedy":
             chosen = logprobs.argmax(-1)
         else:
@@ -106,29 +145,29 @@ def _sample(backbone, sources: torch.Tensor, settings: DecodeSettings) -> list[l
                     outputs[row].append(token)
         if all(done):
             break
-        tokens = chosen.to(sources.device)
+        tokens = chosen
     return outputs
 
 
-def _beam_search(backbone, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
+def _beam_search(model, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
     """The best finished hypothesis per row by log p / length ** length_penalty, `beams` kept per row. A row
     stops when it has `beams` finished ones and no live beam can still beat the worst of them."""
     b, k = len(sources), settings.beams
-    decoder = _Decoder(backbone, sources.repeat_interleave(k, 0))
+    rows = _rows(model, sources.repeat_interleave(k, 0))
     scores = torch.full((b, k), float("-inf"))
     scores[:, 0] = 0.0                                       # all beams start equal: keep one of them
     histories: list[list[int]] = [[] for _ in range(b * k)]
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
     closed = [False] * b
-    tokens = torch.full((b * k,), BOS, dtype=torch.long, device=sources.device)
+    tokens = None
     norm = lambda length: max(length, 1) ** settings.length_penalty   # noqa: E731
-    limit = min(settings.max_new_tokens, backbone.max_length)
+    limit = min(settings.max_new_tokens, rows.room)
     for step in range(limit):
-        logprobs = _block_repeats(decoder.next_logprobs(tokens).cpu(), histories, settings.no_repeat_ngram)
+        logprobs = _block_repeats(rows.next_logprobs(tokens), histories, settings.no_repeat_ngram)
         vocab = logprobs.shape[1]
         candidates = (scores.reshape(-1, 1) + logprobs).reshape(b, k * vocab)
         top_scores, top_index = candidates.topk(2 * k, dim=1)
-        rows, new_tokens, new_scores, new_histories = [], [], [], []
+        survivors, new_tokens, new_scores, new_histories = [], [], [], []
         for i in range(b):
             kept = 0
             for score, index in zip(top_scores[i].tolist(), top_index[i].tolist()):
@@ -140,7 +179,7 @@ def _beam_search(backbone, sources: torch.Tensor, settings: DecodeSettings) -> l
                     words = history if token == EOS else history + [token]
                     finished[i].append((score / norm(len(words)), words))
                     continue
-                rows.append(i * k + beam)
+                survivors.append(i * k + beam)
                 new_tokens.append(token)
                 new_scores.append(score)
                 new_histories.append(history + [token])
@@ -148,7 +187,7 @@ def _beam_search(backbone, sources: torch.Tensor, settings: DecodeSettings) -> l
                 if kept == k:
                     break
             while kept < k:                                  # a closed row (or too few candidates): dead beams
-                rows.append(i * k)
+                survivors.append(i * k)
                 new_tokens.append(EOS)
                 new_scores.append(float("-inf"))
                 new_histories.append([])
@@ -159,34 +198,34 @@ def _beam_search(backbone, sources: torch.Tensor, settings: DecodeSettings) -> l
             closed[i] = closed[i] or (len(finished[i]) == k and best_alive <= finished[i][-1][0])
         if all(closed):
             break
-        decoder.reorder(torch.tensor(rows, device=sources.device))
+        rows.reorder(survivors)
         scores = torch.tensor(new_scores).reshape(b, k)
         histories = new_histories
-        tokens = torch.tensor(new_tokens, device=sources.device)
+        tokens = torch.tensor(new_tokens)
     return [max(finished[i], key=lambda hypothesis: hypothesis[0])[1] if finished[i] else histories[i * k]
             for i in range(b)]
 
 
 @torch.no_grad()
-def generate_seq2seq(backbone, sources: torch.Tensor, settings: DecodeSettings | None = None,
+def generate_seq2seq(model, sources: torch.Tensor, settings: DecodeSettings | None = None,
                      batch_size: int = 64) -> list[list[int]]:
-    """The token ids written for each source row (EOS and specials excluded), in eval mode."""
+    """The token ids written for each source row (EOS excluded), in eval mode: model is an encoder-decoder
+    backbone reading the sources, or a causal language model (a clm method) continuing them as prompts
+    (right-padded)."""
     settings = settings or DecodeSettings()
-    if not getattr(backbone, "is_encoder_decoder", False):
-        raise ValueError(f"writing from a document needs an encoder-decoder (backbone.name=seq2seq), got "
-                         f"{type(backbone).__name__}")
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
+    _rows(model, sources[:1])                            # refuses a model that cannot write
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
     decode = _beam_search if settings.strategy == "beam" and settings.beams > 1 else _sample
     if decode is _sample and settings.strategy == "beam":
         settings = DecodeSettings(**{**vars(settings), "strategy": "greedy"})     # one beam is greedy decoding
     outputs: list[list[int]] = []
     try:
         for start in range(0, len(sources), batch_size):
-            outputs += decode(backbone, sources[start:start + batch_size].to(device), settings)
+            outputs += decode(model, sources[start:start + batch_size].to(device), settings)
     finally:
-        backbone.train(was_training)
+        model.train(was_training)
     return outputs
 
 
