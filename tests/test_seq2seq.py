@@ -10,6 +10,7 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.config import load_config
 from selfsup.data import fetch as fetch_module
+from selfsup.errors import ConfigError
 from selfsup.build import build_method, load_training_data
 from selfsup.methods.bart import BART, BARTConfig, permute_sentences, text_infilling
 from selfsup.methods.denoising import compact, document_tokens, random_segments
@@ -199,6 +200,13 @@ def test_a_short_pretraining_lowers_the_held_out_reconstruction_loss(method, tmp
         assert result.method.backbone.vocab_size == 260 + 100
 
 
+def test_denoising_refuses_a_packed_corpus(tmp_path):
+    source = write_corpus(tmp_path / "corpus.jsonl", n=20)
+    cfg = load_config(overrides=["method.name=bart", f"data.source={source}", "text.field=body", "text.pack=on"])
+    with pytest.raises(ConfigError, match="text.pack=on would run documents together"):
+        load_training_data(cfg)
+
+
 # ---------------------------------------------------------------- Debian descriptions
 
 TRANSLATION = """Package: foo
@@ -248,6 +256,9 @@ def test_long_descriptions_follow_debian_policy_paragraphs_and_verbatim_lines():
     assert synopsis == "do foo things"
     assert long_description(continuation) == ("Foo does things. It wraps its lines.\n"
                                               "A second paragraph:\n  * a verbatim item\n  * another one")
+    # Text after a verbatim line starts a line of its own; "  ." is a verbatim full stop, not a break.
+    assert long_description([" Features:", "  * a", " More", " text.", "  .", " End."]) == \
+        "Features:\n * a\nMore text.\n .\nEnd."
 
 
 def test_pairs_drop_repeated_descriptions_and_split_by_source_package():

@@ -16,7 +16,7 @@ from selfsup.run import load_run
 from selfsup.text.pairs import encode_pairs, pair_parts, read_pairs
 from selfsup.text.summarize import DecodeSettings, banned_by_ngrams, first_sentence, generate_seq2seq, \
     lead_summaries, rouge
-from selfsup.text.tokenizer import BOS, EOS, ByteTokenizer
+from selfsup.text.tokenizer import BOS, EOS, MASK, ByteTokenizer
 from selfsup.train import pretrain
 
 from small_data import write_corpus
@@ -36,8 +36,8 @@ def test_no_repeat_ngram_bans_the_token_that_would_repeat_an_ngram():
 
 
 def test_a_wide_beam_finds_the_best_length_normalised_sequence_of_all():
-    """With 6 tokens, 3 steps and more beams than hypotheses, beam search is exhaustive: its answer must be
-    the sequence (ended by EOS, or cut at 3 tokens) with the best log p / length."""
+    """With 2 writable tokens, 3 steps and more beams than hypotheses, beam search is exhaustive: its answer
+    must be the sequence (ended by EOS, or cut at 3 tokens) with the best log p / length."""
     model = tiny_model(vocab_size=6)
     source = torch.tensor([[4, 5, 5, 4, EOS]])
     settings = DecodeSettings(strategy="beam", beams=128, max_new_tokens=3, no_repeat_ngram=0, length_penalty=1.0)
@@ -49,9 +49,9 @@ def test_a_wide_beam_finds_the_best_length_normalised_sequence_of_all():
         total = sum(logprobs[i, t].item() for i, t in enumerate(target))
         return total / max(len(words), 1)
 
-    candidates = [(score(list(w), True), list(w)) for n in range(3) for w in itertools.product(range(6), repeat=n)
-                  if EOS not in w]
-    candidates += [(score(list(w), False), list(w)) for w in itertools.product(range(6), repeat=3) if EOS not in w]
+    writable = [4, 5]                                  # PAD, BOS and MASK are never written; EOS ends
+    candidates = [(score(list(w), True), list(w)) for n in range(3) for w in itertools.product(writable, repeat=n)]
+    candidates += [(score(list(w), False), list(w)) for w in itertools.product(writable, repeat=3)]
     assert found == max(candidates)[1]
 
 
@@ -87,6 +87,9 @@ def test_pairs_files_say_what_is_wrong(tmp_path, monkeypatch):
                                                    b'{"document": "caf\xe9", "summary": "s"}'])
     with pytest.warns(UserWarning, match="skipped 1 pairs with an empty document or summary; 1 lines had bytes"):
         assert read_pairs(mixed, "document", "summary") == [("a", "b"), ("caf\ufffd", "s")]
+    few = write_pairs(tmp_path / "few.jsonl", [{"document": "d", "summary": "s"}] * 3)
+    with pytest.raises(DataError, match="no pair falls in the"):
+        pair_parts(str(few))
     monkeypatch.setenv("HOME", str(tmp_path))              # where a fetched set would be looked for
     monkeypatch.delenv("SELFSUP_DATA", raising=False)
     with pytest.raises(DataError, match="not fetched yet"):
@@ -143,10 +146,10 @@ def test_a_clm_run_is_prompted_with_the_document_and_learns_only_the_summary(tmp
     model = summarizer_for(run, summary_tokens=8)
     assert isinstance(model, PromptedSummarizer) and model.document_tokens == 32 - 8 - 2
     sources = torch.tensor([[10, 11, 12, EOS, 0], [13, EOS, 0, 0, 0]])
-    assert model.prompts(sources).tolist() == [[EOS, 10, 11, 12, BOS, 0, 0], [EOS, 13, BOS, 0, 0, 0, 0]]
+    assert model.prompts(sources).tolist() == [[EOS, 10, 11, 12, MASK, 0, 0], [EOS, 13, MASK, 0, 0, 0, 0]]
     targets = torch.tensor([[20, 21, EOS], [22, EOS, 0]])
     model.eval()                                       # no dropout: the two computations must agree
-    logits = model.network.logits(torch.tensor([[EOS, 10, 11, 12, BOS, 20, 21], [EOS, 13, BOS, 22, 0, 0, 0]]))
+    logits = model.network.logits(torch.tensor([[EOS, 10, 11, 12, MASK, 20, 21], [EOS, 13, MASK, 22, 0, 0, 0]]))
     expected = torch.nn.functional.cross_entropy(torch.cat([logits[0, 4:7], logits[1, 2:4]]),
                                                  torch.tensor([20, 21, EOS, 22, EOS]))
     torch.testing.assert_close(model.loss(sources, targets, 0.0), expected)

@@ -35,7 +35,7 @@ from selfsup.runtime import resolve_device
 from selfsup.text.pairs import encode_pairs, encode_texts, pair_parts
 from selfsup.text.summarize import DecodeSettings, generate_seq2seq, lead_summaries, rouge
 from selfsup.methods.denoising import compact, document_tokens, shift_right
-from selfsup.text.tokenizer import BOS, PAD
+from selfsup.text.tokenizer import MASK, PAD
 
 SUMMARIZER_FORMAT = "selfsup-summarizer"
 
@@ -82,10 +82,10 @@ class PromptedSummarizer(nn.Module):
     """A causal language model (a clm run) reads `start, document, SEP` and continues with the summary
     (GPT-2's "TL;DR:" set-up, with a learned separator): the comparison the encoder-decoder is measured
     against. The document is cut so that the summary fits the model's window; the loss is on the summary
-    tokens and EOS only. SEP is BOS, a token a packed clm corpus never shows, so fine-tuning gives it this
+    tokens and EOS only. SEP is MASK, a token clm never reads in pretraining, so fine-tuning gives it this
     one meaning."""
 
-    separator = BOS
+    separator = MASK
 
     def __init__(self, method: nn.Module, summary_tokens: int, start_token: int):
         super().__init__()
@@ -166,7 +166,11 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
     """Fine-tune and score as the module docstring says; one row per (share, seed, init) and one for the lead
     baseline, appended to RUN_DIR/eval/summaries.jsonl."""
     settings = settings or SummarySettings()
-    summarizer_for(run, summary_tokens=settings.summary_tokens)    # refuses a run that cannot write
+    summarizer = summarizer_for(run, summary_tokens=settings.summary_tokens)    # refuses a run that cannot write
+    window = getattr(summarizer.network, "max_length", None)
+    if isinstance(summarizer, EncoderDecoderSummarizer) and settings.summary_tokens > window:
+        raise ConfigError(f"--summary-tokens {settings.summary_tokens} is longer than the decoder's {window} "
+                          "positions (text.max_length of the run)")
     cfg, device = run.config, resolve_device(run.config.train.device)
     tokenizer = run.modality.tokenizer(cfg, run.path)
     parts = pair_parts(source, source_field, target_field, data_dir or None)
@@ -187,14 +191,15 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
     rows = [lead]
     run.folder.append_result(lead, to=run.folder.summaries_results_file)
     print(f"  lead (first sentence, {mean_words} words)  " + _scores_text(lead))
-    networks = [("pretrained", None)] + ([("from scratch", build_method(cfg))] if baseline else [])
+    inits = ["pretrained"] + (["from scratch"] if baseline else [])
     budgets = [(budget, min(len(train[0]), budget.total or max(1, round(budget.fraction * len(train[0])))))
                for budget in map(parse_label_budget, labels)]
     largest = max(count for _, count in budgets)
     for budget, count in budgets:
         for seed in range(seeds):
             chosen = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
-            for init, network in networks:
+            for init in inits:
+                network = None if init == "pretrained" else fresh_network(cfg, seed)
                 started = time.perf_counter()
                 model, steps, checks = finetune_summarizer(
                     summarizer_for(run, network, settings.summary_tokens), (train[0][chosen], train[1][chosen]), val, [s for _, s in val_pairs], tokenizer, settings,
@@ -216,6 +221,13 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
                                                  "summary_tokens": settings.summary_tokens,
                                                  "decode": vars(settings.decode)})
     return rows
+
+
+def fresh_network(cfg, seed: int) -> nn.Module:
+    """The run's method with new random weights drawn from `seed` (the from-scratch baseline of that seed)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return build_method(cfg)
 
 
 def _scores_text(row: dict) -> str:
@@ -241,7 +253,10 @@ def load_summarizer(run):
     if not path.is_file():
         raise CheckpointError(f"{run.path} has no fine-tuned summarizer ({path.name}); make one with "
                               f"`selfsup finetune-seq2seq {run.path} --data PAIRS`")
-    meta = json.loads(safe_metadata(path)["selfsup"])
+    meta = json.loads(safe_metadata(path).get("selfsup", "{}"))
+    if meta.get("format") != SUMMARIZER_FORMAT:
+        raise CheckpointError(f"{path} is not a selfsup summarizer (format={meta.get('format')!r}); make one with "
+                              f"`selfsup finetune-seq2seq {run.path}`")
     model = summarizer_for(run, summary_tokens=meta["summary_tokens"])
     try:
         model.load_state_dict(load_safetensors_bytes(path.read_bytes()))

@@ -32,6 +32,7 @@ class Method(nn.Module):
     config_class = MethodConfig
     modality = "image"       # the data the method's views are made from: image | text | tabular | interactions
     packs_text = False       # text: train on the corpus cut into windows (text.pack=auto), not one row per document
+    needs_documents = False  # text: only one row per document will do (text.pack=on is refused)
     # Settings of other config sections the method's paper needs, under the user's file and overrides:
     # e.g. {"augment": {"local_crops": 6}, "optim": {"name": "adamw"}}.
     recipe: dict = {}

@@ -79,7 +79,8 @@ class Denoising(TokenPrediction):
 
     spreads_embeddings = False
     language_model = True                 # held-out loss and perplexity of the reconstruction
-    packs_text = False                    # one document a row: spans and sentences stay inside it
+    packs_text = False
+    needs_documents = True                # one document a row: spans and sentences stay inside it
     backbone_choices = ("seq2seq",)
     recipe = {
         "backbone": {"name": "seq2seq"},

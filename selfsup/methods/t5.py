@@ -4,12 +4,13 @@ the encoder reads the document with each span replaced by its own sentinel token
 each sentinel followed by the span it stands for.
 
     document  Thank you for inviting me to your party last week .
-    source    Thank you <X> me to your party <Y> week .            (then EOS)
-    target    <X> for inviting <Y> last                            (then EOS)
+    source    Thank you <X> me to your party <Y>                   (then EOS)
+    target    <X> for inviting <Y> last week .                     (then EOS)
 
 As in T5's code: n_noise = round(0.15 n) (at least 1, at most n - 1), n_spans = round(n_noise / 3)
 (at least 1); the noise tokens and the other tokens are each cut into n_spans non-empty runs at
-random, and the runs alternate, starting with a run of kept tokens. The sentinels are `sentinels`
+random, and the runs alternate, starting with a run of kept tokens and so ending with a span (as
+T5's code does; the paper's figure ends with kept tokens). The sentinels are `sentinels`
 ids added above the tokenizer's vocabulary, the first span's the highest, like T5's <extra_id_0>.
 """
 from __future__ import annotations
@@ -43,7 +44,9 @@ def noise_spans(counts: torch.Tensor, noise_density: float, mean_span_length: fl
     """counts (B,) -> (noise (B, width) bool over each row's first counts[b] positions, span_start (B, width)
     bool where each noise span begins). Rows with fewer than 2 tokens get no noise."""
     noise = (counts.double() * noise_density).round().long().clamp(min=1).minimum(counts - 1).clamp_min(0)
-    spans = (noise.double() / mean_span_length).round().long().clamp(min=1).minimum(noise).clamp(max=max_spans)
+    # At most as many spans as noise tokens, kept tokens (each span follows a run of them) and sentinels.
+    spans = (noise.double() / mean_span_length).round().long().clamp(min=1).minimum(noise).minimum(counts - noise)
+    spans = spans.clamp(max=max_spans)
     kept_runs = random_segments(counts - noise, spans, width, gen)
     noise_runs = random_segments(noise, spans, width, gen)
     # Run i of kept tokens, then span i: span i starts after kept runs 0..i and spans 0..i-1.

@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 
 from selfsup.data.holdout import index_position, part_of
-from selfsup.errors import DataError
+from selfsup.errors import ConfigError, DataError
 from selfsup.methods import method_class
 from selfsup.modalities.base import Modality, require_source
 from selfsup.run_folder import RunFolder
@@ -53,7 +53,11 @@ class TextModality(Modality):
                 yield doc
 
     def _packs(self, cfg) -> bool:
-        return cfg.text.pack == "on" or (cfg.text.pack == "auto" and method_class(cfg.method.name).packs_text)
+        method = method_class(cfg.method.name)
+        if cfg.text.pack == "on" and method.needs_documents:
+            raise ConfigError(f"method.name={cfg.method.name} corrupts and rebuilds whole documents, one a row; "
+                              "text.pack=on would run documents together: use text.pack=auto or off")
+        return cfg.text.pack == "on" or (cfg.text.pack == "auto" and method.packs_text)
 
     def start_token(self, cfg) -> int:
         """The token a document follows as the model saw it in training, and so the first token of a

@@ -43,18 +43,22 @@ def parse_deb822(text: str) -> Iterator[dict[str, str]]:
 
 
 def long_description(continuation: list[str]) -> str:
-    """The text of a description's continuation lines (Debian Policy 5.6.13, see the module docstring)."""
+    """The text of a description's continuation lines (Debian Policy 5.6.13, see the module docstring):
+    the lines of a paragraph joined with spaces until a verbatim line, which stays a line of its own (its
+    indentation past the first space kept); a text line after a verbatim one starts a new line."""
     paragraphs: list[list[str]] = [[]]
     for line in continuation:
         body = line[1:] if line.startswith(" ") else line.lstrip()
-        if body.strip() == ".":
+        lines = paragraphs[-1]
+        if body.strip() == "." and not body.startswith(" "):       # " ." : an empty line
             paragraphs.append([])
-        elif body.startswith(" "):                     # verbatim: its own line
-            paragraphs[-1].append("\n" + body.rstrip())
+        elif body.startswith(" "):                                   # "  text": verbatim
+            lines.append(body.rstrip())
+        elif lines and not lines[-1].startswith(" "):                # text continuing text
+            lines[-1] += " " + body.strip()
         else:
-            paragraphs[-1].append(" " + body.strip())
-    texts = ["".join(lines).strip() for lines in paragraphs]
-    return "\n".join(text for text in texts if text)
+            lines.append(body.strip())
+    return "\n".join("\n".join(lines) for lines in paragraphs if lines)
 
 
 def source_packages(packages_files: Iterable[str]) -> dict[str, str]:

@@ -29,6 +29,11 @@ PARTS = tuple(SPLIT_SHARES)
 
 def read_pairs(path: str | Path, source_field: str, target_field: str) -> list[tuple[str, str]]:
     """The (document, summary) pairs of a .jsonl file, in file order; see the module docstring for bad input."""
+    return [pair for _, pair in numbered_pairs(path, source_field, target_field)]
+
+
+def numbered_pairs(path: str | Path, source_field: str, target_field: str) -> list[tuple[int, tuple[str, str]]]:
+    """(line number, (document, summary)) of each pair of a .jsonl file."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"pairs file {path} does not exist; pass a .jsonl file with one object a line, or "
@@ -54,7 +59,7 @@ def read_pairs(path: str | Path, source_field: str, target_field: str) -> list[t
             if not document or not summary:
                 empty += 1
                 continue
-            pairs.append((document, summary))
+            pairs.append((number, (document, summary)))
     if empty or replaced:
         warnings.warn(f"{path}: skipped {empty} pairs with an empty document or summary; {replaced} lines had "
                       "bytes that are not UTF-8 (replaced by U+FFFD)", stacklevel=2)
@@ -73,11 +78,14 @@ def pair_parts(source: str, source_field: str = "", target_field: str = "",
             raise DataError(f"{source} is not fetched yet: run `selfsup data fetch {source}`")
         fields = (source_field or PAIR_SETS[source][0], target_field or PAIR_SETS[source][1])
         return {part: read_pairs(folder / f"{part}.jsonl", *fields) for part in PARTS}
-    pairs = read_pairs(source, source_field or "document", target_field or "summary")
     bounds = np.cumsum([SPLIT_SHARES[part] for part in PARTS])
     parts: dict[str, list] = {part: [] for part in PARTS}
-    for i, pair in enumerate(pairs):
-        parts[PARTS[int(np.searchsorted(bounds, index_position(i), side="right"))]].append(pair)
+    for number, pair in numbered_pairs(source, source_field or "document", target_field or "summary"):
+        parts[PARTS[int(np.searchsorted(bounds, index_position(number), side="right"))]].append(pair)
+    empty = [part for part in PARTS if not parts[part]]
+    if empty:
+        raise DataError(f"{source}: no pair falls in the {' and '.join(empty)} part of the 80/10/10 split by line; "
+                        f"use more pairs (it has {sum(len(p) for p in parts.values())})")
     return parts
 
 

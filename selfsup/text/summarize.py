@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from selfsup.text.generate import restrict
-from selfsup.text.tokenizer import BOS, EOS, PAD
+from selfsup.text.tokenizer import BOS, EOS, MASK, PAD
 
 STRATEGIES = ("beam", "greedy", "sample")
+UNWRITTEN = (PAD, BOS, MASK)          # special tokens a summary never contains
 
 
 @dataclass
@@ -53,6 +54,9 @@ def banned_by_ngrams(history: list[int], n: int) -> list[int]:
 
 
 def _block_repeats(logprobs: torch.Tensor, histories: list[list[int]], n: int) -> torch.Tensor:
+    """The log-probabilities without the tokens nothing should write (PAD, BOS, MASK: EOS ends a text) and,
+    per row, those no-repeat n-gram blocking bans."""
+    logprobs[:, list(UNWRITTEN)] = float("-inf")
     for row, history in enumerate(histories):
         banned = banned_by_ngrams(history, n)
         if banned:
@@ -114,13 +118,18 @@ class _CausalRows:
         self.rows = [list(self.rows[i]) for i in rows]
 
 
-def _rows(model, sources: torch.Tensor):
+def _rows_kind(model):
+    """The decoding state a model writes with; a model that cannot write is refused."""
     if getattr(model, "is_encoder_decoder", False):
-        return _EncoderDecoderRows(model, sources)
+        return _EncoderDecoderRows
     if getattr(getattr(model, "backbone", None), "causal", False) and hasattr(model, "logits"):
-        return _CausalRows(model, sources)
+        return _CausalRows
     raise ValueError(f"writing from a document needs an encoder-decoder (backbone.name=seq2seq) or a causal "
                      f"language model (a clm method), got {type(model).__name__}")
+
+
+def _rows(model, sources: torch.Tensor):
+    return _rows_kind(model)(model, sources)
 
 
 def _sample(model, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
@@ -151,7 +160,9 @@ def _sample(model, sources: torch.Tensor, settings: DecodeSettings) -> list[list
 
 def _beam_search(model, sources: torch.Tensor, settings: DecodeSettings) -> list[list[int]]:
     """The best finished hypothesis per row by log p / length ** length_penalty, `beams` kept per row. A row
-    stops when it has `beams` finished ones and no live beam can still beat the worst of them."""
+    stops when it has `beams` finished ones and no live beam can still beat the worst of them: a live beam's
+    log p only falls as it grows, so its best possible score is its log p over the longest length it can
+    reach (length_penalty > 0) or over its length now (<= 0)."""
     b, k = len(sources), settings.beams
     rows = _rows(model, sources.repeat_interleave(k, 0))
     scores = torch.full((b, k), float("-inf"))
@@ -194,7 +205,7 @@ def _beam_search(model, sources: torch.Tensor, settings: DecodeSettings) -> list
                 kept += 1
             finished[i].sort(key=lambda hypothesis: -hypothesis[0])
             del finished[i][k:]
-            best_alive = max(new_scores[-k:]) / norm(step + 1)
+            best_alive = max(new_scores[-k:]) / norm(limit if settings.length_penalty > 0 else step + 1)
             closed[i] = closed[i] or (len(finished[i]) == k and best_alive <= finished[i][-1][0])
         if all(closed):
             break
@@ -213,7 +224,7 @@ def generate_seq2seq(model, sources: torch.Tensor, settings: DecodeSettings | No
     backbone reading the sources, or a causal language model (a clm method) continuing them as prompts
     (right-padded)."""
     settings = settings or DecodeSettings()
-    _rows(model, sources[:1])                            # refuses a model that cannot write
+    _rows_kind(model)                                    # refuses a model that cannot write
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
