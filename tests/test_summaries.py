@@ -103,15 +103,20 @@ def test_long_documents_are_cut_counted_and_end_with_eos():
     assert sources[0, -1].item() == EOS and targets[0, :3].tolist() == [ord("a") + 4, ord("b") + 4, EOS]
 
 
-def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_saved_model(tmp_path, capsys):
+def small_run_and_pairs(tmp_path, method, max_length):
+    """A 4-step run of `method` on a small corpus, and pairs of its documents with their topics as summaries."""
     corpus = write_corpus(tmp_path / "corpus.jsonl", n=60)
     pairs = write_pairs(tmp_path / "pairs.jsonl", [{"document": json.loads(line)["body"], "summary": json.loads(line)["topic"]}
                                                    for line in corpus.read_text().splitlines()])
-    cfg = load_config(overrides=["method.name=bart", f"data.source={corpus}", "text.field=body", "text.max_length=48",
-                                 "backbone.dim=16", "backbone.heads=2", "train.batch_size=16", "train.steps=4",
-                                 "train.precision=fp32", "eval.online_every=0"])
+    cfg = load_config(overrides=[f"method.name={method}", f"data.source={corpus}", "text.field=body",
+                                 f"text.max_length={max_length}", "backbone.dim=16", "backbone.heads=2",
+                                 "train.batch_size=16", "train.steps=4", "train.precision=fp32", "eval.online_every=0"])
     pretrain(cfg, tmp_path / "run", progress=False)
-    run = load_run(tmp_path / "run")
+    return load_run(tmp_path / "run"), pairs
+
+
+def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_saved_model(tmp_path, capsys):
+    run, pairs = small_run_and_pairs(tmp_path, "bart", 48)
     with pytest.raises(CheckpointError, match="no fine-tuned summarizer"):
         summarize(run, ["a document"])
     settings = SummarySettings(epochs=1, steps=6, batch_size=8, checks=2, summary_tokens=8, val_pairs=4,
@@ -124,25 +129,18 @@ def test_finetune_scores_pretrained_scratch_and_lead_then_summarize_uses_the_sav
     written = [json.loads(line) for line in run.folder.summaries_results_file.read_text().splitlines()]
     assert [r["init"] for r in written] == [r["init"] for r in rows]
     assert run.folder.summarizer_file.is_file() and len(rows[1]["val_rougeL_checks"]) == 2
-    page = write_report(tmp_path / "run").read_text()
+    page = write_report(run.path).read_text()
     assert "<h2>Summaries</h2>" in page and "from scratch" in page
     document = tmp_path / "doc.txt"
     document.write_text("A document to summarise. It has two sentences.")
     capsys.readouterr()
-    assert main(["summarize", str(tmp_path / "run"), "--text", str(document), "--beams", "2",
+    assert main(["summarize", str(run.path), "--text", str(document), "--beams", "2",
                  "--max-new-tokens", "5"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1
 
 
 def test_a_clm_run_is_prompted_with_the_document_and_learns_only_the_summary(tmp_path):
-    corpus = write_corpus(tmp_path / "corpus.jsonl", n=60)
-    pairs = write_pairs(tmp_path / "pairs.jsonl", [{"document": json.loads(line)["body"], "summary": json.loads(line)["topic"]}
-                                                   for line in corpus.read_text().splitlines()])
-    cfg = load_config(overrides=["method.name=clm", f"data.source={corpus}", "text.field=body", "text.max_length=32",
-                                 "backbone.dim=16", "backbone.heads=2", "train.batch_size=16", "train.steps=3",
-                                 "train.precision=fp32", "eval.online_every=0"])
-    pretrain(cfg, tmp_path / "clm", progress=False)
-    run = load_run(tmp_path / "clm")
+    run, pairs = small_run_and_pairs(tmp_path, "clm", 32)
     model = summarizer_for(run, summary_tokens=8)
     assert isinstance(model, PromptedSummarizer) and model.document_tokens == 32 - 8 - 2
     sources = torch.tensor([[10, 11, 12, EOS, 0], [13, EOS, 0, 0, 0]])

@@ -55,26 +55,18 @@ class CrossAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(b, t, d))
 
 
-class DecoderBlock(nn.Module):
+class DecoderBlock(Block):
     """x + attn(LN(x)) (causal), x + cross(LN(x), memory), x + MLP(LN(x)); dropout after each."""
 
-    shard_unit = True
-
     def __init__(self, dim: int, heads: int, dropout: float, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, dropout)
-        self.norm2 = nn.LayerNorm(dim)
+        super().__init__(dim, heads, dropout, mlp_ratio)
+        self.norm_cross = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads, dropout)
-        self.norm3 = nn.LayerNorm(dim)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x, allowed, memory, visible, cache: dict | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), allowed, True, cache))
-        x = x + self.drop(self.cross(self.norm2(x), memory, visible, cache))
-        return x + self.drop(self.mlp(self.norm3(x)))
+        x = x + self.drop(self.cross(self.norm_cross(x), memory, visible, cache))
+        return x + self.drop(self.mlp(self.norm2(x)))
 
 
 class EncoderDecoder(nn.Module):
