@@ -134,7 +134,7 @@ def summarizer_for(run, network: nn.Module | None = None, summary_tokens: int = 
 
 
 def write_summaries(model, sources: torch.Tensor, tokenizer, decode: DecodeSettings) -> list[str]:
-    return [tokenizer.decode(ids) for ids in model.write(sources, decode)]
+    return [tokenizer.decode(ids).strip() for ids in model.write(sources, decode)]     # BPE words carry their space
 
 
 def finetune_summarizer(model: nn.Module, train: tuple, val: tuple, val_references: list[str], tokenizer,
