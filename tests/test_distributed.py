@@ -171,6 +171,14 @@ def narrow_resnet(options, overrides) -> list[str]:
     return ["backbone.width=0.125"] if cfg.backbone.name.startswith("resnet") else []
 
 
+def why_it_failed(result) -> str:
+    """A failed torchrun's errors: every line that names one (each rank's, which the end of stderr can
+    miss when one rank's failure ends the others), then the end of stderr."""
+    errors = [line for line in result.stderr.splitlines()
+              if any(word in line for word in ("Error", "error:", "terminate", "Abort", "exitcode"))]
+    return "\n".join(errors[:30]) + "\n...\n" + result.stderr[-2000:]
+
+
 def torchrun(tiny_fashion, runs, options, *overrides, env=None):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), "-m", "selfsup", "pretrain", "--runs-dir", str(runs), "--quiet", *options,
@@ -184,12 +192,12 @@ def torchrun(tiny_fashion, runs, options, *overrides, env=None):
 
 def test_torchrun_two_processes_pretrain_and_resume_exactly(tiny_fashion, tmp_path):
     straight = torchrun(tiny_fashion, tmp_path, ["--name", "straight"], "train.steps=8")
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert straight.returncode == 0, why_it_failed(straight)
     assert straight.stdout.count("pretraining: 8 steps") == 1          # rank 0 alone reports
     first = torchrun(tiny_fashion, tmp_path, ["--name", "split", "--no-eval"], "train.steps=4")
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, why_it_failed(first)
     resumed = torchrun(tiny_fashion, tmp_path, ["--resume", str(tmp_path / "split"), "--no-eval"], "train.steps=8")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, why_it_failed(resumed)
     assert "resuming from step-0000004" in resumed.stderr
 
     rows = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
@@ -230,7 +238,7 @@ def test_every_image_method_trains_under_torchrun(tiny_fashion, tmp_path):
                              str(free_port()), str(tmp_path / "every_method.py"), str(tiny_fashion),
                              str(tmp_path / "runs"), *methods], capture_output=True, text=True, timeout=600,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, why_it_failed(result)
     assert result.stdout.splitlines() == [f"{name}: 3 steps" for name in methods]
 
 
@@ -276,7 +284,7 @@ def test_fsdp_shards_a_vit_and_trains_as_ddp_does_and_resumes_exactly(tiny_fashi
         strategy = "ddp" if name == "ddp" else "fsdp"
         result = torchrun(tiny_fashion, tmp_path, [*options, "--no-eval"], *settings, f"train.steps={steps}",
                           f"train.strategy={strategy}")
-        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.returncode == 0, why_it_failed(result)
         runs[name], _ = load_checkpoint(latest_checkpoint(tmp_path / name / "checkpoints"))
         if name == "fsdp":      # each process stores about half of the weights (uneven shards round up)
             counts = re.search(r"holds ([\d,]+) of the ([\d,]+) parameters", result.stderr).group(1, 2)
@@ -299,7 +307,7 @@ def test_a_time_budget_under_torchrun_times_its_checkpoints_on_every_rank(strate
     result = torchrun(tiny_fashion, tmp_path, ["--name", "budget", "--method", "mae", "--no-eval"],
                       "backbone.patch_size=4", "augment.size=16", "eval.online_every=0", "train.minutes=0.15",
                       f"train.strategy={strategy}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, why_it_failed(result)
     assert "time budget:" in result.stdout and result.stdout.count("pretraining:") == 1
     assert not (tmp_path / "budget" / ".budget-trial").exists()
     assert load_checkpoint(latest_checkpoint(tmp_path / "budget" / "checkpoints"))[1]["step"] > 0

@@ -127,7 +127,7 @@ def test_held_out_documents_are_a_fixed_share_of_any_stream():
 
 
 def test_a_method_of_another_modality_is_refused_with_the_choices():
-    with pytest.raises(ConfigError, match="for text choose one of: clm, mlm, simcse"):
+    with pytest.raises(ConfigError, match="for text choose one of: bart, clm, mlm, simcse, t5"):
         load_config(overrides=["method.name=simclr", "data.modality=text"])
 
 
