@@ -215,7 +215,12 @@ def pretrain(cfg: Config, run_dir: str | Path, *, data=None, resume: bool = Fals
         torch.set_num_threads(cfg.train.threads)
     in_a_group_already = torch.distributed.is_available() and torch.distributed.is_initialized()
     try:
-        return _pretrain(cfg, RunFolder(run_dir), data, resume, progress, labelled)
+        result = _pretrain(cfg, RunFolder(run_dir), data, resume, progress, labelled)
+        if not in_a_group_already and torch.distributed.is_initialized():
+            # Every rank past its last collective before any tears the group down: gloo aborts a rank
+            # whose peer closed the connection under an operation still in flight (seen under load).
+            torch.distributed.barrier()
+        return result
     finally:
         torch.set_num_threads(threads)
         compile_augmentation(False)          # a later run in this process decides for itself
