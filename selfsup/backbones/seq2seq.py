@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.registry import register_backbone
-from selfsup.backbones.text import (Block, SelfAttention, _check_sizes, _init_weights, attention_mask,
+from selfsup.backbones.text import (Block, _check_sizes, _init_weights, attention_mask,
                                     language_model_head, mean_over_tokens)
 from selfsup.text.tokenizer import PAD
 

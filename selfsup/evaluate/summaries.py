@@ -34,7 +34,7 @@ from selfsup.evaluate.splits import parse_label_budget
 from selfsup.runtime import resolve_device
 from selfsup.text.pairs import encode_pairs, encode_texts, pair_parts
 from selfsup.text.summarize import DecodeSettings, generate_seq2seq, lead_summaries, rouge
-from selfsup.methods.denoising import compact, document_tokens, shift_right
+from selfsup.methods.denoising import compact, document_tokens, shift_right, target_logits
 from selfsup.text.tokenizer import MASK, PAD
 
 SUMMARIZER_FORMAT = "selfsup-summarizer"
@@ -68,10 +68,8 @@ class EncoderDecoderSummarizer(nn.Module):
 
     def loss(self, sources: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> torch.Tensor:
         """Mean cross-entropy of every non-PAD target token; the decoder reads BOS + the target (teacher forcing)."""
-        target_in = shift_right(targets)
         predicted = targets != PAD
-        states = self.network.decode(target_in, self.network.tokens(sources), sources)[predicted]
-        logits = self.network.lm_head(states).float()
+        logits = target_logits(self.network, sources, shift_right(targets), predicted).float()
         return F.cross_entropy(logits, targets[predicted], label_smoothing=label_smoothing)
 
     def write(self, sources: torch.Tensor, decode: DecodeSettings) -> list[list[int]]:

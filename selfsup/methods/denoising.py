@@ -39,7 +39,7 @@ def random_segments(counts: torch.Tensor, parts: torch.Tensor, width: int, gen: 
     """counts, parts (B,) with 1 <= parts <= counts (rows with counts 0 get nothing) -> lengths (B, width):
     row b's counts[b] items cut into parts[b] non-empty runs, every cut equally likely (the parts - 1
     cut points drawn without replacement among the counts - 1 gaps, as T5's random segmentation);
-    zero after the parts. width >= max(parts)."""
+    zero after the parts. width >= max(counts)."""
     b = counts.shape[0]
     gaps = torch.arange(width, device=counts.device)                     # gap g lies after item g
     scores = torch.rand(b, width, generator=gen, device=counts.device)
@@ -60,6 +60,13 @@ def spans_mask(starts: torch.Tensor, lengths: torch.Tensor, width: int) -> torch
     delta.scatter_add_(1, starts.clamp(max=width), (lengths > 0).long())
     delta.scatter_add_(1, (starts + lengths).clamp(max=width), -(lengths > 0).long())
     return torch.cumsum(delta, dim=1)[:, :width] > 0
+
+
+def target_logits(backbone, source: torch.Tensor, target_in: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+    """An encoder-decoder's output logits (N, vocab) at the `predicted` (bool (B, T)) target positions, the
+    decoder reading target_in (teacher forcing) over the encoded source."""
+    states = backbone.decode(target_in, backbone.tokens(source), source)[predicted]
+    return backbone.lm_head(states)
 
 
 def shift_right(target: torch.Tensor) -> torch.Tensor:
@@ -107,8 +114,7 @@ class Denoising(TokenPrediction):
         """(sum of the cross-entropies of the non-PAD target tokens, their number)."""
         source, target_in, target = views
         predicted = target != PAD
-        states = self.backbone.decode(target_in, self.backbone.tokens(source), source)[predicted]
-        logits = self.backbone.lm_head(states)
+        logits = target_logits(self.backbone, source, target_in, predicted)
         with torch.autocast(logits.device.type, enabled=False):
             total = F.cross_entropy(logits.float(), target[predicted], reduction="sum")
         return total, predicted.sum()
