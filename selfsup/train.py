@@ -473,7 +473,9 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     seconds, counted = 0.0, 0
     for step in range(first_step, first_step + untimed):
         train_step(step, provisional_total)
-    while counted < timed and (counted == 0 or seconds < 0.02 * budget_seconds):
+    # Whether to time another step is decided by every rank together (the fewest): each rank's own clock
+    # could let one rank run a training step, and its collectives, that the others never join.
+    while counted < timed and (counted == 0 or _fewest_over_ranks(int(seconds < 0.02 * budget_seconds), device)):
         start = time.perf_counter()
         loss, _, _ = train_step(first_step + untimed + counted, provisional_total)
         float(loss.detach())             # waits for the device
