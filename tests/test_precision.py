@@ -2,6 +2,9 @@
 and an overflowing step is skipped by the scaler instead of stopping the run."""
 import importlib
 import json
+import os
+import subprocess
+import sys
 
 import torch
 
@@ -101,3 +104,12 @@ def test_compile_option_compiles_the_training_step_and_not_evaluations(tiny_fash
     assert not isinstance(result.method, torch._dynamo.eval_frame.OptimizedModule)      # the method itself is not
     assert augment._views_kernel is augment.views_from_draws            # put back after the run
     assert not any("_orig_mod" in key for key in tensors) and "model.backbone.stem.0.weight" in tensors
+
+
+def test_importing_selfsup_caps_onednns_kernel_cache_unless_the_user_chose():
+    # Text batches change shape every step; at oneDNN's default capacity its bf16 kernels filled 14 GB.
+    show = "import os, selfsup; print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'])"
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    assert subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True).stdout.strip() == "256"
+    env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = "32"
+    assert subprocess.run([sys.executable, "-c", show], env=env, capture_output=True, text=True).stdout.strip() == "32"
