@@ -121,9 +121,10 @@ def _per_sample(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-def crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, u: torch.Tensor) -> torch.Tensor:
+def crop_flip(x: torch.Tensor, size: int | tuple[int, int], scale, ratio, flip_p: float, u: torch.Tensor) -> torch.Tensor:
     """Crop a box of area fraction ~U(scale) and aspect ~logU(ratio) from each image, flip it
-    horizontally with probability flip_p, and resize it to size x size: one ``grid_sample``.
+    horizontally with probability flip_p, and resize it to size x size (or size = (height, width)): one
+    ``grid_sample``.
     u: (k * B, CROP_DRAWS) draws (area, aspect, centre x, centre y, flip) for k crops of each of the
     B images of x; crop j of image i is row j * B + i of the result.
 
@@ -139,11 +140,12 @@ def crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, u: torch.
     zero = torch.zeros_like(w)
     theta = torch.stack([w * flip, zero, (1 - w) * (2 * u[:, 2] - 1),
                          zero, h, (1 - h) * (2 * u[:, 3] - 1)], dim=1).view(n, 2, 3)
-    grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+    height, width = (size, size) if isinstance(size, int) else size
+    grid = F.affine_grid(theta, [n, c, height, width], align_corners=False)
     # The k crops of an image are sampled as one tall output of it, so the image is never copied.
-    grid = grid.view(copies, b, size, size, 2).transpose(0, 1).reshape(b, copies * size, size, 2)
+    grid = grid.view(copies, b, height, width, 2).transpose(0, 1).reshape(b, copies * height, width, 2)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    return out.view(b, c, copies, size, size).permute(2, 0, 1, 3, 4).reshape(n, c, size, size)
+    return out.view(b, c, copies, height, width).permute(2, 0, 1, 3, 4).reshape(n, c, height, width)
 
 
 def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: float, gen) -> torch.Tensor:

@@ -22,9 +22,13 @@ def build_method(cfg: Config, in_channels: int | None = None) -> Method:
         inputs["in_channels"] = in_channels
     try:
         backbone = build_backbone_from_config(cfg.backbone, **inputs)
-        return method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
+        method = method_class(cfg.method.name)(backbone, cfg.method, cfg.augment)
     except ValueError as e:            # e.g. a next-token task on a bidirectional backbone
         raise ConfigError(f"{cfg.method.name} with backbone {cfg.backbone.name}: {e}") from e
+    modality_inputs = modality_of(cfg).method_inputs(cfg)
+    if modality_inputs is not None:
+        method.inputs = modality_inputs
+    return method
 
 
 def load_training_data(cfg: Config, run_dir: Path | None = None):

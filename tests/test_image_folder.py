@@ -139,7 +139,7 @@ def test_unreadable_and_ignored_files_get_one_warning_line_once(with_bad_files, 
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: ")
     assert "skipped 2 unreadable" in lines[0] and "b_corrupt.jpg" in lines[0] and "c_truncated.jpg" in lines[0]
-    assert "ignored 2 file(s) that are not images (.tif, .txt)" in lines[0]
+    assert "ignored 2 file(s) that are not image files (.tif, .txt)" in lines[0]
     assert len(data) == 2
     assert data.images[0, :, 0, 0].tolist() == [255, 0, 0]
 

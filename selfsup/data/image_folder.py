@@ -128,32 +128,35 @@ def decode_images(open_item: Callable[[int], object], names: list[str], channels
 _warned: set = set()                  # (folder, what was said): a folder read twice in a process warns once
 
 
-def warn_once(root: Path, total: int, skipped: list[str], other_files: list[str]) -> None:
-    """One `warning:` line on stderr for the files of the folder that were skipped or ignored."""
+def warn_once(root: Path, total: int, skipped: list[str], other_files: list[str], kind: str = "image",
+              suffixes: tuple[str, ...] = EXTENSIONS) -> None:
+    """One `warning:` line on stderr for the files of the folder that were skipped or ignored; `kind`
+    (image, audio) names the files looked for, which end in `suffixes`."""
     parts = []
     if skipped:
         more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
-        parts.append(f"skipped {len(skipped)} unreadable image file(s) of {total}: "
+        parts.append(f"skipped {len(skipped)} unreadable {kind} file(s) of {total}: "
                      f"{'; '.join(skipped[:SHOWN_SKIPPED])}{more} (strict=True / --strict makes this an error)")
     if other_files:
         kinds = sorted({Path(name).suffix.lower() or "(no extension)" for name in other_files})
-        parts.append(f"ignored {len(other_files)} file(s) that are not images ({', '.join(kinds)}); "
-                     f"images end in {', '.join(EXTENSIONS)}")
+        parts.append(f"ignored {len(other_files)} file(s) that are not {kind} files ({', '.join(kinds)}); "
+                     f"{kind} files end in {', '.join(suffixes)}")
     message = f"warning: {str(root)!r}: " + "; ".join(parts)
     if parts and (root, message) not in _warned:
         _warned.add((root, message))
         print(message, file=sys.stderr)
 
 
-def find_image_files(root: Path) -> tuple[list[Path], list[str]]:
-    """Image files under root as paths relative to it, sorted by path parts; and the names of the other files."""
+def find_image_files(root: Path, suffixes: tuple[str, ...] = EXTENSIONS) -> tuple[list[Path], list[str]]:
+    """Files under root ending in `suffixes` (any case; images by default) as paths relative to it, sorted
+    by path parts; and the names of the other files. Hidden files and folders are left out."""
     found, others = [], []
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]
         for name in names:
             if name.startswith("."):
                 continue
-            if name.lower().endswith(EXTENSIONS):
+            if name.lower().endswith(suffixes):
                 found.append(Path(folder, name).relative_to(root))
             else:
                 others.append(name)

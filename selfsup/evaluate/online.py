@@ -21,15 +21,17 @@ VIEW_SEED = 20231
 
 class OnlineMonitor:
     def __init__(self, sample: torch.Tensor, labelled: tuple | None, k: int,
-                 temperature: float, batch_size: int, device: torch.device, precision: str, task=None):
+                 temperature: float, batch_size: int, device: torch.device, precision: str, task=None,
+                 modality: str = "image"):
         """sample: samples (images, token ids, table rows) for the label-free measures; labelled:
         (train, test) data sets for kNN, or None; task: the modality's online measure of the task
-        itself (Modality.online_task), whose `selects` score then chooses the best checkpoint."""
+        itself (Modality.online_task), whose `selects` score then chooses the best checkpoint;
+        modality: the data's (its views feed the alignment measure)."""
         if labelled is not None and (labelled[0].labels is None or labelled[1].labels is None):
             raise ValueError("online kNN needs labelled train and test sets")
         self.sample, self.labelled, self.task = sample, labelled, task
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.modality = device, precision, MODALITIES[modality]
         self.selects = task.selects if task is not None else "online_knn_top1"
 
     def __call__(self, method) -> dict[str, float]:
@@ -55,7 +57,7 @@ class OnlineMonitor:
 
     def _label_free(self, method) -> dict[str, float]:
         plain = self._features(method.embed, self.sample)
-        make_view = MODALITIES[method.modality].monitor_views(method)
+        make_view = self.modality.monitor_views(method)
         views = (None, None)
         if make_view is not None:
             # Two views from the run's own augmentation recipe, with a fixed seed so every
@@ -87,7 +89,7 @@ def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tu
     sample = labelled[1].samples if labelled is not None else \
         data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
-                         cfg.eval.batch_size, device, precision, task)
+                         cfg.eval.batch_size, device, precision, task, cfg.modality)
 
 
 class OnlineSchedule:

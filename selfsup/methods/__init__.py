@@ -3,7 +3,7 @@
     method.backbone                    the encoder the pretext task trains
     method.evaluated_backbone          the encoder evaluations, export and fine-tuning read (the teacher
                                        for methods whose paper evaluates it)
-    method.views(batch_u8, gen)        uint8 (B, C, H, W) -> list of float views
+    method.views(batch_u8, gen)        uint8 (B, C, H, W) (or the modality's samples) -> list of float views
     method.loss(views)                 -> (scalar loss, {name: scalar tensor or float} to log)
     method.after_step(progress)        EMA teachers, queues, schedules (progress in [0, 1])
     method.embed(x)                    features for evaluation
@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
@@ -26,11 +26,36 @@ class MethodConfig:
     name: str = "simclr"
 
 
+class ModalityInputs(Protocol):
+    """What a method's backbone reads: `views` (count augmented views of a batch, for pretraining) and
+    `eval` (the one deterministic view every evaluation embeds)."""
+
+    def views(self, batch: torch.Tensor, gen: torch.Generator, count: int) -> list[torch.Tensor]: ...
+
+    def eval(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+class ImageInputs:
+    """Images: `count` global crops (and augment.local_crops small ones), and the evaluation resize."""
+
+    def __init__(self, augment_cfg: AugmentConfig):
+        self.augment_cfg = augment_cfg
+
+    def views(self, batch_u8: torch.Tensor, gen: torch.Generator, count: int) -> list[torch.Tensor]:
+        return multi_crop(batch_u8, self.augment_cfg, gen, count)
+
+    def eval(self, batch_u8: torch.Tensor) -> torch.Tensor:
+        return eval_transform(batch_u8, self.augment_cfg)
+
+
 class Method(nn.Module):
     """Base for pretext tasks: holds the backbone and the view recipe; subclasses add heads and a loss."""
 
     config_class = MethodConfig
-    modality = "image"       # the data the method's views are made from: image | text | tabular | interactions
+    modality = "image"       # the data the method's views are made from: image | text | tabular | interactions | audio
+    # Other kinds of data the method trains on: their modality supplies the inputs `views` and `embed`
+    # make (ModalityInputs), e.g. log-mel views of sound for the joint-embedding methods.
+    other_modalities: tuple[str, ...] = ()
     packs_text = False       # text: train on the corpus cut into windows (text.pack=auto), not one row per document
     needs_documents = False  # text: only one row per document will do (text.pack=on is refused)
     # Settings of other config sections the method's paper needs, under the user's file and overrides:
@@ -60,6 +85,11 @@ class Method(nn.Module):
         self.backbone = backbone
         self.cfg = cfg
         self.augment_cfg = augment_cfg
+        self.inputs: ModalityInputs = ImageInputs(augment_cfg)     # build_method sets another modality's
+
+    @classmethod
+    def modalities(cls) -> tuple[str, ...]:
+        return (cls.modality,) + cls.other_modalities
 
     @classmethod
     def added_tokens(cls, cfg: MethodConfig) -> int:
@@ -68,7 +98,7 @@ class Method(nn.Module):
         return 0
 
     def views(self, batch_u8: torch.Tensor, gen: torch.Generator) -> list[torch.Tensor]:
-        return [self._layout(v) for v in multi_crop(batch_u8, self.augment_cfg, gen, self.num_views)]
+        return [self._layout(v) for v in self.inputs.views(batch_u8, gen, self.num_views)]
 
     def loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         raise NotImplementedError
@@ -92,7 +122,7 @@ class Method(nn.Module):
 
     @torch.no_grad()
     def embed(self, batch_u8: torch.Tensor) -> torch.Tensor:
-        return self.evaluated_backbone(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+        return self.evaluated_backbone(self._layout(self.inputs.eval(batch_u8)))
 
     @torch.no_grad()
     def embed_maps(self, batch_u8: torch.Tensor) -> list[torch.Tensor]:
@@ -101,7 +131,7 @@ class Method(nn.Module):
         if not hasattr(backbone, "stage_maps"):
             raise ValueError(f"{type(backbone).__name__} has no feature maps to probe; the map features "
                              "need a convolutional backbone (resnet18, resnet34, resnet50)")
-        return backbone.stage_maps(self._layout(eval_transform(batch_u8, self.augment_cfg)))
+        return backbone.stage_maps(self._layout(self.inputs.eval(batch_u8)))
 
     def use_channels_last(self) -> "Method":
         self.memory_format = torch.channels_last

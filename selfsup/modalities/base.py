@@ -79,6 +79,11 @@ class Modality(ABC):
     def raw_features(self, train, test) -> tuple[torch.Tensor, torch.Tensor]:
         """The no-learning baseline's features of two data sets."""
 
+    def method_inputs(self, cfg):
+        """What the methods that train on several kinds of data read of this one (a ModalityInputs:
+        views and the evaluation view); None: the method's own (images, or its own modality's)."""
+        return None
+
     def match_input(self, cfg, samples: torch.Tensor) -> torch.Tensor:
         """Samples in the layout the backbone takes (as they are by default)."""
         return samples
