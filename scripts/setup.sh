@@ -46,6 +46,16 @@ if [ "${1:-}" = "--dev" ] && ! command -v chromedriver >/dev/null 2>&1; then
     echo "[setup] note: chromium and chromium-driver are not installed; the report's browser test will be skipped"
   fi
 fi
+# spoken-words is synthesised with espeak-ng (Debian package espeak-ng); its test skips without it.
+if [ "${1:-}" = "--dev" ] && ! command -v espeak-ng >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "[setup] installing espeak-ng for the spoken-words test (Debian espeak-ng)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null
+  else
+    echo "[setup] note: espeak-ng is not installed; the spoken-words test will be skipped"
+  fi
+fi
 # The real text and table sets (docs/data.md) for the end-to-end tests; their tests skip without them.
 if [ "${1:-}" = "--dev" ]; then
   for name in spam-assassin letter-recognition movielens-100k; do

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from selfsup.audio import BUILTIN_AUDIO
 from selfsup.augment import AugmentConfig
 from selfsup.backbones import backbone_names, backbone_parameters, is_backbone
 from selfsup.backbones.tabular import NORMS
@@ -25,16 +26,17 @@ from selfsup.methods import MethodConfig, method_class, method_names
 from selfsup.trackers import TRACKERS
 
 
-MODALITIES = ("image", "text", "tabular", "interactions")
+MODALITIES = ("image", "text", "tabular", "interactions", "audio")
 
 
 @dataclass
 class DataConfig:
     # image: a built-in data set name or an image folder path; text: a folder of .txt files, a .jsonl
     # file or a .txt file; tabular: a .csv / .tsv / .parquet file; interactions: an interaction log
-    # (.inter / .csv / .tsv / .parquet) or a folder holding one .inter file
+    # (.inter / .csv / .tsv / .parquet) or a folder holding one .inter file; audio: a folder of sound
+    # files, a .jsonl manifest, or spoken-words
     source: str = "fashion-mnist"
-    modality: str = ""                 # image | text | tabular | interactions; "" = the method's (clm -> text)
+    modality: str = ""                 # image | text | tabular | interactions | audio; "" = the method's (clm -> text)
     data_dir: str = ""                 # extra folder to search for built-in data sets
     channels: int = 0                  # 0 = as stored (image folders: 3)
     size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
@@ -145,6 +147,64 @@ class TableConfig:
     def validate(self) -> None:
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"table.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+@dataclass
+class AudioConfig:
+    """How sound is read and turned into views (data.modality=audio; docs/audio.md)."""
+    sample_rate: int = 16000           # every clip is resampled to this
+    seconds: float = 1.0               # clip length: the first `seconds` of a file, shorter ones padded with silence
+    min_seconds: float = 0.05          # shorter files are skipped
+    test_fraction: float = 0.2         # clips (or speakers) held out for evaluation when the source has no parts
+    # The log-mel front end (selfsup/audio/frontend.py): 25 ms windows every 10 ms at 16 kHz, 64 bins.
+    n_fft: int = 400
+    hop: int = 160
+    n_mels: int = 64
+    f_min: float = 60.0
+    f_max: float = 7800.0
+    # Resolved from the training clips: each mel bin's mean and standard deviation of the log-mel.
+    mel_mean: list[float] = field(default_factory=list)
+    mel_std: list[float] = field(default_factory=list)
+    # Views (selfsup/audio/views.py): a crop of the clip, gain, noise, mixing with another clip,
+    # a resized crop of the spectrogram, SpecAugment's masks.
+    crop_seconds: float = 0.8          # 0 = the whole clip
+    gain_db: float = 6.0
+    noise_p: float = 0.0
+    noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
+    mix_p: float = 1.0
+    mix_ratio: float = 0.4             # BYOL-A's mixup: up to 40% of another clip's power
+    crop_scale: list[float] = field(default_factory=lambda: [0.6, 1.0])
+    freq_masks: int = 2
+    freq_mask_bins: int = 8
+    time_masks: int = 2
+    time_mask_frames: int = 10
+
+    def validate(self) -> None:
+        if self.sample_rate < 1000 or self.seconds <= 0 or not 0 < self.min_seconds <= self.seconds:
+            raise ConfigError(f"audio.sample_rate must be >= 1000 and 0 < audio.min_seconds <= audio.seconds; got "
+                              f"{self.sample_rate}, {self.min_seconds}, {self.seconds}")
+        if not 0 <= self.crop_seconds <= self.seconds:
+            raise ConfigError(f"audio.crop_seconds must be in [0, audio.seconds = {self.seconds}] (0: the whole clip), "
+                              f"got {self.crop_seconds}")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ConfigError(f"audio.f_min < audio.f_max <= sample_rate / 2 ({self.sample_rate / 2:g} Hz) is needed, "
+                              f"got {self.f_min} and {self.f_max}")
+        if self.n_fft < 16 or self.hop < 1 or self.n_mels < 2 or self.n_mels > self.n_fft // 2:
+            raise ConfigError(f"audio.n_fft >= 16, audio.hop >= 1 and 2 <= audio.n_mels <= n_fft / 2 are needed; got "
+                              f"{self.n_fft}, {self.hop}, {self.n_mels}")
+        if len(self.mel_mean) != len(self.mel_std) or self.mel_mean and len(self.mel_mean) != self.n_mels:
+            raise ConfigError(f"audio.mel_mean and audio.mel_std need one value per mel bin ({self.n_mels})")
+        for key in ("noise_p", "mix_p", "mix_ratio"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"audio.{key} must be in [0, 1], got {getattr(self, key)}")
+        if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            raise ConfigError(f"audio.crop_scale must be [low, high] with 0 < low <= high <= 1, got {self.crop_scale}")
+        if len(self.noise_snr_db) != 2 or self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ConfigError(f"audio.noise_snr_db must be [low, high] in dB, got {self.noise_snr_db}")
+        if min(self.freq_masks, self.freq_mask_bins, self.time_masks, self.time_mask_frames) < 0:
+            raise ConfigError("audio.freq_masks, freq_mask_bins, time_masks and time_mask_frames must be >= 0")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"audio.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
 @dataclass
@@ -308,20 +368,25 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     table: TableConfig = field(default_factory=TableConfig)
     interactions: InteractionsConfig = field(default_factory=InteractionsConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
 
     @property
     def modality(self) -> str:
-        return self.data.modality or method_class(self.method.name).modality
+        """data.modality; else audio for a fetched audio set and a method that trains on sound; else the method's."""
+        method = method_class(self.method.name)
+        if not self.data.modality and self.data.source in BUILTIN_AUDIO and "audio" in method.modalities():
+            return "audio"
+        return self.data.modality or method.modality
 
     def validate(self) -> "Config":
         method_modality = method_class(self.method.name).modality
-        if self.data.modality and self.data.modality != method_modality:
-            fitting = [m for m in method_names() if method_class(m).modality == self.data.modality]
+        if self.data.modality and self.data.modality not in method_class(self.method.name).modalities():
+            fitting = [m for m in method_names() if self.data.modality in method_class(m).modalities()]
             raise ConfigError(f"method {self.method.name!r} is a pretext task for {method_modality} data, but "
                               f"data.modality is {self.data.modality!r}; for {self.data.modality} choose one of: "
                               f"{', '.join(fitting)}")
         for section in (self.data, self.backbone, self.method, self.augment, self.optim, self.train, self.eval,
-                        self.text, self.table, self.interactions):
+                        self.text, self.table, self.interactions, self.audio):
             check = getattr(section, "validate", None)
             if check:
                 try:
@@ -330,7 +395,7 @@ class Config:
                     raise
                 except ValueError as e:
                     raise ConfigError(str(e)) from e
-        for section in ("text", "table", "interactions"):
+        for section in ("text", "table", "interactions", "audio"):
             if getattr(self, section).test_fraction + self.data.val_fraction >= 1:
                 raise ConfigError(f"{section}.test_fraction + data.val_fraction must stay below 1 to leave "
                                   f"training data, got {getattr(self, section).test_fraction} + {self.data.val_fraction}")

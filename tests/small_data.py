@@ -1,5 +1,5 @@
-"""Small text and table files for the tests: a labelled .jsonl corpus of two topics, and a CSV of
-three classes with numeric, categorical and missing cells."""
+"""Small text, table and sound files for the tests: a labelled .jsonl corpus of two topics, a CSV of
+three classes with numeric, categorical and missing cells, and a folder of three kinds of chirps."""
 from __future__ import annotations
 
 import json
@@ -61,4 +61,19 @@ def write_interactions(folder, users=60, items=30, seed=0, name="log"):
     (folder / f"{name}.user").write_text("user_id:token\tage:token\tgender:token\n" + "\n".join(people) + "\n")
     (folder / f"{name}.item").write_text("item_id:token\tmovie_title:token_seq\n"
                                          + "\n".join(f"m{i}\tMovie {i}" for i in range(items)) + "\n")
+    return folder
+
+
+def write_tones(folder, per_class=24, rate=16000):
+    """Three classes of half-second chirps (rising, falling, steady), each at its own random pitch and
+    level, in noise: a folder with one subfolder per class (needs the soundfile package)."""
+    import soundfile
+    rng = np.random.default_rng(0)
+    t = np.arange(rate // 2) / rate
+    for label, slope in (("rising", 1.0), ("falling", -1.0), ("steady", 0.0)):
+        (folder / label).mkdir(parents=True)
+        for i in range(per_class):
+            frequency = rng.uniform(300, 900) * (1 + 0.8 * slope * t)
+            wave = rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * np.cumsum(frequency) / rate)
+            soundfile.write(folder / label / f"{i}.wav", wave + 0.02 * rng.standard_normal(len(t)), rate)
     return folder

@@ -16,7 +16,7 @@ from selfsup.build import build_method, load_training_data
 from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
-from small_data import write_corpus, write_interactions, write_table
+from small_data import write_corpus, write_interactions, write_table, write_tones
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TINY = ["train.batch_size=16", "train.precision=fp32", "train.log_every=1", "optim.warmup_epochs=0",
@@ -73,6 +73,9 @@ def small_text_or_table(method, tmp_path, *extra):
     if method_class(method).modality == "text":
         source = write_corpus(tmp_path / "corpus.jsonl")
         settings = ["text.field=body", "text.max_length=24", "backbone.dim=16", "backbone.heads=2"]
+    elif method_class(method).modality == "audio":
+        source = write_tones(tmp_path / "tones", per_class=12)
+        settings = ["audio.seconds=0.5", "backbone.width=0.125"]
     elif method_class(method).modality == "interactions":
         source = write_interactions(tmp_path / "log", users=80)
         settings = ["interactions.max_length=8", "interactions.label=gender", "backbone.dim=16", "backbone.heads=2"]

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from selfsup.audio.spoken_words import build_spoken_words
 from selfsup.data.scenes import SceneRecipe, write_scenes
 from selfsup.errors import DataError
 from selfsup.text.descriptions import SPLIT_SHARES, description_pairs, source_packages
@@ -50,6 +51,8 @@ DATASETS = {
                       "composed offline (test scenes from Fashion-MNIST's test items only)",
     "debian-descriptions": "Debian packages' long descriptions (documents) and synopses (summaries), "
                            "split by source package (the archive's Translation-en and Packages indexes)",
+    "spoken-words": "5,120 one-second clips of 20 words (digits, commands) by 128 espeak-ng voices with noise; "
+                    "test and validation voices held out (synthesised offline; Debian package espeak-ng)",
 }
 OUTPUTS = {
     "sotu": "sotu",
@@ -59,6 +62,7 @@ OUTPUTS = {
     "movielens-100k": "movielens-100k",
     "fashion-scenes": "fashion-scenes",
     "debian-descriptions": "debian-descriptions",
+    "spoken-words": "spoken-words",
 }
 # The wheel that ships MovieLens-100K (recbole/dataset_example/ml-100k/); downloaded, never installed.
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -516,6 +520,12 @@ def fetch_debian_descriptions(output: Path, log) -> None:
         "listed again by another suite")
 
 
+def fetch_spoken_words(output: Path, log) -> None:
+    with atomic_path(output, folder=True) as folder:
+        build_spoken_words(folder, log=log)
+        folder.chmod(0o755)
+
+
 FETCHERS = {
     "sotu": fetch_sotu,
     "spam-assassin": fetch_spam_assassin,
@@ -524,4 +534,5 @@ FETCHERS = {
     "movielens-100k": fetch_movielens,
     "fashion-scenes": fetch_fashion_scenes,
     "debian-descriptions": fetch_debian_descriptions,
+    "spoken-words": fetch_spoken_words,
 }

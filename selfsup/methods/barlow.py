@@ -60,6 +60,7 @@ def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3) -
 
 @register_method("barlow")
 class BarlowTwins(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = BarlowTwinsConfig
     batch_norm_per_view = True
     recipe = {

@@ -56,6 +56,7 @@ def byol_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch.Te
 
 @register_method("byol")
 class BYOL(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = BYOLConfig
     batch_norm_per_view = True
     recipe = {

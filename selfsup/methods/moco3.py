@@ -57,6 +57,7 @@ def moco3_loss(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor, k2: torch.T
 
 @register_method("moco3")
 class MoCo3(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = MoCo3Config
     batch_norm_per_view = True
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from selfsup.augment import augment
-from selfsup.methods import Method, MethodConfig, encode_views, register_method
+from selfsup.methods import ImageInputs, Method, MethodConfig, encode_views, register_method
 from selfsup.methods.heads import mlp
 from selfsup.distributed import gather
 from selfsup.methods.losses import multi_view_nt_xent, nt_xent, pretext_cross_entropy
@@ -49,6 +49,7 @@ class SimCLRConfig(MethodConfig):
 
 @register_method("simclr")
 class SimCLR(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = SimCLRConfig
     recipe = {
         # Brightness and contrast far stronger than the 0.4 that the shared view recipe keeps for MoCo
@@ -70,6 +71,8 @@ class SimCLR(Method):
         views = super().views(batch_u8, gen)
         if not self.cfg.rotation_weight:
             return views
+        if not isinstance(self.inputs, ImageInputs):
+            raise ValueError("method.rotation_weight (rotation prediction) needs images; set it to 0 for this data")
         size = self.cfg.rotation_size or max(1, views[0].shape[-1] // 2)
         small = augment(batch_u8, dataclasses.replace(self.augment_cfg, size=size), gen)
         turned, turns = all_quarter_turns(small)

@@ -49,6 +49,7 @@ def simsiam_loss(p1: torch.Tensor, p2: torch.Tensor, z1: torch.Tensor, z2: torch
 
 @register_method("simsiam")
 class SimSiam(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = SimSiamConfig
     batch_norm_per_view = True
     recipe = {

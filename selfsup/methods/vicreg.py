@@ -84,6 +84,7 @@ def vicreg_loss(z1: torch.Tensor, z2: torch.Tensor, invariance_weight: float = 2
 
 @register_method("vicreg")
 class VICReg(Method):
+    other_modalities = ("audio",)     # its views come from the data (sound: selfsup/audio/views.py)
     config_class = VICRegConfig
     batch_norm_per_view = True
     recipe = {

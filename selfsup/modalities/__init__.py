@@ -12,17 +12,18 @@ interface; a new kind of data is a new subclass registered here.
 """
 from __future__ import annotations
 
+from selfsup.modalities.audio import AudioModality
 from selfsup.modalities.base import Modality
 from selfsup.modalities.image import ImageModality, image_input
 from selfsup.modalities.interactions import InteractionsModality
 from selfsup.modalities.tabular import TabularModality
 from selfsup.modalities.text import TextModality, text_part
 
-__all__ = ["MODALITIES", "ImageModality", "InteractionsModality", "Modality", "TabularModality", "TextModality", "image_input",
+__all__ = ["MODALITIES", "AudioModality", "ImageModality", "InteractionsModality", "Modality", "TabularModality", "TextModality", "image_input",
            "modality_of", "text_part"]
 
 MODALITIES: dict[str, Modality] = {m.name: m for m in (ImageModality(), TextModality(), TabularModality(),
-                                                       InteractionsModality())}
+                                                       InteractionsModality(), AudioModality())}
 
 
 def modality_of(cfg) -> Modality:

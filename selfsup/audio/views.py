@@ -1,0 +1,134 @@
+"""Views of audio clips, batched on the training device: what a joint-embedding method (SimCLR, BYOL,
+MoCo v3, ...) compares when its data are sounds.
+
+    inputs = AudioInputs(cfg.audio)
+    views = inputs.views(clips_i16, gen, count=2)     # each (B, 1, n_mels, crop frames), normalised log-mel
+    x = inputs.eval(clips_i16)                        # (B, 1, n_mels, frames) of the whole clip, no randomness
+
+Each view of each clip, every draw per sample from the step's generator (so a resumed run sees the
+same views), in this order:
+
+1. a random crop of `audio.crop_seconds` of the waveform (COLA's segments of one clip; 0: the whole clip);
+2. a random gain of +-`audio.gain_db` dB;
+3. with probability `audio.noise_p`, white noise at a signal-to-noise ratio drawn from `audio.noise_snr_db`;
+4. the log-mel front end; with probability `audio.mix_p` the clip's mel power is mixed with that of
+   another clip of the batch, a share drawn from U(0, `audio.mix_ratio`) (BYOL-A's log-mixup-exp:
+   mixing in the power domain, then the log);
+5. normalisation of each mel bin by the training clips' mean and standard deviation;
+6. a random resized crop of the spectrogram (`audio.crop_scale` of its area, aspect 3/4-4/3, resized
+   back): BYOL-A's stand-in for pitch shift and time stretch;
+7. SpecAugment (Park et al. 2019): `audio.freq_masks` bands of up to `audio.freq_mask_bins` mel bins
+   and `audio.time_masks` spans of up to `audio.time_mask_frames` frames set to 0 (the mean).
+"""
+from __future__ import annotations
+
+import torch
+
+from selfsup.audio.frontend import LOG_FLOOR, LogMel
+from selfsup.audio.io import to_float
+from selfsup.augment import CROP_DRAWS, crop_flip
+
+ASPECT = (3 / 4, 4 / 3)
+
+
+def log_mel_of(cfg) -> LogMel:
+    return LogMel(cfg.sample_rate, cfg.n_fft, cfg.hop, cfg.n_mels, cfg.f_min, cfg.f_max)
+
+
+def time_crop(waves: torch.Tensor, length: int, u: torch.Tensor) -> torch.Tensor:
+    """waves (B, T) -> (B, length): each row from a start drawn uniformly by u (B,) in [0, 1)."""
+    starts = (u * (waves.shape[1] - length + 1)).long().clamp(max=waves.shape[1] - length)
+    index = starts[:, None] + torch.arange(length, device=waves.device)[None, :]
+    return waves.gather(1, index)
+
+
+def add_noise(waves: torch.Tensor, snr_db: torch.Tensor, on: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """White noise at snr_db (B,) below each clip's RMS power, where `on` (B,) is True."""
+    rms = waves.pow(2).mean(1, keepdim=True).sqrt()
+    noise = torch.randn(waves.shape, generator=gen, device=waves.device)
+    return waves + on[:, None] * noise * rms * 10 ** (-snr_db[:, None] / 20)
+
+
+def mix_power(power: torch.Tensor, share: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
+    """power (B, M, F): row i becomes (1 - share_i) power_i + share_i power_partner(i)."""
+    share = share[:, None, None]
+    return (1 - share) * power + share * power[partner]
+
+
+def spec_masks(x: torch.Tensor, count: int, widest: int, u: torch.Tensor, dim: int) -> torch.Tensor:
+    """Zero `count` bands of up to `widest` rows along dim (2: mel bins, 3: frames) of x (B, 1, M, F);
+    u (B, 2 count): each band's width and start."""
+    size = x.shape[dim]
+    positions = torch.arange(size, device=x.device)
+    masked = torch.zeros(x.shape[0], size, dtype=torch.bool, device=x.device)
+    for band in range(count):
+        width = (u[:, 2 * band] * (min(widest, size) + 1)).long()
+        start = (u[:, 2 * band + 1] * (size - width + 1)).long()
+        masked |= (positions[None, :] >= start[:, None]) & (positions[None, :] < (start + width)[:, None])
+    shape = (x.shape[0], 1, size, 1) if dim == 2 else (x.shape[0], 1, 1, size)
+    return x.masked_fill(masked.view(shape), 0.0)
+
+
+class AudioInputs:
+    """The audio modality's inputs for a method: `views` for pretraining, `eval` for every evaluation."""
+
+    DRAWS = 6                      # crop, gain, noise on, noise level, mix on, mix share (then the masks')
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.log_mel = log_mel_of(cfg)
+        self.crop = round((cfg.crop_seconds or cfg.seconds) * cfg.sample_rate)
+
+    def normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
+        """(B, M, F) -> (B, 1, M, F) with each mel bin at the training clips' mean 0, std 1."""
+        if not self.cfg.mel_mean:
+            return log_mel[:, None]
+        mean = torch.tensor(self.cfg.mel_mean, device=log_mel.device)[None, :, None]
+        std = torch.tensor(self.cfg.mel_std, device=log_mel.device)[None, :, None]
+        return ((log_mel - mean) / std)[:, None]
+
+    @torch.no_grad()
+    def eval(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.log_mel(to_float(clips)))
+
+    @torch.no_grad()
+    def views(self, clips: torch.Tensor, gen: torch.Generator, count: int) -> list[torch.Tensor]:
+        return [self.view(clips, gen) for _ in range(count)]
+
+    def view(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        cfg, b = self.cfg, clips.shape[0]
+        masks = 2 * (cfg.freq_masks + cfg.time_masks)
+        u = torch.rand(b, self.DRAWS + masks, generator=gen, device=clips.device)
+        waves = time_crop(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0])
+        waves = waves * 10 ** ((2 * u[:, 1:2] - 1) * cfg.gain_db / 20)
+        if cfg.noise_p:
+            low, high = cfg.noise_snr_db
+            waves = add_noise(waves, low + u[:, 3] * (high - low), u[:, 2] < cfg.noise_p, gen)
+        power = self.log_mel.power(waves)
+        if cfg.mix_p:
+            partner = torch.randperm(b, generator=gen, device=clips.device)
+            power = mix_power(power, (u[:, 4] < cfg.mix_p) * u[:, 5] * cfg.mix_ratio, partner)
+        x = self.normalise(torch.log(power + LOG_FLOOR))
+        if cfg.crop_scale[0] < 1:
+            crop_draws = torch.rand(b, CROP_DRAWS, generator=gen, device=clips.device)
+            x = crop_flip(x, tuple(x.shape[-2:]), cfg.crop_scale, ASPECT, 0.0, crop_draws)
+        drawn = u[:, self.DRAWS:]
+        x = spec_masks(x, cfg.freq_masks, cfg.freq_mask_bins, drawn[:, :2 * cfg.freq_masks], dim=2)
+        return spec_masks(x, cfg.time_masks, cfg.time_mask_frames, drawn[:, 2 * cfg.freq_masks:], dim=3)
+
+
+def mel_statistics(clips: torch.Tensor, cfg, chunk: int = 256) -> tuple[list[float], list[float]]:
+    """Each mel bin's mean and standard deviation of the log-mel over clips (int16 (N, T)), the whole
+    clips as `eval` sees them."""
+    log_mel = log_mel_of(cfg)
+    total = torch.zeros(cfg.n_mels, dtype=torch.float64)
+    squares = torch.zeros(cfg.n_mels, dtype=torch.float64)
+    count = 0
+    for start in range(0, len(clips), chunk):
+        values = log_mel(to_float(clips[start:start + chunk])).double()
+        total += values.sum((0, 2))
+        squares += values.pow(2).sum((0, 2))
+        count += values.shape[0] * values.shape[2]
+    mean = total / count
+    std = (squares / count - mean.pow(2)).clamp_min(1e-12).sqrt()
+    return [round(v, 5) for v in mean.tolist()], [round(max(v, 1e-3), 5) for v in std.tolist()]

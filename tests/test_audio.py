@@ -1,0 +1,334 @@
+"""Sound (issue 26): reading any audio file into clips, the log-mel front end against a reference
+computed here, the batched views, the spoken-words set and a training run through the trainer."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from selfsup.audio import io as audio_io
+from selfsup.audio.data import load_audio
+from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
+from selfsup.audio.io import UnreadableAudio, read_clip, resample, to_int16
+from selfsup.audio.views import AudioInputs, mel_statistics, mix_power, spec_masks
+from selfsup.build import build_method
+from selfsup.config import AudioConfig, load_config
+from selfsup.errors import ConfigError, DataError
+
+from small_data import write_tones
+
+soundfile = pytest.importorskip("soundfile")
+RATE = 16000
+
+
+def tone(frequency, seconds, rate, amplitude=0.5, phase=0.0):
+    t = np.arange(round(seconds * rate)) / rate
+    return amplitude * np.sin(2 * np.pi * frequency * t + phase)
+
+
+# ---------------------------------------------------------------- reading files
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 96000])
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT"])
+def test_any_rate_and_sample_format_reads_as_the_same_tone_at_16_khz(tmp_path, rate, subtype):
+    path = tmp_path / "tone.wav"
+    soundfile.write(path, tone(440, 0.5, rate), rate, subtype=subtype)
+    clip = read_clip(path, RATE, seconds=1.0)
+    assert clip.shape == (RATE,) and clip.dtype == torch.float32
+    expected = torch.from_numpy(tone(440, 0.5, RATE)).float()
+    inner = slice(400, 7600)                      # away from the ends, where a periodic resampling wraps
+    tolerance = 0.02 if subtype == "PCM_U8" else 2e-3
+    assert torch.allclose(clip[inner], expected[inner], atol=tolerance)
+    assert clip[8100:].abs().max() == 0           # padded with silence after the half second
+
+
+@pytest.mark.parametrize("channels", [2, 6])
+def test_several_channels_are_averaged_to_mono(tmp_path, channels):
+    frames = np.stack([tone(300, 0.3, RATE) * (c + 1) / channels for c in range(channels)], axis=1)
+    soundfile.write(tmp_path / "many.wav", frames, RATE)
+    clip = read_clip(tmp_path / "many.wav", RATE, seconds=0.3)
+    assert torch.allclose(clip, torch.from_numpy(frames.mean(1)).float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("suffix", [".flac", ".ogg"])
+def test_compressed_formats_read(tmp_path, suffix):
+    soundfile.write(tmp_path / f"a{suffix}", tone(500, 0.4, RATE), RATE)
+    clip = read_clip(tmp_path / f"a{suffix}", RATE, seconds=0.4)
+    assert torch.corrcoef(torch.stack([clip, torch.from_numpy(tone(500, 0.4, RATE)).float()]))[0, 1] > 0.99
+
+
+def test_a_long_file_is_read_only_as_far_as_the_clip_needs(tmp_path, monkeypatch):
+    soundfile.write(tmp_path / "long.wav", tone(200, 60.0, 8000), 8000)      # a minute; the clip wants 1 s
+    asked = []
+    real_read = soundfile.read
+
+    def spy(path, frames=-1, **kwargs):
+        asked.append(frames)
+        return real_read(path, frames=frames, **kwargs)
+    monkeypatch.setattr(soundfile, "read", spy)
+    clip = read_clip(tmp_path / "long.wav", RATE, seconds=1.0)
+    assert asked == [8000] and clip.shape == (RATE,)
+
+
+def test_resampling_keeps_what_fits_below_the_new_nyquist_frequency_and_drops_the_rest():
+    high = torch.from_numpy(tone(9000, 1.0, 22050))       # above 8 kHz: 16 kHz cannot hold it
+    low = torch.from_numpy(tone(1000, 1.0, 22050))
+    assert resample(high, 22050, RATE).abs().max() < 1e-6
+    assert torch.allclose(resample(low, 22050, RATE), torch.from_numpy(tone(1000, 1.0, RATE)), atol=1e-6)
+
+
+def write_bad_files(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "empty.wav").write_bytes(b"")
+    soundfile.write(folder / "whole.wav", tone(300, 0.5, RATE), RATE)
+    data = (folder / "whole.wav").read_bytes()
+    (folder / "truncated.wav").write_bytes(data[:30])                     # the header cut short
+    (folder / "text.wav").write_text("this is not sound")
+    soundfile.write(folder / "tick.wav", tone(300, 0.001, RATE), RATE)     # 1 ms
+    soundfile.write(folder / "silent.wav", np.zeros(RATE // 2), RATE)
+
+
+@pytest.mark.parametrize("name, why", [("empty.wav", "not readable"), ("truncated.wav", "not readable"),
+                                       ("text.wav", "not readable"), ("tick.wav", "shorter than"),
+                                       ("silent.wav", "silent")])
+def test_unreadable_short_and_silent_files_say_why(tmp_path, name, why):
+    write_bad_files(tmp_path)
+    with pytest.raises(UnreadableAudio, match=why):
+        read_clip(tmp_path / name, RATE, seconds=1.0)
+
+
+def test_a_folder_skips_bad_files_with_one_warning_and_strict_makes_them_an_error(tmp_path, capsys):
+    for label in ("low", "high"):
+        write_bad_files(tmp_path / label)
+    data = load_audio(tmp_path, RATE, 0.5, labels=True)
+    assert len(data) == 2 and data.classes == ["high", "low"] and data.clips.dtype == torch.int16
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "skipped 10 unreadable audio file(s) of 12" in err
+    with pytest.raises(DataError, match="cannot read audio file .*--strict"):
+        load_audio(tmp_path, RATE, 0.5, labels=True, strict=True)
+
+
+def test_a_manifest_gives_labels_speakers_and_parts_and_bad_lines_are_named(tmp_path):
+    for i in range(4):
+        soundfile.write(tmp_path / f"{i}.wav", tone(200 + 100 * i, 0.3, RATE), RATE)
+    lines = [{"path": f"{i}.wav", "label": "ab"[i % 2], "speaker": f"s{i // 2}", "part": ["train", "test"][i // 2]}
+             for i in range(4)]
+    (tmp_path / "clips.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    data = load_audio(tmp_path / "clips.jsonl", RATE, 0.3, labels=True)
+    assert data.parts == ["train", "train", "test", "test"] and data.speakers == ["s0", "s0", "s1", "s1"]
+    assert data.labels.tolist() == [0, 1, 0, 1]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"file": "0.wav"}) + "\n")
+    with pytest.raises(DataError, match=r"bad.jsonl:1: each line needs a \"path\""):
+        load_audio(tmp_path / "bad.jsonl", RATE, 0.3)
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "0.wav", "part": "dev"}) + "\n")
+    with pytest.raises(DataError, match="part 'dev' is not one of"):
+        load_audio(tmp_path / "bad.jsonl", RATE, 0.3)
+
+
+def test_without_parts_a_speaker_never_falls_on_two_sides(tmp_path):
+    lines = []
+    for speaker in range(30):
+        for k in range(3):
+            soundfile.write(tmp_path / f"{speaker}-{k}.wav", tone(200 + 10 * k, 0.1, RATE), RATE)
+            lines.append({"path": f"{speaker}-{k}.wav", "label": "abc"[k], "speaker": f"s{speaker}"})
+    (tmp_path / "clips.jsonl").write_text("\n".join(map(json.dumps, lines)))
+    data = load_audio(tmp_path, RATE, 0.1, labels=True)
+    part_of_speaker = {}
+    for speaker, part in zip(data.speakers, data.parts):
+        assert part_of_speaker.setdefault(speaker, part) == part
+    assert {"train", "test"} <= set(data.parts)
+
+
+# ---------------------------------------------------------------- the front end
+
+def reference_log_mel(wave, rate, n_fft, hop, n_mels, f_min, f_max):
+    """The textbook computation, one frame at a time, in float64 numpy."""
+    padded = np.pad(wave, n_fft // 2, mode="reflect")
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)        # periodic Hann
+    frames = [padded[i * hop:i * hop + n_fft] * window for i in range(1 + len(wave) // hop)]
+    power = np.abs(np.fft.rfft(np.array(frames), axis=1)) ** 2                 # (frames, bins)
+    mel = lambda f: 2595 * np.log10(1 + f / 700)                              # noqa: E731
+    hz = lambda m: 700 * (10 ** (m / 2595) - 1)                               # noqa: E731
+    corners = hz(np.linspace(mel(f_min), mel(f_max), n_mels + 2))
+    freqs = np.arange(n_fft // 2 + 1) * rate / n_fft
+    bank = np.zeros((n_mels, len(freqs)))
+    for m in range(n_mels):
+        lo, mid, hi = corners[m:m + 3]
+        for j, f in enumerate(freqs):
+            if lo < f <= mid:
+                bank[m, j] = (f - lo) / (mid - lo)
+            elif mid < f < hi:
+                bank[m, j] = (hi - f) / (hi - mid)
+    return np.log(bank @ power.T + 1e-6)
+
+
+def test_log_mel_equals_the_textbook_computation():
+    rng = np.random.default_rng(0)
+    wave = tone(440, 0.25, RATE) + 0.1 * rng.standard_normal(RATE // 4)
+    ours = LogMel(RATE, 400, 160, 40, 60.0, 7800.0)(torch.from_numpy(wave).float()[None])[0]
+    expected = reference_log_mel(wave, RATE, 400, 160, 40, 60.0, 7800.0)
+    assert ours.shape == expected.shape == (40, 26)
+    assert np.allclose(ours.numpy(), expected, atol=1e-3)
+
+
+def test_a_tone_lights_the_mel_filter_around_its_frequency():
+    bank = mel_filterbank(201, 64, RATE, 60.0, 7800.0)
+    spectrogram = LogMel(RATE, 400, 160, 64, 60.0, 7800.0)(torch.from_numpy(tone(1000, 0.5, RATE)).float()[None])
+    loudest = int(spectrogram[0].mean(1).argmax())
+    assert int(bank[1000 * 400 // RATE].argmax()) == loudest
+
+
+def test_mfcc_is_the_orthonormal_dct_of_the_log_mel():
+    basis = dct_matrix(64, 64)
+    assert torch.allclose(basis.T @ basis, torch.eye(64), atol=1e-5)
+    log_mel = torch.randn(2, 64, 7)
+    n = np.arange(64)
+    direct = np.array([[np.sqrt((1 if k else 0.5) * 2 / 64) * np.sum(log_mel[b, :, t].numpy()
+                        * np.cos(np.pi / 64 * (n + 0.5) * k)) for t in range(7)] for b in range(2) for k in range(13)])
+    assert np.allclose(mfcc(log_mel, 13).numpy().reshape(-1, 7), direct.reshape(-1, 7), atol=1e-4)
+
+
+# ---------------------------------------------------------------- views
+
+def clips(n=8, seconds=1.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    waves = torch.stack([torch.from_numpy(tone(200 + 50 * i, seconds, RATE)).float() for i in range(n)])
+    return to_int16(waves + 0.05 * torch.randn(waves.shape, generator=gen))
+
+
+def test_views_are_a_function_of_the_generator_and_have_the_crop_shape():
+    cfg = AudioConfig()
+    inputs = AudioInputs(cfg)
+    a = inputs.views(clips(), torch.Generator().manual_seed(3), 2)
+    b = inputs.views(clips(), torch.Generator().manual_seed(3), 2)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])
+    assert a[0].shape == (8, 1, 64, 1 + round(0.8 * RATE) // 160)
+    assert inputs.eval(clips()).shape == (8, 1, 64, 101)
+
+
+def test_a_view_with_every_augmentation_off_is_the_evaluation_view():
+    data = clips()
+    mean, std = mel_statistics(data, AudioConfig())
+    cfg = AudioConfig(crop_seconds=1.0, gain_db=0.0, noise_p=0.0, mix_p=0.0, crop_scale=[1.0, 1.0], freq_masks=0,
+                      time_masks=0, mel_mean=mean, mel_std=std)
+    inputs = AudioInputs(cfg)
+    view = inputs.views(data, torch.Generator().manual_seed(0), 1)[0]
+    assert torch.allclose(view, inputs.eval(data), atol=1e-5)
+    whole = inputs.eval(data)
+    assert abs(float(whole.mean())) < 1e-3 and abs(float(whole.std()) - 1) < 0.05     # normalised per bin
+
+
+def test_mixing_adds_a_share_of_another_clips_power():
+    power = torch.rand(3, 4, 5)
+    mixed = mix_power(power, torch.tensor([0.0, 0.25, 0.4]), torch.tensor([2, 0, 1]))
+    assert torch.equal(mixed[0], power[0])
+    assert torch.allclose(mixed[1], 0.75 * power[1] + 0.25 * power[0])
+    assert torch.allclose(mixed[2], 0.6 * power[2] + 0.4 * power[1])
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_spec_masks_zero_whole_bands_no_wider_than_the_setting(dim):
+    x = torch.ones(64, 1, 20, 30)
+    u = torch.rand(64, 2, generator=torch.Generator().manual_seed(1))
+    masked = spec_masks(x, 1, 6, u, dim)
+    zero_rows = (masked == 0).all(dim=5 - dim)[:, 0]          # (B, size): rows (or columns) zeroed whole
+    assert torch.equal((masked == 0).any(dim=5 - dim)[:, 0], zero_rows)
+    widths = zero_rows.sum(1)
+    assert widths.max() <= 6 and widths.min() == 0 and len(set(widths.tolist())) > 3
+    runs = (zero_rows[:, 1:] & ~zero_rows[:, :-1]).sum(1) + zero_rows[:, 0]
+    assert runs.max() <= 1                                    # one contiguous band
+
+
+# ---------------------------------------------------------------- config and methods
+
+def test_joint_embedding_methods_train_on_sound_and_others_say_which_do():
+    cfg = load_config(overrides=["method.name=simclr", "data.modality=audio", "data.source=x"])
+    assert cfg.modality == "audio"
+    assert load_config(overrides=["method.name=simclr", "data.source=spoken-words"]).modality == "audio"
+    assert load_config(overrides=["method.name=simclr"]).modality == "image"
+    with pytest.raises(ConfigError, match="for audio choose one of: .*byola.*simclr"):
+        load_config(overrides=["method.name=mae", "data.modality=audio"])
+    with pytest.raises(ConfigError, match="audio.crop_seconds must be in"):
+        load_config(overrides=["method.name=simclr", "data.modality=audio", "audio.crop_seconds=2"])
+
+
+def test_byola_takes_its_papers_recipe_and_both_views_from_one_segment():
+    cfg = load_config(overrides=["method.name=byola", "data.source=x"])
+    assert cfg.modality == "audio"
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 3e-4, 0.0)
+    assert (cfg.audio.crop_seconds, cfg.audio.mix_ratio, cfg.audio.freq_masks, cfg.audio.time_masks) == (0.0, 0.4, 0, 0)
+    method = build_method(cfg)
+    assert isinstance(method.inputs, AudioInputs)
+    views = method.views(clips(), torch.Generator().manual_seed(0))
+    assert len(views) == 2 and views[0].shape == (8, 1, 64, 101)
+    loss, _ = method.loss(views)
+    assert math.isfinite(float(loss.detach()))
+
+
+# ---------------------------------------------------------------- spoken-words
+
+needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
+
+
+@needs_espeak
+def test_spoken_words_holds_voices_out_and_every_clip_is_one_second_of_a_word(tmp_path, monkeypatch):
+    from selfsup.audio import spoken_words
+    monkeypatch.setattr(spoken_words, "ACCENTS", ("en-us", "en-gb"))
+    monkeypatch.setattr(spoken_words, "VARIANTS", ("m1", "f2", "klatt", "m3", "f4"))
+    count = spoken_words.build_spoken_words(tmp_path, spoken_words.SpokenWordsRecipe(renditions=1), log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "clips.jsonl").read_text().splitlines()]
+    assert count == len(records) == 10 * 20
+    parts = {}
+    for record in records:
+        assert parts.setdefault(record["speaker"], record["part"]) == record["part"]
+    assert sorted(parts.values()) == ["test"] * 2 + ["train"] * 7 + ["val"]
+    info = soundfile.info(tmp_path / records[0]["path"])
+    assert (info.samplerate, info.frames, info.channels) == (RATE, RATE, 1)
+    data = load_audio(tmp_path, RATE, 1.0, labels=True)
+    assert len(data.classes) == 20 and len(data) == 200
+
+
+# ---------------------------------------------------------------- through the commands
+
+FAST = ["train.threads=1", "train.log_every=5", "eval.online_every=0", "eval.report=false", "backbone.width=0.125",
+        "train.batch_size=16"]
+
+
+def test_audio_run_end_to_end(tmp_path, capsys):
+    from selfsup.cli import main
+    data = write_tones(tmp_path / "tones")
+    runs = tmp_path / "runs"
+    assert main(["pretrain", "--method", "byola", "--data", str(data), "--runs-dir", str(runs), "--name", "a",
+                 "--quiet", "audio.seconds=0.5", "train.steps=6", "eval.after_pretrain=[knn]", *FAST]) == 0
+    out = capsys.readouterr().out
+    run = runs / "a"
+    cfg = load_config(run / "config.yaml")
+    assert cfg.modality == "audio" and len(cfg.audio.mel_mean) == 64 and cfg.audio.crop_seconds == 0
+    knn = json.loads((run / "eval" / "knn.json").read_text())
+    assert knn["raw_features"] == "MFCC statistics" and "MFCC statistics" in out
+    for protocol in ("linear", "raw", "finetune"):
+        extra = ["--steps", "4", "--batch-size", "8"] if protocol == "finetune" else []
+        assert main(["evaluate", protocol, str(run), "--labels", "50%", "--quiet", *extra]) == 0
+    rows = [json.loads(line) for line in (run / "eval" / "results.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r["protocol"] != "knn"]         # the kNN table after pretraining
+    assert [r["protocol"] for r in rows] == ["linear", "raw", "finetune"]
+    assert rows[1]["mean"] > 0.6           # MFCC statistics tell a rising chirp from a falling one
+    assert main(["report", str(run), "--quiet"]) == 0
+    assert main(["embed", str(run), "--data", str(data), "--out", str(tmp_path / "emb.npy")]) == 0
+    assert np.load(tmp_path / "emb.npy").shape[0] == 72
+    assert main(["pretrain", "--resume", str(run), "--quiet", "train.steps=8"]) == 0
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "moco3", "barlow", "vicreg", "simsiam"])
+def test_joint_embedding_methods_read_log_mel_views_of_sound(method):
+    cfg = load_config(overrides=[f"method.name={method}", "data.modality=audio", "data.source=x", "backbone.width=0.125"])
+    built = build_method(cfg)
+    assert isinstance(built.inputs, AudioInputs)
+    views = built.views(clips(), torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(8, 1, 64, 81)] * 2
+    loss, _ = built.loss(views)
+    assert torch.isfinite(loss.detach())
+    assert built.embed(clips()).shape == (8, built.backbone.feature_dim)
