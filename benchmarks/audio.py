@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from json_lines import emit
 from selfsup.build import build_method
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.run import Run, load_run
@@ -73,11 +74,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
     args = parser.parse_args()
     for method in args.methods:
-        line = json.dumps(measure(method, args))
-        print(line, flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(line + "\n")
+        emit(measure(method, args), args.out)
 
 
 if __name__ == "__main__":

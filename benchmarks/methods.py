@@ -13,11 +13,11 @@ of what a user's run costs).
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import time
 from pathlib import Path
 
+from json_lines import emit
 from selfsup.config import load_config
 from selfsup.data import DataError
 from selfsup.evaluate.protocols import evaluate_protocol
@@ -65,11 +65,7 @@ def main():
            "batch": cfg.train.batch_size, "epochs": round(result.epochs, 2), "train_s": round(train_s),
            "images_per_s": round(result.images_per_second, 1), "peak_memory_mb": round(result.peak_memory_mb),
            "final_loss": result.final_loss, "eval_s": round(time.time() - t), **report}
-    line = json.dumps(row)
-    print(line, flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(line + "\n")
+    emit(row, args.out)
 
 
 def student_knn(run, train, test) -> float:

@@ -11,9 +11,9 @@ figures. One JSON line per (attribute, protocol, budget), appended to --out.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
+from json_lines import emit
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.run import load_run
 
@@ -37,15 +37,11 @@ def main():
             rows = evaluate_protocol(run, protocol, train, test, labels=args.labels, seeds=args.seeds,
                                      data_name=f"users by {attribute}", progress=False, log=lambda _: None)
             for row in rows:
-                line = json.dumps({"run": args.run_dir, "attribute": attribute, "classes": int(train.labels.unique().numel()),
-                                   "majority_share": round(majority, 4),
-                                   "train_users": len(train), "test_users": len(test), "protocol": protocol,
-                                   "labels": row["labels"], "seeds": row["seeds"], "mean": row["mean"],
-                                   "std": row.get("std"), "seconds": round(time.time() - started, 1)})
-                print(line, flush=True)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(line + "\n")
+                emit({"run": args.run_dir, "attribute": attribute, "classes": int(train.labels.unique().numel()),
+                      "majority_share": round(majority, 4),
+                      "train_users": len(train), "test_users": len(test), "protocol": protocol,
+                      "labels": row["labels"], "seeds": row["seeds"], "mean": row["mean"],
+                      "std": row.get("std"), "seconds": round(time.time() - started, 1)}, args.out)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.audio import io as audio_io
 from selfsup.audio.data import load_audio
 from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
 from selfsup.audio.io import UnreadableAudio, read_clip, resample, to_int16
@@ -120,7 +119,7 @@ def test_a_manifest_gives_labels_speakers_and_parts_and_bad_lines_are_named(tmp_
     assert data.parts == ["train", "train", "test", "test"] and data.speakers == ["s0", "s0", "s1", "s1"]
     assert data.labels.tolist() == [0, 1, 0, 1]
     (tmp_path / "bad.jsonl").write_text(json.dumps({"file": "0.wav"}) + "\n")
-    with pytest.raises(DataError, match=r"bad.jsonl:1: each line needs a \"path\""):
+    with pytest.raises(DataError, match=r"bad.jsonl line 1: each line needs a \"path\""):
         load_audio(tmp_path / "bad.jsonl", RATE, 0.3)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"path": "0.wav", "part": "dev"}) + "\n")
     with pytest.raises(DataError, match="part 'dev' is not one of"):

@@ -11,7 +11,6 @@ else a hash of its path, with `test_fraction` and `val_fraction` of the clips he
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from selfsup.audio.io import AUDIO_SUFFIXES, UnreadableAudio, read_clip, to_int16
 from selfsup.data.holdout import PARTS, part_of, path_position
+from selfsup.data.jsonl import json_objects
 from selfsup.data.image_folder import find_image_files, warn_once
 from selfsup.errors import DataError
 
@@ -145,19 +145,13 @@ def audio_entries(source: Path) -> tuple[Path, list[Entry], list[str]]:
 def read_manifest(path: Path) -> list[Entry]:
     """The entries of a JSONL manifest: one {"path", optional "label", "speaker", "part"} a line."""
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not JSON ({e})") from e
-        if not isinstance(record, dict) or not record.get("path"):
-            raise DataError(f"{path}:{number}: each line needs a \"path\" field (and may have "
-                            f"{', '.join(MANIFEST_FIELDS[1:])}); got {line[:80]!r}")
+    for number, record in json_objects(path, "a \"path\" field"):
+        if not record.get("path"):
+            raise DataError(f"{path} line {number}: each line needs a \"path\" field (and may have "
+                            f"{', '.join(MANIFEST_FIELDS[1:])}); it has: {', '.join(record) or 'nothing'}")
         part = str(record.get("part", ""))
         if part and part not in PARTS:
-            raise DataError(f"{path}:{number}: part {part!r} is not one of {', '.join(PARTS)}")
+            raise DataError(f"{path} line {number}: part {part!r} is not one of {', '.join(PARTS)}")
         file = Path(record["path"]).expanduser()
         entries.append(Entry(file if file.is_absolute() else path.parent / file, str(record["path"]),
                              str(record.get("label", "")), str(record.get("speaker", "")), part))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from selfsup.data import DataError, require_class_subfolders
+from selfsup.data.jsonl import json_objects
 from selfsup.text.tokenizer import BOS, EOS, PAD, TOKENIZER_FILE
 
 SOURCE_KINDS = "a folder of .txt files, a .jsonl file, a .txt file or a list of strings"
@@ -97,28 +98,17 @@ def _folder_documents(root: Path, labels: bool):
 def _jsonl_documents(path: Path, text_field: str, label_field: str, labels: bool):
     if labels and not label_field:
         raise DataError(f"labels from {path} need the name of the field that holds them (text.label_field)")
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {number} is not valid JSON ({e.msg}); a .jsonl file holds one "
-                                f"JSON object per line") from e
-            if not isinstance(record, dict):
-                raise DataError(f"{path} line {number} is a JSON {type(record).__name__}, not an object "
-                                f"with a {text_field!r} field")
-            wanted = [text_field] + ([label_field] if labels else [])
-            missing = [k for k in wanted if k not in record]
-            if missing:
-                raise DataError(f"{path} line {number} has no field {missing[0]!r}; its fields are "
-                                f"{sorted(record)}: name the right one (text.field / text.label_field)")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise DataError(f"{path} line {number}: field {text_field!r} holds a {type(text).__name__}, "
-                                f"not a string")
-            yield text, (str(record[label_field]) if labels else None)
+    for number, record in json_objects(path, f"a {text_field!r} field"):
+        wanted = [text_field] + ([label_field] if labels else [])
+        missing = [k for k in wanted if k not in record]
+        if missing:
+            raise DataError(f"{path} line {number} has no field {missing[0]!r}; its fields are "
+                            f"{sorted(record)}: name the right one (text.field / text.label_field)")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise DataError(f"{path} line {number}: field {text_field!r} holds a {type(text).__name__}, "
+                            f"not a string")
+        yield text, (str(record[label_field]) if labels else None)
 
 
 def _paragraphs(path: Path):
