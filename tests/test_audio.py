@@ -258,6 +258,7 @@ def test_byola_takes_its_papers_recipe_and_both_views_from_one_segment():
     cfg = load_config(overrides=["method.name=byola", "data.source=x"])
     assert cfg.modality == "audio"
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 3e-4, 0.0)
+    assert (cfg.backbone.name, cfg.backbone.stem) == ("resnet18", "imagenet")     # downsamples early, as the paper's
     assert (cfg.audio.crop_seconds, cfg.audio.mix_ratio, cfg.audio.freq_masks, cfg.audio.time_masks) == (0.0, 0.4, 0, 0)
     method = build_method(cfg)
     assert isinstance(method.inputs, AudioInputs)

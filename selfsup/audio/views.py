@@ -78,13 +78,16 @@ class AudioInputs:
         self.cfg = cfg
         self.log_mel = log_mel_of(cfg)
         self.crop = round((cfg.crop_seconds or cfg.seconds) * cfg.sample_rate)
+        self._statistics: dict = {}
 
     def normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
         """(B, M, F) -> (B, 1, M, F) with each mel bin at the training clips' mean 0, std 1."""
         if not self.cfg.mel_mean:
             return log_mel[:, None]
-        mean = torch.tensor(self.cfg.mel_mean, device=log_mel.device)[None, :, None]
-        std = torch.tensor(self.cfg.mel_std, device=log_mel.device)[None, :, None]
+        if log_mel.device not in self._statistics:     # copied to the device once, not at every step
+            self._statistics[log_mel.device] = tuple(torch.tensor(values, device=log_mel.device)[None, :, None]
+                                                     for values in (self.cfg.mel_mean, self.cfg.mel_std))
+        mean, std = self._statistics[log_mel.device]
         return ((log_mel - mean) / std)[:, None]
 
     @torch.no_grad()
