@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from selfsup.audio import BUILTIN_AUDIO
-from selfsup.audio.data import AudioSet, load_audio
+from selfsup.audio.data import AudioSet, audio_entries, load_audio
 from selfsup.audio.frontend import mfcc_statistics, standard_log_mel
 from selfsup.audio.io import to_float
 from selfsup.audio.views import AudioInputs, mel_statistics
@@ -77,12 +77,10 @@ class AudioModality(Modality):
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
              strict: bool = False) -> AudioSet:
-        try:
-            return self._load(cfg, source, data_dir, labels=True, strict=strict)
-        except DataError as e:
-            if "label" not in str(e):
-                raise
-            return self._load(cfg, source, data_dir, labels=False, strict=strict)
+        """With labels when every clip has one and there are at least two; without, otherwise."""
+        _, entries, _ = audio_entries(audio_source(source, data_dir or cfg.data.data_dir))
+        labelled = all(e.label for e in entries) and len({e.label for e in entries}) > 1
+        return self._load(cfg, source, data_dir, labels=labelled, strict=strict)
 
     def raw_features(self, train: AudioSet, test: AudioSet) -> tuple[torch.Tensor, torch.Tensor]:
         return mfcc_features(train), mfcc_features(test)
