@@ -156,3 +156,7 @@ def test_a_clm_run_is_prompted_with_the_document_and_learns_only_the_summary(tmp
     rows = evaluate_summaries(run, ["100%"], settings=settings, source=str(pairs), progress=False)
     assert [r["init"] for r in rows] == ["lead", "pretrained"] and rows[1]["method"] == "clm"
     assert len(summarize(run, ["a document", "another one"])) == 2
+    saved = run.folder.summarizer_file.read_bytes()
+    more = evaluate_summaries(run, ["50%"], seeds=2, first_seed=1, settings=settings, source=str(pairs), progress=False)
+    assert [r["seed"] for r in more[1:]] == [1, 2]                 # added draws: seed 0's saved model stays
+    assert run.folder.summarizer_file.read_bytes() == saved

@@ -58,6 +58,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--labels", nargs="+", default=["100%"], metavar="BUDGET",
                    help="share (10%%) or count (500) of the training pairs [default: 100%%]")
     p.add_argument("--seeds", type=int, default=1, help="draws of the pairs per share [default: 1]")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the first draw's seed: seeds FIRST .. FIRST+SEEDS-1, to add draws to earlier ones; only "
+                        "seed 0's model is saved [default: 0]")
     p.add_argument("--baseline", action="store_true", help="also the same network trained from scratch")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs,
                    help=f"passes over the chosen pairs [default: {DEFAULTS.epochs:g}]")
@@ -91,7 +94,8 @@ def cmd_finetune(args) -> int:
                                summary_tokens=args.summary_tokens, val_pairs=args.val_pairs,
                                decode=decode_settings(args))
     evaluate_summaries(load_run(args.run_dir), args.labels, args.seeds, settings, args.baseline, args.on, args.data,
-                       args.source_field, args.target_field, args.data_dir, progress=not args.quiet)
+                       args.source_field, args.target_field, args.data_dir, progress=not args.quiet,
+                       first_seed=args.first_seed)
     return 0
 
 

@@ -160,9 +160,10 @@ def finetune_summarizer(model: nn.Module, train: tuple, val: tuple, val_referenc
 def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: SummarySettings | None = None,
                        baseline: bool = False, part: str = "test", source: str = "debian-descriptions",
                        source_field: str = "", target_field: str = "", data_dir: str = "",
-                       progress: bool = True) -> list[dict]:
+                       progress: bool = True, first_seed: int = 0) -> list[dict]:
     """Fine-tune and score as the module docstring says; one row per (share, seed, init) and one for the lead
-    baseline, appended to RUN_DIR/eval/summaries.jsonl."""
+    baseline, appended to RUN_DIR/eval/summaries.jsonl. Seeds first_seed .. first_seed + seeds - 1, so that
+    more draws can be added to a table later."""
     settings = settings or SummarySettings()
     summarizer = summarizer_for(run, summary_tokens=settings.summary_tokens)    # refuses a run that cannot write
     window = getattr(summarizer.network, "max_length", None)
@@ -194,7 +195,7 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
                for budget in map(parse_label_budget, labels)]
     largest = max(count for _, count in budgets)
     for budget, count in budgets:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             chosen = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
             for init in inits:
                 network = None if init == "pretrained" else fresh_network(cfg, seed)
