@@ -572,7 +572,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         recipe = method_class(method.get("name", "simclr")).recipe
     except ValueError as e:
         raise ConfigError(f"method.name: {e}") from e
-    return _build(Config, _merge_layers([recipe, values, extra]), "").validate()
+    layers = [recipe, values, extra]
+    cfg = _build(Config, _merge_layers(layers), "")
+    defaults = MODALITY_BACKBONES.get(cfg.modality)
+    if defaults and cfg.backbone.name in (BackboneConfig.name, defaults["name"]) and not _names_backbone(layers, BackboneConfig.name):
+        cfg = _build(Config, _merge_layers([{"backbone": defaults}, *layers]), "")
+    return cfg.validate()
+
+
+# The backbone a kind of data trains by default when nothing names one. Sound: BYOL-A's encoder, which keeps
+# the frequency axis that the ResNet's global pooling averages away (docs/audio.md); the paper's 2,048 units
+# and dropout 0.3, while backbone.width (0.25 by default) scales its 64 channels.
+MODALITY_BACKBONES = {"audio": {"name": "audio_cnn", "dim": 2048, "dropout": 0.3}}
+
+
+def _names_backbone(layers: list[dict], name: str) -> bool:
+    """Whether some layer sets backbone.name to `name` itself (a user asking for the ResNet on sound)."""
+    return any(isinstance(layer.get("backbone"), dict) and layer["backbone"].get("name") == name for layer in layers)
 
 
 DURATION_KEYS = ("steps", "epochs", "minutes")

@@ -183,6 +183,11 @@ class RunFolder:
         return self.eval_dir / "summaries.jsonl"
 
     @property
+    def ctc_results_file(self) -> Path:
+        """eval/ctc.jsonl: word and character error rates of CTC fine-tuning (finetune-ctc)."""
+        return self.eval_dir / "ctc.jsonl"
+
+    @property
     def summarizer_file(self) -> Path:
         """summarizer.safetensors: the encoder-decoder fine-tuned on summaries that `summarize` uses."""
         return self.path / "summarizer.safetensors"

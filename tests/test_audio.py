@@ -12,6 +12,7 @@ from selfsup.audio.data import load_audio
 from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
 from selfsup.audio.io import UnreadableAudio, read_clip, resample, to_int16
 from selfsup.audio.views import AudioInputs, mel_statistics, mix_power, spec_masks
+from selfsup.backbones import build_backbone
 from selfsup.build import build_method
 from selfsup.config import AudioConfig, load_config
 from selfsup.errors import ConfigError, DataError
@@ -254,11 +255,46 @@ def test_joint_embedding_methods_train_on_sound_and_others_say_which_do():
         load_config(overrides=["method.name=simclr", "data.modality=audio", "audio.crop_seconds=2"])
 
 
+def test_sound_trains_byola_as_encoder_unless_a_backbone_is_named():
+    cfg = load_config(overrides=["method.name=simclr", "data.modality=audio", "data.source=x"])
+    assert (cfg.backbone.name, cfg.backbone.dim, cfg.backbone.dropout) == ("audio_cnn", 2048, 0.3)
+    cfg = load_config(overrides=["method.name=simclr", "data.modality=audio", "data.source=x", "backbone.dim=512"])
+    assert (cfg.backbone.name, cfg.backbone.dim) == ("audio_cnn", 512)
+    cfg = load_config(overrides=["method.name=simclr", "data.modality=audio", "data.source=x",
+                                 "backbone.name=resnet18", "backbone.stem=imagenet"])
+    assert (cfg.backbone.name, cfg.backbone.dim, cfg.backbone.dropout) == ("resnet18", 128, 0.1)
+    image = load_config(overrides=["method.name=simclr"]).backbone
+    assert (image.name, image.dim) == ("resnet18", 128)
+
+
+def test_the_audio_encoder_has_the_papers_layers_and_pools_only_over_time():
+    torch.manual_seed(0)
+    net = build_backbone("audio_cnn", image_size=64, dim=32, dropout=0.0, width=0.25).eval()
+    convs = [m for m in net.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 16, (3, 3)), (16, 16, (3, 3)),
+                                                                               (16, 16, (3, 3))]
+    assert net.frames[0].in_features == 16 * 64 // 8 and net.feature_dim == 32
+    x = torch.randn(3, 1, 64, 101)
+    with torch.no_grad():
+        frames = net.frame_features(x)
+        assert frames.shape == (3, 101 // 8, 32)
+        torch.testing.assert_close(net(x), frames.amax(1) + frames.mean(1))
+        # Only time is pooled: the same sound moved up in frequency is another input, moved in time the same.
+        low = torch.zeros(1, 1, 64, 96)
+        low[..., 8:16, 40:56] = 3.0
+        high, later = low.roll(32, dims=2), low.roll(16, dims=3)
+        low_f, high_f, later_f = (net(v) for v in (low, high, later))
+    torch.testing.assert_close(later_f, low_f)
+    assert float((high_f - low_f).norm()) > 0.05 * float(low_f.norm())
+    with pytest.raises(ValueError, match="at least 8 mel bins"):
+        build_backbone("audio_cnn", image_size=4)
+
+
 def test_byola_takes_its_papers_recipe_and_both_views_from_one_segment():
     cfg = load_config(overrides=["method.name=byola", "data.source=x"])
     assert cfg.modality == "audio"
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 3e-4, 0.0)
-    assert (cfg.backbone.name, cfg.backbone.stem) == ("resnet18", "imagenet")     # downsamples early, as the paper's
+    assert (cfg.backbone.name, cfg.backbone.dim, cfg.backbone.dropout) == ("audio_cnn", 2048, 0.3)   # the paper's encoder
     assert (cfg.audio.crop_seconds, cfg.audio.mix_ratio, cfg.audio.freq_masks, cfg.audio.time_masks) == (0.0, 0.4, 0, 0)
     method = build_method(cfg)
     assert isinstance(method.inputs, AudioInputs)
@@ -274,11 +310,12 @@ needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="esp
 
 
 @needs_espeak
-def test_spoken_words_holds_voices_out_and_every_clip_is_one_second_of_a_word(tmp_path, monkeypatch):
+def test_spoken_words_holds_voices_out_and_has_one_second_words_and_digit_strings(tmp_path, monkeypatch):
     from selfsup.audio import spoken_words
     monkeypatch.setattr(spoken_words, "ACCENTS", ("en-us", "en-gb"))
     monkeypatch.setattr(spoken_words, "VARIANTS", ("m1", "f2", "klatt", "m3", "f4"))
-    count = spoken_words.build_spoken_words(tmp_path, spoken_words.SpokenWordsRecipe(renditions=1), log=lambda _: None)
+    recipe = spoken_words.SpokenWordsRecipe(renditions=1, strings_per_voice=3)
+    count = spoken_words.build_spoken_words(tmp_path, recipe, log=lambda _: None)
     records = [json.loads(line) for line in (tmp_path / "clips.jsonl").read_text().splitlines()]
     assert count == len(records) == 10 * 20
     parts = {}
@@ -289,6 +326,13 @@ def test_spoken_words_holds_voices_out_and_every_clip_is_one_second_of_a_word(tm
     assert (info.samplerate, info.frames, info.channels) == (RATE, RATE, 1)
     data = load_audio(tmp_path, RATE, 1.0, labels=True)
     assert len(data.classes) == 20 and len(data) == 200
+    # Digit strings: the same voices on the same sides, 2-6 digits in five seconds.
+    strings = load_audio(tmp_path / spoken_words.DIGIT_STRINGS, RATE, 5.0)
+    assert len(strings) == 30 and strings.clips.shape[1] == 5 * RATE
+    for transcript, speaker, part in zip(strings.transcripts, strings.speakers, strings.parts):
+        said = transcript.split()
+        assert 2 <= len(said) <= 6 and set(said) <= set(spoken_words.DIGITS) and parts[speaker] == part
+    assert len(set(strings.transcripts)) > 20
 
 
 # ---------------------------------------------------------------- through the commands

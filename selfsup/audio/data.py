@@ -2,6 +2,7 @@
 
     root/yes/a.wav, root/yes/more/b.flac, root/no/c.ogg      a folder: labels from first-level subfolders
     clips.jsonl: {"path": "a.wav", "label": "yes", "speaker": "anna", "part": "train"}   a manifest
+                 (and "transcript": "three one four", for speech recognition)
     spoken-words                                              the fetched set (selfsup data fetch spoken-words)
 
 A manifest's paths are relative to its own folder (or absolute); `label`, `speaker` and `part` are
@@ -27,7 +28,7 @@ from selfsup.data.image_folder import find_image_files, warn_once
 from selfsup.errors import DataError
 
 PROGRESS_ABOVE = 500                   # files; fewer load in a few seconds without a bar
-MANIFEST_FIELDS = ("path", "label", "speaker", "part")
+MANIFEST_FIELDS = ("path", "label", "speaker", "part", "transcript")
 
 
 @dataclass
@@ -40,6 +41,7 @@ class AudioSet:
     paths: list[str] = field(default_factory=list)
     speakers: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)     # train / val / test of each clip
+    transcripts: list[str] = field(default_factory=list)   # what is said in each clip (speech recognition)
 
     def __post_init__(self):
         if self.clips.dtype != torch.int16 or self.clips.dim() != 2:
@@ -65,7 +67,7 @@ class AudioSet:
         pick = lambda values: [values[i] for i in idx.tolist()] if values else []   # noqa: E731
         labels = None if self.labels is None else self.labels[idx]
         return AudioSet(self.clips[idx], self.sample_rate, labels, self.classes, self.name, pick(self.paths),
-                        pick(self.speakers), pick(self.parts))
+                        pick(self.speakers), pick(self.parts), pick(self.transcripts))
 
     def part(self, name: str) -> "AudioSet":
         return self.select([i for i, part in enumerate(self.parts) if part == name])
@@ -78,6 +80,7 @@ class Entry:
     label: str = ""
     speaker: str = ""
     part: str = ""
+    transcript: str = ""
 
 
 def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: bool = False, strict: bool = False,
@@ -123,7 +126,8 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
     return AudioSet(torch.stack(clips), sample_rate,
                     torch.tensor([index[e.label] for e in kept]) if labels else None, classes, root.name,
                     [e.name for e in kept], [e.speaker for e in kept],
-                    [e.part or part_of(path_position(e.speaker or e.name), test_fraction, val_fraction) for e in kept])
+                    [e.part or part_of(path_position(e.speaker or e.name), test_fraction, val_fraction) for e in kept],
+                    [e.transcript for e in kept] if any(e.transcript for e in kept) else [])
 
 
 def audio_entries(source: Path) -> tuple[Path, list[Entry], list[str]]:
@@ -143,7 +147,7 @@ def audio_entries(source: Path) -> tuple[Path, list[Entry], list[str]]:
 
 
 def read_manifest(path: Path) -> list[Entry]:
-    """The entries of a JSONL manifest: one {"path", optional "label", "speaker", "part"} a line."""
+    """The entries of a JSONL manifest: one {"path", optional "label", "speaker", "part", "transcript"} a line."""
     entries = []
     for number, record in json_objects(path, "a \"path\" field"):
         if not record.get("path"):
@@ -154,7 +158,8 @@ def read_manifest(path: Path) -> list[Entry]:
             raise DataError(f"{path} line {number}: part {part!r} is not one of {', '.join(PARTS)}")
         file = Path(record["path"]).expanduser()
         entries.append(Entry(file if file.is_absolute() else path.parent / file, str(record["path"]),
-                             str(record.get("label", "")), str(record.get("speaker", "")), part))
+                             str(record.get("label", "")), str(record.get("speaker", "")), part,
+                             str(record.get("transcript", ""))))
     if not entries:
         raise DataError(f"{path} lists no clips")
     return entries

@@ -8,8 +8,14 @@ random point of a one-second clip and mixes in background noise (white or brown)
 signal-to-noise ratio. Voices, not clips, are split: 20% of the voices are the test part and 10% the
 validation part, so an evaluation hears only voices that training never heard.
 
+Digit strings, for speech recognition (`selfsup finetune-ctc`): each voice also says each digit twice
+(pitch and rate moved a little each time), and strings of 2 to 6 of those renditions, with random pauses
+between them, are placed in five-second clips with noise, as above. The same voices are held out.
+
     spoken-words/clips.jsonl      {"path", "label" (the word), "speaker" (the voice), "part"} a line
     spoken-words/clips/<voice>/<word>-<n>.wav     16 kHz, 16-bit mono, one second
+    spoken-words/digit-strings.jsonl   {"path", "transcript" ("three one four"), "speaker", "part"} a line
+    spoken-words/digit-strings/<voice>/<n>.wav     16 kHz, 16-bit mono, five seconds
 """
 from __future__ import annotations
 
@@ -45,6 +51,13 @@ class SpokenWordsRecipe:
     val_share: float = 0.1
     snr_db: tuple[float, float] = (5.0, 30.0)
     seed: int = 0
+    strings_per_voice: int = 16     # digit strings
+    string_seconds: float = 5.0
+    string_digits: tuple[int, int] = (2, 6)
+    pause_seconds: tuple[float, float] = (0.05, 0.35)
+
+
+DIGIT_STRINGS = "digit-strings.jsonl"
 
 
 def voices() -> list[str]:
@@ -59,6 +72,11 @@ def voice_parts(names: list[str], recipe: SpokenWordsRecipe) -> dict[str, str]:
     return {name: "test" if i < test else "val" if i < test + val else "train" for i, name in enumerate(order)}
 
 
+def voice_styles(names: list[str], plan: random.Random) -> dict[str, tuple[int, int]]:
+    """Each voice's own pitch (30-70) and rate (140-190 words a minute)."""
+    return {name: (plan.randint(30, 70), plan.randint(140, 190)) for name in names}
+
+
 def synthesise(word: str, voice: str, pitch: int, rate: int, folder: Path) -> Path:
     """espeak-ng's WAV of `word` (22,050 Hz), in folder."""
     path = folder / f"{voice}-{word}-{pitch}-{rate}.wav"
@@ -71,6 +89,13 @@ def synthesise(word: str, voice: str, pitch: int, rate: int, folder: Path) -> Pa
     except subprocess.CalledProcessError as e:
         raise DataError(f"espeak-ng failed on {word!r} with voice {voice}: {e.stderr.decode(errors='replace')}") from e
     return path
+
+
+def spoken_word(word: str, voice: str, pitch: int, rate: int, sample_rate: int) -> torch.Tensor:
+    """The word as the voice says it, at sample_rate, without the synthesiser's silence around it."""
+    with tempfile.TemporaryDirectory() as work:
+        raw = synthesise(word, voice, pitch, rate, Path(work))
+        return trimmed(read_clip(raw, sample_rate, seconds=5.0, min_seconds=0.01))
 
 
 def trimmed(wave: torch.Tensor) -> torch.Tensor:
@@ -107,7 +132,7 @@ def build_spoken_words(output: Path, recipe: SpokenWordsRecipe = SpokenWordsReci
     names = voices()
     parts = voice_parts(names, recipe)
     plan = random.Random(recipe.seed + 1)
-    voice_style = {name: (plan.randint(30, 70), plan.randint(140, 190)) for name in names}
+    voice_style = voice_styles(names, plan)
     jobs = []
     for name in names:
         pitch, rate = voice_style[name]
@@ -119,11 +144,8 @@ def build_spoken_words(output: Path, recipe: SpokenWordsRecipe = SpokenWordsReci
 
     def make(job_number: int) -> dict:
         name, word, k, pitch, rate, snr, brown = jobs[job_number]
-        with tempfile.TemporaryDirectory() as work:
-            raw = synthesise(word, name, pitch, rate, Path(work))
-            spoken = read_clip(raw, recipe.sample_rate, seconds=5.0, min_seconds=0.01)
         gen = torch.Generator().manual_seed(recipe.seed * 1_000_003 + job_number)
-        clip = place(trimmed(spoken), length, snr, brown, gen)
+        clip = place(spoken_word(word, name, pitch, rate, recipe.sample_rate), length, snr, brown, gen)
         relative = Path("clips") / name / f"{word}-{k}.wav"
         (output / relative).parent.mkdir(parents=True, exist_ok=True)
         write_wav(output / relative, clip, recipe.sample_rate)
@@ -140,5 +162,44 @@ def build_spoken_words(output: Path, recipe: SpokenWordsRecipe = SpokenWordsReci
     counts = {part: sum(r["part"] == part for r in records) for part in ("train", "val", "test")}
     log("spoken-words: " + ", ".join(f"{part} {count:,} clips ({sum(p == part for p in parts.values())} voices)"
                                      for part, count in counts.items()))
+    build_digit_strings(output, recipe, log)
+    return len(records)
+
+
+def build_digit_strings(output: Path, recipe: SpokenWordsRecipe = SpokenWordsRecipe(), log=print) -> int:
+    """Write digit-strings/ and digit-strings.jsonl into the folder `output`; returns the number of strings."""
+    names = voices()
+    parts = voice_parts(names, recipe)
+    voice_style = voice_styles(names, random.Random(recipe.seed + 1))      # the voices of the word clips
+    plan = random.Random(recipe.seed + 3)
+    renditions = [(name, digit, k, min(99, max(0, voice_style[name][0] + plan.randint(-6, 6))),
+                   voice_style[name][1] + plan.randint(-15, 15))
+                  for name in names for digit in DIGITS for k in range(2)]
+    log(f"spoken-words: synthesising {len(renditions):,} digits ({len(names)} voices x 10 x 2) for "
+        f"{len(names) * recipe.strings_per_voice:,} digit strings")
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        spoken = dict(zip([r[:3] for r in renditions],
+                          pool.map(lambda r: spoken_word(r[1], r[0], r[3], r[4], recipe.sample_rate), renditions)))
+    length = round(recipe.string_seconds * recipe.sample_rate)
+    records = []
+    for name in names:
+        for n in range(recipe.strings_per_voice):
+            digits = [plan.choice(DIGITS) for _ in range(plan.randint(*recipe.string_digits))]
+            pieces = [spoken[(name, digit, plan.randrange(2))] for digit in digits]
+            pauses = [torch.zeros(round(plan.uniform(*recipe.pause_seconds) * recipe.sample_rate)) for _ in pieces[1:]]
+            while len(pieces) > 1 and sum(map(len, pieces + pauses)) > length:      # too long for the clip
+                digits, pieces, pauses = digits[:-1], pieces[:-1], pauses[:-1]
+            said = torch.cat([pieces[0]] + [x for pause, piece in zip(pauses, pieces[1:]) for x in (pause, piece)])
+            gen = torch.Generator().manual_seed(plan.getrandbits(63))
+            clip = place(said, length, plan.uniform(*recipe.snr_db), plan.random() < 0.5, gen)
+            relative = Path("digit-strings") / name / f"{n}.wav"
+            (output / relative).parent.mkdir(parents=True, exist_ok=True)
+            write_wav(output / relative, clip, recipe.sample_rate)
+            records.append({"path": relative.as_posix(), "transcript": " ".join(digits), "speaker": name,
+                            "part": parts[name]})
+    with open(output / DIGIT_STRINGS, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    log(f"spoken-words: {len(records):,} digit strings of {recipe.string_seconds:g} s")
     return len(records)
 

@@ -120,6 +120,40 @@ class AudioInputs:
         return spec_masks(x, cfg.time_masks, cfg.time_mask_frames, drawn[:, 2 * cfg.freq_masks:], dim=3)
 
 
+def standardised(waves: torch.Tensor) -> torch.Tensor:
+    """Each clip at zero mean and unit variance (wav2vec 2.0's input normalisation)."""
+    return (waves - waves.mean(1, keepdim=True)) / (waves.var(1, keepdim=True) + 1e-5).sqrt()
+
+
+class WaveformInputs:
+    """For encoders that read the waveform (selfsup.backbones.audio.WAVEFORM_BACKBONES): float samples,
+    each clip standardised. `views`: a random crop of `audio.crop_seconds` (0: the whole clip) and, with
+    probability `audio.noise_p`, white noise; `eval`: the whole clip."""
+
+    DRAWS = 3                      # crop, noise on, noise level
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.crop = round((cfg.crop_seconds or cfg.seconds) * cfg.sample_rate)
+
+    @torch.no_grad()
+    def eval(self, clips: torch.Tensor) -> torch.Tensor:
+        return standardised(to_float(clips))
+
+    @torch.no_grad()
+    def views(self, clips: torch.Tensor, gen: torch.Generator, count: int) -> list[torch.Tensor]:
+        return [self.view(clips, gen) for _ in range(count)]
+
+    def view(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        u = torch.rand(clips.shape[0], self.DRAWS, generator=gen, device=clips.device)
+        waves = time_crop(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0])
+        if cfg.noise_p:
+            low, high = cfg.noise_snr_db
+            waves = add_noise(waves, low + u[:, 2] * (high - low), u[:, 1] < cfg.noise_p, gen)
+        return standardised(waves)
+
+
 def mel_statistics(clips: torch.Tensor, cfg, chunk: int = 256) -> tuple[list[float], list[float]]:
     """Each mel bin's mean and standard deviation of the log-mel over clips (int16 (N, T)), the whole
     clips as `eval` sees them."""

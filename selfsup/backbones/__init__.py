@@ -7,7 +7,7 @@ heads on top.
 from __future__ import annotations
 
 # Importing each backbone module fills the registry.
-from selfsup.backbones import external, resnet, seq2seq, tabular, text, vit  # noqa: F401
+from selfsup.backbones import audio, external, resnet, seq2seq, tabular, text, vit  # noqa: F401
 from selfsup.backbones.registry import (backbone_names, backbone_parameters, build_backbone,
                                         build_backbone_from_config, is_backbone, register_backbone,
                                         register_backbone_family)

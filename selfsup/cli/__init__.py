@@ -11,6 +11,8 @@
     selfsup data fetch sotu                            # real text / tabular data (docs/data.md)
     selfsup pretrain --modality text --method clm --data ~/.cache/selfsup/sotu
     selfsup generate runs/<name> --prompt "My fellow citizens"
+    selfsup pretrain --method wav2vec2 --data spoken-words            # sound (docs/audio.md)
+    selfsup finetune-ctc runs/<name> --labels 1% 10% --baseline      # speech recognition, WER and CER
     selfsup pretrain --method scarf --data table.csv table.label_column=class
 """
 from __future__ import annotations
@@ -18,11 +20,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from selfsup.cli import data, evaluate, generate, pretrain, runs, summaries
+from selfsup.cli import data, evaluate, generate, pretrain, runs, speech, summaries
 from selfsup.errors import USER_ERRORS, ConfigError, DataError
 
 # Each module adds its commands' parsers, in the order `selfsup --help` lists them.
-COMMANDS = (pretrain, evaluate, generate, summaries, runs, data)
+COMMANDS = (pretrain, evaluate, generate, summaries, speech, runs, data)
 
 
 def main(argv: list[str] | None = None) -> int:

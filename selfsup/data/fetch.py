@@ -51,8 +51,9 @@ DATASETS = {
                       "composed offline (test scenes from Fashion-MNIST's test items only)",
     "debian-descriptions": "Debian packages' long descriptions (documents) and synopses (summaries), "
                            "split by source package (the archive's Translation-en and Packages indexes)",
-    "spoken-words": "5,120 one-second clips of 20 words (digits, commands) by 128 espeak-ng voices with noise; "
-                    "test and validation voices held out (synthesised offline; Debian package espeak-ng)",
+    "spoken-words": "5,120 one-second clips of 20 words (digits, commands) by 128 espeak-ng voices with noise, and "
+                    "2,048 transcribed digit strings; test and validation voices held out (synthesised offline; "
+                    "Debian package espeak-ng)",
 }
 OUTPUTS = {
     "sotu": "sotu",

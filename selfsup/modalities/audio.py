@@ -10,7 +10,8 @@ from selfsup.audio import BUILTIN_AUDIO
 from selfsup.audio.data import AudioSet, audio_entries, load_audio
 from selfsup.audio.frontend import mfcc_statistics, standard_log_mel
 from selfsup.audio.io import to_float
-from selfsup.audio.views import AudioInputs, mel_statistics
+from selfsup.audio.views import AudioInputs, WaveformInputs, mel_statistics
+from selfsup.backbones.audio import WAVEFORM_BACKBONES
 from selfsup.data import fetch
 from selfsup.data.holdout import check_part
 from selfsup.errors import DataError
@@ -62,8 +63,9 @@ class AudioModality(Modality):
     def backbone_inputs(self, cfg) -> dict:
         return {"in_channels": 1, "image_size": cfg.audio.n_mels}
 
-    def method_inputs(self, cfg) -> AudioInputs:
-        return AudioInputs(cfg.audio)
+    def method_inputs(self, cfg) -> AudioInputs | WaveformInputs:
+        """Log-mel spectrograms, or the waveform itself for a waveform encoder (wav2vec2)."""
+        return WaveformInputs(cfg.audio) if cfg.backbone.name in WAVEFORM_BACKBONES else AudioInputs(cfg.audio)
 
     def labelled_sets(self, cfg, run_dir: Path | None = None, source: str = "", data_dir: str = "",
                       part: str = "test"):
@@ -87,7 +89,7 @@ class AudioModality(Modality):
 
     def finetune_input(self, cfg, settings) -> Callable:
         """Fine-tuning reads the pretraining views (one a step) and evaluates the whole clip."""
-        inputs = AudioInputs(cfg.audio)
+        inputs = self.method_inputs(cfg)
         return lambda batch, gen=None: inputs.views(batch, gen, 1)[0] if gen is not None else inputs.eval(batch)
 
     def monitor_views(self, method) -> Callable | None:
