@@ -5,6 +5,7 @@ statistics with logistic regression; clips/s and peak memory of the pretraining.
 method on stdout (and appended to --out).
 
     python benchmarks/audio.py byola simclr --minutes 10 --out docs/audio-cpu.jsonl
+    python benchmarks/audio.py byola --minutes 3 --on val --no-baselines --set audio.mix_ratio=0.1   # a screen
 
 The random-initialised network's results go to a folder of their own (RUN-random-init/eval/), so the
 pretrained run's results and report hold its own rows only.
@@ -39,27 +40,31 @@ def probe_rows(run: Run, protocol: str, train, test, labels: list[str], seeds: i
 
 
 def measure(method: str, args) -> dict:
-    name = f"audio-{method}-s{args.seed}"
+    name = args.name or f"audio-{method}-s{args.seed}"
     started = time.perf_counter()
-    path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, args.set)
+    after = [] if args.no_baselines else ["eval.after_pretrain=[knn]"]
+    path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, after + args.set)
     pretrain_seconds = time.perf_counter() - started
     run = load_run(path)
-    train, test = run.labelled_sets()
+    train, held_out = run.labelled_sets(part=args.on)
+    summary = json.loads((path / "train_summary.json").read_text())
+    row = {
+        "method": method, "data": f"spoken-words ({args.on} voices held out)", "scored_on": args.on, "set": args.set,
+        "minutes": args.minutes, "seed": args.seed, "steps": summary["steps"], "clips_per_s": summary["images_per_s"],
+        "peak_memory_mb": summary["peak_memory_mb"], "pretrain_wall_s": round(pretrain_seconds, 1),
+        "train_clips": len(train), "scored_clips": len(held_out),
+        "linear": probe_rows(run, "linear", train, held_out, args.labels, args.seeds),
+    }
+    if args.no_baselines:
+        return row
     scratch_dir = path.parent / f"{name}-random-init"
     scratch_dir.mkdir(exist_ok=True)
     scratch = Run(scratch_dir, run.config, build_method(run.config), step=0)
-    summary = json.loads((path / "train_summary.json").read_text())
-    knn = json.loads((path / "eval" / "knn.json").read_text())
-    return {
-        "method": method, "data": "spoken-words (test voices held out)", "minutes": args.minutes, "seed": args.seed,
-        "steps": summary["steps"], "clips_per_s": summary["images_per_s"], "peak_memory_mb": summary["peak_memory_mb"],
-        "pretrain_wall_s": round(pretrain_seconds, 1), "train_clips": len(train), "test_clips": len(test),
-        "knn_top1": knn["knn_top1"], "knn_top1_random_init": knn["knn_top1_random_init"],
-        "knn_top1_mfcc": knn["knn_top1_raw"],
-        "linear": probe_rows(run, "linear", train, test, args.labels, args.seeds),
-        "linear_random_init": probe_rows(scratch, "linear", train, test, args.labels, args.seeds),
-        "mfcc_logistic_regression": probe_rows(run, "raw", train, test, args.labels, args.seeds),
-    }
+    knn = json.loads((path / "eval" / "knn.json").read_text())      # after pretraining: on the test voices
+    return {**row, "knn_top1_test": knn["knn_top1"], "knn_top1_random_init_test": knn["knn_top1_random_init"],
+            "knn_top1_mfcc_test": knn["knn_top1_raw"],
+            "linear_random_init": probe_rows(scratch, "linear", train, held_out, args.labels, args.seeds),
+            "mfcc_logistic_regression": probe_rows(run, "raw", train, held_out, args.labels, args.seeds)}
 
 
 def main() -> None:
@@ -72,6 +77,11 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs")
     parser.add_argument("--out", default="", help="append each JSON line to this file too")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every run")
+    parser.add_argument("--on", choices=["test", "val"], default="test",
+                        help="scored voices: test for final figures, val for screens and choices")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="only the pretrained network's linear probe (screens): no kNN, random init or MFCC")
+    parser.add_argument("--name", default="", help="run name [default: audio-METHOD-sSEED]")
     args = parser.parse_args()
     for method in args.methods:
         emit(measure(method, args), args.out)
