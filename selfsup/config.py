@@ -575,7 +575,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     layers = [recipe, values, extra]
     cfg = _build(Config, _merge_layers(layers), "")
     defaults = MODALITY_BACKBONES.get(cfg.modality)
-    if defaults and cfg.backbone.name in (BackboneConfig.name, defaults["name"]) and not _names_backbone(layers, BackboneConfig.name):
+    unnamed_or_default = cfg.backbone.name == BackboneConfig.name and not _names_backbone(layers, BackboneConfig.name)
+    if defaults and (unnamed_or_default or cfg.backbone.name == defaults["name"]):
         cfg = _build(Config, _merge_layers([{"backbone": defaults}, *layers]), "")
     return cfg.validate()
 

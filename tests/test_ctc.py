@@ -94,8 +94,9 @@ def test_a_ctc_head_needs_an_encoder_that_keeps_time():
     assert not any(p.requires_grad for p in backbone.conv.parameters())
     assert all(p.requires_grad for p in backbone.blocks.parameters())
     conv, blocks = ([p.detach().clone() for p in part.parameters()] for part in (backbone.conv, backbone.blocks))
-    finetune_ctc(CTCModel(backbone, 2, freeze_features=True), torch.randn(4, 8000), ["ab", "ba", "a", "bb"], (torch.randn(2, 8000), ["a", "b"]), "ab",
-                 CTCSettings(steps=3, batch_size=2, checks=1), seed=0, device="cpu", progress=False)
+    finetune_ctc(CTCModel(backbone, 2, freeze_features=True), torch.randn(4, 8000), ["ab", "ba", "a", "bb"],
+                 (torch.randn(2, 8000), ["a", "b"]), "ab", CTCSettings(steps=3, batch_size=2, checks=1), seed=0,
+                 device="cpu", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(conv, backbone.conv.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(blocks, backbone.blocks.parameters()))
 

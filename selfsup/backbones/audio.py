@@ -1,10 +1,10 @@
 """Encoders for sound: BYOL-A's convolutional encoder over log-mel spectrograms (`audio_cnn`) and
 wav2vec 2.0's waveform encoder with a Transformer on top (`wav2vec2`).
 
-`audio_cnn` (Niizumi et al. 2021, section 4.1): three blocks of a 3x3 convolution (64 channels), batch norm, ReLU and a 2x2 max-pool; then, at every
-remaining time step, the 64 channels of all n_mels / 8 frequency rows flattened into one vector and
-passed through two dense layers (dim units, ReLU, dropout between them); finally the maximum plus the
-mean over time.
+`audio_cnn` (Niizumi et al. 2021, section 4.1): three blocks of a 3x3 convolution (64 channels), batch
+norm, ReLU and a 2x2 max-pool; then, at every remaining time step, the 64 channels of all n_mels / 8
+frequency rows flattened into one vector and passed through two dense layers (dim units, ReLU, dropout
+between them); finally the maximum plus the mean over time.
 
 Why not the ResNet with global pooling: averaging over frequency throws away *which* bands hold the
 energy, the very thing that tells words apart. On spoken-words a randomly initialised ResNet-18's
@@ -38,8 +38,8 @@ class AudioCNN(nn.Module):
                              f"{2**BLOCKS} mel bins, got {n_mels}")
         blocks, channels = [], in_channels
         for _ in range(BLOCKS):
-            blocks += [nn.Conv2d(channels, conv_channels, 3, padding=1), nn.BatchNorm2d(conv_channels), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            blocks += [nn.Conv2d(channels, conv_channels, 3, padding=1), nn.BatchNorm2d(conv_channels),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             channels = conv_channels
         self.features = nn.Sequential(*blocks)
         self.frames = nn.Sequential(nn.Linear(conv_channels * rows, dim), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -155,6 +155,7 @@ def _groups(dim: int) -> int:
 
 
 @register_backbone("wav2vec2")
-def wav2vec2(dim: int = 128, depth: int = 2, heads: int = 4, width: float = 1.0, dropout: float = 0.1) -> WaveformEncoder:
+def wav2vec2(dim: int = 128, depth: int = 2, heads: int = 4, width: float = 1.0,
+             dropout: float = 0.1) -> WaveformEncoder:
     """width scales the paper's 512 feature-encoder channels; dim, depth and heads size the Transformer."""
     return WaveformEncoder(dim=dim, depth=depth, heads=heads, width=width, dropout=dropout)

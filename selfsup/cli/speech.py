@@ -27,7 +27,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seeds", type=int, default=1, help="draws of the clips per share [default: 1]")
     p.add_argument("--first-seed", type=int, default=0, help="the first draw's seed [default: 0]")
     p.add_argument("--baseline", action="store_true", help="also the same network trained from scratch")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps, help=f"at least this many steps [default: {DEFAULTS.steps}]")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps,
+                   help=f"at least this many steps [default: {DEFAULTS.steps}]")
     p.add_argument("--epochs", type=float, default=DEFAULTS.epochs,
                    help="passes over the chosen clips, when that makes more steps [default: 0]")
     p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=f"[default: {DEFAULTS.batch_size}]")

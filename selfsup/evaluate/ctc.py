@@ -8,10 +8,10 @@ network at random initialisation) gets a linear layer from each frame to the cha
 plus the CTC blank (Graves et al. 2006) and is fine-tuned with the CTC loss (AdamW, warm-up and cosine
 decay; `selfsup.evaluate.dense.fit`). As in wav2vec 2.0's fine-tuning, the convolutional feature encoder
 of a waveform encoder stays as it is (`freeze_features`; its outputs are then computed once per clip)
-and everything above it learns; a spectrogram encoder (audio_cnn) is fine-tuned whole. The validation voices' character error rate of
-greedy transcriptions picks the state kept among evenly spaced checks; the scored part is transcribed by
-greedy decoding (the likeliest character at each frame, repeats merged, blanks dropped) or a prefix beam
-search (no language model), and scored with jiwer's WER and CER.
+and everything above it learns; a spectrogram encoder (audio_cnn) is fine-tuned whole. The validation
+voices' character error rate of greedy transcriptions picks the state kept among evenly spaced checks;
+the scored part is transcribed by greedy decoding (the likeliest character at each frame, repeats merged,
+blanks dropped) or a prefix beam search (no language model), and scored with jiwer's WER and CER.
 """
 from __future__ import annotations
 
@@ -261,7 +261,8 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
                 row = {**common, "init": init, "labels": budget.text, "clips": count, "seed": seed,
                        **error_rates(written, scored.transcripts), "val_cer_checks": checks, "steps": steps,
                        "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings),
-                       "examples": [{"reference": r, "written": w} for r, w in zip(scored.transcripts[:5], written[:5])]}
+                       "examples": [{"reference": r, "written": w}
+                                    for r, w in zip(scored.transcripts[:5], written[:5])]}
                 run.folder.append_result(row, to=run.folder.ctc_results_file)
                 print(f"  {budget.text:>5} seed {seed} {init:<12} WER {row['wer']:6.2f}  CER {row['cer']:6.2f}  "
                       f"(validation CER {min(checks):.2f}; {steps} steps, {row['seconds']:.0f} s)")
