@@ -128,3 +128,19 @@ def test_finetune_ctc_through_the_commands(tmp_path, capsys):
     assert all(r["settings"]["freeze_features"] for r in rows)
     assert main(["finetune-ctc", str(runs / "w"), "--data", str(tones / "rising" / "0.wav")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_a_spoken_words_folder_fetched_before_the_digit_strings_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    from selfsup.data import fetch
+    from selfsup.evaluate.ctc import transcribed_clips
+    (tmp_path / "clips.jsonl").write_text("")
+    monkeypatch.setattr(fetch, "find", lambda name, data_dir=None: tmp_path)
+    with pytest.raises(DataError, match="fetched before spoken-words had digit strings: remove the folder"):
+        transcribed_clips("spoken-words", 5.0, 16000)
+    manifest = tmp_path / "said.jsonl"
+    manifest.write_text(json.dumps({"path": "a.wav"}) + "\n")
+    import numpy as np
+    import soundfile
+    soundfile.write(tmp_path / "a.wav", 0.3 * np.sin(np.arange(8000) / 5), 16000)
+    with pytest.raises(DataError, match="needs a \"transcript\""):
+        transcribed_clips(str(manifest), 0.5, 16000)
