@@ -122,31 +122,30 @@ def beam_decode(log_probs: torch.Tensor, alphabet: str, beams: int = 8) -> str:
     """(T, 1 + characters) -> text: the likeliest labelling kept by a CTC prefix beam search. Each prefix
     keeps the log-probability of the paths that end in a blank and of those that end in its last character,
     so that a repeated character is told apart from one held over several frames."""
-    table = log_probs.double().tolist()
-    minus_inf = -math.inf
-    beam: dict[tuple, tuple[float, float]] = {(): (0.0, minus_inf)}
-    for frame in table:
+    beam: dict[tuple, list[float]] = {(): [0.0, -math.inf]}         # prefix -> [ends in blank, ends in its char]
+    for frame in log_probs.double().tolist():
         tried = [c for c, p in enumerate(frame) if p >= PRUNE_BELOW] or [max(range(len(frame)), key=frame.__getitem__)]
         grown: dict[tuple, list[float]] = {}
-
-        def add(prefix, ends_blank, value):
-            slot = grown.setdefault(prefix, [minus_inf, minus_inf])
-            slot[ends_blank is False] = _logaddexp(slot[ends_blank is False], value)
-
         for prefix, (blank_end, char_end) in beam.items():
             total = _logaddexp(blank_end, char_end)
             for c in tried:
                 p = frame[c]
                 if c == BLANK:
-                    add(prefix, True, total + p)
+                    _add(grown, prefix, 0, total + p)
                 elif prefix and prefix[-1] == c:
-                    add(prefix, False, char_end + p)               # the same character held on
-                    add(prefix + (c,), False, blank_end + p)       # a repeat, after a blank
+                    _add(grown, prefix, 1, char_end + p)            # the same character held on
+                    _add(grown, prefix + (c,), 1, blank_end + p)    # a repeat, after a blank
                 else:
-                    add(prefix + (c,), False, total + p)
-        beam = dict(sorted(((k, tuple(v)) for k, v in grown.items()), key=lambda kv: -_logaddexp(*kv[1]))[:beams])
-    best = max(beam, key=lambda k: _logaddexp(*beam[k]))
+                    _add(grown, prefix + (c,), 1, total + p)
+        beam = dict(sorted(grown.items(), key=lambda item: -_logaddexp(*item[1]))[:beams])
+    best = max(beam, key=lambda prefix: _logaddexp(*beam[prefix]))
     return "".join(alphabet[i - 1] for i in best)
+
+
+def _add(beam: dict, prefix: tuple, ending: int, value: float) -> None:
+    """Add the probability exp(value) of paths that collapse to prefix (ending 0: in a blank, 1: in its char)."""
+    slot = beam.setdefault(prefix, [-math.inf, -math.inf])
+    slot[ending] = _logaddexp(slot[ending], value)
 
 
 def _logaddexp(a: float, b: float) -> float:
