@@ -28,8 +28,7 @@ from selfsup.run import Run, load_run
 def pretrain(method: str, name: str, runs_dir: Path, minutes: float, seed: int, extra: list[str]) -> Path:
     command = [sys.executable, "-m", "selfsup", "pretrain", "--method", method, "--data", "spoken-words",
                "--modality", "audio", "--runs-dir", str(runs_dir), "--name", name, "--quiet",
-               f"train.minutes={minutes}", f"train.seed={seed}", "eval.after_pretrain=[knn]", "eval.report=false",
-               *extra]
+               f"train.minutes={minutes}", f"train.seed={seed}", "eval.report=false", *extra]
     subprocess.run(command, check=True)
     return runs_dir / name
 
@@ -42,7 +41,7 @@ def probe_rows(run: Run, protocol: str, train, test, labels: list[str], seeds: i
 def measure(method: str, args) -> dict:
     name = args.name or f"audio-{method}-s{args.seed}"
     started = time.perf_counter()
-    after = [] if args.no_baselines else ["eval.after_pretrain=[knn]"]
+    after = ["eval.after_pretrain=[]"] if args.no_baselines else ["eval.after_pretrain=[knn]"]
     path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, after + args.set)
     pretrain_seconds = time.perf_counter() - started
     run = load_run(path)
