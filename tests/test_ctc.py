@@ -144,3 +144,18 @@ def test_a_spoken_words_folder_fetched_before_the_digit_strings_is_refused_with_
     soundfile.write(tmp_path / "a.wav", 0.3 * np.sin(np.arange(8000) / 5), 16000)
     with pytest.raises(DataError, match="needs a \"transcript\""):
         transcribed_clips(str(manifest), 0.5, 16000)
+
+
+def test_transcripts_the_frames_cannot_hold_and_clips_longer_than_read_are_refused(tmp_path):
+    import numpy as np
+    import soundfile
+    from selfsup.evaluate.ctc import check_alignable, transcribed_clips
+    check_alignable([torch.tensor([1, 2, 3]), torch.tensor([1, 1])], frames=3, seconds=1.0)     # "aa" needs 3
+    with pytest.raises(DataError, match=r"1 of 2 transcripts need more than the 3 frames .* \(up to 4\)"):
+        check_alignable([torch.tensor([1, 2, 3, 4]), torch.tensor([1, 2])], frames=3, seconds=1.0)
+    soundfile.write(tmp_path / "long.wav", 0.3 * np.sin(np.arange(32000) / 5), 16000)       # two seconds
+    manifest = tmp_path / "said.jsonl"
+    manifest.write_text(json.dumps({"path": "long.wav", "transcript": "one two"}) + "\n")
+    with pytest.raises(DataError, match="last longer than 1 s, e.g. long.wav"):
+        transcribed_clips(str(manifest), 1.0, 16000)
+    assert len(transcribed_clips(str(manifest), 2.0, 16000)) == 1

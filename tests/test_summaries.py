@@ -160,3 +160,5 @@ def test_a_clm_run_is_prompted_with_the_document_and_learns_only_the_summary(tmp
     more = evaluate_summaries(run, ["50%"], seeds=2, first_seed=1, settings=settings, source=str(pairs), progress=False)
     assert [r["seed"] for r in more[1:]] == [1, 2]                 # added draws: seed 0's saved model stays
     assert run.folder.summarizer_file.read_bytes() == saved
+    written = [json.loads(line) for line in run.folder.summaries_results_file.read_text().splitlines()]
+    assert [r["init"] for r in written].count("lead") == 1

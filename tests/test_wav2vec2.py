@@ -1,5 +1,6 @@
 """wav2vec 2.0 (issue 26): the waveform encoder, span masking, distractor sampling, the Gumbel quantiser and
 both losses against the paper's formulas on small tensors, and a resumable run through the trainer."""
+import itertools
 import math
 
 import pytest
@@ -47,6 +48,9 @@ def test_span_mask_masks_spans_of_the_set_length_from_the_drawn_starts():
             expected[row, s:s + 10] = True
     assert torch.equal(mask, expected)
     assert span_mask(2, 4, 0.065, 10, torch.rand(2, 4)).all()          # a clip shorter than a span: all masked
+    for row in mask:                                                   # only whole spans of at least 10 frames
+        runs = [len(list(group)) for masked, group in itertools.groupby(row.tolist()) if masked]
+        assert 1 <= len(runs) <= 3 and min(runs) >= 10
 
 
 def test_distractors_are_other_masked_frames_of_the_same_clip_drawn_uniformly():
@@ -99,8 +103,14 @@ def test_the_quantiser_picks_one_entry_per_codebook_with_gumbel_noise_and_passes
     vectors = torch.cat([quantizer.codevectors[g, chosen[..., g]] for g in range(2)], -1)
     torch.testing.assert_close(out, quantizer.project(vectors))
     torch.testing.assert_close(probabilities, torch.softmax(logits, -1))
-    out.sum().backward()
-    assert latents.grad is not None and float(latents.grad.abs().sum()) > 0
+    weights = torch.randn_like(out)
+    (out * weights).sum().backward()
+    # Straight through: the gradient is the soft Gumbel softmax's, whose forward value the hard choice replaced.
+    soft_latents = latents.detach().clone().requires_grad_(True)
+    soft = torch.softmax((quantizer.logits(soft_latents).view(2, 3, 2, 4) - torch.log(-torch.log(uniform))) / 2.0, -1)
+    soft_out = quantizer.project(torch.einsum("btgv,gvd->btgd", soft, quantizer.codevectors).flatten(2))
+    (soft_out * weights).sum().backward()
+    torch.testing.assert_close(latents.grad, soft_latents.grad)
 
 
 def test_wav2vec2_recipe_views_and_gumbel_schedule():
@@ -122,6 +132,8 @@ def test_wav2vec2_recipe_views_and_gumbel_schedule():
     for progress, tau in ((0.0, 2.0), (0.5, 1.0), (1.0, 0.5)):
         method.after_step(progress)
         assert float(method.gumbel_tau) == pytest.approx(tau)
+    with pytest.raises(ConfigError, match="at least 720 samples"):
+        method.views(clips[:, :700], torch.Generator().manual_seed(3))
     with pytest.raises(ConfigError, match="mask_length must be >= 2"):
         load_config(overrides=SMALL + ["method.mask_length=1"])
     with pytest.raises(ConfigError, match="waveform encoder"):

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.audio.data import AudioSet, load_audio
+from selfsup.audio.data import AudioSet, audio_entries, load_audio
+from selfsup.audio.io import soundfile_module
 from selfsup.audio.spoken_words import DIGIT_STRINGS
 from selfsup.build import build_method
 from selfsup.data import fetch
@@ -191,9 +192,32 @@ def transcribed_clips(source: str, seconds: float, sample_rate: int, data_dir: s
     else:
         path = Path(source).expanduser()
     data = load_audio(path, sample_rate, seconds)
-    if not data.transcripts or not all(data.transcripts):
+    if not data.transcripts or not all(t.strip() for t in data.transcripts):
         raise DataError(f"{path}: every line needs a \"transcript\" (what is said in the clip) for CTC fine-tuning")
+    cut = [entry.name for entry in audio_entries(path)[1] if _duration(entry.path) > seconds + 1e-3]
+    if cut:
+        raise DataError(f"{len(cut)} transcribed clip(s) last longer than {seconds:g} s, e.g. {cut[0]}: their end would be "
+                        "cut off and no longer match the transcript; pass a larger --seconds")
     return data
+
+
+def check_alignable(targets: list[torch.Tensor], frames: int, seconds: float) -> None:
+    """CTC needs a frame for each character and a blank between two equal ones; a transcript that does not fit
+    would add nothing to the loss (zero_infinity), silently, so it is an error."""
+    needed = [len(t) + int((t[1:] == t[:-1]).sum()) for t in targets]
+    too_long = sum(n > frames for n in needed)
+    if too_long:
+        raise DataError(f"{too_long} of {len(targets)} transcripts need more than the {frames} frames the encoder "
+                        f"makes of {seconds:g} s (up to {max(needed)}); use an encoder with more frames a second "
+                        "(wav2vec2: 50, audio_cnn: 12.5) or shorter transcripts")
+
+
+def _duration(path: Path) -> float:
+    """Seconds of sound in the file (0 when libsndfile cannot read it: load_audio has skipped it already)."""
+    try:
+        return soundfile_module().info(str(path)).duration
+    except RuntimeError:
+        return 0.0
 
 
 def finetune_ctc(model: CTCModel, waves: torch.Tensor, transcripts: list[str], val: tuple[torch.Tensor, list[str]],
@@ -204,6 +228,7 @@ def finetune_ctc(model: CTCModel, waves: torch.Tensor, transcripts: list[str], v
     model.to(device)
     inputs, val_inputs = model.prepare(waves.to(device)), model.prepare(val[0].to(device))
     targets = [encode_transcripts([t], alphabet)[0] for t in transcripts]
+    check_alignable(targets, model(inputs[:1]).shape[1], settings.seconds)
     checks = []
 
     def batch_loss(indices, gen):
@@ -238,6 +263,10 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
         raise DataError(f"{source}: CTC fine-tuning needs clips in the train, val and {part} parts, found "
                         f"{len(train)}, {len(val)} and {len(scored)}")
     alphabet = alphabet_of(train.transcripts)
+    unseen = sorted(set("".join(val.transcripts + scored.transcripts)) - set(alphabet))
+    if unseen:
+        print(f"note: characters {''.join(unseen)!r} of the validation or {part} transcripts never occur in the "
+              "training transcripts; the model cannot write them and they count as errors")
     prepare = lambda clips: torch.cat([inputs.eval(clips[i:i + 256]) for i in range(0, len(clips), 256)])  # noqa: E731
     train_waves, val_waves, scored_waves = prepare(train.clips), prepare(val.clips), prepare(scored.clips)
     print(f"CTC on {source}: {len(train)} training, {len(val)} validation, {len(scored)} scored ({part}) clips; "

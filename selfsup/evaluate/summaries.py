@@ -188,7 +188,8 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
     lead = {**common, "init": "lead", "labels": "-", "seed": 0,
             **rouge(lead_summaries([doc for doc, _ in scored_pairs], mean_words), references), "words": mean_words}
     rows = [lead]
-    run.folder.append_result(lead, to=run.folder.summaries_results_file)
+    if first_seed == 0:                  # added draws do not repeat the lead row already in the file
+        run.folder.append_result(lead, to=run.folder.summaries_results_file)
     print(f"  lead (first sentence, {mean_words} words)  " + _scores_text(lead))
     inits = ["pretrained"] + (["from scratch"] if baseline else [])
     budgets = [(budget, min(len(train[0]), budget.total or max(1, round(budget.fraction * len(train[0])))))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.errors import ConfigError
 from selfsup.methods import Method, MethodConfig, register_method
 
 
@@ -118,8 +119,10 @@ class GumbelQuantizer(nn.Module):
         self.codevectors = nn.Parameter(torch.empty(codebooks, entries, final_dim // codebooks).uniform_())
         self.project = nn.Linear(final_dim, final_dim)
 
-    def forward(self, latents: torch.Tensor, uniform: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """uniform (B, T, G, V) in (0, 1): the Gumbel noise's draws (from the step's generator)."""
+    def forward(self, latents: torch.Tensor, uniform: torch.Tensor,
+                tau: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uniform (B, T, G, V) in (0, 1): the Gumbel noise's draws (from the step's generator); tau may be a
+        tensor on the device, so that no step waits to read it."""
         b, t, _ = latents.shape
         logits = self.logits(latents).float().view(b, t, self.codebooks, self.entries)
         gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1 - 1e-10)))
@@ -158,6 +161,9 @@ class Wav2Vec2(Method):
         draw from the step's generator so that a resumed run masks and samples the same."""
         waves = self.inputs.views(batch, gen, 1)[0]
         b, frames, cfg = waves.shape[0], self.backbone.frames(waves.shape[1]), self.cfg
+        if frames < 2:
+            raise ConfigError(f"wav2vec2 contrasts masked frames of 20 ms and needs clips of at least 720 samples "
+                              f"(45 ms at 16 kHz), got {waves.shape[1]}; raise audio.seconds or audio.crop_seconds")
         mask = span_mask(b, frames, cfg.mask_prob, cfg.mask_length,
                          torch.rand(b, frames, generator=gen, device=waves.device))
         distractors = distractor_frames(mask, torch.rand(b, frames, cfg.negatives, generator=gen, device=waves.device))
@@ -170,7 +176,7 @@ class Wav2Vec2(Method):
         penalty = raw.float().pow(2).mean()
         latents = self.backbone.feature_norm(raw)
         context = self.final_proj(self.backbone.contextualize(latents, mask))
-        quantised, probabilities = self.quantizer(latents, uniform, float(self.gumbel_tau))
+        quantised, probabilities = self.quantizer(latents, uniform, self.gumbel_tau)
         rows = mask.nonzero()[:, :1]                                           # each masked frame's clip
         others = quantised[rows, distractors[mask]]                            # (M, K, D)
         matching = contrastive_loss(context[mask], quantised[mask], others, self.cfg.temperature)
@@ -179,7 +185,7 @@ class Wav2Vec2(Method):
         used = probabilities.flatten(0, 1).mean(0)
         perplexity = torch.exp(-(used * torch.log(used.clamp_min(1e-9))).sum(-1)).sum()
         return loss, {"loss": loss.detach(), "contrastive": matching.detach(), "diversity": diversity.detach(),
-                      "codebook_perplexity": perplexity.detach(), "gumbel_tau": float(self.gumbel_tau)}
+                      "codebook_perplexity": perplexity.detach(), "gumbel_tau": self.gumbel_tau.clone()}
 
     def after_step(self, progress: float) -> None:
         cfg = self.cfg
