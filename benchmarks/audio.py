@@ -41,7 +41,7 @@ def probe_rows(run: Run, protocol: str, train, test, labels: list[str], seeds: i
 def measure(method: str, args) -> dict:
     name = args.name or f"audio-{method}-s{args.seed}"
     started = time.perf_counter()
-    after = ["eval.after_pretrain=[]"] if args.no_baselines else ["eval.after_pretrain=[knn]"]
+    after = ["--no-eval"] if args.no_baselines else ["eval.after_pretrain=[knn]"]       # --no-eval: not even kNN
     path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, after + args.set)
     pretrain_seconds = time.perf_counter() - started
     run = load_run(path)
