@@ -12,11 +12,11 @@ from selfsup.methods import Method, method_class
 from selfsup.modalities import modality_of
 
 
-def build_method(cfg: Config, in_channels: int | None = None) -> Method:
+def build_method(cfg: Config, in_channels: int | None = None, seed: int | None = None) -> Method:
     """The method with freshly initialised weights; the same config and seed give the same weights.
     The backbone's data-decided inputs (channels, vocabulary, columns) come from the resolved config;
-    in_channels overrides the image channel count."""
-    torch.manual_seed(cfg.train.seed)
+    in_channels overrides the image channel count; seed, when given, replaces train.seed."""
+    torch.manual_seed(cfg.train.seed if seed is None else seed)
     inputs = modality_of(cfg).backbone_inputs(cfg)
     if in_channels is not None:
         inputs["in_channels"] = in_channels
@@ -29,6 +29,13 @@ def build_method(cfg: Config, in_channels: int | None = None) -> Method:
     if modality_inputs is not None:
         method.inputs = modality_inputs
     return method
+
+
+def fresh_method(cfg: Config, seed: int) -> Method:
+    """The method with new weights drawn from `seed` (a from-scratch baseline's), the caller's random state
+    left as it was."""
+    with torch.random.fork_rng():
+        return build_method(cfg, seed=seed)
 
 
 def load_training_data(cfg: Config, run_dir: Path | None = None):

@@ -167,3 +167,14 @@ def test_a_healthy_short_run_gives_no_collapse_warning_and_a_collapsed_embedding
     watch = CollapseWatch(method_class(method).spreads_embeddings)
     collapsed = representation_metrics(torch.ones(64, 32) + 1e-7 * torch.randn(64, 32))
     assert watch(collapsed) is None and "single point" in watch(collapsed)
+
+
+def test_a_from_scratch_baseline_draws_its_weights_from_its_own_seed_and_leaves_the_random_state_alone():
+    from selfsup.build import fresh_method
+    cfg = load_config(overrides=["method.name=byola", "data.source=x", "backbone.width=0.125"])   # sound: 1 channel
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    weights = [next(fresh_method(cfg, seed).parameters()).detach().clone() for seed in (0, 1, 1)]
+    assert not torch.equal(weights[0], weights[1]) and torch.equal(weights[1], weights[2])
+    assert torch.equal(torch.rand(1), before)

@@ -28,7 +28,7 @@ from torch import nn
 from selfsup.audio.data import AudioSet, audio_entries, load_audio
 from selfsup.audio.io import soundfile_module
 from selfsup.audio.spoken_words import DIGIT_STRINGS
-from selfsup.build import build_method
+from selfsup.build import fresh_method
 from selfsup.data import fetch
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import FitSettings, fit
@@ -302,6 +302,4 @@ def _encoder(run, init: str, seed: int) -> nn.Module:
     """A copy of the run's encoder, or the same network with new weights drawn from `seed`."""
     if init == "pretrained":
         return copy.deepcopy(run.method.evaluated_backbone)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build_method(run.config).evaluated_backbone
+    return fresh_method(run.config, seed).evaluated_backbone

@@ -26,7 +26,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 from torch import nn
 
-from selfsup.build import build_method
+from selfsup.build import fresh_method
 from selfsup.checkpoint import atomic_write
 from selfsup.errors import CheckpointError, ConfigError
 from selfsup.evaluate.dense import FitSettings, fit
@@ -199,7 +199,7 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
         for seed in range(first_seed, first_seed + seeds):
             chosen = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(seed))[:count].sort().values
             for init in inits:
-                network = None if init == "pretrained" else fresh_network(cfg, seed)
+                network = None if init == "pretrained" else fresh_method(cfg, seed)
                 started = time.perf_counter()
                 model, steps, checks = finetune_summarizer(
                     summarizer_for(run, network, settings.summary_tokens), (train[0][chosen], train[1][chosen]), val, [s for _, s in val_pairs], tokenizer, settings,
@@ -221,13 +221,6 @@ def evaluate_summaries(run, labels: list[str], seeds: int = 1, settings: Summary
                                                  "summary_tokens": settings.summary_tokens,
                                                  "decode": vars(settings.decode)})
     return rows
-
-
-def fresh_network(cfg, seed: int) -> nn.Module:
-    """The run's method with new random weights drawn from `seed` (the from-scratch baseline of that seed)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return build_method(cfg)
 
 
 def _scores_text(row: dict) -> str:

@@ -100,11 +100,15 @@ def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, distractors: 
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
-def diversity_loss(probabilities: torch.Tensor) -> torch.Tensor:
-    """L_d from the codebook probabilities (N, G, V) of N frames: sum of p log p of their mean, over G V."""
+def codebook_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """(G,): the entropy of each codebook's mean use over the N frames of probabilities (N, G, V)."""
     mean = probabilities.float().mean(0)
-    groups, entries = mean.shape
-    return (mean * torch.log(mean.clamp_min(1e-9))).sum() / (groups * entries)
+    return -(mean * torch.log(mean.clamp_min(1e-9))).sum(-1)
+
+
+def diversity_loss(entropy: torch.Tensor, entries: int) -> torch.Tensor:
+    """L_d = sum_g sum_v p_gv log p_gv / (G V) = -sum_g H_g / (G V), from codebook_entropy's (G,)."""
+    return -entropy.sum() / (entropy.numel() * entries)
 
 
 class GumbelQuantizer(nn.Module):
@@ -180,10 +184,10 @@ class Wav2Vec2(Method):
         rows = mask.nonzero()[:, :1]                                           # each masked frame's clip
         others = quantised[rows, distractors[mask]]                            # (M, K, D)
         matching = contrastive_loss(context[mask], quantised[mask], others, self.cfg.temperature)
-        diversity = diversity_loss(probabilities.flatten(0, 1))
+        entropy = codebook_entropy(probabilities.flatten(0, 1))        # one pass for the loss and the log
+        diversity = diversity_loss(entropy, self.cfg.codebook_entries)
         loss = matching + self.cfg.diversity_weight * diversity + self.cfg.feature_penalty * penalty
-        used = probabilities.flatten(0, 1).mean(0)
-        perplexity = torch.exp(-(used * torch.log(used.clamp_min(1e-9))).sum(-1)).sum()
+        perplexity = entropy.exp().sum()
         return loss, {"loss": loss.detach(), "contrastive": matching.detach(), "diversity": diversity.detach(),
                       "codebook_perplexity": perplexity.detach(), "gumbel_tau": self.gumbel_tau.clone()}
 
