@@ -118,9 +118,19 @@ class TextConfig:
     # on: the corpus is one token stream cut into max_length windows (streamed to disk, any size);
     # off: one sample per document (truncated). auto: on for clm, off otherwise.
     pack: str = "auto"                 # auto | on | off
+    # One sample per document: a document longer than max_length keeps its start (truncate) or is cut
+    # into several samples at sentence ends (split). auto: split for the methods that rebuild whole
+    # documents (bart, t5: they cannot pack, and a book would otherwise teach them its first lines only).
+    long_documents: str = "auto"       # auto | split | truncate
+    # Further unlabelled text that pretraining reads whole after data.source's training part (the
+    # held-out shares come from data.source alone): folders of .txt, .jsonl (text.field) or .txt files.
+    # (dataclasses.field by its full name: the attribute `field` above hides it in this class's body)
+    extra_sources: list[str] = dataclasses.field(default_factory=list)
     test_fraction: float = 0.2         # labelled sources: the share held out for evaluation (fixed draw)
 
     def validate(self) -> None:
+        if self.long_documents not in ("auto", "split", "truncate"):
+            raise ConfigError(f"text.long_documents must be auto, split or truncate; got {self.long_documents!r}")
         if self.tokenizer not in ("byte", "bpe"):
             raise ConfigError(f"text.tokenizer must be 'byte' or 'bpe', got {self.tokenizer!r}")
         if self.pack not in ("auto", "on", "off"):

@@ -1,12 +1,14 @@
 """The command line end to end: pretrain a few steps on Fashion-MNIST, evaluate, embed; bad input."""
 import argparse
 import json
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from selfsup.cli import build_parser, main
+import selfsup.text.data
+from selfsup.cli import build_parser, main, say_own_warnings_plainly
 
 FAST = ["backbone.width=0.125", "train.batch_size=64", "train.steps=3", "train.log_every=1",
         "eval.max_train=2000", "eval.max_test=500", "eval.batch_size=500"]
@@ -103,6 +105,18 @@ def test_help_explains_every_command(capsys):
         assert "%%" not in shown[command], f"`selfsup {' '.join(command)} --help` shows '%%'"
     assert len(shown) > 10 and ("evaluate", "linear") in shown
     assert "KEY=VALUE" in shown[("pretrain",)]
+
+
+def test_selfsups_own_warnings_print_as_one_plain_line(monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)      # restored after the test
+    say_own_warnings_plainly()
+    installed = warnings.formatwarning
+    say_own_warnings_plainly()                                                 # a second main() in one process
+    assert warnings.formatwarning is installed
+    shown = warnings.formatwarning("3 documents were cut", UserWarning, selfsup.text.data.__file__, 207)
+    assert shown == "warning: 3 documents were cut\n"
+    other = warnings.formatwarning("old API", DeprecationWarning, json.__file__, 1)
+    assert other.startswith(json.__file__) and "DeprecationWarning: old API" in other
 
 
 def test_overrides_may_come_before_and_after_options_and_the_later_one_wins(capsys):

@@ -10,6 +10,7 @@ import torch
 from selfsup.backbones import build_backbone
 from selfsup.config import load_config
 from selfsup.data import fetch as fetch_module
+from selfsup.data import DataError
 from selfsup.errors import ConfigError
 from selfsup.build import build_method, load_training_data
 from selfsup.methods.bart import BART, BARTConfig, permute_sentences, text_infilling
@@ -205,6 +206,27 @@ def test_denoising_refuses_a_packed_corpus(tmp_path):
     cfg = load_config(overrides=["method.name=bart", f"data.source={source}", "text.field=body", "text.pack=on"])
     with pytest.raises(ConfigError, match="text.pack=on would run documents together"):
         load_training_data(cfg)
+
+
+def test_denoising_pretraining_splits_long_documents_and_reads_the_extra_sources(tmp_path):
+    source = write_corpus(tmp_path / "corpus.jsonl", n=20)
+    addresses = tmp_path / "addresses"
+    addresses.mkdir()
+    address = " ".join(["Fellow citizens."] * 30)             # one line of 509 bytes, a sentence end every 17
+    (addresses / "1790.txt").write_text(address)
+    overrides = ["method.name=bart", f"data.source={source}", "text.field=body", "text.max_length=64",
+                 f"text.extra_sources=[{addresses}]"]
+    with pytest.warns(UserWarning, match="cut at sentence ends"):
+        data = load_training_data(load_config(overrides=overrides))
+    # 63 tokens a row: 3 sentences (50 bytes), then 9 rows of " Fellow citizens." x 3 (51 bytes)
+    address_rows = [text for text in data.texts if "Fellow" in text]
+    assert [len(text) for text in address_rows] == [50] + [51] * 9 and "".join(address_rows) == address
+    truncated = load_training_data(load_config(overrides=overrides + ["text.long_documents=truncate"]))
+    assert [text for text in truncated.texts if "Fellow" in text] == [address]
+    with pytest.raises(DataError, match=r"text.extra_sources names .*nowhere.*does not exist"):
+        load_training_data(load_config(overrides=overrides[:-1] + [f"text.extra_sources=[{tmp_path / 'nowhere'}]"]))
+    with pytest.raises(ConfigError, match="text.long_documents must be auto, split or truncate"):
+        load_config(overrides=overrides + ["text.long_documents=cut"])
 
 
 # ---------------------------------------------------------------- Debian descriptions

@@ -163,6 +163,30 @@ def test_encode_documents_pads_truncates_and_labels():
     assert encode_documents([("ab", None)], tok, 4).labels is None
 
 
+def test_document_pieces_end_at_the_last_sentence_end_in_their_second_half():
+    stop = 9
+    ids = [1, 2, stop, 4, 5, 6, stop, 8, 1, 2, 3, 4, 5, 6]          # 14 tokens, room for 8
+    pieces = text_data.document_pieces(ids, 8, {stop})
+    assert pieces == [[1, 2, stop, 4, 5, 6, stop], [8, 1, 2, 3, 4, 5, 6]]
+    early = [stop, 2, 3, 4, 5, 6, 7, 8, 1, 2]                         # its only end is in the first half
+    assert text_data.document_pieces(early, 8, {stop}) == [early[:8], early[8:]]
+    assert text_data.document_pieces(ids, 20, {stop}) == [ids]
+    long = list(range(10, 60))
+    assert [t for piece in text_data.document_pieces(long, 7, {stop}) for t in piece] == long
+
+
+def test_encode_documents_splits_long_documents_at_sentence_ends_when_asked():
+    tok = ByteTokenizer()
+    ends = {tok.encode(".")[0]}
+    docs = [("One two three. Four five. Six seven", None), ("short.", None)]     # 36 and 6 bytes
+    with pytest.warns(UserWarning, match="1 document.* cut at sentence ends into 3 rows"):
+        data = encode_documents(docs, tok, max_length=28, split_at=ends)
+    assert data.texts == ["One two three. Four five.", " Six seven", "short."]
+    assert all(row[0] == BOS for row in data.tokens.tolist())
+    assert [tok.decode(row) for row in data.tokens.tolist()] == data.texts
+    assert encode_documents(docs, tok, max_length=28).texts == [text for text, _ in docs]   # truncating
+
+
 def test_pack_corpus_windows_are_the_stream_and_the_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(text_data, "WRITE_CHUNK_TOKENS", 7)     # many small appends to the file
     monkeypatch.setattr(text_data, "ENCODE_CHUNK_DOCS", 2)

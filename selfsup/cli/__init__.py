@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+from pathlib import Path
 
 from selfsup.cli import data, evaluate, generate, pretrain, runs, speech, summaries
 from selfsup.errors import USER_ERRORS, ConfigError, DataError
@@ -38,11 +40,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    say_own_warnings_plainly()
     try:
         return args.func(args) or 0
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (ConfigError, DataError)) else 1
+
+
+def say_own_warnings_plainly() -> None:
+    """selfsup's own warnings (skipped files, documents cut to fit) print as one `warning: ...` line
+    for the user; other packages' warnings keep Python's format with their source line."""
+    if getattr(warnings.formatwarning, "plain_for_selfsup", False):     # installed by an earlier main()
+        return
+    package = Path(__file__).resolve().parents[1]
+    python_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None):
+        if Path(filename).resolve().is_relative_to(package):
+            return f"warning: {message}\n"
+        return python_format(message, category, filename, lineno, line)
+    format_warning.plain_for_selfsup = True
+    warnings.formatwarning = format_warning
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -67,12 +67,18 @@ class TextModality(Modality):
 
     def training_data(self, cfg, run_dir: Path | None = None):
         """The source's training part (its test share, scored by a language model's held-out
-        perplexity and a labelled source's final figures, and its validation share held out), as one
-        token window per row (packed) or one row per document."""
+        perplexity and a labelled source's final figures, and its validation share held out), then
+        every document of text.extra_sources, as one token window per row (packed) or one row per
+        document."""
         source = require_source(cfg, self.SOURCES)
-        texts = lambda: (text for text, _ in self._documents(cfg, source, part="train"))   # noqa: E731
+        extras = _extra_sources(cfg)
+
+        def texts():
+            yield from (text for text, _ in self._documents(cfg, source, part="train"))
+            for extra in extras:
+                yield from (text for text, _ in iter_documents(extra, cfg.text.field))
         tokenizer = self.tokenizer(cfg, run_dir, texts)
-        return self._encode(cfg, source, texts, tokenizer, "train").subset(cfg.data.subset)
+        return self._encode(cfg, [source, *extras], texts, tokenizer, "train").subset(cfg.data.subset)
 
     def held_out_text(self, cfg, run_dir: Path, source: str = ""):
         """The held-out documents of the source (or all of another source), encoded as training encodes
@@ -81,17 +87,24 @@ class TextModality(Modality):
         # The training corpus named another way (relative, absolute, through a link) is still the training corpus.
         part = "test" if _same_source(str(source), cfg.data.source) else None
         texts = lambda: (text for text, _ in self._documents(cfg, source, part=part))   # noqa: E731
-        return self._encode(cfg, source, texts, self.tokenizer(cfg, run_dir), "held-out" if part else "all")
+        return self._encode(cfg, [source], texts, self.tokenizer(cfg, run_dir), "held-out" if part else "all")
 
-    def _encode(self, cfg, source: Path, texts: Callable, tokenizer, part: str):
+    def _encode(self, cfg, sources: list[Path], texts: Callable, tokenizer, part: str):
         if self._packs(cfg):
-            key = self._cache_key(cfg, source, tokenizer, part)
+            key = self._cache_key(cfg, sources, tokenizer, part)
             return pack_corpus(texts(), tokenizer, cfg.text.max_length, _cache_dir() / f"{key}.bin", key=key)
-        return encode_documents(((text, None) for text in texts()), tokenizer, cfg.text.max_length)
+        return encode_documents(((text, None) for text in texts()), tokenizer, cfg.text.max_length,
+                                split_at=self._sentence_ends_to_split_at(cfg, tokenizer))
 
-    def _cache_key(self, cfg, source: Path, tokenizer, part: str) -> str:
+    def _sentence_ends_to_split_at(self, cfg, tokenizer) -> set[int] | None:
+        mode = cfg.text.long_documents
+        if mode == "auto":
+            mode = "split" if method_class(cfg.method.name).needs_documents else "truncate"
+        return set(sentence_end_ids(tokenizer)) if mode == "split" else None
+
+    def _cache_key(self, cfg, sources: list[Path], tokenizer, part: str) -> str:
         """Packed tokens are reused only for the same files, tokenizer and settings."""
-        files = sorted(source.rglob("*")) if source.is_dir() else [source]
+        files = [f for source in sources for f in (sorted(source.rglob("*")) if source.is_dir() else [source])]
         stamp = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
         settings = [cfg.text.field, cfg.text.test_fraction, cfg.data.val_fraction, part]
         text = json.dumps([stamp, settings, tokenizer.to_dict()], sort_keys=True, default=str)
@@ -143,6 +156,15 @@ class TextModality(Modality):
         if not train.texts or not test.texts:
             raise DataError("the bag-of-words baseline needs the documents' texts")
         return bag_of_words(train.texts, test.texts)
+
+
+def _extra_sources(cfg) -> list[Path]:
+    paths = [Path(extra).expanduser() for extra in cfg.text.extra_sources]
+    for path in paths:
+        if not path.exists():
+            raise DataError(f"text.extra_sources names {str(path)!r}, which does not exist; give {TextModality.SOURCES}, "
+                            f"or drop it from the list")
+    return paths
 
 
 def _same_source(a: str, b: str) -> bool:

@@ -16,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Collection, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -172,9 +173,14 @@ def _check_max_length(max_length: int) -> None:
 
 
 def encode_documents(docs: Iterable[tuple[str, str | None]], tokenizer, max_length: int,
-                     classes: list[str] | None = None, name: str = "", start: int = BOS) -> TextSet:
+                     classes: list[str] | None = None, name: str = "", start: int = BOS,
+                     split_at: Collection[int] | None = None) -> TextSet:
     """One int32 row per document: [start, tokens...] cut to max_length, then PAD up to max_length.
     `start` is BOS, or EOS for a model trained on a packed stream, where EOS is what precedes a document.
+
+    With `split_at` (the ids of sentence-ending tokens), a longer document is not cut short but becomes
+    several rows, each ending at a sentence end (see document_pieces); their texts are the pieces
+    decoded, and how many documents were split is said once.
 
     Labels (all documents labelled, or none) become indices into `classes`: the given list (a label
     outside it is a DataError) or the sorted distinct labels.
@@ -183,15 +189,23 @@ def encode_documents(docs: Iterable[tuple[str, str | None]], tokenizer, max_leng
     texts: list[str] = []
     raw_labels: list[str | None] = []
     rows: list[np.ndarray] = []
+    split_documents = 0
     for text, label in docs:
-        ids = [start] + tokenizer.encode(text)[:max_length - 1]
-        row = np.full(max_length, PAD, dtype=np.int32)
-        row[:len(ids)] = ids
-        rows.append(row)
-        texts.append(text)
-        raw_labels.append(label)
+        ids = tokenizer.encode(text)
+        pieces = [ids[:max_length - 1]] if split_at is None else document_pieces(ids, max_length - 1, split_at)
+        split_documents += len(pieces) > 1
+        for piece in pieces:
+            row = np.full(max_length, PAD, dtype=np.int32)
+            row[0] = start
+            row[1:1 + len(piece)] = piece
+            rows.append(row)
+            texts.append(text if len(pieces) == 1 else tokenizer.decode(piece))
+            raw_labels.append(label)
     if not rows:
         raise DataError("no documents to encode")
+    if split_documents:
+        warnings.warn(f"{split_documents} document(s) longer than {max_length - 1} tokens were cut at sentence ends "
+                      f"into {len(rows)} rows in all (text.long_documents=truncate keeps only their start)")
     tokens = torch.from_numpy(np.stack(rows))
     labelled = sum(label is not None for label in raw_labels)
     if labelled == 0:
@@ -206,6 +220,21 @@ def encode_documents(docs: Iterable[tuple[str, str | None]], tokenizer, max_leng
         raise DataError(f"labels {unknown[:5]} are not among the classes {classes[:20]}")
     labels = torch.tensor([index[label] for label in raw_labels], dtype=torch.int64)
     return TextSet(tokens, labels, classes, name, texts, {TOKENIZER_FILE: tokenizer})
+
+
+def document_pieces(ids: list[int], room: int, split_at: Collection[int]) -> list[list[int]]:
+    """`ids` cut into consecutive pieces of at most `room` tokens. Each piece ends after the last
+    sentence end it holds, unless that would leave it under half full (a long run without one is cut
+    at `room`), so a denoiser's sentences stay whole where the text allows."""
+    pieces, first = [], 0
+    while len(ids) - first > room:
+        window = ids[first:first + room]
+        ends = [k + 1 for k in range(room // 2, room) if window[k] in split_at]
+        cut = ends[-1] if ends else room
+        pieces.append(window[:cut])
+        first += cut
+    pieces.append(ids[first:])
+    return pieces
 
 
 def _stream_dtype(vocab_size: int) -> np.dtype:
