@@ -99,6 +99,42 @@ class AugmentConfig:
             self.for_view(i).validate()
 
 
+@dataclass
+class CroppedViews:
+    """A streamed batch of B images: each image's crops, already cut; it stands where the uint8 batch
+    (B, C, H, W) of the in-memory path stands, so `shape` and `device` answer as that batch would.
+
+    crops: uint8 (V * B, C, S, S), crop j of image i at row j * B + i (the layout augment_views makes);
+    local: the multi-crop's small crops in the same layout, or None."""
+    crops: torch.Tensor
+    views: int
+    local: "CroppedViews | None" = None
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.crops.shape[0] // self.views, *self.crops.shape[1:]))
+
+    @property
+    def device(self) -> torch.device:
+        return self.crops.device
+
+    def take(self, first: int, copies: int) -> torch.Tensor:
+        """Crops first .. first + copies - 1 of every image, stacked as augment_views stacks copies."""
+        if first + copies > self.views:
+            raise ValueError(f"the streamed batch holds {self.views} crop(s) of each image; the method asked for "
+                             f"crop {first + copies - 1}")
+        b = self.shape[0]
+        return self.crops[first * b:(first + copies) * b]
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "CroppedViews":
+        local = self.local.to(device, non_blocking) if self.local is not None else None
+        return CroppedViews(self.crops.to(device, non_blocking=non_blocking), self.views, local)
+
+    def pin_memory(self) -> "CroppedViews":          # what DataLoader(pin_memory=True) calls
+        return CroppedViews(self.crops.pin_memory(), self.views,
+                            self.local.pin_memory() if self.local is not None else None)
+
+
 # BYOL's two global views (Grill et al. 2020, table 6), which Barlow Twins, VICReg and DINO took over:
 # blur with probability 1.0 / 0.1 and solarization 0.0 / 0.2. At the 20 px views here the blur's sigma,
 # scaled from 224 px, would be under 0.2 px, so blur stays off (blur_p 0, as SimCLR's authors and the
@@ -272,14 +308,20 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     return (x - m) / s
 
 
-def views_from_draws(batch_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+def views_from_draws(batch_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig,
+                     cropped: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) and draws (k * B, DRAWS) -> k augmented, normalised views of the batch, stacked
-    (k * B, C, size, size): view j of image i is row j * B + i. A pure function of its inputs."""
+    (k * B, C, size, size): view j of image i is row j * B + i. A pure function of its inputs.
+    cropped: batch_u8 holds the k * B crops already cut and flipped (streamed images; CroppedViews),
+    so the crop's draws go unused and a crop of another side is only resized."""
     x = to_float(batch_u8)
     size = cfg.size or x.shape[-1]
     crop_u, jitter_u, gray_u, blur_u, solarize_u = u.split(
         [CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS], dim=1)
-    x = crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, crop_u)
+    if not cropped:
+        x = crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, crop_u)
+    elif x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
     x = jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, jitter_u)
     x = grayscale(x, cfg.grayscale_p, gray_u)
     if cfg.blur_p > 0:
@@ -300,10 +342,14 @@ def compile_augmentation(enabled: bool = True) -> None:
     _views_kernel = torch.compile(views_from_draws, dynamic=False) if enabled else views_from_draws
 
 
-def augment_views(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, copies: int = 1) -> list[torch.Tensor]:
+def augment_views(batch_u8: torch.Tensor | CroppedViews, cfg: AugmentConfig, gen: torch.Generator, copies: int = 1,
+                  first: int = 0) -> list[torch.Tensor]:
     """uint8 (B, C, H, W) -> `copies` augmented, normalised float views (B, C, size, size), made in one
-    pass over the stacked copies with the draws of all of them taken from `gen` in one call."""
+    pass over the stacked copies with the draws of all of them taken from `gen` in one call. A streamed
+    batch (CroppedViews) gives its crops `first` .. `first + copies - 1` instead of cutting new ones."""
     u = torch.rand(copies * batch_u8.shape[0], DRAWS, generator=gen, device=batch_u8.device)
+    if isinstance(batch_u8, CroppedViews):
+        return list(_views_kernel(batch_u8.take(first, copies), u, cfg, True).chunk(copies))
     return list(_views_kernel(batch_u8, u, cfg).chunk(copies))
 
 
@@ -312,19 +358,21 @@ def augment(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator) ->
     return augment_views(batch_u8, cfg, gen)[0]
 
 
-def multi_crop(batch_u8: torch.Tensor, cfg: AugmentConfig, gen: torch.Generator, global_views: int = 2) -> list[torch.Tensor]:
+def multi_crop(batch_u8: torch.Tensor | CroppedViews, cfg: AugmentConfig, gen: torch.Generator,
+               global_views: int = 2) -> list[torch.Tensor]:
     """`global_views` views at cfg.size, then cfg.local_crops small views at cfg.local_size cut from
     cfg.local_crop_scale of the image (same colour recipe): the multi-crop of SwAV / DINO. With
     cfg.views each global view takes its own recipe (one pass each); else all take one pass."""
     if cfg.views and len(cfg.views) != global_views:
         raise ValueError(f"augment.views gives {len(cfg.views)} recipes for {global_views} global views")
     if cfg.views:
-        views = [augment_views(batch_u8, cfg.for_view(i), gen)[0] for i in range(global_views)]
+        views = [augment_views(batch_u8, cfg.for_view(i), gen, first=i)[0] for i in range(global_views)]
     else:
         views = augment_views(batch_u8, cfg, gen, global_views)
     if cfg.local_crops:
         local = dataclasses.replace(cfg, size=cfg.local_size, crop_scale=cfg.local_crop_scale, views=[])
-        views += augment_views(batch_u8, local, gen, cfg.local_crops)
+        small = batch_u8.local if isinstance(batch_u8, CroppedViews) else batch_u8
+        views += augment_views(small, local, gen, cfg.local_crops)
     return views
 
 

@@ -42,6 +42,10 @@ class DataConfig:
     size: int = 0                      # square side images are read at; 0 = as stored (image folders: 32)
     subset: int = 0                    # train on the first N images only; 0 = all
     strict: bool = False               # unreadable image files are an error instead of skipped
+    # Images read from disk step by step by data workers (train.workers), each view cropped on the
+    # original image (selfsup/data/stream.py), instead of decoded once into memory at data.size. auto:
+    # a packed store streams; an image folder streams when decoding it would fill a quarter of the memory.
+    stream: str = "auto"               # auto | on | off
     # The share of a labelled image folder, text or table held out of pretraining for validation (every
     # choice: online kNN, the best checkpoint, hyper-parameter searches); a built-in data set holds out its
     # own count (Fashion-MNIST: 5,000 training images). See selfsup/data/holdout.py.
@@ -54,6 +58,8 @@ class DataConfig:
             raise ConfigError(f"data.channels must be 0 (as stored), 1 or 3; got {self.channels}")
         if not 0 <= self.val_fraction < 0.5:
             raise ConfigError(f"data.val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.stream not in ("auto", "on", "off"):
+            raise ConfigError(f"data.stream must be auto, on or off; got {self.stream!r}")
         for key in ("size", "subset"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"data.{key} must be >= 0 (0 = {'as stored' if key == 'size' else 'all'}), "
@@ -286,6 +292,7 @@ class TrainConfig:
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     seed: int = 0
     threads: int = 0                   # CPU threads for torch; 0 = torch's default
+    workers: int = 0                   # streamed images: data worker processes; 0 = one per core (up to 16)
     log_every: int = 20                # steps between metrics.jsonl lines
     checkpoint_every: int = 500        # steps between checkpoints (also one at every epoch end and at the end)
     keep_checkpoints: int = 2
@@ -320,8 +327,9 @@ class TrainConfig:
             raise ConfigError(f"train.strategy must be ddp or fsdp; got {self.strategy!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
             raise ConfigError(f"train.sync_batchnorm must be auto, on or off; got {self.sync_batchnorm!r}")
-        if self.threads < 0:
-            raise ConfigError(f"train.threads must be >= 0 (0 = torch's default), got {self.threads}")
+        if self.threads < 0 or self.workers < 0:
+            raise ConfigError(f"train.threads and train.workers must be >= 0 (0 = the default), got {self.threads} "
+                              f"and {self.workers}")
         if self.compile_mode not in COMPILE_MODES:
             raise ConfigError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}; got {self.compile_mode!r}")
         unknown = [name for name in self.loggers if name not in TRACKERS]

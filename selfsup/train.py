@@ -29,6 +29,8 @@ from selfsup.augment import compile_augmentation
 from selfsup.budget import Cadence, Costs, StepPlanner, mean_steps_between
 from selfsup.build import build_method, complete_config, load_training_data
 from selfsup.config import Config
+from selfsup.data.order import epoch_order
+from selfsup.data.stream import StepBatches, StreamBatches, StreamedImages, default_workers
 from selfsup.errors import TrainingError
 from selfsup.evaluate.online import OnlineMonitor, OnlineSchedule, online_monitor
 from selfsup.methods import Method
@@ -64,12 +66,6 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device) -> tor
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) * 1024 + rank)
     return gen
-
-
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
-    """This rank's share of the epoch's permutation of n samples, seeded by (seed, epoch)."""
-    gen = torch.Generator().manual_seed(seed * 7919 + epoch)
-    return torch.randperm(n, generator=gen)[rank::world_size]
 
 
 @dataclass
@@ -164,8 +160,8 @@ class TrainStep:
     """One optimizer step: learning rates, views, loss, backward, clipping, the finiteness check, update."""
 
     def __init__(self, cfg: Config, method: Method, objective: torch.nn.Module, optimizer, scaler,
-                 batches: EpochBatches, warmup_steps: int, folder: RunFolder, rank: int, device: torch.device,
-                 precision: str):
+                 batches: EpochBatches | StreamBatches, warmup_steps: int, folder: RunFolder, rank: int,
+                 device: torch.device, precision: str):
         self.cfg, self.method, self.objective, self.optimizer, self.scaler = cfg, method, objective, optimizer, scaler
         self.batches, self.warmup_steps, self.folder = batches, warmup_steps, folder
         self.rank, self.device, self.precision = rank, device, precision
@@ -236,17 +232,13 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
     modality = modality_of(cfg)
     data = load_training_data(cfg, folder.path if resume else None) if data_from_config else data
     complete_config(cfg, data)
-    # On a GPU an in-memory data set lives on the device: a batch is one index op, no copy. (A packed
-    # text corpus stays where it is, mapped from disk.)
-    samples = data.samples.to(device) if device.type == "cuda" and modality.fits_on_device else data.samples
     method, objective, sharded = _build_model(cfg, world, device)
     optimizer = build_optimizer(method, cfg.optim)
     scaler = grad_scaler(device.type, precision)
 
     steps_per_epoch = len(data) // cfg.train.batch_size
     warmup_steps = round(cfg.optim.warmup_epochs * steps_per_epoch)
-    batches = EpochBatches(samples, len(data), cfg.train.seed, steps_per_epoch, cfg.train.batch_size // world.size,
-                           world, device)
+    batches = _batch_source(cfg, data, method, steps_per_epoch, world, device)
     train_step = TrainStep(cfg, method, objective, optimizer, scaler, batches, warmup_steps, folder, world.rank,
                            device, precision)
     # What the data order and optimizer depend on: a resume that changes these cannot continue the same run.
@@ -358,6 +350,21 @@ def _join_processes(cfg: Config) -> tuple[distributed.World, torch.device, str]:
                             f"among the {world.size} processes (e.g. train.batch_size="
                             f"{cfg.train.batch_size // world.size * world.size})")
     return world, device, precision
+
+
+def _batch_source(cfg: Config, data, method: Method, steps_per_epoch: int, world: distributed.World,
+                  device: torch.device) -> EpochBatches | StreamBatches:
+    """What hands the loop each step's batch: data workers for streamed images, else slices of the data
+    in memory."""
+    local_batch = cfg.train.batch_size // world.size
+    if isinstance(data, StreamedImages):
+        steps = StepBatches(data, method.augment_cfg, method.num_views, cfg.train.seed, steps_per_epoch, local_batch,
+                            world.rank, world.size)
+        return StreamBatches(steps, cfg.train.workers or default_workers(), device)
+    # On a GPU an in-memory data set lives on the device: a batch is one index op, no copy. (A packed
+    # text corpus stays where it is, mapped from disk.)
+    samples = data.samples.to(device) if device.type == "cuda" and modality_of(cfg).fits_on_device else data.samples
+    return EpochBatches(samples, len(data), cfg.train.seed, steps_per_epoch, local_batch, world, device)
 
 
 def _build_model(cfg: Config, world: distributed.World, device: torch.device):

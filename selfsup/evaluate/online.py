@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from selfsup.data.stream import StreamedImages
 from selfsup.errors import DataError
 from selfsup.evaluate.datasets import labelled_eval_sets
 from selfsup.evaluate.features import extract_features
@@ -86,10 +87,16 @@ def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tu
     if labelled is not None:
         labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
     # The validation samples when there are labels; else evenly spaced training samples.
-    sample = labelled[1].samples if labelled is not None else \
-        data.samples[::max(1, len(data) // cfg.eval.online_test)][:cfg.eval.online_test]
+    sample = labelled[1].samples if labelled is not None else _spaced_samples(data, cfg.eval.online_test, cfg.data.size)
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,
                          cfg.eval.batch_size, device, precision, task, cfg.modality)
+
+
+def _spaced_samples(data, count: int, image_size: int) -> torch.Tensor:
+    """`count` evenly spaced training samples (streamed images: decoded now, centre crops at image_size)."""
+    if isinstance(data, StreamedImages):
+        return data.spaced_preview(count, image_size)
+    return data.samples[::max(1, len(data) // count)][:count]
 
 
 class OnlineSchedule:

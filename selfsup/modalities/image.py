@@ -1,4 +1,5 @@
-"""Images: uint8 tensors (N, C, H, W) from a built-in data set or an image folder."""
+"""Images: uint8 tensors (N, C, H, W) from a built-in data set, an image folder or a packed store, held
+in memory; or, from a store or a folder, streamed from disk step by step (selfsup.data.stream)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,14 @@ import torch.nn.functional as F
 from selfsup.augment import augment, channel_stats, normalize, random_resized_crop_flip, to_float
 from selfsup.data import BUILTIN, DataError, ImageSet, convert, load_images
 from selfsup.data.holdout import BUILTIN_VALIDATION, carve_validation, check_part, part_of, path_position
+from selfsup.data.stream import ImageSource, StreamedImages, streams
+from selfsup.errors import ConfigError
 from selfsup.evaluate.features import pixel_features
 from selfsup.modalities.base import Modality
 
 FOLDER_TEST_FRACTION = 0.2             # of a labelled image folder's files
+STATS_IMAGES = 512                     # streamed images: how many the normalisation statistics are measured on
+STREAM_VIEW_SIZE = 224                 # streamed images: the view side when neither augment.size nor data.size says
 
 
 class ImageModality(Modality):
@@ -30,15 +35,25 @@ class ImageModality(Modality):
     finetune_defaults = {"lr": 8e-3, "backbone_lr_scale": 1.0}
     supervised_defaults = {"lr": 1.6e-2}
 
-    def training_data(self, cfg, run_dir: Path | None = None) -> ImageSet:
+    def training_data(self, cfg, run_dir: Path | None = None) -> ImageSet | StreamedImages:
         """The training part of the source: a labelled folder's test and validation files and a built-in
-        set's validation images never enter pretraining (selfsup.data.holdout)."""
+        set's validation images never enter pretraining (selfsup.data.holdout). Decoded into memory, or
+        streamed from disk (data.stream; selfsup.data.stream)."""
+        if cfg.data.source not in BUILTIN and streams(cfg, Path(cfg.data.source).expanduser()):
+            source = ImageSource(cfg.data.source)
+            train = image_parts(source, cfg.data.source, cfg.data.val_fraction)["train"]
+            return StreamedImages(source, train, cfg.data.channels or 3, cfg.data.strict).subset(cfg.data.subset)
+        if cfg.data.stream == "on":
+            raise ConfigError(f"data.stream=on reads image files, and {cfg.data.source} is a built-in data set held "
+                              "in memory; stream a packed store or an image folder")
         data = load_images(cfg.data.source, "train", data_dir=cfg.data.data_dir or None, channels=cfg.data.channels,
                            size=cfg.data.size, strict=cfg.data.strict)
         return data.select(image_parts(data, cfg.data.source, cfg.data.val_fraction)["train"]).subset(cfg.data.subset)
 
-    def complete_config(self, cfg, data: ImageSet) -> None:
+    def complete_config(self, cfg, data: ImageSet | StreamedImages) -> None:
         """Image size and channels, normalisation and view size, so evaluation reads images as training did."""
+        if isinstance(data, StreamedImages):
+            return _complete_streamed(cfg, data)
         cfg.data.channels = data.channels
         cfg.data.size = data.images.shape[-1]
         if not cfg.augment.mean:
@@ -86,6 +101,18 @@ class ImageModality(Modality):
         return lambda batch, gen: method._layout(augment(batch, method.augment_cfg, gen))
 
 
+def _complete_streamed(cfg, data: StreamedImages) -> None:
+    """Streamed images have no size of their own: views are cut at augment.size, and evaluation, which
+    reads images into memory, reads them at data.size (0: augment.eval_size, else augment.size)."""
+    cfg.data.channels = data.channels
+    cfg.augment.size = cfg.augment.size or cfg.data.size or STREAM_VIEW_SIZE
+    cfg.data.size = cfg.data.size or cfg.augment.eval_size or cfg.augment.size
+    if not cfg.augment.mean:
+        cfg.augment.mean, cfg.augment.std = channel_stats(data.spaced_preview(STATS_IMAGES, cfg.augment.size))
+    elif len(cfg.augment.mean) != data.channels:
+        raise DataError(f"augment.mean has {len(cfg.augment.mean)} values but the images have {data.channels} channels")
+
+
 def image_input(size: int, mean, std, settings) -> Callable:
     """(uint8 batch, generator or None) -> normalised float images at `size`: random resized crop and
     flip (settings.crop_scale, settings.flip_p) when a generator is given (training), else resized only."""
@@ -100,8 +127,9 @@ def image_input(size: int, mean, std, settings) -> Callable:
     return prepare
 
 
-def image_parts(images: ImageSet, source: str, val_fraction: float) -> dict[str, torch.Tensor]:
-    """Indices of `images` (read from `source`; a built-in data set's training split) in each part.
+def image_parts(images: ImageSet | ImageSource, source: str, val_fraction: float) -> dict[str, torch.Tensor]:
+    """Indices of `images` (read from `source`; a built-in data set's training split; anything with a
+    length and per-image paths) in each part.
     A built-in set: at most its stated validation count, the rest train (its test split is a file of
     its own). A folder whose images all sit in two or more class subfolders: by the hash of each
     file's path. Any other folder cannot be evaluated, and every image trains."""

@@ -162,8 +162,8 @@ def _extra_sources(cfg) -> list[Path]:
     paths = [Path(extra).expanduser() for extra in cfg.text.extra_sources]
     for path in paths:
         if not path.exists():
-            raise DataError(f"text.extra_sources names {str(path)!r}, which does not exist; give {TextModality.SOURCES}, "
-                            f"or drop it from the list")
+            raise DataError(f"text.extra_sources names {str(path)!r}, which does not exist; give "
+                            f"{TextModality.SOURCES}, or drop it from the list")
     return paths
 
 
