@@ -253,6 +253,10 @@ class InteractionsConfig:
 class OptimConfig:
     name: str = "lars"                 # sgd | lars | adamw
     lr: float = 8.0                    # peak learning rate, reached after warm-up
+    # 0: optim.lr is the peak as it stands. N (256 in the papers): optim.lr is per N images of the batch,
+    # and the peak is lr x train.batch_size / N (the linear scaling rule, Goyal et al. 2017, in which
+    # SimCLR, BYOL, DINO and MAE state their rates), so a recipe keeps its meaning at another batch size.
+    lr_per_images: int = 0
     weight_decay: float = 1e-5         # never applied to biases and norm layers
     momentum: float = 0.9              # sgd / lars
     betas: tuple[float, float] = (0.9, 0.999)   # adamw
@@ -272,6 +276,8 @@ class OptimConfig:
                 raise ConfigError(f"optim.{key} must be >= 0, got {getattr(self, key)}")
         if self.lr == 0:
             raise ConfigError("optim.lr must be > 0")
+        if self.lr_per_images < 0:
+            raise ConfigError(f"optim.lr_per_images must be >= 0 (0 = optim.lr as it stands), got {self.lr_per_images}")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -114,12 +114,18 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "c
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def set_learning_rates(optimizer, optim_cfg, step: int, total_steps: int, warmup_steps: int) -> float:
+def peak_lr(optim_cfg, batch_size: int) -> float:
+    """The schedule's peak: optim.lr, or with optim.lr_per_images = N, optim.lr x batch_size / N."""
+    return optim_cfg.lr * batch_size / optim_cfg.lr_per_images if optim_cfg.lr_per_images else optim_cfg.lr
+
+
+def set_learning_rates(optimizer, optim_cfg, step: int, total_steps: int, warmup_steps: int, batch_size: int) -> float:
     """Set every parameter group's lr for `step`: the schedule's (warm-up, then cosine or constant), or
     the constant one for groups the method keeps constant after warm-up, times the group's lr_scale.
     Returns the schedule's lr."""
-    lr = optim_cfg.lr * lr_factor(step, total_steps, warmup_steps, optim_cfg.schedule, optim_cfg.min_lr_ratio)
-    constant_lr = optim_cfg.lr * lr_factor(step, total_steps, warmup_steps, "constant")
+    peak = peak_lr(optim_cfg, batch_size)
+    lr = peak * lr_factor(step, total_steps, warmup_steps, optim_cfg.schedule, optim_cfg.min_lr_ratio)
+    constant_lr = peak * lr_factor(step, total_steps, warmup_steps, "constant")
     for group in optimizer.param_groups:
         group["lr"] = (constant_lr if group.get("constant_lr") else lr) * group.get("lr_scale", 1.0)
     return lr

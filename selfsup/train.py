@@ -169,7 +169,7 @@ class TrainStep:
     def __call__(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict, float]:
         """Returns the loss, the method's logs and the step's learning rate."""
         optim = self.cfg.optim
-        lr = set_learning_rates(self.optimizer, optim, step, total_steps, self.warmup_steps)
+        lr = set_learning_rates(self.optimizer, optim, step, total_steps, self.warmup_steps, self.cfg.train.batch_size)
         views = self.method.views(self.batches(step), step_generator(self.cfg.train.seed, step, self.rank, self.device))
         with autocast(self.device.type, self.precision):
             loss, logs = self.objective(views)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from selfsup.config import OptimConfig
-from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups
+from selfsup.config import OptimConfig, load_config
+from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups, peak_lr, set_learning_rates
 
 
 # ---------------------------------------------------------------- lr_factor
@@ -191,3 +191,13 @@ def test_multi_tensor_lars_equals_the_per_parameter_loop_over_20_steps():
     for fast, loop in zip(fast_net.parameters(), loop_net.parameters()):
         torch.testing.assert_close(optimizers[0].state[fast]["momentum_buffer"],
                                    optimizers[1].state[loop]["momentum_buffer"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_rate_given_per_256_images_follows_the_batch_size():
+    per_256 = load_config(overrides=["optim.lr=0.3", "optim.lr_per_images=256", "optim.schedule=constant"]).optim
+    assert peak_lr(per_256, 4096) == pytest.approx(4.8) and peak_lr(per_256, 256) == pytest.approx(0.3)
+    assert peak_lr(load_config(overrides=["optim.lr=0.3"]).optim, 4096) == 0.3          # 0: as it stands
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    assert set_learning_rates(optimizer, per_256, 50, 100, 10, batch_size=1024) == pytest.approx(1.2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1.2)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,11 @@ from selfsup.data.stream import (CropRecipe, ImageSource, StepBatches, StreamBat
 from selfsup.errors import ConfigError, TrainingError
 from selfsup.modalities.image import image_parts
 
+from selfsup.train import pretrain
+
 from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 TINY = ["backbone.width=0.125", "train.batch_size=8", "train.precision=fp32", "optim.warmup_epochs=0",
         "eval.online_every=0", "augment.size=16", "train.threads=1"]
@@ -228,3 +233,16 @@ def test_sigkill_mid_epoch_while_streaming_then_resume_is_bitwise_identical(phot
     assert_bitwise_equal(model_tensors(tmp_path / "straight" / "run"), model_tensors(runs / "run"))
     steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines() if '"loss"' in line]
     assert steps == list(range(1, 7))
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "dino", "mae"])
+def test_the_imagenet_recipes_train_from_a_store_at_their_view_sizes(method, photos, tmp_path):
+    """configs/<method>-imagenet.yaml as written (224 px views, ResNet-50 or ViT-S/16, multi-crop for DINO),
+    with a batch of 4 for one step."""
+    _, store = photos
+    cfg = load_config(CONFIGS / f"{method}-imagenet.yaml", [f"data.source={store}", "train.batch_size=4",
+                                                             "train.steps=1", "train.workers=1", "train.threads=2",
+                                                             "eval.online_every=0", "train.precision=fp32"])
+    assert cfg.augment.size == 224 and cfg.optim.lr_per_images == 256
+    result = pretrain(cfg, tmp_path / "run", progress=False)
+    assert result.steps == 1 and math.isfinite(result.final_loss)
