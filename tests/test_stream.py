@@ -140,6 +140,18 @@ def test_a_store_streams_its_training_part_and_a_step_is_its_slice_of_the_epochs
     assert torch.equal(batches[step].crops, batch.crops) and not torch.equal(batches[step + 1].crops, batch.crops)
 
 
+def test_under_torchrun_each_rank_streams_its_own_share_and_the_ranks_see_every_image_once(photos):
+    _, store = photos
+    cfg, data = streamed(store)
+    world, local_batch = 4, 1
+    steps_per_epoch = len(data) // (world * local_batch)
+    seen = []
+    for rank in range(world):
+        ranks_batches = StepBatches(data, cfg.augment, 2, 0, steps_per_epoch, local_batch, rank, world)
+        seen += [p for step in range(steps_per_epoch) for p in ranks_batches.positions(step).tolist()]
+    assert len(seen) == len(set(seen)) == steps_per_epoch * world
+
+
 def test_the_workers_hand_over_the_same_batches_as_the_main_process(photos):
     _, store = photos
     cfg, data = streamed(store)
