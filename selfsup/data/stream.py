@@ -152,7 +152,7 @@ def centre_crops(source: ImageSource, indices: list[int], channels: int, size: i
     for row, i in enumerate(indices):
         try:
             pixels = read_crops(source.open(i), mode, lambda w, h: [(centre_box(w, h), False)], [size])[0]
-        except Exception:  # noqa: BLE001 - decoders raise many types; training skips the same image
+        except Exception:  # noqa: BLE001 - decoders raise many types; the image stays black here
             continue
         out[row] = torch.from_numpy(pixels.reshape(size, size, channels).copy()).permute(2, 0, 1)
     return out
