@@ -184,6 +184,9 @@ class AudioConfig:
     # Views (selfsup/audio/views.py): a crop of the clip, gain, noise, mixing with another clip,
     # a resized crop of the spectrogram, SpecAugment's masks.
     crop_seconds: float = 0.8          # 0 = the whole clip
+    # Speed perturbation: each view read at a rate drawn log-uniformly in [1 / (1 + speed), 1 + speed],
+    # which stretches time and shifts pitch together, as resampling does (Ko et al. 2015); 0 = off.
+    speed: float = 0.0
     gain_db: float = 6.0
     noise_p: float = 0.0
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
@@ -221,6 +224,8 @@ class AudioConfig:
             raise ConfigError("audio.freq_masks, freq_mask_bins, time_masks and time_mask_frames must be >= 0")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"audio.test_fraction must be in (0, 1), got {self.test_fraction}")
+        if not 0 <= self.speed < 1:
+            raise ConfigError(f"audio.speed must be in [0, 1) (0.1: rates from 1/1.1 to 1.1), got {self.speed}")
 
 
 @dataclass

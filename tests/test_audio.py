@@ -11,7 +11,7 @@ import torch
 from selfsup.audio.data import load_audio
 from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
 from selfsup.audio.io import UnreadableAudio, read_clip, resample, to_int16
-from selfsup.audio.views import AudioInputs, mel_statistics, mix_power, spec_masks
+from selfsup.audio.views import AudioInputs, WaveformInputs, mel_statistics, mix_power, resampled_crop, spec_masks
 from selfsup.backbones import build_backbone
 from selfsup.build import build_method
 from selfsup.config import AudioConfig, load_config
@@ -219,6 +219,33 @@ def test_a_view_with_every_augmentation_off_is_the_evaluation_view():
     assert torch.allclose(view, inputs.eval(data), atol=1e-5)
     whole = inputs.eval(data)
     assert abs(float(whole.mean())) < 1e-3 and abs(float(whole.std()) - 1) < 0.05     # normalised per bin
+
+
+def test_resampling_a_crop_reads_every_rate_th_sample_and_moves_a_tone_by_the_rate():
+    waves = torch.arange(100.0).repeat(2, 1)
+    assert torch.equal(resampled_crop(waves, 10, torch.tensor([0.0, 1.0]), torch.tensor([2.0, 1.0])),
+                       torch.stack([torch.arange(0.0, 20.0, 2.0), torch.arange(90.0, 100.0)]))
+    assert torch.allclose(resampled_crop(waves[:1], 3, torch.zeros(1), torch.tensor([0.5])),
+                          torch.tensor([[0.0, 0.5, 1.0]]))                      # between samples: interpolated
+    tone_hz, rate = 500.0, 1.1
+    wave = torch.from_numpy(tone(tone_hz, 1.0, RATE)).float()[None]
+    faster = resampled_crop(wave, RATE // 2, torch.zeros(1), torch.tensor([rate]))
+    peak_hz = torch.fft.rfft(faster[0]).abs().argmax().item() * RATE / faster.shape[1]
+    assert abs(peak_hz - rate * tone_hz) <= 2.0                                  # pitch up by the rate
+
+
+def test_speed_perturbation_changes_views_only_when_asked_and_stays_seeded():
+    data = clips()
+    for inputs_class in (AudioInputs, WaveformInputs):
+        plain = inputs_class(AudioConfig()).views(data, torch.Generator().manual_seed(1), 2)
+        also_plain = inputs_class(AudioConfig(speed=0.0)).views(data, torch.Generator().manual_seed(1), 2)
+        perturbed = inputs_class(AudioConfig(speed=0.1)).views(data, torch.Generator().manual_seed(1), 2)
+        again = inputs_class(AudioConfig(speed=0.1)).views(data, torch.Generator().manual_seed(1), 2)
+        assert all(torch.equal(a, b) for a, b in zip(plain, also_plain))
+        assert all(torch.equal(a, b) for a, b in zip(perturbed, again))
+        assert perturbed[0].shape == plain[0].shape and not torch.allclose(perturbed[0], plain[0])
+    with pytest.raises(ConfigError, match="audio.speed must be in"):
+        load_config(overrides=["audio.speed=1.5"])
 
 
 def test_mixing_adds_a_share_of_another_clips_power():

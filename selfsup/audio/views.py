@@ -8,7 +8,9 @@ MoCo v3, ...) compares when its data are sounds.
 Each view of each clip, every draw per sample from the step's generator (so a resumed run sees the
 same views), in this order:
 
-1. a random crop of `audio.crop_seconds` of the waveform (COLA's segments of one clip; 0: the whole clip);
+1. a random crop of `audio.crop_seconds` of the waveform (COLA's segments of one clip; 0: the whole clip),
+   read at a rate drawn log-uniformly within `audio.speed` of 1 when that is set (speed perturbation:
+   time stretch and pitch shift together, by linear-interpolation resampling);
 2. a random gain of +-`audio.gain_db` dB;
 3. with probability `audio.noise_p`, white noise at a signal-to-noise ratio drawn from `audio.noise_snr_db`;
 4. the log-mel front end; with probability `audio.mix_p` the clip's mel power is mixed with that of
@@ -40,6 +42,31 @@ def time_crop(waves: torch.Tensor, length: int, u: torch.Tensor) -> torch.Tensor
     starts = (u * (waves.shape[1] - length + 1)).long().clamp(max=waves.shape[1] - length)
     index = starts[:, None] + torch.arange(length, device=waves.device)[None, :]
     return waves.gather(1, index)
+
+
+def resampled_crop(waves: torch.Tensor, length: int, start_u: torch.Tensor, rate: torch.Tensor) -> torch.Tensor:
+    """waves (B, T) -> (B, length): row i read from a start drawn by start_u (B,) in [0, 1), `rate[i]`
+    input samples per output sample, linearly interpolated. A rate above 1 plays the clip faster and
+    higher (a tone at f Hz comes out at rate x f), below 1 slower and lower. No anti-aliasing filter:
+    at the rates speed perturbation uses (about 0.9-1.1) only the top band folds back."""
+    last = waves.shape[1] - 1
+    span = (length - 1) * rate                          # input samples the crop covers
+    starts = start_u * (last - span).clamp(min=0)
+    positions = (starts[:, None] + torch.arange(length, device=waves.device)[None, :] * rate[:, None]).clamp(max=last)
+    left = positions.floor().long()
+    weight = positions - left
+    return waves.gather(1, left) * (1 - weight) + waves.gather(1, (left + 1).clamp(max=last)) * weight
+
+
+def crop_at_speed(waves: torch.Tensor, length: int, start_u: torch.Tensor, speed: float,
+                  gen: torch.Generator) -> torch.Tensor:
+    """time_crop, or with speed > 0 a resampled_crop at a rate drawn log-uniformly in [1/(1+speed), 1+speed]
+    (its draws taken only then, so views without it draw as before)."""
+    if not speed:
+        return time_crop(waves, length, start_u)
+    bound = torch.log1p(torch.tensor(speed))
+    rate = torch.exp((2 * torch.rand(waves.shape[0], generator=gen, device=waves.device) - 1) * bound.to(waves.device))
+    return resampled_crop(waves, length, start_u, rate)
 
 
 def add_noise(waves: torch.Tensor, snr_db: torch.Tensor, on: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -102,7 +129,7 @@ class AudioInputs:
         cfg, b = self.cfg, clips.shape[0]
         masks = 2 * (cfg.freq_masks + cfg.time_masks)
         u = torch.rand(b, self.DRAWS + masks, generator=gen, device=clips.device)
-        waves = time_crop(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0])
+        waves = crop_at_speed(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0], cfg.speed, gen)
         waves = waves * 10 ** ((2 * u[:, 1:2] - 1) * cfg.gain_db / 20)
         if cfg.noise_p:
             low, high = cfg.noise_snr_db
@@ -127,8 +154,9 @@ def standardised(waves: torch.Tensor) -> torch.Tensor:
 
 class WaveformInputs:
     """For encoders that read the waveform (selfsup.backbones.audio.WAVEFORM_BACKBONES): float samples,
-    each clip standardised. `views`: a random crop of `audio.crop_seconds` (0: the whole clip) and, with
-    probability `audio.noise_p`, white noise; `eval`: the whole clip."""
+    each clip standardised. `views`: a random crop of `audio.crop_seconds` (0: the whole clip; at a
+    perturbed speed with `audio.speed`) and, with probability `audio.noise_p`, white noise; `eval`: the
+    whole clip."""
 
     DRAWS = 3                      # crop, noise on, noise level
 
@@ -147,7 +175,7 @@ class WaveformInputs:
     def view(self, clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
         u = torch.rand(clips.shape[0], self.DRAWS, generator=gen, device=clips.device)
-        waves = time_crop(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0])
+        waves = crop_at_speed(to_float(clips), min(self.crop, clips.shape[1]), u[:, 0], cfg.speed, gen)
         if cfg.noise_p:
             low, high = cfg.noise_snr_db
             waves = add_noise(waves, low + u[:, 2] * (high - low), u[:, 1] < cfg.noise_p, gen)
