@@ -9,12 +9,32 @@ compilation, memory pools, clocks), and a pace that counts them under-fills the 
 Time spent in online evaluations and checkpoints is counted apart from the steps, at its own
 measured cost, because those come once an epoch or every few hundred steps and the window the pace
 is read over may hold none of them.
+
+A step time can also change later (a CPU process that slows as it ages was measured at 0.50 -> 0.82 s
+a step over a 15-minute BART run, docs/summaries.md), so the count is checked twice more, halfway and
+three quarters of the way from the first re-plan to the planned end, each from the pace over the
+second half of the steps since the one before (a slowdown that began in between is then read at its
+new pace, not averaged with the old); a change of more than LATE_TOLERANCE of the steps re-plans. From then on the step count shapes
+the decay, so the loop keeps the learning rate continuous through a knot (selfsup.optim.schedule_progress).
+These checks fall on steps fixed by the agreed plan, so every rank of a distributed run makes them
+together.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
+
+LATE_CHECKS = (0.5, 0.75)      # shares of the way from the first re-plan to the planned end
+LATE_TOLERANCE = 0.02          # a late check that moves the end by at most this share of the steps keeps the plan
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A new total step count, the metrics row that explains it, and whether the decay had begun."""
+    total_steps: int
+    row: dict
+    late: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,12 +149,14 @@ class StepPlanner:
     (`first_plan`), then once more from the loop's pace (`after_step` returns the new count at the step
     it re-plans). `agree` makes the ranks of a distributed run agree on a count (the fewest)."""
 
-    def __init__(self, seconds: float, cadence: Cadence, agree: Callable[[int], int] = lambda steps: steps):
+    def __init__(self, seconds: float, cadence: Cadence, agree: Callable[[int], int] = lambda steps: steps,
+                 clock: Callable[[], float] = time.perf_counter):
         self.seconds = seconds
-        self.budget = Budget(seconds, cadence)
+        self.budget = Budget(seconds, cadence, clock)
         self.agree = agree
         self.pace_from: int | None = None
         self.replan_at: int | None = None
+        self.late_checks: list[tuple[int, int]] = []      # (step the pace is read from, step of the check)
 
     def first_plan(self, costs: Costs, start_step: int) -> int:
         """The total step count the trial's costs give."""
@@ -148,19 +170,39 @@ class StepPlanner:
         count_free_steps = warmup_steps + 1 if warmup_steps > start_step else start_step + 10
         self.replan_at = min(count_free_steps, total_steps - 1)
         self.pace_from = start_step + (self.replan_at - start_step) // 2
+        self.total_steps = total_steps
         self.budget.open_window(start_step)
 
-    def after_step(self, step: int) -> tuple[int, dict] | None:
-        """At the re-plan step: (the new total step count, the metrics row that explains it); else None."""
+    def after_step(self, step: int) -> Replan | None:
+        """At the re-plan step, and at a late check that finds the end moved: the new plan; else None."""
         if step == self.pace_from:
             self.budget.open_window(step)
-        if step != self.replan_at:
+        if step == self.replan_at:
+            replan = self._replan(step)
+            checks = [step] + [round(step + share * (replan.total_steps - step)) for share in LATE_CHECKS]
+            self.late_checks = [(before + (check - before) // 2, check) for before, check in zip(checks, checks[1:])]
+            return replan
+        if self.late_checks and step == self.late_checks[0][0]:
+            self.budget.open_window(step)
+        if not self.late_checks or step != self.late_checks[0][1]:
             return None
+        self.late_checks.pop(0)
+        replan = self._replan(step, late=True)
+        if abs(replan.total_steps - self.total_steps) <= LATE_TOLERANCE * self.total_steps:
+            return None
+        self.total_steps = replan.total_steps
+        self.late_checks = [(window, check) for window, check in self.late_checks if check < replan.total_steps - 1]
+        return replan
+
+    def _replan(self, step: int, late: bool = False) -> Replan:
+        """The count from the pace since the last window opened."""
         costs = self.budget.replan(step)
         total_steps = step + self.agree(self.budget.steps_left())
-        return total_steps, {"step": step, "budget": {
-            "planned_steps": total_steps, "seconds_left": round(self.budget.seconds_left(), 2),
-            **{f"{kind}_seconds": round(seconds, 5) for kind, seconds in vars(costs).items()}}}
+        if not late:
+            self.total_steps = total_steps
+        return Replan(total_steps, {"step": step, "budget": {
+            "planned_steps": total_steps, "seconds_left": round(self.budget.seconds_left(), 2), "late": late,
+            **{f"{kind}_seconds": round(seconds, 5) for kind, seconds in vars(costs).items()}}}, late)
 
     def spent_apart(self, kind: str, seconds: float) -> None:
         self.budget.spent_apart(kind, seconds)

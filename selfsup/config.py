@@ -297,6 +297,9 @@ class TrainConfig:
     # A wall-clock budget for the training loop: a few timed steps on a copy of the model fix the step
     # count (written to config.yaml as train.steps), so a run takes about this long on any machine.
     minutes: float = 6.0
+    # Written by a time budget that re-planned the step count after the learning rate began to decay:
+    # [step, how far the decay was there] each, so the rate stays continuous and config.yaml replays it.
+    schedule_knots: list[list[float]] = field(default_factory=list)
     batch_size: int = 256
     precision: str = "auto"            # auto (bf16 where the hardware has it) | fp32 | bf16 | fp16
     channels_last: bool = True
@@ -338,6 +341,12 @@ class TrainConfig:
             raise ConfigError(f"train.strategy must be ddp or fsdp; got {self.strategy!r}")
         if self.sync_batchnorm not in ("auto", "on", "off"):
             raise ConfigError(f"train.sync_batchnorm must be auto, on or off; got {self.sync_batchnorm!r}")
+        knot_steps = [knot[0] for knot in self.schedule_knots]
+        if any(len(knot) != 2 or not 0 <= knot[1] < 1 for knot in self.schedule_knots) \
+                or knot_steps != sorted(knot_steps) or (self.steps and knot_steps and knot_steps[-1] >= self.steps):
+            raise ConfigError(f"train.schedule_knots must be [step, progress in [0, 1)] pairs in step order before "
+                              f"train.steps; got {self.schedule_knots} (a time budget writes them; "
+                              "train.schedule_knots=[] clears them)")
         if self.threads < 0 or self.workers < 0:
             raise ConfigError(f"train.threads and train.workers must be >= 0 (0 = the default), got {self.threads} "
                               f"and {self.workers}")
@@ -627,13 +636,14 @@ DURATION_KEYS = ("steps", "epochs", "minutes")
 def _merge_layers(layers: list[dict]) -> dict:
     """Merge config layers, later ones winning key by key, except that train.steps, train.epochs and
     train.minutes go together: the last layer that sets any of them decides how long to train, and
-    the ones it does not set become 0 (so `train.epochs=2` on the command line beats a time budget)."""
+    the ones it does not set become 0 (so `train.epochs=2` on the command line beats a time budget),
+    and the schedule knots of an earlier budget go too unless the layer gives its own."""
     out: dict = {}
     for layer in layers:
         train = layer.get("train")
         if isinstance(train, dict) and any(k in train for k in DURATION_KEYS):
             earlier = out.get("train") if isinstance(out.get("train"), dict) else {}
-            out = {**out, "train": {**{k: v for k, v in earlier.items() if k not in DURATION_KEYS},
+            out = {**out, "train": {**{k: v for k, v in earlier.items() if k not in DURATION_KEYS + ("schedule_knots",)},
                                     **{k: 0 for k in DURATION_KEYS}}}
         out = merge(out, layer)
     return out

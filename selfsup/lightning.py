@@ -70,7 +70,7 @@ class SelfSupModule(lightning.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         step = self.global_step
         lr = set_learning_rates(self.optimizers().optimizer, self.cfg.optim, step, self.total_steps, self.warmup_steps,
-                                self.cfg.train.batch_size)
+                                self.cfg.train.batch_size, self.cfg.train.schedule_knots)
         views = self.method.views(batch, step_generator(self.cfg.train.seed, step, self.global_rank, batch.device))
         loss, logs = self.method.loss(views)
         self.log_dict({"lr": lr, **{name: float(value) for name, value in logs.items()}})

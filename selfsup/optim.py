@@ -103,14 +103,26 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg, bias_scale: flo
                 group[key] = value
 
 
+def schedule_progress(step: int, total_steps: int, warmup_steps: int, knots=()) -> float:
+    """How far the decay is at `step`: 0 at the warm-up's end, 1 at the last step, linear in the step
+    between the points (warm-up end, 0), each knot (step, progress) and (total_steps, 1). A time budget
+    that re-plans the step count after the decay has begun leaves a knot where it did, so the rate goes
+    on from where it was instead of jumping (selfsup.budget)."""
+    points = [(warmup_steps, 0.0), *((s, p) for s, p in knots), (total_steps, 1.0)]
+    for (start, done), (end, then) in zip(points, points[1:]):
+        if step < end:
+            return done + (step - start) * (then - done) / max(1, end - start)
+    return 1.0
+
+
 def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str = "cosine",
-              min_ratio: float = 0.0) -> float:
+              min_ratio: float = 0.0, knots=()) -> float:
     """Linear warm-up from 1/warmup to 1 over warmup_steps, then cosine decay to min_ratio (or constant)."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = schedule_progress(step, total_steps, warmup_steps, knots)
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -119,12 +131,13 @@ def peak_lr(optim_cfg, batch_size: int) -> float:
     return optim_cfg.lr * batch_size / optim_cfg.lr_per_images if optim_cfg.lr_per_images else optim_cfg.lr
 
 
-def set_learning_rates(optimizer, optim_cfg, step: int, total_steps: int, warmup_steps: int, batch_size: int) -> float:
-    """Set every parameter group's lr for `step`: the schedule's (warm-up, then cosine or constant), or
-    the constant one for groups the method keeps constant after warm-up, times the group's lr_scale.
-    Returns the schedule's lr."""
+def set_learning_rates(optimizer, optim_cfg, step: int, total_steps: int, warmup_steps: int, batch_size: int,
+                       knots=()) -> float:
+    """Set every parameter group's lr for `step`: the schedule's (warm-up, then cosine or constant, through
+    the knots a time budget's late re-plans left), or the constant one for groups the method keeps
+    constant after warm-up, times the group's lr_scale. Returns the schedule's lr."""
     peak = peak_lr(optim_cfg, batch_size)
-    lr = peak * lr_factor(step, total_steps, warmup_steps, optim_cfg.schedule, optim_cfg.min_lr_ratio)
+    lr = peak * lr_factor(step, total_steps, warmup_steps, optim_cfg.schedule, optim_cfg.min_lr_ratio, knots)
     constant_lr = peak * lr_factor(step, total_steps, warmup_steps, "constant")
     for group in optimizer.param_groups:
         group["lr"] = (constant_lr if group.get("constant_lr") else lr) * group.get("lr_scale", 1.0)

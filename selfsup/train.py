@@ -35,7 +35,7 @@ from selfsup.errors import TrainingError
 from selfsup.evaluate.online import OnlineMonitor, OnlineSchedule, online_monitor
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
-from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer, set_learning_rates
+from selfsup.optim import apply_hyperparameters, bias_lr_scale, build_optimizer, schedule_progress, set_learning_rates
 from selfsup.precision import autocast, grad_scaler
 from selfsup.run_folder import RunFolder
 from selfsup.runtime import cpu_has_native_bf16, peak_memory_mb, prepare_device, resolve_device, resolve_precision
@@ -169,7 +169,8 @@ class TrainStep:
     def __call__(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict, float]:
         """Returns the loss, the method's logs and the step's learning rate."""
         optim = self.cfg.optim
-        lr = set_learning_rates(self.optimizer, optim, step, total_steps, self.warmup_steps, self.cfg.train.batch_size)
+        lr = set_learning_rates(self.optimizer, optim, step, total_steps, self.warmup_steps, self.cfg.train.batch_size,
+                                self.cfg.train.schedule_knots)
         views = self.method.views(self.batches(step), step_generator(self.cfg.train.seed, step, self.rank, self.device))
         with autocast(self.device.type, self.precision):
             loss, logs = self.objective(views)
@@ -292,8 +293,11 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
             step += 1
             replanned = planner.after_step(step) if planner is not None else None
             if replanned is not None:
-                total_steps, row = replanned
-                log(row)
+                if replanned.late:       # the decay has begun: it goes on from where it is (a knot)
+                    cfg.train.schedule_knots.append(
+                        [step, schedule_progress(step, total_steps, warmup_steps, cfg.train.schedule_knots)])
+                total_steps = replanned.total_steps
+                log(replanned.row)
                 cfg.train.steps = bar.total = total_steps
                 if main:
                     folder.save_config(cfg)

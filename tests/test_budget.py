@@ -1,7 +1,9 @@
 """The time budget's planner (selfsup/budget.py), played with a simulated clock."""
 import pytest
 
-from selfsup.budget import Budget, Cadence, Costs, mean_steps_between, steps_in_budget
+import selfsup.budget
+from selfsup.budget import Budget, Cadence, Costs, StepPlanner, mean_steps_between, steps_in_budget
+from selfsup.optim import lr_factor
 
 
 class FakeClock:
@@ -110,3 +112,43 @@ def test_checkpoints_come_at_every_epoch_end_every_n_steps_and_every_evaluation_
     assert mean_steps_between(10, 10) == 10 and mean_steps_between(12, 6) == 6
     assert mean_steps_between(4, 6) == pytest.approx(12 / 4)      # 4, 6, 8, 12 in every 12 steps
     assert mean_steps_between(500, 12, 0) == pytest.approx(1500 / (125 + 3 - 1), rel=1e-3)   # in every 1500 steps
+
+
+def play_planner(seconds, step_seconds, slow_after, slow_factor, warmup):
+    """A run driven by StepPlanner as the loop drives it, whose steps slow down by slow_factor after
+    `slow_after` seconds (a CPU process that ages). Returns (seconds taken, steps, the rows, the knots the
+    loop would have written, the learning-rate factors of every step)."""
+    clock = FakeClock()
+    planner = StepPlanner(seconds, Cadence(), clock=clock)
+    total = planner.first_plan(Costs(step_seconds), 0)
+    planner.start_loop(0, warmup, total)
+    start, step, rows, knots, factors = clock.now, 0, [], [], []
+    while step < total:
+        factors.append(lr_factor(step, total, warmup, knots=knots))
+        clock.advance(step_seconds * (slow_factor if clock.now - start > slow_after else 1))
+        step += 1
+        replan = planner.after_step(step)
+        if replan is not None:
+            if replan.late:
+                knots.append([step, selfsup.optim.schedule_progress(step, total, warmup, knots)])
+            total = replan.total_steps
+            rows.append(replan.row)
+    return clock.now - start, total, rows, knots, factors
+
+
+def test_a_run_that_slows_down_after_the_warm_up_still_ends_within_5_percent_of_its_budget(monkeypatch):
+    # The BART run of docs/summaries.md: 900 s, 0.5 s steps turning 0.8 s after 300 s, a 220-step warm-up.
+    took, steps, rows, knots, factors = play_planner(900, 0.5, slow_after=300, slow_factor=1.6, warmup=220)
+    assert 0.95 * 900 <= took <= 1.05 * 900, (took, steps, rows)
+    assert knots and all(row["budget"]["late"] for row in rows[1:])
+    jumps = [abs(b - a) for a, b in zip(factors, factors[1:])]
+    assert max(jumps) < 0.01                                     # the learning rate never jumps at a re-plan
+    assert factors[-1] < 0.001                                   # and the decay still ends at the last step
+    monkeypatch.setattr(selfsup.budget, "LATE_CHECKS", ())
+    took, *_ = play_planner(900, 0.5, slow_after=300, slow_factor=1.6, warmup=220)
+    assert took > 1.15 * 900                                     # the one re-plan at the warm-up's end overran
+
+
+def test_a_steady_run_is_not_re_planned_late():
+    took, steps, rows, knots, _ = play_planner(300, 0.5, slow_after=10 ** 6, slow_factor=1.0, warmup=50)
+    assert len(rows) == 1 and not knots and abs(took - 300) <= 1.0

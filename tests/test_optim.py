@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from selfsup.config import OptimConfig, load_config
-from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups, peak_lr, set_learning_rates
+from selfsup.optim import LARS, build_optimizer, lr_factor, param_groups, peak_lr, schedule_progress, set_learning_rates
 
 
 # ---------------------------------------------------------------- lr_factor
@@ -201,3 +201,23 @@ def test_a_rate_given_per_256_images_follows_the_batch_size():
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     assert set_learning_rates(optimizer, per_256, 50, 100, 10, batch_size=1024) == pytest.approx(1.2)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1.2)
+
+
+def test_the_decay_runs_straight_without_knots_and_through_each_knot_a_late_re_plan_left():
+    assert [schedule_progress(s, 110, 10) for s in (10, 60, 110, 200)] == [0.0, 0.5, 1.0, 1.0]
+    knots = [[60, 0.5]]                                    # at step 60 the plan moved the end from 110 to 80
+    assert schedule_progress(60, 80, 10, knots) == 0.5 and schedule_progress(70, 80, 10, knots) == 0.75
+    assert schedule_progress(35, 80, 10, knots) == 0.25    # before the knot: as the old plan had it
+    assert lr_factor(59, 110, 10) == pytest.approx(lr_factor(59, 80, 10, knots=knots))
+    assert lr_factor(80, 80, 10, knots=knots) == pytest.approx(0.0)
+
+
+def test_schedule_knots_go_with_the_run_length_that_made_them():
+    knotted = ["train.steps=100", "train.minutes=1", "train.schedule_knots=[[60,0.5]]"]
+    assert load_config(overrides=knotted).train.schedule_knots == [[60, 0.5]]
+    assert load_config(overrides=[*knotted[:3]]).train.schedule_knots == [[60, 0.5]]
+    from selfsup.config import _merge_layers
+    merged = _merge_layers([{"train": {"steps": 100, "schedule_knots": [[60, 0.5]]}}, {"train": {"epochs": 2}}])
+    assert "schedule_knots" not in merged["train"] and merged["train"]["epochs"] == 2
+    with pytest.raises(Exception, match="train.schedule_knots must be"):
+        load_config(overrides=["train.steps=50", "train.schedule_knots=[[60,0.5]]"])

@@ -161,4 +161,7 @@ def test_a_budget_whose_re_plan_left_fewer_steps_than_twice_the_warm_up_replays_
                       progress=False)
     recorded = load_config(tmp_path / "budget" / "config.yaml")
     assert recorded.optim.warmup_epochs == 1 and 13 < budget.steps < 2 * 12
+    # Each late check finds 3 more steps again, so the count moves after the decay began: a knot keeps the
+    # rate continuous, config.yaml records it, and the replay follows it.
+    assert recorded.train.schedule_knots and recorded.train.schedule_knots[0][0] > 13
     assert_replays_from_its_config(budget, data, tmp_path)
