@@ -146,8 +146,9 @@ class Budget:
 
 class StepPlanner:
     """train.minutes turned into a step count for the training loop: first from a timed trial
-    (`first_plan`), then once more from the loop's pace (`after_step` returns the new count at the step
-    it re-plans). `agree` makes the ranks of a distributed run agree on a count (the fewest)."""
+    (`first_plan`), then from the loop's pace at the warm-up's end and at the late checks that find the
+    end moved (`after_step` returns a Replan at the step it re-plans). `agree` makes the ranks of a
+    distributed run agree on a count (the fewest)."""
 
     def __init__(self, seconds: float, cadence: Cadence, agree: Callable[[int], int] = lambda steps: steps,
                  clock: Callable[[], float] = time.perf_counter):
@@ -179,8 +180,10 @@ class StepPlanner:
             self.budget.open_window(step)
         if step == self.replan_at:
             replan = self._replan(step)
+            self.total_steps = replan.total_steps
             checks = [step] + [round(step + share * (replan.total_steps - step)) for share in LATE_CHECKS]
             self.late_checks = [(before + (check - before) // 2, check) for before, check in zip(checks, checks[1:])]
+            self._drop_checks_past(replan.total_steps)
             return replan
         if self.late_checks and step == self.late_checks[0][0]:
             self.budget.open_window(step)
@@ -191,15 +194,23 @@ class StepPlanner:
         if abs(replan.total_steps - self.total_steps) <= LATE_TOLERANCE * self.total_steps:
             return None
         self.total_steps = replan.total_steps
-        self.late_checks = [(window, check) for window, check in self.late_checks if check < replan.total_steps - 1]
+        self._drop_checks_past(replan.total_steps)
         return replan
+
+    def _drop_checks_past(self, total_steps: int) -> None:
+        """A check at or after the second-to-last step could only move an end the decay has about reached
+        (a short run's checks can round onto it); those are dropped, as are checks that fell together."""
+        kept, seen = [], set()
+        for window, check in self.late_checks:
+            if check < total_steps - 1 and check not in seen and check > (self.replan_at or 0):
+                kept.append((window, check))
+                seen.add(check)
+        self.late_checks = kept
 
     def _replan(self, step: int, late: bool = False) -> Replan:
         """The count from the pace since the last window opened."""
         costs = self.budget.replan(step)
         total_steps = step + self.agree(self.budget.steps_left())
-        if not late:
-            self.total_steps = total_steps
         return Replan(total_steps, {"step": step, "budget": {
             "planned_steps": total_steps, "seconds_left": round(self.budget.seconds_left(), 2), "late": late,
             **{f"{kind}_seconds": round(seconds, 5) for kind, seconds in vars(costs).items()}}}, late)

@@ -152,3 +152,24 @@ def test_a_run_that_slows_down_after_the_warm_up_still_ends_within_5_percent_of_
 def test_a_steady_run_is_not_re_planned_late():
     took, steps, rows, knots, _ = play_planner(300, 0.5, slow_after=10 ** 6, slow_factor=1.0, warmup=50)
     assert len(rows) == 1 and not knots and abs(took - 300) <= 1.0
+
+
+@pytest.mark.parametrize("step_seconds", [9 / 14, 9 / 16, 9 / 40])
+def test_late_checks_never_fall_on_the_last_steps_of_a_short_run(step_seconds):
+    """A busy machine's re-plan left only a step or three after the warm-up: a check rounded onto the
+    last step would move an end the decay has reached (a knot at progress 1)."""
+    clock = FakeClock()
+    planner = StepPlanner(9, Cadence(), clock=clock)
+    total = planner.first_plan(Costs(9 / 60), 0)
+    planner.start_loop(0, 12, total)
+    step, knots = 0, []
+    while step < total:
+        clock.advance(step_seconds)
+        step += 1
+        replan = planner.after_step(step)
+        if replan is not None:
+            if replan.late:
+                knots.append(selfsup.optim.schedule_progress(step, total, 12))
+            total = replan.total_steps
+            assert all(planner.replan_at < check < total - 1 for _, check in planner.late_checks)
+    assert all(progress < 1 for progress in knots)

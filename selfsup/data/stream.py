@@ -52,7 +52,7 @@ def crop_recipes(cfg: AugmentConfig, global_views: int) -> tuple[list[CropRecipe
     """(the global views' recipes, the local crops' recipes) of a method's multi-crop."""
     def recipe(view_cfg: AugmentConfig, size: int, scale) -> CropRecipe:
         return CropRecipe(size, tuple(scale), tuple(view_cfg.crop_ratio), view_cfg.flip_p)
-    views = [cfg.for_view(i) if cfg.views else cfg for i in range(global_views)]
+    views = [cfg.for_view(i) for i in range(global_views)]
     local = [recipe(cfg, cfg.local_size, cfg.local_crop_scale)] * cfg.local_crops
     return [recipe(v, cfg.size, v.crop_scale) for v in views], local
 
@@ -75,15 +75,15 @@ def crop_box(width: int, height: int, u: torch.Tensor, recipe: CropRecipe) -> tu
 
 class ImageSource:
     """Random access to the encoded images of a packed store or an image folder: len, open(i), paths,
-    labels (int64 or None) and classes. Opened again in each worker process (file handles are not shared)."""
+    labels (int64 or None) and classes. A store's index is read once; its shards open on the first read
+    (a positioned read, safe in forked workers; a worker started by spawn opens the store again)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path).expanduser()
         self._store: ImageStore | None = None
         if is_store(self.path):
-            store = ImageStore(self.path)
-            self.paths, self.labels, self.classes = store.paths, store.labels, store.classes
-            store.close()
+            self._store = ImageStore(self.path)
+            self.paths, self.labels, self.classes = self._store.paths, self._store.labels, self._store.classes
             self.is_store = True
         else:
             if not self.path.is_dir():
@@ -108,7 +108,7 @@ class ImageSource:
             self._store = ImageStore(self.path)
         return io.BytesIO(self._store.read(i))
 
-    def __getstate__(self):             # a worker opens the store's shards itself
+    def __getstate__(self):             # pickled for a spawned worker: it opens the store itself
         return {**self.__dict__, "_store": None}
 
 
@@ -213,8 +213,10 @@ class StepBatches(torch.utils.data.Dataset):
         draws = torch.rand(len(recipes), len(images), CROP_DRAWS, generator=gen)
         per_image = [self._crops(i, draws[:, row], recipes) for row, i in enumerate(images)]
         per_image = self._replace_unreadable(per_image, images)
-        crops = [torch.from_numpy(np.stack([image[v] for image in per_image])) for v in range(len(recipes))]
-        return self._batch(crops[:len(self.global_recipes)], crops[len(self.global_recipes):])
+        views = len(self.global_recipes)
+        local = len(self.local_recipes)
+        local_crops = CroppedViews(_stacked(per_image, range(views, views + local)), local) if local else None
+        return CroppedViews(_stacked(per_image, range(views)), views, local_crops)
 
     def _crops(self, i: int, draws: torch.Tensor, recipes: list[CropRecipe]) -> list[np.ndarray] | str:
         try:
@@ -239,12 +241,12 @@ class StepBatches(torch.utils.data.Dataset):
             per_image[row] = per_image[good[row % len(good)]]
         return per_image
 
-    def _batch(self, global_crops: list[torch.Tensor], local_crops: list[torch.Tensor]) -> CroppedViews:
-        def stacked(crops: list[torch.Tensor]) -> torch.Tensor:
-            x = torch.cat(crops)                                  # view j of image i at row j * B + i
-            return (x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)).contiguous()
-        local = CroppedViews(stacked(local_crops), len(local_crops)) if local_crops else None
-        return CroppedViews(stacked(global_crops), len(global_crops), local)
+
+
+def _stacked(per_image: list[list[np.ndarray]], views: range) -> torch.Tensor:
+    """uint8 (len(views) * B, C, S, S) from each image's crops (S, S[, C]): view j of image i at row j * B + i."""
+    x = torch.from_numpy(np.stack([image[v] for v in views for image in per_image]))
+    return (x.unsqueeze(1) if x.dim() == 3 else x.permute(0, 3, 1, 2)).contiguous()
 
 
 def _quiet_worker(_worker_id: int) -> None:
@@ -313,10 +315,6 @@ def default_workers() -> int:
     return max(1, min(16, cores))
 
 
-def decoded_bytes(count: int, channels: int, size: int) -> int:
-    return count * channels * size * size
-
-
 def memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -332,7 +330,7 @@ def streams(cfg, source_path: Path) -> bool:
     if not source_path.is_dir():
         return False
     files, _ = find_image_files(source_path)
-    needed = decoded_bytes(len(files), cfg.data.channels or 3, cfg.data.size or 32)
+    needed = len(files) * (cfg.data.channels or 3) * (cfg.data.size or 32) ** 2     # bytes, decoded as uint8
     if needed <= STREAM_MEMORY_SHARE * memory_bytes():
         return False
     print(f"note: {len(files):,} images at {cfg.data.size or 32} px would take {needed / 2**30:.1f} GiB decoded, "
