@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from selfsup.build import build_method
 from selfsup.config import Config, load_config
 from selfsup.errors import CheckpointError
-from selfsup.evaluate import extract_features, knn_accuracy
+from selfsup.evaluate import knn_accuracy
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
-from selfsup.evaluate.features import check_kind, map_features
+from selfsup.evaluate.features import check_kind, feature_batches, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
@@ -40,19 +40,25 @@ class Run:
     def folder(self) -> RunFolder:
         return RunFolder(self.path)
 
-    def embed(self, samples: torch.Tensor, batch_size: int = 1024, device: str = "auto",
-              progress: bool = False, kind: str = "pooled", precision: str | None = None) -> torch.Tensor:
-        """Samples (uint8 images (N, C, H, W), token ids (N, L), table rows (N, F)) -> L2-normalised
-        backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's output) or 'map'
-        (images and convolutional backbones: selfsup.evaluate.features.map_features). precision: of the
-        forward pass (None: the run's training precision, as the evaluations use)."""
+    def embed(self, samples, batch_size: int = 1024, device: str = "auto", progress: bool = False,
+              kind: str = "pooled", precision: str | None = None) -> torch.Tensor:
+        """Samples (uint8 images (N, C, H, W) or streamed images, token ids (N, L), table rows (N, F)) ->
+        L2-normalised backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's
+        output) or 'map' (images and convolutional backbones: selfsup.evaluate.features.map_features).
+        precision: of the forward pass (None: the run's training precision, as the evaluations use)."""
+        return torch.cat(list(self.embed_batches(samples, batch_size, device, progress, kind, precision)))
+
+    def embed_batches(self, samples, batch_size: int = 1024, device: str = "auto", progress: bool = False,
+                      kind: str = "pooled", precision: str | None = None):
+        """What `embed` returns, a batch at a time (float32 (B, D) on the CPU, in order): for outputs
+        larger than memory."""
         check_kind(kind)
         dev = resolve_device(device)
         self.method.to(dev).eval()
         samples = self.modality.match_input(self.config, samples)
         embed = self.method.embed if kind == "pooled" else lambda batch: map_features(self.method.embed_maps(batch))
-        return extract_features(embed, samples, batch_size, dev,
-                                resolve_precision(precision or self.config.train.precision, dev), progress)
+        yield from feature_batches(embed, samples, batch_size, dev,
+                                   resolve_precision(precision or self.config.train.precision, dev), progress)
 
     def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,
                       max_test: int | None = None, part: str = "test"):

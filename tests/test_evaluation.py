@@ -423,6 +423,20 @@ def test_knn_votes_by_similarity_weights_on_a_hand_worked_case():
     assert knn_predict(train, labels, query, k=4, temperature=1.0).tolist() == [1]     # e^1 + e^0 = 3.72 < 4.05
 
 
+def test_knn_over_a_bank_cut_in_chunks_votes_as_over_the_whole_bank():
+    """The k best of each bank chunk merged into the running k best are the k best of the whole bank,
+    whatever the chunk (smaller than k, not dividing the bank, larger than it)."""
+    gen = torch.Generator().manual_seed(0)
+    bank = F.normalize(torch.randn(3000, 16, generator=gen), dim=1)
+    labels = torch.randint(0, 7, (3000,), generator=gen)
+    queries = F.normalize(torch.randn(300, 16, generator=gen), dim=1)
+    whole = knn_predict(bank, labels, queries, k=200, bank_chunk=3000)
+    for bank_chunk in (64, 450, 2999, 10_000):
+        assert torch.equal(knn_predict(bank, labels, queries, k=200, chunk=70, bank_chunk=bank_chunk), whole)
+    assert torch.equal(knn_predict(bank, labels, queries, k=3000, bank_chunk=1000),
+                       knn_predict(bank, labels, queries, k=3000, bank_chunk=3000))
+
+
 def test_the_collapse_watch_warns_on_a_collapse_that_persists_not_on_a_dip():
     spread = representation_metrics(torch.randn(500, 32, generator=torch.Generator().manual_seed(0)))
     point = representation_metrics(torch.ones(500, 32) + 1e-6 * torch.randn(500, 32))

@@ -1,6 +1,6 @@
 """Streamed images (selfsup.data.stream): crops cut on the original image by data workers, the same
 batches whatever the worker count, exact resume after SIGKILL, and bad images, dead workers and the
-automatic choice handled."""
+automatic choice handled; evaluation, embeddings and the report read a streamed source a batch at a time."""
 import json
 import math
 import os
@@ -24,12 +24,17 @@ from selfsup.data import DataError, pack
 from selfsup.data.order import epoch_order
 from selfsup.data.stream import (CropRecipe, ImageSource, StepBatches, StreamBatches, StreamedImages, crop_box,
                                  read_crops)
+from selfsup.cli.runs import write_rows
 from selfsup.errors import ConfigError, TrainingError
-from selfsup.modalities.image import image_parts
+from selfsup.evaluate.datasets import labelled_eval_sets
+from selfsup.evaluate.features import extract_features, pixel_features
+from selfsup.modalities.image import image_parts, streamed_source
+from selfsup.run import load_run
 
 from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, model_tensors, straight_and_resumed
+from test_distributed import free_port
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -258,3 +263,156 @@ def test_the_imagenet_recipes_train_from_a_store_at_their_view_sizes(method, pho
     assert cfg.augment.size == 224 and cfg.optim.lr_per_images == 256
     result = pretrain(cfg, tmp_path / "run", progress=False)
     assert result.steps == 1 and math.isfinite(result.final_loss)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def stripes(width, height):
+    """Three equal bands, red | green | blue, across the image's long side: its centre square is green."""
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    long_side, axis = (width, 1) if width >= height else (height, 0)
+    for band in range(3):
+        where = [slice(None), slice(None)]
+        where[axis] = slice(band * long_side // 3, (band + 1) * long_side // 3)
+        pixels[tuple(where)] = np.eye(3, dtype=np.uint8)[band] * 255
+    return Image.fromarray(pixels)
+
+
+def test_an_evaluation_view_is_the_centre_square_of_the_original_image(tmp_path):
+    for i, (width, height) in enumerate([(96, 32), (32, 96), (150, 50)]):
+        stripes(width, height).save(tmp_path / f"{i}.png")
+    cfg = load_config(overrides=[f"data.source={tmp_path}", "data.stream=on", "data.size=8", "train.workers=1"])
+    views = streamed_source(cfg, str(tmp_path)).samples
+    assert views.shape == (3, 3, 8, 8) and views.dtype == torch.uint8
+    pixels = views[:].float()
+    assert (pixels[:, 1, 1:-1, 1:-1] > 245).all() and (pixels[:, [0, 2], 1:-1, 1:-1] < 10).all()
+    assert torch.equal(views[1], views[torch.tensor([1])][0]) and torch.equal(views[::2], views[[0, 2]])
+
+
+def test_evaluation_streams_a_store_a_batch_at_a_time_from_workers(photos):
+    _, store = photos
+    cfg = load_config(overrides=[f"data.source={store}", *TINY, "data.size=12", "train.workers=2"])
+    train, val = labelled_eval_sets(cfg, part="val", max_train=0, max_test=0)
+    parts = image_parts(ImageSource(store), str(store), cfg.data.val_fraction)
+    assert isinstance(train, StreamedImages) and isinstance(val, StreamedImages)
+    assert torch.equal(train.indices, parts["train"]) and torch.equal(val.indices, parts["val"])
+    assert torch.equal(train.labels, ImageSource(store).labels[parts["train"]])
+    decoded = train.samples[:]
+    batches = list(train.samples.batches(5))
+    assert [len(b) for b in batches] == [5] * (len(train) // 5) + ([len(train) % 5] if len(train) % 5 else [])
+    assert torch.equal(torch.cat(batches), decoded)
+    embed = lambda x: x.float().flatten(1)[:, :7] + 1          # noqa: E731 - a stand-in encoder
+    assert torch.equal(extract_features(embed, train.samples, batch_size=5), extract_features(embed, decoded))
+    raw = pixel_features(train.samples)
+    assert raw.shape == (len(train), 3 * 12 * 12) and torch.allclose(raw, pixel_features(decoded), atol=1e-6)
+
+
+def test_an_unreadable_image_is_evaluated_black_with_a_warning_or_stops_a_strict_read(tmp_path):
+    stripes(60, 20).save(tmp_path / "good.png")
+    (tmp_path / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    cfg = load_config(overrides=[f"data.source={tmp_path}", "data.stream=on", "data.size=8", "train.workers=1"])
+    views = streamed_source(cfg, str(tmp_path)).samples
+    cut = [p.endswith("cut.jpg") for p in views.streamed.paths].index(True)
+    with pytest.warns(UserWarning, match="unreadable image .*cut.jpg .*is evaluated as a black image"):
+        batch = torch.cat(list(views.batches(4)))
+    assert batch[cut].sum() == 0 and batch[1 - cut].sum() > 0
+    with pytest.raises(DataError, match="cannot read image .*cut.jpg"):
+        streamed_source(cfg, str(tmp_path), strict=True).samples[:]
+
+
+def test_a_run_on_a_store_is_evaluated_embedded_and_reported_from_the_store(photos, tmp_path):
+    """`selfsup pretrain` (kNN and its baselines), `embed` and `report` on a streamed store: embed writes the
+    rows as `Run.embed` gives them, in the store's order, with their paths and labels."""
+    _, store = photos
+    runs = tmp_path / "runs"
+    common = ["--quiet", "--data", str(store), "--runs-dir", str(runs), "--name", "run"]
+    done = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", *common, *TINY, "train.steps=2",
+                           "train.workers=1", "data.size=12"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    knn = json.loads((runs / "run" / "eval" / "knn.json").read_text())
+    assert {"knn_top1", "knn_top1_random_init", "knn_top1_raw"} <= knn.keys() and knn["step"] == 2
+    out = tmp_path / "emb.npy"
+    done = subprocess.run([sys.executable, "-m", "selfsup", "embed", str(runs / "run"), "--data", str(store),
+                           "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    run = load_run(runs / "run")
+    source = ImageSource(store)
+    expected = run.embed(streamed_source(run.config, str(store)).samples[:], precision="fp32")
+    assert torch.allclose(torch.from_numpy(np.load(out)), expected, atol=1e-5)
+    assert Path(f"{out}.paths.txt").read_text().split() == source.paths
+    assert np.array_equal(np.load(tmp_path / "emb.labels.npy"), source.labels.numpy())
+    done = subprocess.run([sys.executable, "-m", "selfsup", "report", str(runs / "run"), "--quiet"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and (runs / "run" / "report.html").is_file(), done.stderr
+
+
+def test_embeddings_are_written_as_they_come_and_a_failure_keeps_the_older_file(tmp_path):
+    out = tmp_path / "emb.npy"
+    assert write_rows(out, 5, iter([torch.ones(3, 2), torch.zeros(2, 2)])) == (5, 2)
+    assert np.load(out).tolist() == [[1, 1]] * 3 + [[0, 0]] * 2
+
+    def failing():
+        yield torch.full((3, 2), 7.0)
+        raise RuntimeError("the encoder failed")
+    with pytest.raises(RuntimeError, match="the encoder failed"):
+        write_rows(out, 5, failing())
+    assert np.load(out).tolist() == [[1, 1]] * 3 + [[0, 0]] * 2 and sorted(os.listdir(tmp_path)) == ["emb.npy"]
+    with pytest.raises(DataError, match="embedded 3 rows of 5"):
+        write_rows(out, 5, iter([torch.ones(3, 2)]))
+
+
+TWO_NODES = """
+import os
+import sys
+from selfsup.config import load_config
+from selfsup.data import stream
+from selfsup.train import pretrain
+
+store, runs, log = sys.argv[1:4]
+read = stream.StepBatches.__getitem__
+
+
+def logged(self, step):
+    # Runs in the rank's data worker: which node and rank read which images at which step.
+    images = self.data.indices[self.positions(step)].tolist()
+    with open(f"{log}/rank{self.rank}.txt", "a") as out:
+        out.write(f"{os.environ['GROUP_RANK']} {self.world_size} {step} {' '.join(map(str, images))}\\n")
+    return read(self, step)
+
+
+stream.StepBatches.__getitem__ = logged
+overrides = sys.argv[4:]
+pretrain(load_config(overrides=[f"data.source={store}", *overrides]), f"{runs}/run", progress=False)
+"""
+
+
+def test_two_nodes_of_two_processes_each_stream_their_own_share_and_see_every_image_once(photos, tmp_path):
+    """`torchrun --nnodes 2 --node_rank 0|1 --master_addr ... --nproc_per_node 2`, both "machines" on
+    localhost: four ranks, one data worker each, train one epoch from the store; every training image
+    of the epoch is read exactly once, by one rank, and the two nodes hold ranks 0-1 and 2-3."""
+    _, store = photos
+    (tmp_path / "log").mkdir()
+    (tmp_path / "two_nodes.py").write_text(TWO_NODES)
+    train_part = image_parts(ImageSource(store), str(store), load_config().data.val_fraction)["train"]
+    steps = len(train_part) // 4                                         # one epoch of global batch 4
+    port = str(free_port())
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
+                               "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", port,
+                               str(tmp_path / "two_nodes.py"), str(store), str(tmp_path / "runs"), str(tmp_path / "log"),
+                               *TINY, "train.batch_size=4", "train.workers=1", f"train.steps={steps}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}) for node in (0, 1)]
+    outcomes = [node.communicate(timeout=300) for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(err[-3000:] for _, err in outcomes)
+    read = {}                                                            # (rank, step) -> images
+    for rank in range(4):
+        for line in (tmp_path / "log" / f"rank{rank}.txt").read_text().splitlines():
+            node, world, step, *images = map(int, line.split())
+            assert (node, world) == (rank // 2, 4)
+            read[rank, step] = images
+    epoch = [(rank, step) for rank in range(4) for step in range(steps)]
+    assert set(epoch) <= set(read)                                     # (the workers also read ahead past the end)
+    seen = [image for key in epoch for image in read[key]]
+    assert len(seen) == len(set(seen)) == steps * 4
+    assert set(seen) <= set(train_part.tolist())
+    assert (tmp_path / "runs" / "run" / "checkpoints").is_dir()

@@ -2,6 +2,7 @@
 library's backbone as a selfsup encoder)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from selfsup.backbones import backbone_parameters, build_backbone_from_config, i
 from selfsup.cli.common import add_run_arguments
 from selfsup.config import backbone_config, parse_overrides
 from selfsup.export import encoder_spec, export_encoder, export_onnx, import_weights, save_encoder
-from selfsup.errors import ConfigError
+from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.explain import explain_run, save_explanations
 from selfsup.report import write_report
 from selfsup.run import load_run
@@ -109,7 +110,7 @@ def cmd_explain(args) -> int:
     images = data.select(torch.arange(min(args.count, len(data))))
     references = run.modality.training_data(run.config, run.path).subset(EXPLAIN_REFERENCES)
     result, captions = explain_run(run, images, references)
-    save_explanations(images.images, result, Path(args.out), captions)
+    save_explanations(images.images[:], result, Path(args.out), captions)      # [:]: streamed images decoded
     print(f"{result['kind']} maps of {len(images)} images -> {Path(args.out) / 'explanations.png'} (and one PNG "
           "an image; captions in explanations.txt)")
     return 0
@@ -119,18 +120,43 @@ def cmd_embed(args) -> int:
     run = load_run(args.run_dir, args.checkpoint)
     cfg = run.config
     data = run.modality.read(cfg, run.path, args.data, args.split, args.data_dir, args.strict)
-    feats = run.embed(data.samples, cfg.eval.batch_size, progress=True,
-                      precision=cfg.train.precision if args.precision == "run" else args.precision)
     out = Path(args.out)
+    out = out if out.suffix == ".npy" else out.with_name(out.name + ".npy")      # as numpy.save names it
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats.numpy().astype(np.float32))
-    print(f"saved {tuple(feats.shape)} embeddings to {out}")
+    shape = write_rows(out, len(data), run.embed_batches(
+        data.samples, cfg.eval.batch_size, progress=True,
+        precision=cfg.train.precision if args.precision == "run" else args.precision))
+    print(f"saved {shape} embeddings to {out}")
     if getattr(data, "paths", None):
         Path(f"{out}.paths.txt").write_text("\n".join(data.paths) + "\n")
         print(f"row order: {out}.paths.txt")
     if data.labels is not None:
         np.save(out.with_name(out.stem + ".labels.npy"), data.labels.numpy())
     return 0
+
+
+def write_rows(out: Path, rows: int, batches) -> tuple[int, int]:
+    """Write float32 batches (B, D), `rows` rows in all, into the .npy file `out` as they come (a memory-
+    mapped file: the whole array is never in memory). It is written beside `out` and renamed when
+    complete, so a failure leaves no partial file and keeps an older one."""
+    partial = out.with_name(out.name + ".partial")
+    array, done = None, 0
+    try:
+        for batch in batches:
+            if array is None:
+                array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(rows, batch.shape[1]))
+            array[done:done + len(batch)] = batch.numpy()
+            done += len(batch)
+        if array is None or done != rows:
+            raise DataError(f"embedded {done} rows of {rows}" + ("; the data has no rows" if not done else ""))
+        array.flush()
+        shape = array.shape
+        del array
+        os.replace(partial, out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return shape
+
 
 def cmd_export(args) -> int:
     if args.format == "onnx":

@@ -144,27 +144,33 @@ def centre_box(width: int, height: int) -> Box:
     return (width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2
 
 
-def centre_crops(source: ImageSource, indices: list[int], channels: int, size: int) -> torch.Tensor:
-    """uint8 (len(indices), C, size, size): the largest centred square of each image, resized; what
-    the normalisation statistics and the online measures read. An image that cannot be read stays black."""
+def centre_crops(source: ImageSource, indices: list[int], channels: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    """(uint8 (len(indices), C, size, size), why each unreadable image failed): the largest centred square
+    of each image resized to `size` (a resize of the short side, then a centre crop), the evaluation view
+    of a streamed image. An image that cannot be read stays black; its path and error are listed."""
     mode = "L" if channels == 1 else "RGB"
     out = torch.zeros((len(indices), channels, size, size), dtype=torch.uint8)
+    failures = []
     for row, i in enumerate(indices):
         try:
             pixels = read_crops(source.open(i), mode, lambda w, h: [(centre_box(w, h), False)], [size])[0]
-        except Exception:  # noqa: BLE001 - decoders raise many types; the image stays black here
+        except Exception as e:  # noqa: BLE001 - decoders raise many types; the message says which
+            failures.append(f"{source.path / source.paths[i]} ({type(e).__name__}: {e})")
             continue
         out[row] = torch.from_numpy(pixels.reshape(size, size, channels).copy()).permute(2, 0, 1)
-    return out
+    return out, failures
 
 
 class StreamedImages:
-    """The training part of an image source, read step by step instead of held in memory: the training
-    data object the trainer gets when images stream (len, labels, channels, name, source, indices)."""
+    """Images of a source read when needed instead of held in memory: the training data object the
+    trainer gets when images stream, and the labelled sets evaluation reads from a streamed source (len,
+    labels, classes, paths, channels, name, source, indices; `samples` / `images`: their evaluation
+    views at `size`, decoded as they are read)."""
 
-    def __init__(self, source: ImageSource, indices: torch.Tensor, channels: int, strict: bool = False):
+    def __init__(self, source: ImageSource, indices: torch.Tensor, channels: int, strict: bool = False,
+                 size: int = 0, workers: int = 0):
         self.source, self.indices, self.strict = source, indices.long(), strict
-        self.channels = channels
+        self.channels, self.size, self.workers = channels, size, workers
         self.name = source.path.name
         self.labels = source.labels[self.indices] if source.labels is not None else None
         self.classes = source.classes
@@ -172,16 +178,101 @@ class StreamedImages:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def select(self, idx: torch.Tensor) -> "StreamedImages":
+        """The images at positions idx of this set."""
+        return StreamedImages(self.source, self.indices[idx], self.channels, self.strict, self.size, self.workers)
+
     def subset(self, n: int) -> "StreamedImages":
-        if n <= 0 or n >= len(self):
-            return self
-        return StreamedImages(self.source, self.indices[:n], self.channels, self.strict)
+        """The first n images (all when n <= 0 or n >= len)."""
+        return self if n <= 0 or n >= len(self) else self.select(torch.arange(n))
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.source.paths[i] for i in self.indices.tolist()]
+
+    @property
+    def samples(self) -> "StreamedSamples":
+        if not self.size:
+            raise ValueError("streamed images have no evaluation size: give StreamedImages a size")
+        return StreamedSamples(self)
+
+    images = samples
 
     def spaced_preview(self, count: int, size: int) -> torch.Tensor:
         """Centre crops of `count` evenly spaced images: the normalisation statistics and the online
         measures' sample."""
         picked = self.indices[::max(1, len(self) // count)][:count].tolist()
-        return centre_crops(self.source, picked, self.channels, size)
+        return centre_crops(self.source, picked, self.channels, size)[0]
+
+
+class StreamedSamples:
+    """What an in-memory uint8 image tensor (N, C, S, S) is to evaluation, for streamed images: each
+    image's evaluation view (its short side resized to S, then a centre crop) decoded when it is asked
+    for. Indexing (an int, a slice, indices) decodes those images in this process; `batches(n)` hands
+    every image over in order, n at a time, decoded by DataLoader workers, so a feature extraction over
+    any number of images holds one batch of pixels at a time."""
+
+    dtype = torch.uint8
+
+    def __init__(self, streamed: StreamedImages):
+        self.streamed = streamed
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self.streamed), self.streamed.channels, self.streamed.size, self.streamed.size))
+
+    def __len__(self) -> int:
+        return len(self.streamed)
+
+    def dim(self) -> int:
+        return 4
+
+    def __getitem__(self, key) -> torch.Tensor:
+        indices = self.streamed.indices[key]
+        if indices.dim() == 0:
+            return self._decode(indices.view(1))[0]
+        return self._decode(indices)
+
+    def __iter__(self):
+        for start in range(0, len(self), 64):
+            yield from self[start:start + 64]
+
+    def _decode(self, indices: torch.Tensor) -> torch.Tensor:
+        pixels, failures = centre_crops(self.streamed.source, indices.tolist(), self.streamed.channels, self.streamed.size)
+        _report_unreadable(failures, self.streamed.strict)
+        return pixels
+
+    def batches(self, batch_size: int):
+        """uint8 (<= batch_size, C, S, S) batches of every image in order, from DataLoader workers."""
+        workers = self.streamed.workers or default_workers()
+        loader = torch.utils.data.DataLoader(_EvaluationBatches(self.streamed, batch_size), batch_size=None,
+                                             num_workers=workers, worker_init_fn=_quiet_worker,
+                                             prefetch_factor=2, persistent_workers=False)
+        for pixels, failures in loader:
+            _report_unreadable(failures, self.streamed.strict)
+            yield pixels
+
+
+class _EvaluationBatches(torch.utils.data.Dataset):
+    """Item b: (the evaluation views of images b * batch_size onwards, the unreadable ones among them)."""
+
+    def __init__(self, images: StreamedImages, batch_size: int):
+        self.images, self.batch_size = images, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, list[str]]:
+        chosen = self.images.indices[b * self.batch_size:(b + 1) * self.batch_size].tolist()
+        return centre_crops(self.images.source, chosen, self.images.channels, self.images.size)
+
+
+def _report_unreadable(failures: list[str], strict: bool) -> None:
+    if failures and strict:
+        raise DataError(f"cannot read image {failures[0]}")
+    for failure in failures:
+        warnings.warn(f"unreadable image {failure} is evaluated as a black image (data.strict=true makes this "
+                      "an error)")
 
 
 class StepBatches(torch.utils.data.Dataset):

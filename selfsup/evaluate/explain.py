@@ -110,7 +110,7 @@ def explain_run(run, images: ImageSet, references: ImageSet) -> tuple[dict, list
         with torch.no_grad():
             bank = torch.cat([F.normalize(backbone(prepare(references.images[i:i + 256])), dim=1)
                               for i in range(0, len(references), 256)])
-    result = explanation_maps(backbone, prepare(images.images), bank)
+    result = explanation_maps(backbone, prepare(images.images[:]), bank)      # [:]: streamed images decoded
     if result["nearest"] is None:
         return result, [f"class-token attention, heads 1-{result['maps'].shape[1]}"] * len(images)
     named = references.labels is not None and references.classes

@@ -5,6 +5,7 @@ protocol), and `map`, the unpooled outputs of its two stages before the last (`m
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -14,28 +15,56 @@ from tqdm import tqdm
 from selfsup.precision import autocast
 
 
+def in_batches(samples, batch_size: int):
+    """Consecutive batches of `samples`: slices of a tensor, or what a streamed set's `batches` decodes
+    (selfsup.data.stream.StreamedSamples), so that no more than a batch of its images is ever decoded."""
+    if hasattr(samples, "batches"):
+        yield from samples.batches(batch_size)
+    else:
+        for start in range(0, samples.shape[0], batch_size):
+            yield samples[start:start + batch_size]
+
+
 @torch.no_grad()
-def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], images_u8: torch.Tensor,
-                     batch_size: int = 1024, device: str | torch.device = "cpu",
-                     precision: str = "fp32", progress: bool = False, desc: str = "features",
-                     normalize: bool = True) -> torch.Tensor:
-    """embed: uint8 (B, C, H, W) -> (B, D) on `device`. Returns float32 (N, D) on the CPU, L2-normalised
-    unless normalize=False."""
+def feature_batches(embed: Callable[[torch.Tensor], torch.Tensor], images_u8, batch_size: int = 1024,
+                    device: str | torch.device = "cpu", precision: str = "fp32", progress: bool = False,
+                    desc: str = "features", normalize: bool = True):
+    """embed: uint8 (B, C, H, W) -> (B, D) on `device`. Yields float32 (B, D) CPU batches of the features
+    of `images_u8` (a tensor or streamed samples) in order, L2-normalised unless normalize=False."""
     device = torch.device(device)
-    chunks = []
-    starts = range(0, images_u8.shape[0], batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        batch = images_u8[start:start + batch_size].to(device, non_blocking=True)
+    batches = math.ceil(images_u8.shape[0] / batch_size)
+    for batch in tqdm(in_batches(images_u8, batch_size), total=batches, desc=desc, disable=not progress, leave=False):
         with autocast(device.type, precision):
-            feats = embed(batch)
+            feats = embed(batch.to(device, non_blocking=True))
         feats = feats.float()
-        chunks.append((F.normalize(feats, dim=1) if normalize else feats).cpu())
-    return torch.cat(chunks)
+        yield (F.normalize(feats, dim=1) if normalize else feats).cpu()
 
 
-def pixel_features(images_u8: torch.Tensor) -> torch.Tensor:
-    """Raw pixels, mean-centred per image and L2-normalised: the no-learning baseline."""
-    x = images_u8.flatten(1).float()
+def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], images_u8, batch_size: int = 1024,
+                     device: str | torch.device = "cpu", precision: str = "fp32", progress: bool = False,
+                     desc: str = "features", normalize: bool = True) -> torch.Tensor:
+    """float32 (N, D) on the CPU: every batch of feature_batches."""
+    return torch.cat(list(feature_batches(embed, images_u8, batch_size, device, precision, progress, desc,
+                                          normalize)))
+
+
+# Streamed images may be any size: the raw-pixel baseline reads theirs at most this side, so that its
+# features of 1 M images stay under 3 GB (768 numbers an image in colour).
+STREAMED_PIXEL_SIDE = 16
+
+
+def pixel_features(images_u8) -> torch.Tensor:
+    """Raw pixels, mean-centred per image and L2-normalised: the no-learning baseline. Streamed images
+    are read batch by batch at most STREAMED_PIXEL_SIDE px."""
+    if hasattr(images_u8, "batches"):
+        side = min(STREAMED_PIXEL_SIDE, images_u8.shape[-1])
+        return torch.cat([_centred_pixels(F.interpolate(batch.float(), size=(side, side), mode="area"))
+                          for batch in images_u8.batches(1024)])
+    return _centred_pixels(images_u8)
+
+
+def _centred_pixels(images: torch.Tensor) -> torch.Tensor:
+    x = images.flatten(1).float()
     return F.normalize(x - x.mean(1, keepdim=True), dim=1)
 
 

@@ -39,10 +39,10 @@ class ImageModality(Modality):
         """The training part of the source: a labelled folder's test and validation files and a built-in
         set's validation images never enter pretraining (selfsup.data.holdout). Decoded into memory, or
         streamed from disk (data.stream; selfsup.data.stream)."""
-        if cfg.data.source not in BUILTIN and streams(cfg, Path(cfg.data.source).expanduser()):
-            source = ImageSource(cfg.data.source)
-            train = image_parts(source, cfg.data.source, cfg.data.val_fraction)["train"]
-            return StreamedImages(source, train, cfg.data.channels or 3, cfg.data.strict).subset(cfg.data.subset)
+        if _streams(cfg, cfg.data.source):
+            everything = streamed_source(cfg, cfg.data.source)
+            train = image_parts(everything.source, cfg.data.source, cfg.data.val_fraction)["train"]
+            return everything.select(train).subset(cfg.data.subset)
         if cfg.data.stream == "on":
             raise ConfigError(f"data.stream=on reads image files, and {cfg.data.source} is a built-in data set held "
                               "in memory; stream a packed store or an image folder")
@@ -74,7 +74,9 @@ class ImageModality(Modality):
         return labelled_image_sets(cfg, source, data_dir, part)
 
     def read(self, cfg, run_dir: Path | None, source: str, split: str = "test", data_dir: str = "",
-             strict: bool = False) -> ImageSet:
+             strict: bool = False) -> ImageSet | StreamedImages:
+        if _streams(cfg, source):
+            return streamed_source(cfg, source, strict)
         return load_images(source, split, data_dir=data_dir or None, channels=cfg.data.channels,
                            size=cfg.data.size, strict=strict)
 
@@ -113,6 +115,18 @@ def _complete_streamed(cfg, data: StreamedImages) -> None:
         raise DataError(f"augment.mean has {len(cfg.augment.mean)} values but the images have {data.channels} channels")
 
 
+def _streams(cfg, source: str) -> bool:
+    return source not in BUILTIN and streams(cfg, Path(source).expanduser())
+
+
+def streamed_source(cfg, source: str, strict: bool | None = None) -> StreamedImages:
+    """Every image of a store or folder, read when needed: decoded with the run's channels, its evaluation
+    views at data.size, by train.workers data workers."""
+    images = ImageSource(source)
+    return StreamedImages(images, torch.arange(len(images)), cfg.data.channels or 3,
+                          cfg.data.strict if strict is None else strict, cfg.data.size, cfg.train.workers)
+
+
 def image_input(size: int, mean, std, settings) -> Callable:
     """(uint8 batch, generator or None) -> normalised float images at `size`: random resized crop and
     flip (settings.crop_scale, settings.flip_p) when a generator is given (training), else resized only."""
@@ -145,14 +159,19 @@ def image_parts(images: ImageSet | ImageSource, source: str, val_fraction: float
     return {part: everything[[i for i, name in enumerate(names) if name == part]] for part in ("train", "val", "test")}
 
 
-def labelled_image_sets(cfg, source: str = "", data_dir: str = "", part: str = "test") -> tuple[ImageSet, ImageSet]:
+def labelled_image_sets(cfg, source: str = "", data_dir: str = "",
+                        part: str = "test") -> tuple[ImageSet | StreamedImages, ImageSet | StreamedImages]:
     """(train, held-out): a built-in data set's training split less its validation images, and its
-    validation images or its test split; or an image folder with class subfolders cut by path hash."""
+    validation images or its test split; or an image folder or store with class subfolders cut by path
+    hash (read when needed if it streams: selfsup.data.stream.StreamedImages)."""
     check_part(part)
     source = source or cfg.eval.source or cfg.data.source
     data_dir = data_dir or cfg.data.data_dir or None
     read_as = dict(channels=cfg.data.channels, size=cfg.data.size)     # as the training images were read
-    full = load_images(source, "train", data_dir=data_dir, labels=True, **read_as)
+    if _streams(cfg, source):
+        full = streamed_source(cfg, source)
+    else:
+        full = load_images(source, "train", data_dir=data_dir, labels=True, **read_as)
     if source not in BUILTIN and len(full.classes) < 2:
         raise DataError(f"{source} has {len(full.classes)} class subfolder(s); kNN needs at least 2 "
                         "(put each class's images in its own subfolder)")
