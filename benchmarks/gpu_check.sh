@@ -5,8 +5,9 @@
 #      augmentation, forward+backward and optimizer, eager; then with train.compile (backbone + augmentation)
 #   2. the default recipe at width 1.0 for train.minutes=1.25 (needs Fashion-MNIST: $SELFSUP_DATA), with
 #      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN
-#   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; MAE ViT-S/16 at 224x224; the 28 px
-#      step with CUDA graphs (compile mode reduce-overhead)
+#   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; then ResNet-50 streamed from a packed
+#      store of 8,000 photo-like JPEGs with 14 data workers (issue 24: at least 85% of the synthetic row);
+#      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead)
 # Throughput lines go to $OUT/throughput.jsonl, everything else to $OUT/gpu-check.log.
 #   bash benchmarks/gpu_check.sh            (needs .venv with a CUDA build of torch, or PYTHON=...)
 #   BEFORE=path/to/older/checkout bash benchmarks/gpu_check.sh    also times that checkout's step 1, eager
@@ -57,6 +58,9 @@ budget_run true
 [ -n "${BEFORE:-}" ] && throughput "$BEFORE" "${small[@]}"
 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256
 throughput "$PWD" --method simclr --backbone resnet50 --stem imagenet --size 224 --channels 3 --batch 256
+step 120 env PYTHONPATH="$PWD" "$PY" benchmarks/store.py --count 8000 --folder "$runs/photos" --store "$runs/photos.store"
+step 240 env PYTHONPATH="$PWD" "$PY" benchmarks/stream.py --store "$runs/photos.store" --steps 60 --workers 14 \
+  --size 224 --batch-size 256 backbone.name=resnet50 train.device=cuda train.precision=bf16
 LIMIT=180 throughput "$PWD" "${small[@]}" --compile --compile-mode reduce-overhead
 LIMIT=180 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256 \
   --compile

@@ -10,7 +10,10 @@ Prints JSON lines:
   their ratio (issue 24's target: at least 0.8);
 - "train": SimCLR with ResNet-18 (imagenet stem) at --size px from the store for --steps steps:
   images/s, the share of the loop's time spent waiting for the next batch, and the peak resident memory
-  of the whole process tree (main process plus data workers), sampled every 0.1 s.
+  of the whole process tree (main process plus data workers), sampled every 0.1 s;
+- "embed" (with --embed-images N): the trained encoder's features of the first N images of the store,
+  streamed as evaluation reads them (short side to data.size, centre crop, a batch at a time from the
+  data workers): images/s and the process tree's peak resident memory meanwhile.
 """
 import argparse
 import io
@@ -28,6 +31,8 @@ from selfsup.build import load_training_data
 from selfsup.config import load_config
 from selfsup.data.store import ImageStore
 from selfsup.data.stream import StepBatches, StreamBatches
+from selfsup.modalities.image import streamed_source
+from selfsup.run import load_run
 from selfsup.train import pretrain
 
 
@@ -79,6 +84,21 @@ def decode_rates(cfg, images: int) -> dict:
             "ratio": round(ours / bare, 3)}
 
 
+def embed_rates(run_dir: Path, store: str, images: int) -> dict:
+    run = load_run(run_dir)
+    data = streamed_source(run.config, store).subset(images)
+    memory = PeakMemory()
+    memory.start()
+    start = time.perf_counter()
+    rows = sum(len(batch) for batch in run.embed_batches(data.samples, run.config.eval.batch_size))
+    seconds = time.perf_counter() - start
+    memory.running = False
+    memory.join()
+    return {"images": rows, "seconds": round(seconds, 1), "images_per_s": round(rows / seconds, 1),
+            "peak_tree_rss_mb": round(memory.peak / 2**20), "size": run.config.data.size,
+            "batch_size": run.config.eval.batch_size}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", required=True)
@@ -87,6 +107,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--decode-images", type=int, default=512)
+    p.add_argument("--embed-images", type=int, default=0, help="also embed this many images of the store")
     p.add_argument("overrides", nargs="*", help="more KEY=VALUE settings")
     args = p.parse_args()
     cfg = load_config(overrides=[f"data.source={args.store}", "method.name=simclr", "backbone.name=resnet18",
@@ -108,14 +129,17 @@ def main() -> None:
     memory.start()
     with tempfile.TemporaryDirectory() as runs:
         result = pretrain(cfg, Path(runs) / "run", progress=False)
-    memory.running = False
-    memory.join()
+        memory.running = False
+        memory.join()
+        embedded = embed_rates(Path(runs) / "run", args.store, args.embed_images) if args.embed_images else None
     print(json.dumps({"train": {
         "steps": result.steps, "seconds": round(result.seconds, 1), "images_per_s": round(result.images_per_second, 1),
         "data_wait_share": round(waited[0] / result.seconds, 4), "peak_tree_rss_mb": round(memory.peak / 2**20),
         "workers": args.workers, "size": args.size, "batch_size": args.batch_size,
         "images": len(load_training_data(cfg)),
         "torch_threads": torch.get_num_threads()}}), flush=True)
+    if embedded:
+        print(json.dumps({"embed": embedded}), flush=True)
 
 
 if __name__ == "__main__":
