@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from selfsup.backbones import backbone_parameters
 from selfsup.config import TrainConfig, load_config
 from selfsup.data import load_images
 from selfsup.evaluate.representation import CollapseWatch, representation_metrics
@@ -75,7 +76,9 @@ def small_text_or_table(method, tmp_path, *extra):
         settings = ["text.field=body", "text.max_length=24", "backbone.dim=16", "backbone.heads=2"]
     elif method_class(method).modality == "audio":
         source = write_tones(tmp_path / "tones", per_class=12)
-        settings = ["audio.seconds=0.5", "backbone.width=0.125"]
+        takes_width = "width" in backbone_parameters(load_config(overrides=[f"method.name={method}"]).backbone.name)
+        settings = ["audio.seconds=0.5", *(["backbone.width=0.125"] if takes_width else
+                                           ["backbone.dim=32", "backbone.depth=2", "backbone.heads=2"])]
     elif method_class(method).modality == "interactions":
         source = write_interactions(tmp_path / "log", users=80)
         settings = ["interactions.max_length=8", "interactions.label=gender", "backbone.dim=16", "backbone.heads=2"]

@@ -1,5 +1,5 @@
-"""Encoders for sound: BYOL-A's convolutional encoder over log-mel spectrograms (`audio_cnn`) and
-wav2vec 2.0's waveform encoder with a Transformer on top (`wav2vec2`).
+"""Encoders for sound: BYOL-A's convolutional encoder over log-mel spectrograms (`audio_cnn`), the audio
+spectrogram transformer (`ast`), and wav2vec 2.0's waveform encoder with a Transformer on top (`wav2vec2`).
 
 `audio_cnn` (Niizumi et al. 2021, section 4.1): three blocks of a 3x3 convolution (64 channels), batch
 norm, ReLU and a 2x2 max-pool; then, at every remaining time step, the 64 channels of all n_mels / 8
@@ -14,10 +14,11 @@ kept apart, 73% (docs/audio.md). This encoder keeps the frequency axis until its
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.registry import register_backbone
-from selfsup.backbones.vit import Block
+from selfsup.backbones.vit import Block, VisionTransformer
 
 PAPER_CHANNELS = 64                    # at width 1.0
 BLOCKS = 3
@@ -159,3 +160,38 @@ def wav2vec2(dim: int = 128, depth: int = 2, heads: int = 4, width: float = 1.0,
              dropout: float = 0.1) -> WaveformEncoder:
     """width scales the paper's 512 feature-encoder channels; dim, depth and heads size the Transformer."""
     return WaveformEncoder(dim=dim, depth=depth, heads=heads, width=width, dropout=dropout)
+
+
+class AudioSpectrogramTransformer(VisionTransformer):
+    """The audio spectrogram transformer (Gong et al. 2021, "AST"), in the form its self-supervised
+    successors train (SSAST, Gong et al. 2022; Audio-MAE, Huang et al. 2022): the ViT over square,
+    non-overlapping patches of a (B, 1, n_mels, frames) log-mel spectrogram, fixed 2-D sin-cos
+    positions (so any clip length encodes), and the mean of the patch tokens as the clip's embedding.
+    Frames are padded at the end with zeros (the normalised mel mean) to a multiple of the patch side,
+    so a crop or clip of any length encodes; fewer than a patch of frames is padded, so no patch is
+    padding alone. AST's own overlapping patches (stride 10) and ImageNet initialisation are left out:
+    the patch count grows fourfold with overlap, and there is no ImageNet here."""
+
+    def fit(self, x: torch.Tensor) -> torch.Tensor:
+        """x padded along time to a multiple of the patch side."""
+        extra = -x.shape[-1] % self.patch_size
+        return F.pad(x, (0, extra)) if extra else x
+
+    def embed_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        return super().embed_tokens(self.fit(x), keep)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(x)[:, 1:].mean(1)
+
+
+@register_backbone("ast")
+def ast(dim: int = 192, depth: int = 12, heads: int = 3, patch_size: int = 8, in_channels: int = 1,
+        image_size: int = 64) -> AudioSpectrogramTransformer:
+    """backbone.dim, depth and heads size the Transformer and backbone.patch_size is a patch's side in mel
+    bins and frames (the config's defaults, 128 / 2 / 4 and 4, make a small one; `audiomae`'s recipe takes
+    ViT-Tiny's 192 / 12 / 3 with 8 x 8 patches); image_size is audio.n_mels, which the side must divide."""
+    if image_size % patch_size:
+        raise ValueError(f"audio.n_mels {image_size} must be a multiple of backbone.patch_size {patch_size} "
+                         "(the spectrogram transformer's patches are square)")
+    return AudioSpectrogramTransformer(dim, depth, heads, patch_size=patch_size, in_channels=in_channels,
+                                       image_size=image_size)
