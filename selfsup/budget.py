@@ -8,7 +8,9 @@ compilation, memory pools, clocks), and a pace that counts them under-fills the 
 
 Time spent in online evaluations and checkpoints is counted apart from the steps, at its own
 measured cost, because those come once an epoch or every few hundred steps and the window the pace
-is read over may hold none of them.
+is read over may hold none of them. Online evaluations are spaced out when they would take more than
+ONLINE_SHARE of the budget (a large encoder on a small data set: an evaluation of a spectrogram
+transformer took 15 steps' time and came every 13 steps, half of a 10-minute budget).
 
 A step time can also change later (a CPU process that slows as it ages was measured at 0.50 -> 0.82 s
 a step over a 15-minute BART run, docs/summaries.md), so the count is checked twice more, halfway and
@@ -21,12 +23,14 @@ together.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
 LATE_CHECKS = (0.5, 0.75)      # shares of the way from the first re-plan to the planned end
 LATE_TOLERANCE = 0.02          # a late check that moves the end by at most this share of the steps keeps the plan
+ONLINE_SHARE = 0.1             # online evaluations take at most about this share of a time budget
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,14 @@ def mean_steps_between(*periods: int, horizon_periods: int = 100) -> float:
     for p in periods:
         events.update(range(p, horizon + 1, p))
     return horizon / len(events)
+
+
+def online_spacing(costs: Costs, requested: int) -> int:
+    """Steps between online evaluations: the requested spacing (0: none), or more when evaluating that
+    often would take over ONLINE_SHARE of the time (one every s steps takes evaluation / (s x step) of it)."""
+    if not requested or not costs.evaluation:
+        return requested
+    return max(requested, math.ceil(costs.evaluation / (ONLINE_SHARE * costs.step)))
 
 
 def steps_in_budget(seconds_left: float, costs: Costs, cadence: Cadence = Cadence()) -> int:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from selfsup import distributed
 from selfsup.augment import compile_augmentation
-from selfsup.budget import Cadence, Costs, StepPlanner, mean_steps_between
+from selfsup.budget import ONLINE_SHARE, Cadence, Costs, StepPlanner, mean_steps_between, online_spacing
 from selfsup.build import build_method, complete_config, load_training_data
 from selfsup.config import Config
 from selfsup.data.order import epoch_order
@@ -262,14 +262,12 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
     if main and sharded and cfg.eval.online_every:
         print("note: no online evaluation with train.strategy=fsdp (rank 0 holds a shard of the weights); "
               "the evaluations after pretraining read the whole model from the checkpoint", file=sys.stderr)
-    online_steps = max(1, round(cfg.eval.online_every * steps_per_epoch))
-    online = OnlineSchedule(monitor, online_steps, steps_per_epoch, method.spreads_embeddings, progress) \
-        if monitor is not None else None
-
     planner = None
     if not cfg.train.steps and not cfg.train.epochs:     # a time budget: time a few steps, then fix the count
         planner = _plan_budget(cfg, folder, train_step, method, optimizer, scaler, device, start_step, monitor,
-                               checkpoint, online_steps, steps_per_epoch, main)
+                               checkpoint, steps_per_epoch, main)
+    online = OnlineSchedule(monitor, max(1, round(cfg.eval.online_every * steps_per_epoch)), steps_per_epoch,
+                            method.spreads_embeddings, progress) if monitor is not None else None
     total_steps = cfg.train.steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     replays_a_budget = planner is None and bool(cfg.train.steps and cfg.train.minutes)
     warmup_steps = train_step.warmup_steps = fit_warmup(cfg, warmup_steps, total_steps, steps_per_epoch,
@@ -420,13 +418,10 @@ def _start(cfg: Config, folder: RunFolder, resume: bool, method: Method, optimiz
 
 def _plan_budget(cfg: Config, folder: RunFolder, train_step: TrainStep, method: Method, optimizer, scaler,
                  device: torch.device, start_step: int, monitor: OnlineMonitor | None, checkpoint,
-                 online_steps: int, steps_per_epoch: int, main: bool) -> StepPlanner:
+                 steps_per_epoch: int, main: bool) -> StepPlanner:
     """Time a few steps, an online evaluation and a checkpoint, and set cfg.train.steps to what fits in
-    train.minutes; the planner fixes the count again from the loop's pace."""
-    evaluation_steps = online_steps if monitor is not None else 0
-    cadence = Cadence(evaluation_steps,
-                      mean_steps_between(cfg.train.checkpoint_every, steps_per_epoch, evaluation_steps))
-    planner = StepPlanner(60 * cfg.train.minutes, cadence, agree=lambda steps: _fewest_over_ranks(steps, device))
+    train.minutes (and cfg.eval.online_every wider when evaluations would take too much of it); the
+    planner fixes the count again from the loop's pace."""
     try:
         costs = _timed_trial(train_step, method, optimizer, scaler, device, start_step,
                              budget_seconds=60 * cfg.train.minutes, monitor=monitor,
@@ -434,6 +429,18 @@ def _plan_budget(cfg: Config, folder: RunFolder, train_step: TrainStep, method: 
     finally:
         if main:                         # rank 0 alone wrote there
             shutil.rmtree(folder.budget_trial, ignore_errors=True)
+    requested = max(1, round(cfg.eval.online_every * steps_per_epoch)) if monitor is not None else 0
+    evaluation_steps = online_spacing(costs, requested)
+    if evaluation_steps != requested:
+        cfg.eval.online_every = evaluation_steps / steps_per_epoch        # config.yaml replays the spacing
+        if main:
+            print(f"note: an online evaluation takes {costs.evaluation:.1f} s, {costs.evaluation / costs.step:.0f} "
+                  f"steps' time: evaluating every {evaluation_steps} steps instead of every {requested} keeps them "
+                  f"under {ONLINE_SHARE:.0%} of train.minutes (eval.online_every={cfg.eval.online_every:.3g} in "
+                  "config.yaml)", file=sys.stderr)
+    cadence = Cadence(evaluation_steps,
+                      mean_steps_between(cfg.train.checkpoint_every, steps_per_epoch, evaluation_steps))
+    planner = StepPlanner(60 * cfg.train.minutes, cadence, agree=lambda steps: _fewest_over_ranks(steps, device))
     cfg.train.steps = planner.first_plan(costs, start_step)
     if main:
         monitor_text = f", {costs.evaluation:.1f} s an online evaluation" if monitor is not None else ""

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from selfsup.budget import Budget
+from selfsup.budget import Budget, Costs, online_spacing
 from selfsup.checkpoint import list_checkpoints
 from selfsup.config import load_config
 from selfsup.data import DataError, load_images
@@ -117,6 +117,29 @@ def test_a_time_budget_fixes_the_step_count_and_the_timing_trial_leaves_no_trace
     used, seconds = budget.budget_use
     assert seconds == 9 and 0 < used
     assert_replays_from_its_config(budget, data, tmp_path)
+
+
+def test_online_evaluations_that_would_take_over_a_tenth_of_the_budget_are_spaced_out(tiny_fashion, tmp_path,
+                                                                                       monkeypatch, capsys):
+    """An evaluation as long as a step, asked for every 6 steps, would take a seventh of the time: the
+    plan spaces them 10 steps apart (a tenth), says so, and config.yaml replays that spacing."""
+    real_trial = train_module._timed_trial
+
+    def trial_with_a_slow_evaluation(*args, budget_seconds, **kwargs):
+        costs = real_trial(*args, budget_seconds=budget_seconds, **kwargs)
+        return dataclasses.replace(costs, step=budget_seconds / 60, evaluation=budget_seconds / 60, checkpoint=0.0)
+    monkeypatch.setattr(train_module, "_timed_trial", trial_with_a_slow_evaluation)
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))        # 12 steps an epoch
+    labelled = (data.subset(64), data.subset(32))
+    budget = pretrain(small_config("optim.warmup_epochs=1", "eval.online_every=0.5", "train.minutes=0.15"),
+                      tmp_path / "budget", data=data, progress=False, labelled=labelled)
+    assert "evaluating every 10 steps instead of every 6" in capsys.readouterr().err
+    assert load_config(tmp_path / "budget" / "config.yaml").eval.online_every == pytest.approx(10 / 12)
+    rows = [json.loads(line) for line in (tmp_path / "budget" / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["step"] for r in rows if "rankme" in r]
+    assert evaluated == [s for s in range(10, budget.steps + 1, 10)] + ([budget.steps] if budget.steps % 10 else [])
+    assert online_spacing(Costs(step=1.0, evaluation=0.5), 6) == 6 and online_spacing(Costs(step=1.0), 6) == 6
+    assert online_spacing(Costs(step=0.5, evaluation=20.0), 13) == 400 and online_spacing(Costs(step=1.0), 0) == 0
 
 
 def test_a_budget_whose_first_plan_shortened_the_warm_up_replays_from_its_config(tiny_fashion, tmp_path,
