@@ -10,7 +10,7 @@ import torch
 
 from selfsup.audio.data import load_audio
 from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
-from selfsup.audio.io import UnreadableAudio, read_clip, resample, to_int16
+from selfsup.audio.io import UnreadableAudio, read_clip, resample, soundfile_module, to_int16, wav_bytes
 from selfsup.audio.views import AudioInputs, WaveformInputs, mel_statistics, mix_power, resampled_crop, spec_masks
 from selfsup.backbones import build_backbone
 from selfsup.build import build_method
@@ -368,6 +368,14 @@ FAST = ["train.threads=1", "train.log_every=5", "eval.online_every=0", "eval.rep
         "train.batch_size=16"]
 
 
+def test_a_clip_becomes_a_wav_file_that_reads_back_as_the_same_samples(tmp_path):
+    clip = clips(n=1)[0]
+    path = tmp_path / "clip.wav"
+    path.write_bytes(wav_bytes(clip, RATE))
+    samples, rate = soundfile_module().read(str(path), dtype="int16")          # libsndfile reads it back
+    assert rate == RATE and torch.equal(torch.from_numpy(samples), clip)
+
+
 def test_audio_run_end_to_end(tmp_path, capsys):
     from selfsup.cli import main
     data = write_tones(tmp_path / "tones")
@@ -388,6 +396,9 @@ def test_audio_run_end_to_end(tmp_path, capsys):
     assert [r["protocol"] for r in rows] == ["linear", "raw", "finetune"]
     assert rows[1]["mean"] > 0.6           # MFCC statistics tell a rising chirp from a falling one
     assert main(["report", str(run), "--quiet"]) == 0
+    page = (run / "report.html").read_text()
+    assert page.count('<audio controls preload="none" src="data:audio/wav;base64,') == 2 * 3    # 3 classes
+    assert "Listen" in page and (run / "report" / "spectrograms.png").is_file()
     assert main(["embed", str(run), "--data", str(data), "--out", str(tmp_path / "emb.npy")]) == 0
     assert np.load(tmp_path / "emb.npy").shape[0] == 72
     assert main(["pretrain", "--resume", str(run), "--quiet", "train.steps=8"]) == 0

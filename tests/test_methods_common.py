@@ -76,9 +76,11 @@ def small_text_or_table(method, tmp_path, *extra):
         settings = ["text.field=body", "text.max_length=24", "backbone.dim=16", "backbone.heads=2"]
     elif method_class(method).modality == "audio":
         source = write_tones(tmp_path / "tones", per_class=12)
-        takes_width = "width" in backbone_parameters(load_config(overrides=[f"method.name={method}"]).backbone.name)
+        recipe = load_config(overrides=[f"method.name={method}"])
+        takes_width = "width" in backbone_parameters(recipe.backbone.name)
         settings = ["audio.seconds=0.5", *(["backbone.width=0.125"] if takes_width else
-                                           ["backbone.dim=32", "backbone.depth=2", "backbone.heads=2"])]
+                                           ["backbone.dim=32", "backbone.depth=2", "backbone.heads=2"]),
+                    *(["audio.crop_seconds=0.3"] if recipe.audio.crop_seconds > 0.5 else [])]
     elif method_class(method).modality == "interactions":
         source = write_interactions(tmp_path / "log", users=80)
         settings = ["interactions.max_length=8", "interactions.label=gender", "backbone.dim=16", "backbone.heads=2"]

@@ -10,7 +10,9 @@ the clip length.
 """
 from __future__ import annotations
 
+import io
 import math
+import wave
 from pathlib import Path
 
 import torch
@@ -84,3 +86,14 @@ def to_float(clips_i16: torch.Tensor) -> torch.Tensor:
 def write_wav(path: str | Path, clip: torch.Tensor, sample_rate: int) -> None:
     """A float clip in [-1, 1] as a 16-bit PCM WAV file."""
     soundfile_module().write(str(path), to_int16(clip).numpy(), sample_rate, subtype="PCM_16")
+
+
+def wav_bytes(clip: torch.Tensor, sample_rate: int) -> bytes:
+    """A mono int16 clip (samples,) as the bytes of a 16-bit PCM WAV file (what a browser's <audio> plays)."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(clip.to(torch.int16).numpy().astype("<i2").tobytes())
+    return buffer.getvalue()

@@ -39,6 +39,7 @@ class AudioModality(Modality):
     raw_name = "MFCC statistics"
     channels_last = True               # the log-mel "images" go through conv nets
     fits_on_device = True
+    report_panels = ("spectrograms", "listen")
 
     def _load(self, cfg, source: str = "", data_dir: str = "", labels: bool = False, strict: bool | None = None):
         audio = cfg.audio

@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from selfsup.audio.frontend import standard_log_mel
+from selfsup.audio.io import to_float, wav_bytes
 from selfsup.build import load_training_data
 from selfsup.data import DataError, ImageSet
 from selfsup.errors import ConfigError
@@ -66,7 +68,9 @@ def write_report(run_dir: str | Path, progress: bool = False) -> Path:
               "text_retrieval": lambda: _text_retrieval(run, memory, queries, query_feats, progress),
               "text_sample": lambda: _text_sample(run),
               "summaries": lambda: _summaries(run),
-              "ranking": lambda: _ranking(run)}
+              "ranking": lambda: _ranking(run),
+              "spectrograms": lambda: _spectrograms(run, queries),
+              "listen": lambda: _listen(run, memory, queries, query_feats, progress)}
     for name in run.modality.report_panels:
         panel = panels[name]()
         if isinstance(panel, str):
@@ -189,14 +193,59 @@ def _text_retrieval(run, memory, queries, query_feats: torch.Tensor, progress: b
     for q, found in zip(picks, _nearest(run, memory, query_feats, picks, progress)):
         cells = [f"<td><b>{html.escape(_class_name(queries, q))}</b> {html.escape(_snippet(queries.texts[q]))}</td>"]
         for i in found.tolist()[:3]:
-            same = memory.labels is not None and queries.labels is not None and memory.labels[i] == queries.labels[q]
-            colour = "#e6f4e6" if same else "#fbe9e9" if memory.labels is not None else "#fff"
-            cells.append(f'<td style="background:{colour}"><b>{html.escape(_class_name(memory, i))}</b> '
+            cells.append(f'<td style="background:{_match_colour(memory, i, queries, q)}"><b>{html.escape(_class_name(memory, i))}</b> '
                          f"{html.escape(_snippet(memory.texts[i]))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
     head = "<tr><th>query</th><th>nearest</th><th>2nd</th><th>3rd</th></tr>"
     return (f"<h2>Retrieval</h2><p>Test documents and their nearest training documents (cosine, of "
             f"{len(memory)}); green: same class.</p><table class=\"text\">{head}{''.join(rows)}</table>")
+
+
+SOUND_QUERIES = 4          # test clips shown as spectrograms with their views, and played
+
+
+def _spectrograms(run, queries):
+    """A few test clips' log-mel spectrograms and the views the run's pretext task makes of them (a
+    waveform view is shown as its log-mel too)."""
+    picks = _query_picks(queries)[:SOUND_QUERIES]
+    clips = queries.samples[picks]
+    display = standard_log_mel(queries.sample_rate)
+    with torch.no_grad():
+        views = run.method.views(clips, torch.Generator().manual_seed(0))
+    shown = [v.float() if v.dim() == 4 else display(v.float()) for v in views
+             if v.is_floating_point() and v.dim() in (2, 4)]
+    whole = display(to_float(clips))
+    rows = [[whole[i]] + [v[i] for v in shown] for i in range(len(picks))]
+    columns = ["the clip"] + [f"view {j + 1}" for j in range(len(shown))]
+    return plots.spectrogram_grid(rows, [_class_name(queries, q) or f"clip {q}" for q in picks], columns,
+                                  f"what {run.config.method.name} trains on: log-mel spectrograms of test clips "
+                                  "and of their views")
+
+
+def _listen(run, memory, queries, query_feats: torch.Tensor, progress: bool) -> str:
+    """Test clips and their nearest training clips, each with a player (WAV embedded in the page)."""
+    picks = _query_picks(queries)[:SOUND_QUERIES]
+    nearest = _nearest(run, memory, query_feats, picks, progress)[:, 0].tolist()
+
+    def player(data, i: int) -> str:
+        sound = base64.b64encode(wav_bytes(data.samples[i], data.sample_rate)).decode()
+        return (f"<b>{html.escape(_class_name(data, i) or f'clip {i}')}</b><br>"
+                f'<audio controls preload="none" src="data:audio/wav;base64,{sound}"></audio>')
+    rows = []
+    for q, n in zip(picks, nearest):
+        rows.append(f'<tr><td>{player(queries, q)}</td><td style="background:{_match_colour(memory, n, queries, q)}">'
+                    f"{player(memory, n)}</td></tr>")
+    return (f"<h2>Listen</h2><p>Test clips and the training clip nearest to each (cosine, of {len(memory)}); "
+            f"green: same class.</p><table class=\"text\"><tr><th>test clip</th><th>nearest training clip</th></tr>"
+            f"{''.join(rows)}</table>")
+
+
+def _match_colour(memory, i: int, queries, q: int) -> str:
+    """A table cell's background for training sample i found for query q: green when their classes
+    agree, red when not, white without labels."""
+    if memory.labels is None or queries.labels is None:
+        return "#fff"
+    return "#e6f4e6" if memory.labels[i] == queries.labels[q] else "#fbe9e9"
 
 
 def _snippet(text: str, length: int = 160) -> str:
@@ -290,7 +339,7 @@ def _page(folder: RunFolder, cfg, step: int, sections, results: list[dict], metr
           extra_html: list[str] = ()) -> str:
     titles = {"training": "Pretraining", "online": "Online monitoring", "label_efficiency": "Label efficiency",
               "embedding_map": "Embedding map", "retrieval": "Retrieval", "views": "Views of the pretext task",
-              "explanations": "What the encoder looks at"}
+              "explanations": "What the encoder looks at", "spectrograms": "Spectrograms of the pretext task's views"}
     summary = folder.read_summary()
     knn = folder.read_eval("knn")
     warnings = [r["collapse_warning"] for r in metrics if "collapse_warning" in r]

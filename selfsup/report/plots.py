@@ -150,6 +150,27 @@ def image_grid(rows: list[list[torch.Tensor]], row_titles: list[str], title: str
     return fig
 
 
+def spectrogram_grid(rows: list[list[torch.Tensor]], row_titles: list[str], column_titles: list[str],
+                     title: str) -> Figure:
+    """A grid of log-mel spectrograms ((1, n_mels, frames) or (n_mels, frames); low frequencies at the
+    bottom), each scaled to its own range."""
+    columns = max(len(r) for r in rows)
+    fig = Figure(figsize=(1.9 * columns + 1.6, 1.3 * len(rows) + 0.7), layout="constrained")
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    fig.suptitle(title)
+    for i, row in enumerate(rows):
+        for j in range(columns):
+            ax = axes[i][j]
+            ax.set(xticks=[], yticks=[])
+            if j < len(row):
+                ax.imshow(row[j].reshape(-1, row[j].shape[-1]).float().numpy(), origin="lower", aspect="auto",
+                          cmap="magma")
+            if i == 0 and j < len(column_titles):
+                ax.set_title(column_titles[j], fontsize=8)
+        axes[i][0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=8)
+    return fig
+
+
 def _class_colour(c: int):
     from matplotlib import colormaps
     palette = colormaps["tab20" if c >= 10 else "tab10"]
