@@ -187,6 +187,11 @@ class AudioConfig:
     # Speed perturbation: each view read at a rate drawn log-uniformly in [1 / (1 + speed), 1 + speed],
     # which stretches time and shifts pitch together, as resampling does (Ko et al. 2015); 0 = off.
     speed: float = 0.0
+    # Each on its own, on the log-mel of each view: time stretch at a rate drawn log-uniformly in
+    # [1 / (1 + time_stretch), 1 + time_stretch] (duration changes, pitch stays), and pitch shift by a
+    # number of semitones drawn uniformly in [-pitch_shift, pitch_shift] (pitch changes, duration stays); 0 = off.
+    time_stretch: float = 0.0
+    pitch_shift: float = 0.0
     gain_db: float = 6.0
     noise_p: float = 0.0
     noise_snr_db: list[float] = field(default_factory=lambda: [10.0, 30.0])
@@ -224,8 +229,11 @@ class AudioConfig:
             raise ConfigError("audio.freq_masks, freq_mask_bins, time_masks and time_mask_frames must be >= 0")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"audio.test_fraction must be in (0, 1), got {self.test_fraction}")
-        if not 0 <= self.speed < 1:
-            raise ConfigError(f"audio.speed must be in [0, 1) (0.1: rates from 1/1.1 to 1.1), got {self.speed}")
+        if not 0 <= self.speed < 1 or not 0 <= self.time_stretch < 1:
+            raise ConfigError(f"audio.speed and audio.time_stretch must be in [0, 1) (0.1: rates from 1/1.1 to 1.1), "
+                              f"got {self.speed} and {self.time_stretch}")
+        if not 0 <= self.pitch_shift <= 12:
+            raise ConfigError(f"audio.pitch_shift must be in [0, 12] semitones, got {self.pitch_shift}")
 
 
 @dataclass

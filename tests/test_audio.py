@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from selfsup.audio.data import load_audio
-from selfsup.audio.frontend import LogMel, dct_matrix, mel_filterbank, mfcc
+from selfsup.audio.frontend import LogMel, dct_matrix, mel_corners, mel_filterbank, mfcc
 from selfsup.audio.io import UnreadableAudio, read_clip, resample, soundfile_module, to_int16, wav_bytes
-from selfsup.audio.views import AudioInputs, WaveformInputs, mel_statistics, mix_power, resampled_crop, spec_masks
+from selfsup.audio.views import (AudioInputs, WaveformInputs, mel_statistics, mix_power, resampled_crop, shift_pitch,
+                                 spec_masks, stretch_time)
 from selfsup.backbones import build_backbone
 from selfsup.build import build_method
 from selfsup.config import AudioConfig, load_config
@@ -244,8 +245,42 @@ def test_speed_perturbation_changes_views_only_when_asked_and_stays_seeded():
         assert all(torch.equal(a, b) for a, b in zip(plain, also_plain))
         assert all(torch.equal(a, b) for a, b in zip(perturbed, again))
         assert perturbed[0].shape == plain[0].shape and not torch.allclose(perturbed[0], plain[0])
-    with pytest.raises(ConfigError, match="audio.speed must be in"):
+    with pytest.raises(ConfigError, match="audio.speed and audio.time_stretch must be in"):
         load_config(overrides=["audio.speed=1.5"])
+
+
+def test_time_stretch_moves_an_onset_by_the_rate_and_pitch_shift_moves_a_tone_by_the_factor():
+    onset = torch.zeros(2, 3, 100)
+    onset[..., 40:] = 1.0                                             # a sound that starts at frame 40
+    stretched = stretch_time(onset, torch.tensor([2.0, 0.5]), fill=-5.0)
+    assert stretched[0, 0, :20].eq(0).all() and stretched[0, 0, 20:50].eq(1).all()   # twice as fast: at 20
+    assert stretched[0, 0, 50:].eq(-5).all()                                            # past the end: silence
+    assert stretched[1, 0, :79].eq(0).all() and stretched[1, 0, 80:].eq(1).all()     # half as fast: at 80
+    assert stretched[1, 0, 79] == 0.5                                                   # (39.5: between frames)
+    assert torch.equal(stretch_time(onset, torch.ones(2), fill=-5.0), onset)
+    cfg = AudioConfig()
+    centres = mel_corners(cfg.n_mels, cfg.f_min, cfg.f_max)[1:-1].float()
+    log_mel = LogMel(RATE, cfg.n_fft, cfg.hop, cfg.n_mels, cfg.f_min, cfg.f_max)(
+        torch.from_numpy(tone(500.0, 0.5, RATE)).float()[None])
+    octave_up = shift_pitch(log_mel, torch.tensor([2.0]), centres, fill=-14.0)
+    peak = centres[octave_up[0].mean(1).argmax()].item()
+    assert abs(peak - 1000.0) < (centres[1:] - centres[:-1]).max()    # within a bin of the octave
+    assert torch.allclose(shift_pitch(log_mel, torch.ones(1), centres, fill=-14.0), log_mel, atol=1e-5)
+    below = centres < 2 * centres[0]                                  # an octave up, these read below the first bin
+    assert octave_up.shape == log_mel.shape and below.sum() > 0
+    assert (octave_up[0, below] == -14.0).all() and (octave_up[0, ~below] > -14.0).all()
+
+
+def test_time_stretch_and_pitch_shift_change_views_only_when_asked_and_stay_seeded():
+    data = clips()
+    plain = AudioInputs(AudioConfig()).views(data, torch.Generator().manual_seed(1), 2)
+    for setting in ({"time_stretch": 0.2}, {"pitch_shift": 2.0}):
+        changed = AudioInputs(AudioConfig(**setting)).views(data, torch.Generator().manual_seed(1), 2)
+        again = AudioInputs(AudioConfig(**setting)).views(data, torch.Generator().manual_seed(1), 2)
+        assert all(torch.equal(a, b) for a, b in zip(changed, again))
+        assert changed[0].shape == plain[0].shape and not torch.allclose(changed[0], plain[0])
+    with pytest.raises(ConfigError, match="audio.pitch_shift must be in"):
+        load_config(overrides=["audio.pitch_shift=13"])
 
 
 def test_mixing_adds_a_share_of_another_clips_power():

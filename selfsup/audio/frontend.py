@@ -27,11 +27,16 @@ def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
     return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
 
 
+def mel_corners(n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
+    """(n_mels + 2,) float64 Hz: the filters' corners, equally spaced in mel; filter m's centre is corner m + 1."""
+    return mel_to_hz(torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64))
+
+
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
     """(n_freqs, n_mels): filter m rises linearly from its lower corner to 1 at its centre and falls to 0
     at its upper corner, the n_mels + 2 corners equally spaced in mel between f_min and f_max."""
     bins = torch.linspace(0, sample_rate / 2, n_freqs, dtype=torch.float64)
-    corners = mel_to_hz(torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64))
+    corners = mel_corners(n_mels, f_min, f_max)
     lower, centre, upper = corners[:-2], corners[1:-1], corners[2:]
     rising = (bins[:, None] - lower) / (centre - lower)
     falling = (upper - bins[:, None]) / (upper - centre)

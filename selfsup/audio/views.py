@@ -15,7 +15,11 @@ same views), in this order:
 3. with probability `audio.noise_p`, white noise at a signal-to-noise ratio drawn from `audio.noise_snr_db`;
 4. the log-mel front end; with probability `audio.mix_p` the clip's mel power is mixed with that of
    another clip of the batch, a share drawn from U(0, `audio.mix_ratio`) (BYOL-A's log-mixup-exp:
-   mixing in the power domain, then the log);
+   mixing in the power domain, then the log); then, each only when set, time stretch (`audio.time_stretch`:
+   the frames read at a rate drawn log-uniformly within it of 1, from the start; the duration changes,
+   the pitch does not) and pitch shift (`audio.pitch_shift`: every frequency multiplied by 2^(k/12), k
+   semitones drawn uniformly within it of 0, by reading each mel bin at its centre frequency divided by
+   that factor; the pitch changes, the duration does not), silence filling what falls outside;
 5. normalisation of each mel bin by the training clips' mean and standard deviation;
 6. a random resized crop of the spectrogram (`audio.crop_scale` of its area, aspect 3/4-4/3, resized
    back): BYOL-A's stand-in for pitch shift and time stretch;
@@ -24,9 +28,11 @@ same views), in this order:
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from selfsup.audio.frontend import LOG_FLOOR, LogMel
+from selfsup.audio.frontend import LOG_FLOOR, LogMel, mel_corners
 from selfsup.audio.io import to_float
 from selfsup.augment import CROP_DRAWS, crop_flip
 
@@ -69,6 +75,38 @@ def crop_at_speed(waves: torch.Tensor, length: int, start_u: torch.Tensor, speed
     return resampled_crop(waves, length, start_u, rate)
 
 
+def read_at(x: torch.Tensor, positions: torch.Tensor, fill: float) -> torch.Tensor:
+    """x (B, R, L), positions (B, K) fractional indices into its last axis -> (B, R, K): linear between the two
+    neighbours, `fill` where a position falls outside [0, L - 1]."""
+    last = x.shape[-1] - 1
+    inside = (positions >= 0) & (positions <= last)
+    clamped = positions.clamp(0, last)
+    left = clamped.floor().long()
+    weight = (clamped - left)[:, None, :]
+
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return x.gather(2, index[:, None, :].expand(-1, x.shape[1], -1))
+    return (at(left) * (1 - weight) + at((left + 1).clamp(max=last)) * weight).masked_fill(~inside[:, None, :], fill)
+
+
+def stretch_time(log_mel: torch.Tensor, rate: torch.Tensor, fill: float) -> torch.Tensor:
+    """log_mel (B, M, F): row i's frames read `rate[i]` input frames per output frame from the first one (above 1
+    faster and shorter, below 1 slower); past the end, `fill`."""
+    frames = torch.arange(log_mel.shape[-1], device=log_mel.device, dtype=rate.dtype)
+    return read_at(log_mel, frames[None, :] * rate[:, None], fill)
+
+
+def shift_pitch(log_mel: torch.Tensor, factor: torch.Tensor, centres: torch.Tensor, fill: float) -> torch.Tensor:
+    """log_mel (B, M, F), centres (M,) the mel bins' centre frequencies in Hz (increasing): every frequency of
+    row i multiplied by factor[i]: bin m reads the input at centres[m] / factor[i], linearly between the two
+    bins whose centres surround it; `fill` outside the first and last centres."""
+    wanted = centres[None, :] / factor[:, None]                                     # (B, M) Hz
+    upper = torch.searchsorted(centres, wanted.contiguous()).clamp(1, len(centres) - 1)
+    low, high = centres[upper - 1], centres[upper]
+    positions = upper - 1 + (wanted - low) / (high - low)
+    return read_at(log_mel.transpose(1, 2), positions, fill).transpose(1, 2)
+
+
 def add_noise(waves: torch.Tensor, snr_db: torch.Tensor, on: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """White noise at snr_db (B,) below each clip's RMS power, where `on` (B,) is True."""
     rms = waves.pow(2).mean(1, keepdim=True).sqrt()
@@ -106,6 +144,7 @@ class AudioInputs:
         self.log_mel = log_mel_of(cfg)
         self.crop = round((cfg.crop_seconds or cfg.seconds) * cfg.sample_rate)
         self._statistics: dict = {}
+        self._centres: dict = {}
 
     def normalise(self, log_mel: torch.Tensor) -> torch.Tensor:
         """(B, M, F) -> (B, 1, M, F) with each mel bin at the training clips' mean 0, std 1."""
@@ -120,6 +159,22 @@ class AudioInputs:
     @torch.no_grad()
     def eval(self, clips: torch.Tensor) -> torch.Tensor:
         return self.normalise(self.log_mel(to_float(clips)))
+
+    def stretch_and_shift(self, log_mel: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Time stretch, then pitch shift, each drawn per clip, and only when set (so that views without
+        them take the same draws as before)."""
+        cfg, b, silence = self.cfg, log_mel.shape[0], math.log(LOG_FLOOR)
+        if cfg.time_stretch:
+            bound = math.log1p(cfg.time_stretch)
+            rate = torch.exp((2 * torch.rand(b, generator=gen, device=log_mel.device) - 1) * bound)
+            log_mel = stretch_time(log_mel, rate, silence)
+        if cfg.pitch_shift:
+            semitones = (2 * torch.rand(b, generator=gen, device=log_mel.device) - 1) * cfg.pitch_shift
+            if log_mel.device not in self._centres:
+                self._centres[log_mel.device] = mel_corners(cfg.n_mels, cfg.f_min, cfg.f_max)[1:-1].float().to(
+                    log_mel.device)
+            log_mel = shift_pitch(log_mel, 2 ** (semitones / 12), self._centres[log_mel.device], silence)
+        return log_mel
 
     @torch.no_grad()
     def views(self, clips: torch.Tensor, gen: torch.Generator, count: int) -> list[torch.Tensor]:
@@ -138,7 +193,7 @@ class AudioInputs:
         if cfg.mix_p:
             partner = torch.randperm(b, generator=gen, device=clips.device)
             power = mix_power(power, (u[:, 4] < cfg.mix_p) * u[:, 5] * cfg.mix_ratio, partner)
-        x = self.normalise(torch.log(power + LOG_FLOOR))
+        x = self.normalise(self.stretch_and_shift(torch.log(power + LOG_FLOOR), gen))
         if cfg.crop_scale[0] < 1:
             crop_draws = torch.rand(b, CROP_DRAWS, generator=gen, device=clips.device)
             x = crop_flip(x, tuple(x.shape[-2:]), cfg.crop_scale, ASPECT, 0.0, crop_draws)
