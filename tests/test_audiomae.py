@@ -51,7 +51,8 @@ def test_audiomae_hides_80_percent_of_the_patches_of_the_unaugmented_clip_from_t
     assert keep.shape == (8, patches - round(0.8 * patches))
     assert all(not mask[row, keep[row]].any() for row in range(8))     # the kept patches are the visible ones
     again = method.views(batch, torch.Generator().manual_seed(3))
-    assert torch.equal(again[1], keep) and not torch.equal(method.views(batch, torch.Generator().manual_seed(4))[1], keep)
+    other = method.views(batch, torch.Generator().manual_seed(4))
+    assert torch.equal(again[1], keep) and not torch.equal(other[1], keep)
 
 
 def test_audiomae_loss_is_the_mean_squared_error_on_hidden_patches_of_each_patchs_normalised_values():

@@ -238,7 +238,8 @@ class StreamedSamples:
             yield from self[start:start + 64]
 
     def _decode(self, indices: torch.Tensor) -> torch.Tensor:
-        pixels, failures = centre_crops(self.streamed.source, indices.tolist(), self.streamed.channels, self.streamed.size)
+        streamed = self.streamed
+        pixels, failures = centre_crops(streamed.source, indices.tolist(), streamed.channels, streamed.size)
         _report_unreadable(failures, self.streamed.strict)
         return pixels
 

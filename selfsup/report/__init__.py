@@ -218,8 +218,7 @@ def _spectrograms(run, queries):
     rows = [[whole[i]] + [v[i] for v in shown] for i in range(len(picks))]
     columns = ["the clip"] + [f"view {j + 1}" for j in range(len(shown))]
     return plots.spectrogram_grid(rows, [_class_name(queries, q) or f"clip {q}" for q in picks], columns,
-                                  f"what {run.config.method.name} trains on: log-mel spectrograms of test clips "
-                                  "and of their views")
+                                  f"{run.config.method.name}: test clips and their views (log-mel)")
 
 
 def _listen(run, memory, queries, query_feats: torch.Tensor, progress: bool) -> str:

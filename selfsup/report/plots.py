@@ -3,6 +3,7 @@ Each function takes plain data and returns a Figure, or None when there is nothi
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Callable
 
 import torch
 from matplotlib.figure import Figure
@@ -121,11 +122,12 @@ def embedding_maps(maps: dict[str, torch.Tensor], labels: torch.Tensor | None, c
     return fig
 
 
-def image_grid(rows: list[list[torch.Tensor]], row_titles: list[str], title: str,
-               frames: list[list[str | None]] | None = None) -> Figure:
-    """A grid of images (float (C, H, W) in [0, 1]); frames colour each image's border (None: no border)."""
+def _grid(rows: list[list[torch.Tensor]], row_titles: list[str], title: str, cell: tuple[float, float],
+          draw: Callable) -> Figure:
+    """A figure of len(rows) rows of cells, each row titled on its left; draw(ax, i, j, item) fills the cell
+    of rows[i][j] (cells past a row's end stay empty)."""
     columns = max(len(r) for r in rows)
-    fig = Figure(figsize=(1.1 * columns + 1.6, 1.15 * len(rows) + 0.5), layout="constrained")
+    fig = Figure(figsize=(cell[0] * columns + 1.6, cell[1] * len(rows) + 0.6), layout="constrained")
     axes = fig.subplots(len(rows), columns, squeeze=False)
     fig.suptitle(title)
     for i, row in enumerate(rows):
@@ -134,41 +136,39 @@ def image_grid(rows: list[list[torch.Tensor]], row_titles: list[str], title: str
             ax.set(xticks=[], yticks=[])
             for spine in ax.spines.values():
                 spine.set_visible(False)
-            if j >= len(row):
-                continue
-            image = row[j].clamp(0, 1)
-            if image.shape[0] == 1:
-                ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
-            else:
-                ax.imshow(image[:3].permute(1, 2, 0).numpy())
-            colour = frames[i][j] if frames else None
-            if colour:
-                for spine in ax.spines.values():
-                    spine.set_visible(True)
-                    spine.set(color=colour, linewidth=3)
+            if j < len(row):
+                draw(ax, i, j, row[j])
         axes[i][0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=8)
     return fig
+
+
+def image_grid(rows: list[list[torch.Tensor]], row_titles: list[str], title: str,
+               frames: list[list[str | None]] | None = None) -> Figure:
+    """A grid of images (float (C, H, W) in [0, 1]); frames colour each image's border (None: no border)."""
+    def draw(ax, i, j, image):
+        image = image.clamp(0, 1)
+        if image.shape[0] == 1:
+            ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(image[:3].permute(1, 2, 0).numpy())
+        colour = frames[i][j] if frames else None
+        if colour:
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set(color=colour, linewidth=3)
+    return _grid(rows, row_titles, title, (1.1, 1.15), draw)
 
 
 def spectrogram_grid(rows: list[list[torch.Tensor]], row_titles: list[str], column_titles: list[str],
                      title: str) -> Figure:
     """A grid of log-mel spectrograms ((1, n_mels, frames) or (n_mels, frames); low frequencies at the
-    bottom), each scaled to its own range."""
-    columns = max(len(r) for r in rows)
-    fig = Figure(figsize=(1.9 * columns + 1.6, 1.3 * len(rows) + 0.7), layout="constrained")
-    axes = fig.subplots(len(rows), columns, squeeze=False)
-    fig.suptitle(title)
-    for i, row in enumerate(rows):
-        for j in range(columns):
-            ax = axes[i][j]
-            ax.set(xticks=[], yticks=[])
-            if j < len(row):
-                ax.imshow(row[j].reshape(-1, row[j].shape[-1]).float().numpy(), origin="lower", aspect="auto",
-                          cmap="magma")
-            if i == 0 and j < len(column_titles):
-                ax.set_title(column_titles[j], fontsize=8)
-        axes[i][0].set_ylabel(row_titles[i], rotation=0, ha="right", va="center", fontsize=8)
-    return fig
+    bottom), each scaled to its own range; column_titles above the first row."""
+    def draw(ax, i, j, spectrogram):
+        ax.imshow(spectrogram.reshape(-1, spectrogram.shape[-1]).float().numpy(), origin="lower", aspect="auto",
+                  cmap="magma")
+        if i == 0 and j < len(column_titles):
+            ax.set_title(column_titles[j], fontsize=8)
+    return _grid(rows, row_titles, title, (1.9, 1.3), draw)
 
 
 def _class_colour(c: int):
