@@ -32,9 +32,11 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("embed", help="write backbone embeddings of images, text or table rows to a .npy file",
                        description="Embed data with a run's frozen backbone (eval mode, no augmentation) and "
-                                   "save the L2-normalised features as float32 (N, D) .npy. For an image folder, "
-                                   "OUT.paths.txt lists the image of each row; text and tables are read with the "
-                                   "run's tokenizer / normalisation.")
+                                   "save the L2-normalised features as float32 (N, D) .npy, written batch by batch "
+                                   "into a memory-mapped file and renamed when complete (a streamed store of any "
+                                   "size is never in memory). For an image folder or store, OUT.paths.txt lists "
+                                   "the image of each row; text and tables are read with the run's tokenizer / "
+                                   "normalisation.")
     _add_data_arguments(p, "a folder of images or a built-in data set name; text or a table for text and "
                            "tabular runs")
     p.add_argument("--out", required=True, help="output .npy path")
