@@ -12,7 +12,7 @@ from selfsup.config import Config, load_config
 from selfsup.errors import CheckpointError
 from selfsup.evaluate import knn_accuracy
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
-from selfsup.evaluate.features import check_kind, feature_batches, map_features
+from selfsup.evaluate.features import check_kind, feature_batches, joined, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
@@ -46,7 +46,7 @@ class Run:
         L2-normalised backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's
         output) or 'map' (images and convolutional backbones: selfsup.evaluate.features.map_features).
         precision: of the forward pass (None: the run's training precision, as the evaluations use)."""
-        return torch.cat(list(self.embed_batches(samples, batch_size, device, progress, kind, precision)))
+        return joined(self.embed_batches(samples, batch_size, device, progress, kind, precision), samples.shape[0])
 
     def embed_batches(self, samples, batch_size: int = 1024, device: str = "auto", progress: bool = False,
                       kind: str = "pooled", precision: str | None = None):

@@ -18,7 +18,7 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 import selfsup.data.stream as stream
 from selfsup.augment import AugmentConfig, CroppedViews, augment_views, multi_crop
-from selfsup.build import load_training_data
+from selfsup.build import complete_config, load_training_data
 from selfsup.config import load_config
 from selfsup.data import DataError, pack
 from selfsup.data.order import epoch_order
@@ -174,6 +174,10 @@ def test_a_folder_streams_when_asked_or_when_it_would_not_fit_in_memory(photos, 
     monkeypatch.setattr(stream, "memory_bytes", lambda: 1000)
     assert stream.streams(cfg, root) and "streaming them from disk" in capsys.readouterr().err
     assert not stream.streams(load_config(overrides=[f"data.source={root}", "data.stream=off"]), root)
+    monkeypatch.undo()
+    in_memory = load_config(overrides=[f"data.source={root}", "data.size=16", "train.batch_size=8"])
+    complete_config(in_memory, load_training_data(in_memory))
+    assert in_memory.data.stream == "off"            # the choice auto made, so evaluation reads the same way
     assert isinstance(streamed(root, "data.stream=on")[1], StreamedImages)
     with pytest.raises(ConfigError, match="data.stream=on reads image files"):
         load_training_data(load_config(overrides=["data.stream=on"]))
@@ -313,7 +317,7 @@ def test_an_unreadable_image_is_evaluated_black_with_a_warning_or_stops_a_strict
     cfg = load_config(overrides=[f"data.source={tmp_path}", "data.stream=on", "data.size=8", "train.workers=1"])
     views = streamed_source(cfg, str(tmp_path)).samples
     cut = [p.endswith("cut.jpg") for p in views.streamed.paths].index(True)
-    with pytest.warns(UserWarning, match="unreadable image .*cut.jpg .*is evaluated as a black image"):
+    with pytest.warns(UserWarning, match="unreadable image .*cut.jpg.*evaluated as black images"):
         batch = torch.cat(list(views.batches(4)))
     assert batch[cut].sum() == 0 and batch[1 - cut].sum() > 0
     with pytest.raises(DataError, match="cannot read image .*cut.jpg"):
@@ -329,6 +333,7 @@ def test_a_run_on_a_store_is_evaluated_embedded_and_reported_from_the_store(phot
     done = subprocess.run([sys.executable, "-m", "selfsup", "pretrain", *common, *TINY, "train.steps=2",
                            "train.workers=1", "data.size=12"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    assert load_config(runs / "run" / "config.yaml").data.stream == "on"     # evaluation reads it streamed too
     knn = json.loads((runs / "run" / "eval" / "knn.json").read_text())
     assert {"knn_top1", "knn_top1_random_init", "knn_top1_raw"} <= knn.keys() and knn["step"] == 2
     out = tmp_path / "emb.npy"

@@ -30,6 +30,7 @@ from PIL import Image
 
 from selfsup.augment import AugmentConfig, CroppedViews
 from selfsup.data.image_folder import find_image_files, to_8_bit
+from selfsup.data.imageset import ImageSet
 from selfsup.data.order import epoch_order
 from selfsup.data.store import ImageStore, is_store
 from selfsup.errors import DataError, TrainingError
@@ -193,10 +194,16 @@ class StreamedImages:
     @property
     def samples(self) -> "StreamedSamples":
         if not self.size:
-            raise ValueError("streamed images have no evaluation size: give StreamedImages a size")
+            raise ValueError("these streamed images have no evaluation size yet (data.size is set when the "
+                             "run's config is completed); pass size= to StreamedImages")
         return StreamedSamples(self)
 
     images = samples
+
+    def decoded(self) -> ImageSet:
+        """Every image's evaluation view decoded into memory: for small sets read many times (the online
+        monitor's)."""
+        return ImageSet(self.samples[:], self.labels, self.classes, self.name, self.paths)
 
     def spaced_preview(self, count: int, size: int) -> torch.Tensor:
         """Centre crops of `count` evenly spaced images: the normalisation statistics and the online
@@ -271,9 +278,10 @@ class _EvaluationBatches(torch.utils.data.Dataset):
 def _report_unreadable(failures: list[str], strict: bool) -> None:
     if failures and strict:
         raise DataError(f"cannot read image {failures[0]}")
-    for failure in failures:
-        warnings.warn(f"unreadable image {failure} is evaluated as a black image (data.strict=true makes this "
-                      "an error)")
+    if failures:
+        more = f" and {len(failures) - 1} more in the same batch" if len(failures) > 1 else ""
+        warnings.warn(f"unreadable image {failures[0]}{more}: evaluated as black images, so that rows keep the "
+                      "source's order (data.strict=true makes this an error)")
 
 
 class StepBatches(torch.utils.data.Dataset):

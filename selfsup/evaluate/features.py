@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from selfsup.errors import DataError
 from selfsup.precision import autocast
 
 
@@ -44,12 +45,19 @@ def extract_features(embed: Callable[[torch.Tensor], torch.Tensor], images_u8, b
                      device: str | torch.device = "cpu", precision: str = "fp32", progress: bool = False,
                      desc: str = "features", normalize: bool = True) -> torch.Tensor:
     """float32 (N, D) on the CPU: every batch of feature_batches."""
-    return torch.cat(list(feature_batches(embed, images_u8, batch_size, device, precision, progress, desc,
-                                          normalize)))
+    return joined(feature_batches(embed, images_u8, batch_size, device, precision, progress, desc, normalize),
+                  images_u8.shape[0])
+
+
+def joined(batches, rows: int) -> torch.Tensor:
+    """The feature batches of `rows` samples as one tensor (a clear error for none, not torch.cat's)."""
+    if not rows:
+        raise DataError("no samples to embed: the data set is empty")
+    return torch.cat(list(batches))
 
 
 # Streamed images may be any size: the raw-pixel baseline reads theirs at most this side, so that its
-# features of 1 M images stay under 3 GB (768 numbers an image in colour).
+# features of 1 M images stay near 3 GB (768 float32 numbers an image in colour).
 STREAMED_PIXEL_SIDE = 16
 
 

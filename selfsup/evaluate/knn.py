@@ -39,7 +39,7 @@ def _nearest(queries: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tenso
     """(similarities, labels), each (m, k), of each query's k most similar bank rows, best first."""
     best_sims = best_labels = None
     for start in range(0, bank.shape[0], bank_chunk):
-        part = bank[start:start + bank_chunk].to(queries.device, non_blocking=True)
+        part = bank[start:start + bank_chunk].to(queries.device)
         sims, idx = (queries @ part.T).topk(min(k, part.shape[0]), dim=1)
         labels = bank_labels[start:start + bank_chunk].to(queries.device)[idx]
         if best_sims is not None:

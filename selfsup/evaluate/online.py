@@ -85,7 +85,9 @@ def online_monitor(cfg, data, device: torch.device, precision: str, labelled: tu
         except (DataError, ValueError) as e:
             print(f"note: no online kNN during pretraining ({e}); label-free measures only", file=sys.stderr)
     if labelled is not None:
-        labelled = (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test))
+        # Streamed images are decoded once here: the monitor reads its few thousand at every evaluation.
+        labelled = tuple(s.decoded() if isinstance(s, StreamedImages) else s
+                         for s in (labelled[0].subset(cfg.eval.online_train), labelled[1].subset(cfg.eval.online_test)))
     # The validation samples when there are labels; else evenly spaced training samples.
     sample = labelled[1].samples if labelled is not None else _spaced_samples(data, cfg.eval.online_test, cfg.data.size)
     return OnlineMonitor(sample, labelled, min(cfg.eval.knn_k, cfg.eval.online_train), cfg.eval.knn_temperature,

@@ -51,9 +51,13 @@ class ImageModality(Modality):
         return data.select(image_parts(data, cfg.data.source, cfg.data.val_fraction)["train"]).subset(cfg.data.subset)
 
     def complete_config(self, cfg, data: ImageSet | StreamedImages) -> None:
-        """Image size and channels, normalisation and view size, so evaluation reads images as training did."""
+        """Image size and channels, normalisation and view size, so evaluation reads images as training did
+        (streamed or in memory: data.stream=auto is resolved to on or off for files, since its choice
+        depends on the machine's memory)."""
         if isinstance(data, StreamedImages):
             return _complete_streamed(cfg, data)
+        if cfg.data.source not in BUILTIN:
+            cfg.data.stream = "off"
         cfg.data.channels = data.channels
         cfg.data.size = data.images.shape[-1]
         if not cfg.augment.mean:
@@ -106,9 +110,10 @@ class ImageModality(Modality):
 def _complete_streamed(cfg, data: StreamedImages) -> None:
     """Streamed images have no size of their own: views are cut at augment.size, and evaluation, which
     reads images into memory, reads them at data.size (0: augment.eval_size, else augment.size)."""
+    cfg.data.stream = "on"
     cfg.data.channels = data.channels
     cfg.augment.size = cfg.augment.size or cfg.data.size or STREAM_VIEW_SIZE
-    cfg.data.size = cfg.data.size or cfg.augment.eval_size or cfg.augment.size
+    cfg.data.size = data.size = cfg.data.size or cfg.augment.eval_size or cfg.augment.size
     if not cfg.augment.mean:
         cfg.augment.mean, cfg.augment.std = channel_stats(data.spaced_preview(STATS_IMAGES, cfg.augment.size))
     elif len(cfg.augment.mean) != data.channels:

@@ -212,8 +212,10 @@ def _spectrograms(run, queries):
     display = standard_log_mel(queries.sample_rate)
     with torch.no_grad():
         views = run.method.views(clips, torch.Generator().manual_seed(0))
+    # A view of sound is a one-channel spectrogram (B, 1, n_mels, frames) or a waveform (B, samples); the
+    # rest of what `views` returns are a method's own draws (masks, distractors, Gumbel noise).
     shown = [v.float() if v.dim() == 4 else display(v.float()) for v in views
-             if v.is_floating_point() and v.dim() in (2, 4)]
+             if v.is_floating_point() and (v.dim() == 2 or v.dim() == 4 and v.shape[1] == 1)]
     whole = display(to_float(clips))
     rows = [[whole[i]] + [v[i] for v in shown] for i in range(len(picks))]
     columns = ["the clip"] + [f"view {j + 1}" for j in range(len(shown))]
