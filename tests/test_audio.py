@@ -235,18 +235,25 @@ def test_resampling_a_crop_reads_every_rate_th_sample_and_moves_a_tone_by_the_ra
     assert abs(peak_hz - rate * tone_hz) <= 2.0                                  # pitch up by the rate
 
 
-def test_speed_perturbation_changes_views_only_when_asked_and_stays_seeded():
+@pytest.mark.parametrize("inputs_class, setting", [(AudioInputs, "speed"), (WaveformInputs, "speed"),
+                                                    (AudioInputs, "time_stretch"), (AudioInputs, "pitch_shift")])
+def test_speed_stretch_and_pitch_change_views_only_when_asked_and_stay_seeded(inputs_class, setting):
     data = clips()
-    for inputs_class in (AudioInputs, WaveformInputs):
-        plain = inputs_class(AudioConfig()).views(data, torch.Generator().manual_seed(1), 2)
-        also_plain = inputs_class(AudioConfig(speed=0.0)).views(data, torch.Generator().manual_seed(1), 2)
-        perturbed = inputs_class(AudioConfig(speed=0.1)).views(data, torch.Generator().manual_seed(1), 2)
-        again = inputs_class(AudioConfig(speed=0.1)).views(data, torch.Generator().manual_seed(1), 2)
-        assert all(torch.equal(a, b) for a, b in zip(plain, also_plain))
-        assert all(torch.equal(a, b) for a, b in zip(perturbed, again))
-        assert perturbed[0].shape == plain[0].shape and not torch.allclose(perturbed[0], plain[0])
+
+    def views(**values):
+        return inputs_class(AudioConfig(**values)).views(data, torch.Generator().manual_seed(1), 2)
+    plain, also_plain = views(), views(**{setting: 0.0})
+    changed, again = views(**{setting: 0.1}), views(**{setting: 0.1})
+    assert all(torch.equal(a, b) for a, b in zip(plain, also_plain))      # off: the same draws as before
+    assert all(torch.equal(a, b) for a, b in zip(changed, again))
+    assert changed[0].shape == plain[0].shape and not torch.allclose(changed[0], plain[0])
+
+
+def test_speed_stretch_and_pitch_settings_out_of_range_are_refused():
     with pytest.raises(ConfigError, match="audio.speed and audio.time_stretch must be in"):
         load_config(overrides=["audio.speed=1.5"])
+    with pytest.raises(ConfigError, match="audio.pitch_shift must be in"):
+        load_config(overrides=["audio.pitch_shift=13"])
 
 
 def test_time_stretch_moves_an_onset_by_the_rate_and_pitch_shift_moves_a_tone_by_the_factor():
@@ -269,18 +276,6 @@ def test_time_stretch_moves_an_onset_by_the_rate_and_pitch_shift_moves_a_tone_by
     below = centres < 2 * centres[0]                                  # an octave up, these read below the first bin
     assert octave_up.shape == log_mel.shape and below.sum() > 0
     assert (octave_up[0, below] == -14.0).all() and (octave_up[0, ~below] > -14.0).all()
-
-
-def test_time_stretch_and_pitch_shift_change_views_only_when_asked_and_stay_seeded():
-    data = clips()
-    plain = AudioInputs(AudioConfig()).views(data, torch.Generator().manual_seed(1), 2)
-    for setting in ({"time_stretch": 0.2}, {"pitch_shift": 2.0}):
-        changed = AudioInputs(AudioConfig(**setting)).views(data, torch.Generator().manual_seed(1), 2)
-        again = AudioInputs(AudioConfig(**setting)).views(data, torch.Generator().manual_seed(1), 2)
-        assert all(torch.equal(a, b) for a, b in zip(changed, again))
-        assert changed[0].shape == plain[0].shape and not torch.allclose(changed[0], plain[0])
-    with pytest.raises(ConfigError, match="audio.pitch_shift must be in"):
-        load_config(overrides=["audio.pitch_shift=13"])
 
 
 def test_mixing_adds_a_share_of_another_clips_power():

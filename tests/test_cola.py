@@ -51,7 +51,7 @@ def test_a_short_cola_training_tells_held_out_segments_apart_better_than_the_unt
     source = write_tones(tmp_path / "tones", per_class=16)
     cfg = load_config(overrides=["method.name=cola", f"data.source={source}", "audio.seconds=0.5",
                                  "audio.crop_seconds=0.3", "backbone.width=0.125", "backbone.dim=64",
-                                 "method.proj_dim=32", "train.steps=60", "train.batch_size=16", "optim.lr=1e-3",
+                                 "method.proj_dim=32", "train.steps=120", "train.batch_size=16", "optim.lr=1e-3",
                                  "optim.warmup_epochs=0", "eval.online_every=0", "train.precision=fp32",
                                  "train.threads=1"])
     data = load_training_data(cfg)
