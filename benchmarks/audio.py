@@ -6,6 +6,10 @@ method on stdout (and appended to --out).
 
     python benchmarks/audio.py byola simclr --minutes 10 --out docs/audio-cpu.jsonl
     python benchmarks/audio.py byola --minutes 3 --on val --no-baselines --set audio.mix_ratio=0.1   # a screen
+    python benchmarks/audio.py cola --pretrain-data phone-prompts --set audio.cut_every=1   # transfer
+
+With --pretrain-data the network pretrains on another source (unlabelled recordings) and every
+evaluation, the online monitor's included, still reads spoken-words (eval.source).
 
 The random-initialised network's results go to a folder of their own (RUN-random-init/eval/), so the
 pretrained run's results and report hold its own rows only.
@@ -24,9 +28,13 @@ from selfsup.build import build_method
 from selfsup.evaluate.protocols import evaluate_protocol
 from selfsup.run import Run, load_run
 
+EVALUATED = "spoken-words"
 
-def pretrain(method: str, name: str, runs_dir: Path, minutes: float, seed: int, extra: list[str]) -> Path:
-    command = [sys.executable, "-m", "selfsup", "pretrain", "--method", method, "--data", "spoken-words",
+
+def pretrain(method: str, name: str, runs_dir: Path, minutes: float, seed: int, extra: list[str],
+             data: str = EVALUATED) -> Path:
+    evaluated_elsewhere = [] if data == EVALUATED else [f"eval.source={EVALUATED}"]
+    command = [sys.executable, "-m", "selfsup", "pretrain", "--method", method, "--data", data, *evaluated_elsewhere,
                "--modality", "audio", "--runs-dir", str(runs_dir), "--name", name, "--quiet",
                f"train.minutes={minutes}", f"train.seed={seed}", "eval.report=false", *extra]
     subprocess.run(command, check=True)
@@ -42,13 +50,14 @@ def measure(method: str, args) -> dict:
     name = args.name or f"audio-{method}-s{args.seed}"
     started = time.perf_counter()
     after = ["--no-eval"] if args.no_baselines else ["eval.after_pretrain=[knn]"]       # --no-eval: not even kNN
-    path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, after + args.set)
+    path = pretrain(method, name, Path(args.runs_dir), args.minutes, args.seed, after + args.set, args.pretrain_data)
     pretrain_seconds = time.perf_counter() - started
     run = load_run(path)
     train, held_out = run.labelled_sets(part=args.on)
     summary = json.loads((path / "train_summary.json").read_text())
     row = {
-        "method": method, "data": f"spoken-words ({args.on} voices held out)", "scored_on": args.on, "set": args.set,
+        "method": method, "pretrained_on": args.pretrain_data, "data": f"{EVALUATED} ({args.on} voices held out)",
+        "scored_on": args.on, "set": args.set,
         "minutes": args.minutes, "seed": args.seed, "steps": summary["steps"], "clips_per_s": summary["images_per_s"],
         "peak_memory_mb": summary["peak_memory_mb"], "pretrain_wall_s": round(pretrain_seconds, 1),
         "train_clips": len(train), "scored_clips": len(held_out),
@@ -80,6 +89,9 @@ def main() -> None:
                         help="scored voices: test for final figures, val for screens and choices")
     parser.add_argument("--no-baselines", action="store_true",
                         help="only the pretrained network's linear probe (screens): no kNN, random init or MFCC")
+    parser.add_argument("--pretrain-data", default=EVALUATED,
+                        help="the source pretraining reads (a fetched set, folder or manifest); evaluations read "
+                             f"{EVALUATED} [default: {EVALUATED}]")
     parser.add_argument("--name", default="", help="run name [default: audio-METHOD-sSEED]")
     args = parser.parse_args()
     for method in args.methods:

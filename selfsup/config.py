@@ -170,6 +170,7 @@ class AudioConfig:
     """How sound is read and turned into views (data.modality=audio; docs/audio.md)."""
     sample_rate: int = 16000           # every clip is resampled to this
     seconds: float = 1.0               # clip length: the first `seconds` of a file, shorter ones padded with silence
+    cut_every: float = 0.0             # > 0: a clip every this many seconds through each whole file (long recordings)
     min_seconds: float = 0.05          # shorter files are skipped
     test_fraction: float = 0.2         # clips (or speakers) held out for evaluation when the source has no parts
     # The log-mel front end (selfsup/audio/frontend.py): 25 ms windows every 10 ms at 16 kHz, 64 bins.
@@ -207,6 +208,9 @@ class AudioConfig:
         if self.sample_rate < 1000 or self.seconds <= 0 or not 0 < self.min_seconds <= self.seconds:
             raise ConfigError(f"audio.sample_rate must be >= 1000 and 0 < audio.min_seconds <= audio.seconds; got "
                               f"{self.sample_rate}, {self.min_seconds}, {self.seconds}")
+        if self.cut_every < 0:
+            raise ConfigError(f"audio.cut_every must be >= 0 (0: one clip, the start of each file; 1.0: a clip every "
+                              f"second of each file), got {self.cut_every}")
         if not 0 <= self.crop_seconds <= self.seconds:
             raise ConfigError(f"audio.crop_seconds must be in [0, audio.seconds = {self.seconds}] (0: the whole clip), "
                               f"got {self.crop_seconds}")

