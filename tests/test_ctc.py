@@ -7,13 +7,16 @@ import math
 import pytest
 import torch
 
-from selfsup.evaluate.ctc import (CTCModel, CTCSettings, alphabet_of, beam_decode, ctc_loss, encode_transcripts,
+from selfsup.evaluate.ctc import (CTCModel, CTCSettings, Vocabulary, beam_decode, ctc_loss, encode_transcripts,
                                   error_rates, finetune_ctc, greedy_decode)
 from selfsup.errors import ConfigError, DataError
 from selfsup.backbones import build_backbone
 
 pytest.importorskip("soundfile")
 pytest.importorskip("jiwer")
+
+
+AB = Vocabulary(("a", "b"))
 
 
 def collapse(path):
@@ -44,10 +47,10 @@ def test_ctc_loss_is_minus_the_log_of_every_alignments_probability():
 
 
 def test_greedy_merges_repeats_and_drops_blanks_but_keeps_a_repeat_after_a_blank():
-    alphabet = "ab"
     frames = torch.tensor([1, 1, 0, 1, 2, 2, 0, 0])
     log_probs = torch.log(torch.nn.functional.one_hot(frames, 3).float() * 0.9 + 0.05)
-    assert greedy_decode(log_probs, alphabet) == "aab"
+    assert greedy_decode(log_probs, AB) == "aab"
+    assert greedy_decode(log_probs, Vocabulary(("one", "two"), "words")) == "one one two"
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -55,7 +58,7 @@ def test_a_wide_beam_finds_the_likeliest_labelling(seed):
     log_probs = random_log_probs(5, 3, seed)
     totals = labelling_probabilities(log_probs)
     best = max(totals, key=totals.get)
-    assert beam_decode(log_probs, "ab", beams=200) == "".join("ab"[c - 1] for c in best)
+    assert beam_decode(log_probs, AB, beams=200) == "".join("ab"[c - 1] for c in best)
 
 
 def test_beam_search_beats_greedy_where_one_labelling_has_many_alignments():
@@ -63,16 +66,24 @@ def test_beam_search_beats_greedy_where_one_labelling_has_many_alignments():
     log_probs = torch.log(torch.tensor([[0.4, 0.35, 0.25]] * 2))
     totals = labelling_probabilities(log_probs)
     assert totals[(1,)] > totals[()]
-    assert greedy_decode(log_probs, "ab") == "" and beam_decode(log_probs, "ab", beams=4) == "a"
+    assert greedy_decode(log_probs, AB) == "" and beam_decode(log_probs, AB, beams=4) == "a"
 
 
-def test_transcripts_are_encoded_over_the_training_alphabet_and_scored_with_jiwer():
-    alphabet = alphabet_of(["one two", "three"])
-    assert alphabet == " ehnortw"
-    ids, lengths = encode_transcripts(["two", "one"], alphabet)
+def test_transcripts_are_encoded_over_the_training_vocabulary_and_scored_with_jiwer():
+    characters = Vocabulary.of(["one two", "three"])
+    assert characters.symbols == tuple(" ehnortw")
+    ids, lengths = encode_transcripts(["two", "one"], characters)
     assert ids.tolist() == [7, 8, 5, 5, 4, 2] and lengths.tolist() == [3, 3]
     with pytest.raises(DataError, match="characters 'fu' "):
-        encode_transcripts(["four"], alphabet)
+        encode_transcripts(["four"], characters)
+    words = Vocabulary.of(["one two", "three  two"], "words")
+    assert words.symbols == ("one", "three", "two")
+    ids, lengths = encode_transcripts(["two two one", "three"], words)
+    assert ids.tolist() == [3, 3, 1, 2] and lengths.tolist() == [3, 1]
+    assert words.text([3, 1]) == "two one"
+    with pytest.raises(DataError, match="words four of these transcripts are not among the training transcripts' "
+                                        "words one three two"):
+        encode_transcripts(["one four"], words)
     rates = error_rates(["one two", "three"], ["one too", "three"])
     assert rates["wer"] == pytest.approx(100 / 3) and rates["cer"] == pytest.approx(100 * 1 / 12)
 
@@ -95,7 +106,7 @@ def test_a_ctc_head_needs_an_encoder_that_keeps_time():
     assert all(p.requires_grad for p in backbone.blocks.parameters())
     conv, blocks = ([p.detach().clone() for p in part.parameters()] for part in (backbone.conv, backbone.blocks))
     finetune_ctc(CTCModel(backbone, 2, freeze_features=True), torch.randn(4, 8000), ["ab", "ba", "a", "bb"],
-                 (torch.randn(2, 8000), ["a", "b"]), "ab", CTCSettings(steps=3, batch_size=2, checks=1), seed=0,
+                 (torch.randn(2, 8000), ["a", "b"]), AB, CTCSettings(steps=3, batch_size=2, checks=1), seed=0,
                  device="cpu", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(conv, backbone.conv.parameters()))
     assert not all(torch.equal(a, b) for a, b in zip(blocks, backbone.blocks.parameters()))
@@ -121,11 +132,16 @@ def test_finetune_ctc_through_the_commands(tmp_path, capsys):
     assert main(["finetune-ctc", str(runs / "w"), "--data", str(manifest), "--labels", "50%", "--baseline",
                  "--steps", "5", "--batch-size", "4", "--seconds", "0.5", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "alphabet" in out and "from scratch" in out
+    assert "characters ' adefgilnorsty'" in out and "from scratch" in out
     rows = [json.loads(line) for line in (runs / "w" / "eval" / "ctc.jsonl").read_text().splitlines()]
     assert [(r["init"], r["labels"], r["clips"]) for r in rows] == [("pretrained", "50%", 6), ("from scratch", "50%", 6)]
     assert all(r["wer"] >= 0 and r["cer"] >= 0 and len(r["val_cer_checks"]) == 5 for r in rows)
-    assert all(r["settings"]["freeze_features"] for r in rows)
+    assert all(r["settings"]["freeze_features"] and r["units"] == "characters" for r in rows)
+    assert main(["finetune-ctc", str(runs / "w"), "--data", str(manifest), "--labels", "50%", "--units", "words",
+                 "--steps", "2", "--batch-size", "4", "--seconds", "0.5", "--quiet"]) == 0
+    assert "words falling rising steady tone" in capsys.readouterr().out
+    last = json.loads((runs / "w" / "eval" / "ctc.jsonl").read_text().splitlines()[-1])
+    assert last["units"] == "words" and last["init"] == "pretrained"
     assert main(["finetune-ctc", str(runs / "w"), "--data", str(tones / "rising" / "0.wav")]) == 2
     assert "error:" in capsys.readouterr().err
 

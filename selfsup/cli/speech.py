@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from selfsup.cli.common import add_run_arguments
-from selfsup.evaluate.ctc import DECODERS, CTCSettings, evaluate_ctc
+from selfsup.evaluate.ctc import DECODERS, UNITS, CTCSettings, evaluate_ctc
 from selfsup.run import load_run
 
 DEFAULTS = CTCSettings()
@@ -12,7 +12,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser(
         "finetune-ctc", help="fine-tune an audio run's encoder with a CTC head on transcribed clips; WER and CER",
         description="Add a linear layer from each frame of the run's audio encoder (wav2vec2, or audio_cnn) to the "
-                    "transcripts' characters plus the CTC blank, fine-tune the network with the CTC loss (a waveform "
+                    "transcripts' characters (or words, --units words) plus the CTC blank, fine-tune the network with the CTC loss (a waveform "
                     "encoder's convolutions stay frozen, as in wav2vec 2.0, unless --train-features) on a "
                     "share of the training clips (and each seed), keep the state with the lowest validation "
                     "character error rate, and score the held-out clips' transcriptions with word and character "
@@ -37,6 +37,9 @@ def add_parsers(sub) -> None:
                    help=f"clips are cut or padded to this length [default: {DEFAULTS.seconds:g}]")
     p.add_argument("--train-features", action="store_true",
                    help="also fine-tune a waveform encoder's convolutions (wav2vec 2.0 keeps them as they are)")
+    p.add_argument("--units", choices=UNITS, default=DEFAULTS.units,
+                   help="what the head writes: characters, or whole words (one symbol a word: for a small closed "
+                        f"vocabulary such as spoken digits, far fewer symbols to align) [default: {DEFAULTS.units}]")
     p.add_argument("--decoder", choices=DECODERS, default=DEFAULTS.decoder,
                    help=f"greedy, or a prefix beam search without language model [default: {DEFAULTS.decoder}]")
     p.add_argument("--beams", type=int, default=DEFAULTS.beams, help=f"beam width [default: {DEFAULTS.beams}]")
@@ -49,7 +52,7 @@ def add_parsers(sub) -> None:
 
 def cmd_finetune_ctc(args) -> int:
     settings = CTCSettings(steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                           seconds=args.seconds, decoder=args.decoder, beams=args.beams,
+                           seconds=args.seconds, decoder=args.decoder, beams=args.beams, units=args.units,
                            freeze_features=not args.train_features)
     evaluate_ctc(load_run(args.run_dir), args.labels, args.seeds, settings, args.baseline, args.on, args.data,
                  args.data_dir, progress=not args.quiet, first_seed=args.first_seed)

@@ -4,13 +4,14 @@ frames, fine-tuned on (clip, transcript) pairs, scored by word and character err
     rows = evaluate_ctc(run, labels=["1%", "10%"], seeds=3, baseline=True)       # eval/ctc.jsonl
 
 For each share of the training transcripts and each seed, the run's encoder (and, with `baseline`, the same
-network at random initialisation) gets a linear layer from each frame to the characters of the transcripts
-plus the CTC blank (Graves et al. 2006) and is fine-tuned with the CTC loss (AdamW, warm-up and cosine
-decay; `selfsup.evaluate.dense.fit`). As in wav2vec 2.0's fine-tuning, the convolutional feature encoder
-of a waveform encoder stays as it is (`freeze_features`; its outputs are then computed once per clip)
-and everything above it learns; a spectrogram encoder (audio_cnn) is fine-tuned whole. The validation
+network at random initialisation) gets a linear layer from each frame to the units of the transcripts
+(characters, or whole words for a small closed vocabulary such as spoken digits) plus the CTC blank
+(Graves et al. 2006) and is fine-tuned with the CTC loss (AdamW, warm-up and cosine decay;
+`selfsup.evaluate.dense.fit`). As in wav2vec 2.0's fine-tuning, the convolutional feature encoder of a
+waveform encoder stays as it is (`freeze_features`; its outputs are then computed once per clip) and
+everything above it learns; a spectrogram encoder (audio_cnn) is fine-tuned whole. The validation
 voices' character error rate of greedy transcriptions picks the state kept among evenly spaced checks;
-the scored part is transcribed by greedy decoding (the likeliest character at each frame, repeats merged,
+the scored part is transcribed by greedy decoding (the likeliest symbol at each frame, repeats merged,
 blanks dropped) or a prefix beam search (no language model), and scored with jiwer's WER and CER.
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ from selfsup.runtime import resolve_device
 
 BLANK = 0
 DECODERS = ("greedy", "beam")
-PRUNE_BELOW = math.log(1e-4)       # beam search: characters less likely than this at a frame are not tried
+UNITS = ("characters", "words")
+PRUNE_BELOW = math.log(1e-4)       # beam search: symbols less likely than this at a frame are not tried
 
 
 @dataclass
@@ -50,11 +52,14 @@ class CTCSettings(FitSettings):
     seconds: float = 5.0               # clips are read (cut or padded) to this length
     decoder: str = "beam"
     beams: int = 8
+    units: str = "characters"
     freeze_features: bool = True       # a waveform encoder's convolutions stay as they are (the paper's setting)
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.units not in UNITS:
+            raise ConfigError(f"units must be one of {', '.join(UNITS)}, got {self.units!r}")
         if self.lr <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1 or self.beams < 1:
             raise ConfigError("CTC fine-tuning lr, steps, batch size, checks and beams must be positive")
         if self.seconds <= 0:
@@ -62,18 +67,18 @@ class CTCSettings(FitSettings):
 
 
 class CTCModel(nn.Module):
-    """An encoder with frame features and a linear layer to log-probabilities over blank + characters.
+    """An encoder with frame features and a linear layer to log-probabilities over blank + symbols.
 
     With freeze_features and a waveform encoder, `prepare` turns waveforms into the frozen convolutions'
     outputs once, and `forward` reads those; otherwise `prepare` passes the waveforms (or spectrograms) on."""
 
-    def __init__(self, backbone: nn.Module, characters: int, freeze_features: bool = False):
+    def __init__(self, backbone: nn.Module, symbols: int, freeze_features: bool = False):
         super().__init__()
         if not hasattr(backbone, "frame_features"):
             raise ConfigError(f"{type(backbone).__name__} has no per-frame features for a CTC head; CTC needs an "
                               "audio encoder that keeps time (backbone.name=wav2vec2 or audio_cnn)")
         self.backbone = backbone
-        self.head = nn.Linear(backbone.feature_dim, characters + 1)
+        self.head = nn.Linear(backbone.feature_dim, symbols + 1)
         self.frozen_features = freeze_features and hasattr(backbone, "conv_features")
         if self.frozen_features:
             backbone.conv.requires_grad_(False)
@@ -90,22 +95,42 @@ class CTCModel(nn.Module):
             frames = self.backbone.contextualize(self.backbone.feature_norm(x))
         else:
             frames = self.backbone.frame_features(x)
-        return self.head(frames).float().log_softmax(-1)      # (B, T, 1 + characters)
+        return self.head(frames).float().log_softmax(-1)      # (B, T, 1 + symbols)
 
 
-def alphabet_of(transcripts: list[str]) -> str:
-    return "".join(sorted(set("".join(transcripts))))
+@dataclass(frozen=True)
+class Vocabulary:
+    """The symbols a CTC head writes, ids 1, 2, ... (0 is the blank): characters, or whole words. Words suit a
+    small closed vocabulary (spoken digits): a transcript is then a few symbols instead of dozens, so CTC has
+    far fewer to align and leaves its all-blank plateau sooner."""
+    symbols: tuple[str, ...]
+    units: str = "characters"
+
+    @classmethod
+    def of(cls, transcripts: list[str], units: str = "characters") -> "Vocabulary":
+        return cls(tuple(sorted({s for text in transcripts for s in split_units(text, units)})), units)
+
+    def text(self, ids) -> str:
+        return (" " if self.units == "words" else "").join(self.symbols[i - 1] for i in ids)
+
+    def describe(self) -> str:
+        return f"{self.units} {' '.join(self.symbols) if self.units == 'words' else repr(''.join(self.symbols))}"
 
 
-def encode_transcripts(transcripts: list[str], alphabet: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(every transcript's character ids, 1-based, one after another; each transcript's length)."""
-    index = {c: i + 1 for i, c in enumerate(alphabet)}
-    unknown = sorted({c for text in transcripts for c in text} - set(index))
+def split_units(text: str, units: str) -> list[str]:
+    return text.split() if units == "words" else list(text)
+
+
+def encode_transcripts(transcripts: list[str], vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
+    """(every transcript's symbol ids, 1-based, one after another; each transcript's length in symbols)."""
+    index = {s: i + 1 for i, s in enumerate(vocabulary.symbols)}
+    units = [split_units(text, vocabulary.units) for text in transcripts]
+    unknown = sorted({s for text in units for s in text} - set(index))
     if unknown:
-        raise DataError(f"characters {''.join(unknown)!r} of these transcripts are not in the training "
-                        f"transcripts' alphabet {alphabet!r}")
-    ids = [index[c] for text in transcripts for c in text]
-    return torch.tensor(ids, dtype=torch.long), torch.tensor([len(t) for t in transcripts], dtype=torch.long)
+        raise DataError(f"{Vocabulary(tuple(unknown), vocabulary.units).describe()} of these transcripts are not "
+                        f"among the training transcripts' {vocabulary.describe()}")
+    ids = [index[s] for text in units for s in text]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor([len(t) for t in units], dtype=torch.long)
 
 
 def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -113,16 +138,16 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, lengths: torch.Tens
     return F.ctc_loss(log_probs.transpose(0, 1), targets, frames, lengths, blank=BLANK, zero_infinity=True)
 
 
-def greedy_decode(log_probs: torch.Tensor, alphabet: str) -> str:
-    """(T, 1 + characters) -> text: the likeliest symbol at each frame, repeats merged, blanks dropped."""
+def greedy_decode(log_probs: torch.Tensor, vocabulary: Vocabulary) -> str:
+    """(T, 1 + symbols) -> text: the likeliest symbol at each frame, repeats merged, blanks dropped."""
     best = torch.unique_consecutive(log_probs.argmax(-1))
-    return "".join(alphabet[i - 1] for i in best.tolist() if i != BLANK)
+    return vocabulary.text(i for i in best.tolist() if i != BLANK)
 
 
-def beam_decode(log_probs: torch.Tensor, alphabet: str, beams: int = 8) -> str:
-    """(T, 1 + characters) -> text: the likeliest labelling kept by a CTC prefix beam search. Each prefix
-    keeps the log-probability of the paths that end in a blank and of those that end in its last character,
-    so that a repeated character is told apart from one held over several frames."""
+def beam_decode(log_probs: torch.Tensor, vocabulary: Vocabulary, beams: int = 8) -> str:
+    """(T, 1 + symbols) -> text: the likeliest labelling kept by a CTC prefix beam search. Each prefix
+    keeps the log-probability of the paths that end in a blank and of those that end in its last symbol,
+    so that a repeated symbol is told apart from one held over several frames."""
     beam: dict[tuple, list[float]] = {(): [0.0, -math.inf]}         # prefix -> [ends in blank, ends in its char]
     for frame in log_probs.double().tolist():
         tried = [c for c, p in enumerate(frame) if p >= PRUNE_BELOW] or [max(range(len(frame)), key=frame.__getitem__)]
@@ -134,13 +159,13 @@ def beam_decode(log_probs: torch.Tensor, alphabet: str, beams: int = 8) -> str:
                 if c == BLANK:
                     _add(grown, prefix, 0, total + p)
                 elif prefix and prefix[-1] == c:
-                    _add(grown, prefix, 1, char_end + p)            # the same character held on
+                    _add(grown, prefix, 1, char_end + p)            # the same symbol held on
                     _add(grown, prefix + (c,), 1, blank_end + p)    # a repeat, after a blank
                 else:
                     _add(grown, prefix + (c,), 1, total + p)
         beam = dict(sorted(grown.items(), key=lambda item: -_logaddexp(*item[1]))[:beams])
     best = max(beam, key=lambda prefix: _logaddexp(*beam[prefix]))
-    return "".join(alphabet[i - 1] for i in best)
+    return vocabulary.text(best)
 
 
 def _add(beam: dict, prefix: tuple, ending: int, value: float) -> None:
@@ -167,15 +192,15 @@ def error_rates(hypotheses: list[str], references: list[str]) -> dict:
 
 
 @torch.no_grad()
-def transcribe(model: CTCModel, inputs: torch.Tensor, alphabet: str, decoder: str = "greedy", beams: int = 8,
+def transcribe(model: CTCModel, inputs: torch.Tensor, vocabulary: Vocabulary, decoder: str = "greedy", beams: int = 8,
                device="cpu", batch_size: int = 32) -> list[str]:
     """Texts of prepared inputs (CTCModel.prepare)."""
     model.eval()
     texts = []
     for start in range(0, len(inputs), batch_size):
         for log_probs in model(inputs[start:start + batch_size].to(device)).cpu():
-            texts.append(greedy_decode(log_probs, alphabet) if decoder == "greedy"
-                         else beam_decode(log_probs, alphabet, beams))
+            texts.append(greedy_decode(log_probs, vocabulary) if decoder == "greedy"
+                         else beam_decode(log_probs, vocabulary, beams))
     return texts
 
 
@@ -202,7 +227,7 @@ def transcribed_clips(source: str, seconds: float, sample_rate: int, data_dir: s
 
 
 def check_alignable(targets: list[torch.Tensor], frames: int, seconds: float) -> None:
-    """CTC needs a frame for each character and a blank between two equal ones; a transcript that does not fit
+    """CTC needs a frame for each symbol and a blank between two equal ones; a transcript that does not fit
     would add nothing to the loss (zero_infinity), silently, so it is an error."""
     needed = [len(t) + int((t[1:] == t[:-1]).sum()) for t in targets]
     too_long = sum(n > frames for n in needed)
@@ -221,13 +246,13 @@ def _duration(path: Path) -> float:
 
 
 def finetune_ctc(model: CTCModel, waves: torch.Tensor, transcripts: list[str], val: tuple[torch.Tensor, list[str]],
-                 alphabet: str, settings: CTCSettings, seed: int, device, progress: bool = True,
+                 vocabulary: Vocabulary, settings: CTCSettings, seed: int, device, progress: bool = True,
                  desc: str = "") -> tuple[CTCModel, int, list[float]]:
     """model fine-tuned in place on (waves, transcripts); returns it at the state with the lowest validation
     CER among the checks, the steps, and each check's validation CER."""
     model.to(device)
     inputs, val_inputs = model.prepare(waves.to(device)), model.prepare(val[0].to(device))
-    targets = [encode_transcripts([t], alphabet)[0] for t in transcripts]
+    targets = [encode_transcripts([t], vocabulary)[0] for t in transcripts]
     check_alignable(targets, model(inputs[:1]).shape[1], settings.seconds)
     checks = []
 
@@ -238,7 +263,7 @@ def finetune_ctc(model: CTCModel, waves: torch.Tensor, transcripts: list[str], v
         return ctc_loss(model(inputs[indices]), ids.to(device), lengths.to(device))
 
     def validate():
-        checks.append(error_rates(transcribe(model, val_inputs, alphabet, "greedy", device=device), val[1])["cer"])
+        checks.append(error_rates(transcribe(model, val_inputs, vocabulary, "greedy", device=device), val[1])["cer"])
         return -checks[-1]
 
     steps, _ = fit(model, batch_loss, validate, settings, len(waves), seed, frozen_backbone=False,
@@ -262,17 +287,17 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
     if not len(train) or not len(val) or not len(scored):
         raise DataError(f"{source}: CTC fine-tuning needs clips in the train, val and {part} parts, found "
                         f"{len(train)}, {len(val)} and {len(scored)}")
-    alphabet = alphabet_of(train.transcripts)
-    unseen = sorted(set("".join(val.transcripts + scored.transcripts)) - set(alphabet))
+    vocabulary = Vocabulary.of(train.transcripts, settings.units)
+    unseen = set(Vocabulary.of(val.transcripts + scored.transcripts, settings.units).symbols) - set(vocabulary.symbols)
     if unseen:
-        print(f"note: characters {''.join(unseen)!r} of the validation or {part} transcripts never occur in the "
-              "training transcripts; the model cannot write them and they count as errors")
+        print(f"note: {Vocabulary(tuple(sorted(unseen)), settings.units).describe()} of the validation or {part} "
+              "transcripts never occur in the training transcripts; the model cannot write them and they count as errors")
     prepare = lambda clips: torch.cat([inputs.eval(clips[i:i + 256]) for i in range(0, len(clips), 256)])  # noqa: E731
     train_waves, val_waves, scored_waves = prepare(train.clips), prepare(val.clips), prepare(scored.clips)
     print(f"CTC on {source}: {len(train)} training, {len(val)} validation, {len(scored)} scored ({part}) clips; "
-          f"alphabet {alphabet!r}; decoding: {settings.decoder}")
+          f"{vocabulary.describe()}; decoding: {settings.decoder}")
     common = {"protocol": "ctc", "data": source, "scored_on": part, "step": run.step, "method": cfg.method.name,
-              "decoder": settings.decoder}
+              "decoder": settings.decoder, "units": settings.units}
     rows = []
     for budget in map(parse_label_budget, labels):
         count = min(len(train), budget.total or max(1, round(budget.fraction * len(train))))
@@ -280,11 +305,11 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
             chosen = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:count].sort().values
             for init in ["pretrained"] + (["from scratch"] if baseline else []):
                 started = time.perf_counter()
-                model = CTCModel(_encoder(run, init, seed), len(alphabet), settings.freeze_features)
+                model = CTCModel(_encoder(run, init, seed), len(vocabulary.symbols), settings.freeze_features)
                 model, steps, checks = finetune_ctc(model, train_waves[chosen], [train.transcripts[i] for i in chosen],
-                                                    (val_waves, val.transcripts), alphabet, settings, seed, device,
+                                                    (val_waves, val.transcripts), vocabulary, settings, seed, device,
                                                     progress, desc=f"{init} {budget.text} seed {seed}")
-                written = transcribe(model, model.prepare(scored_waves.to(device)), alphabet, settings.decoder,
+                written = transcribe(model, model.prepare(scored_waves.to(device)), vocabulary, settings.decoder,
                                      settings.beams, device)
                 row = {**common, "init": init, "labels": budget.text, "clips": count, "seed": seed,
                        **error_rates(written, scored.transcripts), "val_cer_checks": checks, "steps": steps,
