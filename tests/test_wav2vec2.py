@@ -36,6 +36,17 @@ def test_the_feature_encoder_makes_a_frame_every_320_samples_seeing_400():
         net(torch.randn(1, 300))
 
 
+@pytest.mark.parametrize("width", [0.0625, 0.25])
+def test_the_feature_encoder_keeps_the_signal_at_initialisation(width):
+    # With PyTorch's default initialisation the seven layers shrank a standardised waveform to features of
+    # about 1e-3, below the layer norm's epsilon (1e-5 on the variance): nothing downstream could learn.
+    torch.manual_seed(0)
+    net = build_backbone("wav2vec2", width=width, dim=32, depth=1, heads=4)
+    with torch.no_grad():
+        features = net.conv_features(torch.randn(4, 16000))
+    assert 0.1 < float(features.pow(2).mean().sqrt()) < 10
+
+
 def test_span_mask_masks_spans_of_the_set_length_from_the_drawn_starts():
     u = torch.rand(64, 50, generator=torch.Generator().manual_seed(0))
     mask = span_mask(64, 50, 0.065, 10, u)

@@ -96,7 +96,7 @@ class Entry:
 
 def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: bool = False, strict: bool = False,
                test_fraction: float = 0.2, val_fraction: float = 0.1, min_seconds: float = 0.05,
-               cut_every: float = 0.0) -> AudioSet:
+               cut_every: float = 0.0, progress: bool = True) -> AudioSet:
     """Every readable clip of the source (a folder, a .jsonl manifest, or a manifest inside a folder),
     `seconds` long at `sample_rate`, each with its part. labels=True: each clip's label (the manifest's
     `label`, or the first-level subfolder); a clip without one is an error. Unreadable, too short and
@@ -123,7 +123,8 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
     # libsndfile and the FFT release the GIL: threads decode in parallel, in the entries' order.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         for entry, clip in tqdm(zip(entries, pool.map(decode, entries)), total=len(entries), unit="clip",
-                                desc=f"loading {root.name}", file=sys.stderr, disable=len(entries) <= PROGRESS_ABOVE):
+                                desc=f"loading {root.name}", file=sys.stderr,
+                                disable=not progress or len(entries) <= PROGRESS_ABOVE):
             if isinstance(clip, UnreadableAudio):
                 if strict:
                     pool.shutdown(cancel_futures=True)

@@ -101,7 +101,12 @@ class WaveformEncoder(nn.Module):
         channels = max(1, round(PAPER_FEATURE_CHANNELS * width))
         layers, previous = [], 1
         for i, (kernel, stride) in enumerate(FEATURE_LAYERS):
-            layers.append(nn.Conv1d(previous, channels, kernel, stride, bias=False))
+            conv = nn.Conv1d(previous, channels, kernel, stride, bias=False)
+            # He initialisation, as the authors' code does: PyTorch's default shrinks the signal about
+            # threefold a layer, so seven layers left features of about 1e-3 that the layer norm's epsilon
+            # swamped, and neither pretraining nor CTC learned from them.
+            nn.init.kaiming_normal_(conv.weight)
+            layers.append(conv)
             if i == 0:
                 layers.append(nn.GroupNorm(channels, channels))      # each channel normalised over time
             layers.append(nn.GELU())

@@ -204,7 +204,8 @@ def transcribe(model: CTCModel, inputs: torch.Tensor, vocabulary: Vocabulary, de
     return texts
 
 
-def transcribed_clips(source: str, seconds: float, sample_rate: int, data_dir: str = "") -> AudioSet:
+def transcribed_clips(source: str, seconds: float, sample_rate: int, data_dir: str = "",
+                      progress: bool = True) -> AudioSet:
     """spoken-words' digit strings, or a manifest whose lines have a "transcript"."""
     if source == "spoken-words":
         root = fetch.find(source, data_dir or None)
@@ -216,7 +217,7 @@ def transcribed_clips(source: str, seconds: float, sample_rate: int, data_dir: s
         path = root / DIGIT_STRINGS
     else:
         path = Path(source).expanduser()
-    data = load_audio(path, sample_rate, seconds)
+    data = load_audio(path, sample_rate, seconds, progress=progress)
     if not data.transcripts or not all(t.strip() for t in data.transcripts):
         raise DataError(f"{path}: every line needs a \"transcript\" (what is said in the clip) for CTC fine-tuning")
     cut = [entry.name for entry in audio_entries(path)[1] if _duration(entry.path) > seconds + 1e-3]
@@ -281,7 +282,7 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
     if run.modality.name != "audio":
         raise ConfigError(f"CTC fine-tuning needs an audio run; {run.path} trained on {run.modality.name} data")
     CTCModel(run.method.evaluated_backbone, 1)                  # refuses an encoder without frames, before any work
-    data = transcribed_clips(source, settings.seconds, cfg.audio.sample_rate, data_dir)
+    data = transcribed_clips(source, settings.seconds, cfg.audio.sample_rate, data_dir, progress)
     inputs = run.modality.method_inputs(cfg)
     train, val, scored = (data.part(name) for name in ("train", "val", part))
     if not len(train) or not len(val) or not len(scored):
@@ -291,7 +292,8 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
     unseen = set(Vocabulary.of(val.transcripts + scored.transcripts, settings.units).symbols) - set(vocabulary.symbols)
     if unseen:
         print(f"note: {Vocabulary(tuple(sorted(unseen)), settings.units).describe()} of the validation or {part} "
-              "transcripts never occur in the training transcripts; the model cannot write them and they count as errors")
+              "transcripts never occur in the training transcripts; the model cannot write them and they count as "
+              "errors")
     prepare = lambda clips: torch.cat([inputs.eval(clips[i:i + 256]) for i in range(0, len(clips), 256)])  # noqa: E731
     train_waves, val_waves, scored_waves = prepare(train.clips), prepare(val.clips), prepare(scored.clips)
     print(f"CTC on {source}: {len(train)} training, {len(val)} validation, {len(scored)} scored ({part}) clips; "
