@@ -116,6 +116,11 @@ class Vocabulary:
     def describe(self) -> str:
         return f"{self.units} {' '.join(self.symbols) if self.units == 'words' else repr(''.join(self.symbols))}"
 
+    def missing(self, transcripts: list[str]) -> "Vocabulary":
+        """The symbols of these transcripts that this vocabulary lacks."""
+        return Vocabulary(tuple(sorted(set(Vocabulary.of(transcripts, self.units).symbols) - set(self.symbols))),
+                          self.units)
+
 
 def split_units(text: str, units: str) -> list[str]:
     return text.split() if units == "words" else list(text)
@@ -123,12 +128,12 @@ def split_units(text: str, units: str) -> list[str]:
 
 def encode_transcripts(transcripts: list[str], vocabulary: Vocabulary) -> tuple[torch.Tensor, torch.Tensor]:
     """(every transcript's symbol ids, 1-based, one after another; each transcript's length in symbols)."""
+    unknown = vocabulary.missing(transcripts)
+    if unknown.symbols:
+        raise DataError(f"{unknown.describe()} of these transcripts are not among the training transcripts' "
+                        f"{vocabulary.describe()}")
     index = {s: i + 1 for i, s in enumerate(vocabulary.symbols)}
     units = [split_units(text, vocabulary.units) for text in transcripts]
-    unknown = sorted({s for text in units for s in text} - set(index))
-    if unknown:
-        raise DataError(f"{Vocabulary(tuple(unknown), vocabulary.units).describe()} of these transcripts are not "
-                        f"among the training transcripts' {vocabulary.describe()}")
     ids = [index[s] for text in units for s in text]
     return torch.tensor(ids, dtype=torch.long), torch.tensor([len(t) for t in units], dtype=torch.long)
 
@@ -289,9 +294,9 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
         raise DataError(f"{source}: CTC fine-tuning needs clips in the train, val and {part} parts, found "
                         f"{len(train)}, {len(val)} and {len(scored)}")
     vocabulary = Vocabulary.of(train.transcripts, settings.units)
-    unseen = set(Vocabulary.of(val.transcripts + scored.transcripts, settings.units).symbols) - set(vocabulary.symbols)
-    if unseen:
-        print(f"note: {Vocabulary(tuple(sorted(unseen)), settings.units).describe()} of the validation or {part} "
+    unseen = vocabulary.missing(val.transcripts + scored.transcripts)
+    if unseen.symbols:
+        print(f"note: {unseen.describe()} of the validation or {part} "
               "transcripts never occur in the training transcripts; the model cannot write them and they count as "
               "errors")
     prepare = lambda clips: torch.cat([inputs.eval(clips[i:i + 256]) for i in range(0, len(clips), 256)])  # noqa: E731
