@@ -296,9 +296,8 @@ def evaluate_ctc(run, labels: list[str], seeds: int = 1, settings: CTCSettings |
     vocabulary = Vocabulary.of(train.transcripts, settings.units)
     unseen = vocabulary.missing(val.transcripts + scored.transcripts)
     if unseen.symbols:
-        print(f"note: {unseen.describe()} of the validation or {part} "
-              "transcripts never occur in the training transcripts; the model cannot write them and they count as "
-              "errors")
+        print(f"note: {unseen.describe()} of the validation or {part} transcripts never occur in the training "
+              "transcripts; the model cannot write them and they count as errors")
     prepare = lambda clips: torch.cat([inputs.eval(clips[i:i + 256]) for i in range(0, len(clips), 256)])  # noqa: E731
     train_waves, val_waves, scored_waves = prepare(train.clips), prepare(val.clips), prepare(scored.clips)
     print(f"CTC on {source}: {len(train)} training, {len(val)} validation, {len(scored)} scored ({part}) clips; "
