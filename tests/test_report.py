@@ -125,17 +125,19 @@ def test_finetune_and_the_supervised_baseline_on_the_same_labels(tiny_run, tmp_p
     assert [(r["settings"]["lr"], r["settings"]["backbone_lr_scale"]) for r in (finetuned, supervised)] == [
         (0.008, 1.0), (0.016, 1.0)]
     assert main(["evaluate", "finetune", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
-                 "--lr", "0.001", "--backbone-lr-scale", "0.5", "--quiet"]) == 0
+                 "--lr", "0.001", "--backbone-lr-scale", "0.5", "--weight-decay", "0.5", "--quiet"]) == 0
     given = read_results(run_dir)[-1]["settings"]
-    assert (given["lr"], given["backbone_lr_scale"], given["steps"]) == (0.001, 0.5, 2)    # what the user asks wins
+    assert (given["lr"], given["backbone_lr_scale"], given["weight_decay"], given["steps"]) == (
+        0.001, 0.5, 0.5, 2)                                                             # what the user asks wins
 
 
 def test_selftrain_from_the_command_line_records_both_fine_tunes(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     assert main(["evaluate", "selftrain", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
-                 "--quiet"]) == 0
+                 "--weight-decay", "0.5", "--quiet"]) == 0
     row = read_results(run_dir)[-1]
     assert (row["protocol"], row["num_labels"], row["settings"]["steps"]) == ("selftrain", 50, 2)
+    assert row["settings"]["weight_decay"] == 0.5          # a fine-tuning search's choice can be reused
     detail = row["per_seed"][0]
     assert 0 <= detail["first_top1"] <= 1 and 0 <= detail["propagated_top1"] <= 1
 

@@ -74,6 +74,9 @@ def add_parsers(sub) -> None:
         image_lr = ImageModality.supervised_defaults["lr"] if name == "supervised" else image["lr"]
         f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image_lr} for images, "
                                                 f"{defaults.lr} for text and tables; chosen on validation]")
+        f.add_argument("--weight-decay", type=float,
+                       help=f"AdamW weight decay on the weights [default: {defaults.weight_decay}; a --search "
+                            "of fine-tuning chooses one for selftrain to reuse]")
         if name != "supervised":
             f.add_argument("--backbone-lr-scale", type=float,
                            help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
@@ -226,6 +229,7 @@ def cmd_evaluate(args) -> int:
         settings = None
         if protocol in ("finetune", "selftrain", "supervised"):
             settings = finetune_settings(run, protocol, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         weight_decay=args.weight_decay,
                                          backbone_lr_scale=getattr(args, "backbone_lr_scale", None),
                                          layer_decay=getattr(args, "layer_decay", None),
                                          probe_init=getattr(args, "probe_init", None))
