@@ -44,7 +44,7 @@ def main():
     p.add_argument("--lr", type=float, help="finetune and supervised: the head's learning rate (the backbone's "
                                              "too, for supervised) [default: the modality's]")
     p.add_argument("--weight-decay", type=float, help="finetune, selftrain and supervised: AdamW weight decay "
-                                                       "[default: FinetuneSettings']")
+                                                       "[default: the modality's]")
     p.add_argument("--backbone-lr-scale", type=float,
                    help="finetune: backbone lr / head lr (1.0 with --no-probe-init = the supervised recipe) "
                         "[default: the modality's]")
@@ -76,7 +76,8 @@ def main():
             settings = None
             if protocol in ("finetune", "selftrain", "supervised"):
                 settings = finetune_settings(run, protocol, steps=args.steps, epochs=args.epochs, lr=args.lr,
-                                             weight_decay=args.weight_decay, backbone_lr_scale=args.backbone_lr_scale, probe_init=args.probe_init)
+                                             weight_decay=args.weight_decay,
+                                             backbone_lr_scale=args.backbone_lr_scale, probe_init=args.probe_init)
             features = args.features if protocol == "linear" else "pooled"
             search = {"lr": args.search_lr, "weight_decay": args.search_weight_decay} \
                 if args.search and protocol in SEARCHABLE else None
