@@ -196,7 +196,8 @@ def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(
                  "16", "--quiet"]) == 0
     rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
     assert rows[-1]["protocol"] == "detect" and 0 <= rows[-1]["map"] <= 1 and rows[-1]["stride"] == 2
-    assert main(["explain", str(run), "--data", "fashion-scenes", "--count", "3", "--out", str(tmp_path / "maps")]) == 0
+    assert main(["explain", str(run), "--data", "fashion-scenes", "--data-dir", str(tmp_path), "--count", "3",
+                 "--out", str(tmp_path / "maps")]) == 0
     assert sorted(p.name for p in (tmp_path / "maps").iterdir()) == [
         "explain-000.png", "explain-001.png", "explain-002.png", "explanations.png", "explanations.txt"]
     assert "Grad-CAM towards training image" in (tmp_path / "maps" / "explanations.txt").read_text()

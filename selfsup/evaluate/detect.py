@@ -149,7 +149,9 @@ def detect(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet, 
     validation mAP; return mAP@[.5:.95] and mAP@.5 on `val` (at that state) and on `test`."""
     torch.manual_seed(seed)
     device = torch.device(device)
-    backbone = copy.deepcopy(backbone).to(device).requires_grad_(True)
+    # Contiguous, not channels_last: on an AMD EPYC with AVX512-BF16 (torch 2.13 CPU) the backward pass of
+    # a channels_last ResNet under this head aborted with "double free or corruption" (2026-12-06).
+    backbone = copy.deepcopy(backbone).to(device, memory_format=torch.contiguous_format).requires_grad_(True)
     height, width = train.images.shape[-2:]
     with torch.no_grad():
         channels = [m.shape[1] for m in feature_maps(backbone.eval(), prepare(train.images[:2].to(device)))]
