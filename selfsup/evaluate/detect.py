@@ -10,7 +10,6 @@ average precision over IoU 0.5:0.95 and at 0.5 comes from pycocotools (`pip inst
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 
 import torch
@@ -19,7 +18,8 @@ from torch import nn
 
 from selfsup.data.scenes import SceneSet
 from selfsup.errors import ConfigError
-from selfsup.evaluate.dense import FPN, DenseModel, SegmentSettings, feature_maps, fit, flip_images
+from selfsup.evaluate.dense import (FPN, DenseModel, SegmentSettings, backbone_copy, feature_maps, fit,
+                                   flip_images)
 
 MAX_DETECTIONS = 100
 SIZE_WEIGHT, OFFSET_WEIGHT = 0.1, 1.0          # CenterNet's loss weights
@@ -149,9 +149,7 @@ def detect(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet, 
     validation mAP; return mAP@[.5:.95] and mAP@.5 on `val` (at that state) and on `test`."""
     torch.manual_seed(seed)
     device = torch.device(device)
-    # Contiguous, not channels_last: on an AMD EPYC with AVX512-BF16 (torch 2.13 CPU) the backward pass of
-    # a channels_last ResNet under this head aborted with "double free or corruption" (2026-12-06).
-    backbone = copy.deepcopy(backbone).to(device, memory_format=torch.contiguous_format).requires_grad_(True)
+    backbone = backbone_copy(backbone, device).requires_grad_(True)
     height, width = train.images.shape[-2:]
     with torch.no_grad():
         channels = [m.shape[1] for m in feature_maps(backbone.eval(), prepare(train.images[:2].to(device)))]
