@@ -622,6 +622,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         recipe = method_class(method.get("name", "simclr")).recipe
     except ValueError as e:
         raise ConfigError(f"method.name: {e}") from e
+    recipe = _recipe_for_backbone(recipe, merge(values, extra).get("backbone"))
     layers = [recipe, values, extra]
     cfg = _build(Config, _merge_layers(layers), "")
     defaults = MODALITY_BACKBONES.get(cfg.modality)
@@ -635,6 +636,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 # the frequency axis that the ResNet's global pooling averages away (docs/audio.md); the paper's 2,048 units
 # and dropout 0.3, while backbone.width (0.25 by default) scales its 64 channels.
 MODALITY_BACKBONES = {"audio": {"name": "audio_cnn", "dim": 2048, "dropout": 0.3}}
+
+
+def _recipe_for_backbone(recipe: dict, chosen: object) -> dict:
+    """The recipe without the backbone fields that the backbone chosen by the user does not take.
+
+    A recipe sizes its paper's backbone (SASRec's heads); a user who names another one (GRU4Rec under
+    nextitem) keeps the recipe's fields that apply to it (dim, depth, dropout) instead of an error about
+    a field they never set. A field the user sets that does not apply stays an error."""
+    backbone = recipe.get("backbone")
+    name = chosen.get("name") if isinstance(chosen, dict) else None
+    if not isinstance(backbone, dict) or not name or name == backbone.get("name") or not is_backbone(name):
+        return recipe
+    taken = set(backbone_parameters(name))
+    return {**recipe, "backbone": {k: v for k, v in backbone.items() if k == "name" or k in taken}}
 
 
 def _names_backbone(layers: list[dict], name: str) -> bool:

@@ -203,6 +203,18 @@ def test_a_sequence_method_refuses_a_backbone_of_the_wrong_direction(tmp_path):
         build_method(cfg)
 
 
+def test_gru4rec_under_a_sequence_recipe_keeps_the_fields_that_apply_and_drops_the_heads(tmp_path):
+    # nextitem's recipe sizes SASRec (heads=2); naming GRU4Rec must not fail on a field the user never set.
+    log = write_interactions(tmp_path / "log")
+    asked = ["method.name=nextitem", f"data.source={log}", "backbone.name=gru4rec", "train.batch_size=16"]
+    cfg = load_config(overrides=asked)
+    assert (cfg.backbone.name, cfg.backbone.dim, cfg.backbone.dropout) == ("gru4rec", 64, 0.2)
+    complete_config(cfg, load_training_data(cfg))
+    assert build_method(cfg).backbone.__class__.__name__ == "TextRNN"
+    with pytest.raises(ConfigError, match="backbone.heads=2 does not apply to backbone gru4rec"):
+        load_config(overrides=[*asked, "backbone.heads=2"])
+
+
 # ---------------------------------------------------------------- training and evaluation
 
 def test_a_short_nextitem_run_ranks_far_better_than_its_random_init_and_most_popular(tmp_path):
