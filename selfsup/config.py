@@ -45,6 +45,7 @@ class DataConfig:
     # Images read from disk step by step by data workers (train.workers), each view cropped on the
     # original image (selfsup/data/stream.py), instead of decoded once into memory at data.size. auto:
     # a packed store streams; an image folder streams when decoding it would fill a quarter of the memory.
+    # Sound: the clips are decoded once to a file and mapped from disk (same rule; docs/audio.md).
     stream: str = "auto"               # auto | on | off
     # The share of a labelled image folder, text or table held out of pretraining for validation (every
     # choice: online kNN, the best checkpoint, hyper-parameter searches); a built-in data set holds out its

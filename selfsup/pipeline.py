@@ -137,7 +137,7 @@ def evaluate_knn(run: Run, source: str = "", data_dir: str = "", k: int | None =
     report["step"] = run.step
     written = run.folder.write_eval("knn", report)
     print(f"kNN top-1 (k={report['k']}, T={report['temperature']}, {report['train_size']} train / "
-          f"{report['test_size']} test images):")
+          f"{report['test_size']} test {run.modality.sample_word}):")
     print(f"  pretrained backbone    {100 * report['knn_top1']:.2f}%")
     if baselines:
         print(f"  random-init backbone   {100 * report['knn_top1_random_init']:.2f}%")

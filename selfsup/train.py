@@ -364,8 +364,9 @@ def _batch_source(cfg: Config, data, method: Method, steps_per_epoch: int, world
                             world.rank, world.size)
         return StreamBatches(steps, cfg.train.workers or default_workers(), device)
     # On a GPU an in-memory data set lives on the device: a batch is one index op, no copy. (A packed
-    # text corpus stays where it is, mapped from disk.)
-    samples = data.samples.to(device) if device.type == "cuda" and modality_of(cfg).fits_on_device else data.samples
+    # text corpus or clips decoded to a file stay where they are, mapped from disk.)
+    on_device = device.type == "cuda" and modality_of(cfg).fits_on_device(data)
+    samples = data.samples.to(device) if on_device else data.samples
     return EpochBatches(samples, len(data), cfg.train.seed, steps_per_epoch, local_batch, world, device)
 
 

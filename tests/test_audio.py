@@ -16,7 +16,9 @@ from selfsup.audio.views import (AudioInputs, WaveformInputs, mel_statistics, mi
 from selfsup.backbones import build_backbone
 from selfsup.build import build_method
 from selfsup.config import AudioConfig, load_config
+from selfsup.data.holdout import PARTS
 from selfsup.errors import ConfigError, DataError
+from selfsup.run import load_run
 
 from small_data import write_tones
 
@@ -166,6 +168,94 @@ def test_without_parts_a_speaker_never_falls_on_two_sides(tmp_path):
     for speaker, part in zip(data.speakers, data.parts):
         assert part_of_speaker.setdefault(speaker, part) == part
     assert {"train", "test"} <= set(data.parts)
+
+
+# ---------------------------------------------------------------- sets larger than memory (data.stream)
+
+def same_sets(a, b):
+    for part in PARTS:
+        x, y = a.part(part), b.part(part)
+        assert torch.equal(x.clips, y.clips) and x.paths == y.paths and torch.equal(x.labels, y.labels)
+
+
+def test_a_streamed_set_is_the_in_memory_one_mapped_from_a_file_decoded_once(tmp_path, monkeypatch):
+    data, cache = write_tones(tmp_path / "tones"), tmp_path / "cache"
+    in_memory = load_audio(data, RATE, 0.5, labels=True)
+    streamed = load_audio(data, RATE, 0.5, labels=True, stream="on", cache_dir=cache)
+    assert not in_memory.on_disk and streamed.on_disk and len(streamed) == len(in_memory) == 72
+    same_sets(in_memory, streamed)
+    # Each part is one stretch of the file: a view of the mapped clips, not a copy in memory.
+    train = streamed.part("train")
+    assert train.on_disk and train.clips.untyped_storage().data_ptr() == streamed.clips.untyped_storage().data_ptr()
+    assert not streamed.select([0, 2]).on_disk
+    (cache_file,) = cache.glob("*.int16")
+    assert cache_file.stat().st_size == 72 * RATE // 2 * 2
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+    monkeypatch.setattr("selfsup.audio.data.read_clip", no_decoding)
+    same_sets(in_memory, load_audio(data, RATE, 0.5, labels=True, stream="on", cache_dir=cache))
+    soundfile.write(data / "rising" / "0.wav", tone(440, 0.5, RATE), RATE)        # a file changed: decoded anew
+    with pytest.raises(AssertionError, match="decoded again"):
+        load_audio(data, RATE, 0.5, labels=True, stream="on", cache_dir=cache)
+    monkeypatch.undo()
+    same_sets(load_audio(data, RATE, 0.5, labels=True), load_audio(data, RATE, 0.5, labels=True, stream="on",
+                                                                  cache_dir=cache))
+
+
+def test_an_interrupted_decoding_leaves_nothing_that_a_later_load_trusts(tmp_path, monkeypatch):
+    data, cache = write_tones(tmp_path / "tones", per_class=8), tmp_path / "cache"
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 10:
+            raise KeyboardInterrupt
+        return read_clip(*args, **kwargs)
+    monkeypatch.setattr("selfsup.audio.data.read_clip", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        load_audio(data, RATE, 0.5, stream="on", cache_dir=cache)
+    assert not list(cache.glob("*.json")) and not list(cache.glob("*.partial")) and not list(cache.glob("*.int16"))
+    monkeypatch.undo()
+    assert torch.equal(load_audio(data, RATE, 0.5, stream="on", cache_dir=cache).part("train").clips,
+                       load_audio(data, RATE, 0.5).part("train").clips)
+
+
+def test_a_streamed_set_skips_bad_files_like_one_in_memory_also_when_read_from_the_file(tmp_path, capsys):
+    for label in ("low", "high"):
+        write_bad_files(tmp_path / "clips" / label)
+    for _ in range(2):                             # decoded, then read from the file
+        data = load_audio(tmp_path / "clips", RATE, 0.5, labels=True, stream="on", cache_dir=tmp_path / "cache")
+        assert len(data) == 2 and data.on_disk and data.classes == ["high", "low"]
+        with pytest.raises(DataError, match="cannot read audio file .*--strict"):
+            load_audio(tmp_path / "clips", RATE, 0.5, labels=True, strict=True, stream="on",
+                       cache_dir=tmp_path / "cache")
+    assert "skipped 10 unreadable audio file(s) of 12" in capsys.readouterr().err
+
+
+def test_auto_streams_a_set_that_would_fill_a_quarter_of_the_memory(tmp_path, monkeypatch, capsys):
+    data = write_tones(tmp_path / "tones", per_class=4)
+    assert not load_audio(data, RATE, 0.5, stream="auto", cache_dir=tmp_path / "cache").on_disk
+    monkeypatch.setattr("selfsup.data.stream.memory_bytes", lambda: 2 * 12 * RATE)    # 12 clips of 16 KB: half of it
+    assert load_audio(data, RATE, 0.5, stream="auto", cache_dir=tmp_path / "cache").on_disk
+    assert "would take 0.0 GiB decoded" in capsys.readouterr().err
+
+
+def test_pretraining_on_a_streamed_set_trains_exactly_as_in_memory_and_evaluates(tmp_path, monkeypatch):
+    from selfsup.cli import main
+    monkeypatch.setenv("SELFSUP_DATA", str(tmp_path / "data-root"))
+    data, runs = write_tones(tmp_path / "tones", per_class=12), tmp_path / "runs"
+    for name, stream in (("memory", "off"), ("disk", "on")):
+        assert main(["pretrain", "--method", "simclr", "--data", str(data), "--runs-dir", str(runs), "--name", name,
+                     "--quiet", "data.modality=audio", "audio.seconds=0.5", "audio.crop_seconds=0.4", "train.steps=3",
+                     f"data.stream={stream}",
+                     "eval.after_pretrain=[knn]", *FAST]) == 0
+    assert list((tmp_path / "data-root" / "audio-cache").glob("*.int16"))
+    weights = [load_run(runs / name).method.state_dict() for name in ("memory", "disk")]
+    for key, value in weights[0].items():
+        assert torch.equal(value, weights[1][key]), key
+    knn = [json.loads((runs / name / "eval" / "knn.json").read_text())["knn_top1"] for name in ("memory", "disk")]
+    assert knn[0] == knn[1]
 
 
 # ---------------------------------------------------------------- the front end

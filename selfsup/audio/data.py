@@ -16,6 +16,8 @@ share its part, so no recording is heard on both sides.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import sys
@@ -23,17 +25,23 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from selfsup.audio.io import AUDIO_SUFFIXES, UnreadableAudio, duration, read_clip, to_int16
+from selfsup.checkpoint import atomic_write
+from selfsup.data.cache import sidecar_of, trusted_sidecar
+from selfsup.data.fetch import default_root
 from selfsup.data.holdout import PARTS, part_of, path_position
 from selfsup.data.jsonl import json_objects
+from selfsup.data.stream import too_large_for_memory
 from selfsup.data.image_folder import find_image_files, warn_once
 from selfsup.errors import DataError
 
 PROGRESS_ABOVE = 500                   # files; fewer load in a few seconds without a bar
 MANIFEST_FIELDS = ("path", "label", "speaker", "part", "transcript")
+CACHE_FORMAT = "selfsup-audio-clips-1"
 
 
 @dataclass
@@ -47,6 +55,7 @@ class AudioSet:
     speakers: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)     # train / val / test of each clip
     transcripts: list[str] = field(default_factory=list)   # what is said in each clip (speech recognition)
+    on_disk: bool = False                      # clips mapped from a file (load_audio's stream), not in memory
 
     def __post_init__(self):
         if self.clips.dtype != torch.int16 or self.clips.dim() != 2:
@@ -67,12 +76,15 @@ class AudioSet:
         return self if n <= 0 or n >= len(self) else self.select(torch.arange(n))
 
     def select(self, idx) -> "AudioSet":
-        """The clips at idx, with everything known about them."""
+        """The clips at idx, with everything known about them. A run of consecutive positions is a view
+        of the clips (a mapped file stays on disk), any other choice a copy."""
         idx = torch.as_tensor(idx, dtype=torch.int64)
         pick = lambda values: [values[i] for i in idx.tolist()] if values else []   # noqa: E731
         labels = None if self.labels is None else self.labels[idx]
-        return AudioSet(self.clips[idx], self.sample_rate, labels, self.classes, self.name, pick(self.paths),
-                        pick(self.speakers), pick(self.parts), pick(self.transcripts))
+        consecutive = len(idx) > 0 and bool((idx == torch.arange(int(idx[0]), int(idx[0]) + len(idx))).all())
+        clips = self.clips[int(idx[0]):int(idx[0]) + len(idx)] if consecutive else self.clips[idx]
+        return AudioSet(clips, self.sample_rate, labels, self.classes, self.name, pick(self.paths),
+                        pick(self.speakers), pick(self.parts), pick(self.transcripts), self.on_disk and consecutive)
 
     def part(self, name: str) -> "AudioSet":
         return self.select([i for i, part in enumerate(self.parts) if part == name])
@@ -96,12 +108,20 @@ class Entry:
 
 def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: bool = False, strict: bool = False,
                test_fraction: float = 0.2, val_fraction: float = 0.1, min_seconds: float = 0.05,
-               cut_every: float = 0.0, progress: bool = True) -> AudioSet:
+               cut_every: float = 0.0, progress: bool = True, stream: str = "off",
+               cache_dir: Path | None = None) -> AudioSet:
     """Every readable clip of the source (a folder, a .jsonl manifest, or a manifest inside a folder),
     `seconds` long at `sample_rate`, each with its part. labels=True: each clip's label (the manifest's
     `label`, or the first-level subfolder); a clip without one is an error. Unreadable, too short and
     silent files (or pieces) are skipped with one warning naming a few; strict=True makes the first an
-    error. cut_every > 0: a clip every cut_every seconds of each file (the module's docstring)."""
+    error. cut_every > 0: a clip every cut_every seconds of each file (the module's docstring).
+
+    stream 'on' (or 'auto' when the decoded clips would fill more than STREAM_MEMORY_SHARE of the
+    machine's memory), for sets larger than memory: the clips are decoded once into a file in
+    cache_dir (default: audio-cache in $SELFSUP_DATA or ~/.cache/selfsup; the train, val and test
+    clips each one stretch of it, in the source's order within a part) and mapped from disk; `part`
+    is then a view of the file and nothing is read until a batch asks for it. Loading again with the
+    same files and settings reuses the file without decoding."""
     root, entries, other_files = audio_entries(Path(source).expanduser())
     if cut_every > 0:
         entries = [piece for entry in entries for piece in pieces(entry, cut_every, min_seconds)]
@@ -113,37 +133,135 @@ def load_audio(source: str | Path, sample_rate: int, seconds: float, labels: boo
                             "files in its own subfolder (or give a manifest a `label` field), or read without labels")
         if len(classes) < 2:
             raise DataError(f"{root}: the clips have {len(classes)} label(s); evaluation needs at least 2")
-    def decode(entry: Entry) -> torch.Tensor | UnreadableAudio:
+    parts = [e.part or part_of(path_position(e.speaker or e.name), test_fraction, val_fraction) for e in entries]
+    decoding = Decoding(root, sample_rate, seconds, min_seconds, strict, progress)
+    on_disk = streams(stream, len(entries) * round(sample_rate * seconds) * 2, root, len(entries))
+    if not on_disk:
+        kept, clips = [], []
+        for position, clip in decoding.clips(entries):
+            kept.append(position)
+            clips.append(clip)
+        clips = torch.stack(clips) if clips else None
+    else:
+        by_part = sorted(range(len(entries)), key=lambda i: PARTS.index(parts[i]))
+        entries, parts = [entries[i] for i in by_part], [parts[i] for i in by_part]
+        clips, kept = mapped_clips(cache_dir or default_root() / "audio-cache", entries, parts, decoding)
+    if not kept:
+        raise DataError(f"no readable clips in {str(root)!r}: all {len(entries)} audio files were skipped, e.g. "
+                        f"{decoding.skipped[0]}")
+    warn_once(root, len(entries), decoding.skipped, other_files, kind="audio", suffixes=AUDIO_SUFFIXES)
+    index = {name: i for i, name in enumerate(classes)}
+    chosen = [entries[i] for i in kept]
+    return AudioSet(clips, sample_rate, torch.tensor([index[e.label] for e in chosen]) if labels else None, classes,
+                    root.name, [e.clip_name for e in chosen], [e.speaker for e in chosen], [parts[i] for i in kept],
+                    [e.transcript for e in chosen] if any(e.transcript for e in chosen) else [], on_disk)
+
+
+def streams(stream: str, needed_bytes: int, root: Path, count: int) -> bool:
+    """data.stream for sound: on, off, or auto: when the decoded clips would not fit in memory."""
+    if stream != "auto":
+        return stream == "on"
+    return too_large_for_memory(needed_bytes, f"{count:,} clips of {root.name}",
+                                "decoding them once to a file and reading it from disk")
+
+
+@dataclass
+class Decoding:
+    """How entries become int16 clips, and the ones that could not (`skipped`, each with its reason)."""
+    root: Path
+    sample_rate: int
+    seconds: float
+    min_seconds: float
+    strict: bool
+    progress: bool
+    skipped: list[str] = field(default_factory=list)
+
+    def settings(self) -> dict:
+        return {"sample_rate": self.sample_rate, "seconds": self.seconds, "min_seconds": self.min_seconds}
+
+    def decode(self, entry: Entry) -> torch.Tensor | UnreadableAudio:
         try:
-            return to_int16(read_clip(entry.path, sample_rate, seconds, min_seconds, entry.start))
+            return to_int16(read_clip(entry.path, self.sample_rate, self.seconds, self.min_seconds, entry.start))
         except UnreadableAudio as e:
             return e
 
-    clips, kept, skipped = [], [], []
-    # libsndfile and the FFT release the GIL: threads decode in parallel, in the entries' order.
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for entry, clip in tqdm(zip(entries, pool.map(decode, entries)), total=len(entries), unit="clip",
-                                desc=f"loading {root.name}", file=sys.stderr,
-                                disable=not progress or len(entries) <= PROGRESS_ABOVE):
-            if isinstance(clip, UnreadableAudio):
-                if strict:
-                    pool.shutdown(cancel_futures=True)
-                    raise DataError(f"cannot read audio file {entry.clip_name!r}: {clip}; without --strict "
-                                    "(strict=False) it would be skipped") from clip
-                skipped.append(f"{entry.clip_name} ({clip})")
-                continue
-            clips.append(clip)
-            kept.append(entry)
-    if not kept:
-        raise DataError(f"no readable clips in {str(root)!r}: all {len(entries)} audio files were skipped, e.g. "
-                        f"{skipped[0]}")
-    warn_once(root, len(entries), skipped, other_files, kind="audio", suffixes=AUDIO_SUFFIXES)
-    index = {name: i for i, name in enumerate(classes)}
-    return AudioSet(torch.stack(clips), sample_rate,
-                    torch.tensor([index[e.label] for e in kept]) if labels else None, classes, root.name,
-                    [e.clip_name for e in kept], [e.speaker for e in kept],
-                    [e.part or part_of(path_position(e.speaker or e.name), test_fraction, val_fraction) for e in kept],
-                    [e.transcript for e in kept] if any(e.transcript for e in kept) else [])
+    def clips(self, entries: list[Entry], window: int = 1024):
+        """(position, clip) of each readable entry, in the entries' order; an unreadable one is added to
+        `skipped` (strict: a DataError). Files are submitted a window at a time, so decoded clips waiting
+        behind a slow file never pile up beyond it."""
+        # libsndfile and the FFT release the GIL: threads decode in parallel.
+        pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+        bar = tqdm(total=len(entries), unit="clip", desc=f"loading {self.root.name}", file=sys.stderr,
+                   disable=not self.progress or len(entries) <= PROGRESS_ABOVE)
+        try:
+            for start in range(0, len(entries), window):
+                chunk = entries[start:start + window]
+                for position, (entry, clip) in enumerate(zip(chunk, pool.map(self.decode, chunk)), start):
+                    bar.update()
+                    if not isinstance(clip, UnreadableAudio):
+                        yield position, clip
+                    elif self.strict:
+                        raise DataError(f"cannot read audio file {entry.clip_name!r}: {clip}; without --strict "
+                                        "(strict=False) it would be skipped") from clip
+                    else:
+                        self.skipped.append(f"{entry.clip_name} ({clip})")
+        finally:
+            pool.shutdown(cancel_futures=True)
+            bar.close()
+
+
+def mapped_clips(cache_dir: Path, entries: list[Entry], parts: list[str],
+                 decoding: Decoding) -> tuple[torch.Tensor | None, list[int]]:
+    """(the readable entries' clips, int16 (N, samples) mapped from a file in cache_dir, their positions).
+
+    The file is named by a digest of the entries (each file's path, size and modification time, what
+    the entry says of it, and its part) and the decoding settings; a sidecar `<file>.json` lists the kept
+    positions and the skipped files. It is written under a temporary name, clip by clip, and the
+    sidecar last, so an interrupted decoding is never mistaken for a finished one."""
+    identity = {"format": CACHE_FORMAT, **decoding.settings(),
+                "entries": hashlib.sha256(json.dumps([_describe(e) + [part] for e, part in zip(entries, parts)])
+                                          .encode()).hexdigest()}
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    cache_file = Path(cache_dir) / f"{key}.int16"
+    length = round(decoding.sample_rate * decoding.seconds)
+    meta = trusted_sidecar(cache_file, identity, lambda meta: len(meta.get("kept", [])) * length * 2)
+    if meta is None:
+        meta = _decode_to(cache_file, identity, entries, decoding)
+    decoding.skipped.extend(meta["skipped"])
+    if decoding.strict and meta["skipped"]:
+        raise DataError(f"cannot read audio file {meta['skipped'][0]}; without --strict (strict=False) it would be "
+                        "skipped")
+    if not meta["kept"]:
+        return None, []
+    # Copy-on-write: the tensor is writable (torch warns on read-only arrays) but the file never changes.
+    mapped = np.memmap(cache_file, dtype=np.int16, mode="c", shape=(len(meta["kept"]), length))
+    return torch.from_numpy(mapped), meta["kept"]
+
+
+def _describe(entry: Entry) -> list:
+    stat = entry.path.stat() if entry.path.is_file() else None
+    return [str(entry.path.resolve()), stat.st_size if stat else -1, stat.st_mtime_ns if stat else -1, entry.label,
+            entry.speaker, entry.part, entry.transcript, entry.start]
+
+
+def _decode_to(cache_file: Path, identity: dict, entries: list[Entry], decoding: Decoding) -> dict:
+    sidecar = sidecar_of(cache_file)
+    sidecar.unlink(missing_ok=True)            # a crash below must not leave a sidecar vouching for old clips
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_name(cache_file.name + ".partial")
+    kept, writing = [], replace(decoding, skipped=[])       # the caller reports the skipped files, cached or not
+    try:
+        with open(partial, "wb") as out:
+            for position, clip in writing.clips(entries):
+                out.write(clip.numpy().tobytes())
+                kept.append(position)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.replace(cache_file)
+    meta = {**identity, "kept": kept, "skipped": writing.skipped}
+    atomic_write(sidecar, json.dumps(meta).encode())
+    return meta
 
 
 def pieces(entry: Entry, every: float, min_seconds: float) -> list[Entry]:

@@ -431,9 +431,15 @@ def streams(cfg, source_path: Path) -> bool:
         return False
     files, _ = find_image_files(source_path)
     needed = len(files) * (cfg.data.channels or 3) * (cfg.data.size or 32) ** 2     # bytes, decoded as uint8
-    if needed <= STREAM_MEMORY_SHARE * memory_bytes():
+    return too_large_for_memory(needed, f"{len(files):,} images at {cfg.data.size or 32} px",
+                                "streaming them from disk")
+
+
+def too_large_for_memory(needed_bytes: int, what: str, instead: str) -> bool:
+    """Whether `what`, needed_bytes decoded, would take more than STREAM_MEMORY_SHARE of this machine's
+    memory; if so a note says so and what is done `instead`."""
+    if needed_bytes <= STREAM_MEMORY_SHARE * memory_bytes():
         return False
-    print(f"note: {len(files):,} images at {cfg.data.size or 32} px would take {needed / 2**30:.1f} GiB decoded, "
-          f"over {STREAM_MEMORY_SHARE:.0%} of this machine's memory: streaming them from disk (data.stream=off "
-          "keeps them in memory)", file=sys.stderr)
+    print(f"note: {what} would take {needed_bytes / 2**30:.1f} GiB decoded, over {STREAM_MEMORY_SHARE:.0%} of this "
+          f"machine's memory: {instead} (data.stream=off keeps them in memory)", file=sys.stderr)
     return True

@@ -131,7 +131,7 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
                 row["search"] = chosen["search"]
             row["scored_on"] = scored_on
             run.folder.append_result(row)
-            log(_describe(row))
+            log(_describe(row, run.modality.sample_word))
             rows.append(row)
     return rows
 
@@ -147,8 +147,8 @@ def choose_on_validation(run, protocol: str, train, val, idx: torch.Tensor, base
             setting = {**base, "lr": lr, "weight_decay": weight_decay}
             trials.append({"lr": lr, "weight_decay": weight_decay, "val_top1": tune(idx, 0, setting)[0]})
     best = max(trials, key=lambda trial: trial["val_top1"])
-    log(f"{protocol:>10} search on {len(val)} validation images ({len(trials)} trials, first draw of "
-        f"{len(idx)} labels): lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
+    log(f"{protocol:>10} search on {len(val)} validation {run.modality.sample_word} ({len(trials)} trials, "
+        f"first draw of {len(idx)} labels): lr {best['lr']:g}, weight decay {best['weight_decay']:g} "
         f"(validation top-1 {100 * best['val_top1']:.2f}%)")
     return {"settings": {**base, "lr": best["lr"], "weight_decay": best["weight_decay"]},
             "search": {"trials": trials, "chosen_on": f"validation part ({len(val)} images)", "draw": 0}}
@@ -306,7 +306,7 @@ def _row(run, protocol, budget: LabelBudget, count, scores, seconds, setting, da
             "step": run.step, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
-def _describe(row: dict) -> str:
+def _describe(row: dict, sample_word: str) -> str:
     extra = f" k={row['settings']['k']}" if row["protocol"] == "knn" else ""
     if row["protocol"] == "propagate":
         extra = f" ({row['settings']['choice']})"
@@ -314,7 +314,7 @@ def _describe(row: dict) -> str:
     if "search" in row:
         extra = (f" (lr {row['settings']['lr']:g}, weight decay {row['settings']['weight_decay']:g}, chosen from "
                  f"{len(row['search']['trials'])} on validation)")
-    return (f"{row['protocol']:>10}{extra} with {row['labels']:>9} labels ({row['num_labels']} images, "
+    return (f"{row['protocol']:>10}{extra} with {row['labels']:>9} labels ({row['num_labels']} {sample_word}, "
             f"{row['seeds']} seed(s)): top-1 {100 * row['mean']:.2f}%{spread}  [{row['seconds']:.1f} s]")
 
 

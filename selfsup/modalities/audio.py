@@ -37,16 +37,20 @@ def audio_source(source: str, data_dir: str = "") -> Path:
 class AudioModality(Modality):
     name = "audio"
     raw_name = "MFCC statistics"
+    sample_word = "clips"
     channels_last = True               # the log-mel "images" go through conv nets
-    fits_on_device = True
     report_panels = ("spectrograms", "listen")
+
+    def fits_on_device(self, data: AudioSet) -> bool:
+        """Clips decoded to a file (data.stream) stay there; in-memory ones may live on the GPU."""
+        return not data.on_disk
 
     def _load(self, cfg, source: str = "", data_dir: str = "", labels: bool = False, strict: bool | None = None):
         audio = cfg.audio
         return load_audio(audio_source(source or cfg.data.source, data_dir or cfg.data.data_dir), audio.sample_rate,
                           audio.seconds, labels=labels, strict=cfg.data.strict if strict is None else strict,
                           test_fraction=audio.test_fraction, val_fraction=cfg.data.val_fraction,
-                          min_seconds=audio.min_seconds, cut_every=audio.cut_every)
+                          min_seconds=audio.min_seconds, cut_every=audio.cut_every, stream=cfg.data.stream)
 
     def training_data(self, cfg, run_dir: Path | None = None) -> AudioSet:
         """The source's training clips: its validation and test clips (or speakers) never enter pretraining."""

@@ -36,8 +36,8 @@ def identity_input(batch: torch.Tensor, gen: torch.Generator | None = None) -> t
 class Modality(ABC):
     name: str                          # data.modality
     raw_name: str                      # the no-learning baseline (raw pixels, bag of words, ...) in reports
+    sample_word: str = "samples"       # what one sample is called in printed counts (images, users, ...)
     channels_last: bool = False        # conv nets run faster with channels_last inputs
-    fits_on_device: bool = True        # the in-memory data set may live on the GPU
     finetune_defaults: dict = {}       # FinetuneSettings for fine-tuning (else its own defaults)
     supervised_defaults: dict = {}     # ... and on top of those for the supervised baseline
     probe_augmentation: bool = False   # the linear probe may add crop-and-flip copies (evaluate --augment)
@@ -49,6 +49,10 @@ class Modality(ABC):
     # The report's sections beyond the common ones (selfsup.report): retrieval, views, explanations,
     # text_retrieval, text_sample, ranking.
     report_panels: tuple[str, ...] = ()
+
+    def fits_on_device(self, data) -> bool:
+        """Whether the training data set may be moved whole to the GPU (an in-memory one may)."""
+        return True
 
     @abstractmethod
     def training_data(self, cfg, run_dir: Path | None = None):

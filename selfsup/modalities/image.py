@@ -24,8 +24,8 @@ STREAM_VIEW_SIZE = 224                 # streamed images: the view side when nei
 class ImageModality(Modality):
     name = "image"
     channels_last = True               # conv nets run faster with channels_last inputs
-    fits_on_device = True              # the uint8 data set may live on the GPU
     raw_name = "raw pixels"
+    sample_word = "images"
     probe_augmentation = True
     exports_onnx = True
     dense_tasks = True

@@ -32,8 +32,8 @@ MANY_VALUES = 10
 class InteractionsModality(Modality):
     name = "interactions"
     channels_last = False
-    fits_on_device = True
     raw_name = "bag of items"
+    sample_word = "users"
     report_panels = ("ranking",)
 
     def log_path(self, cfg, source: str = "") -> Path:

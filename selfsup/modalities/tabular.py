@@ -16,8 +16,8 @@ from selfsup.tabular.baselines import raw_features
 class TabularModality(Modality):
     name = "tabular"
     channels_last = False
-    fits_on_device = True
     raw_name = "raw columns"
+    sample_word = "rows"
     PREPROCESSOR_FILE = "table.json"
 
     def _preprocessor(self, cfg, columns: dict, run_dir: Path | None, fit_rows=None):

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from selfsup.data import fetch
 from selfsup.data.holdout import index_position, part_of
 from selfsup.errors import ConfigError, DataError
 from selfsup.methods import method_class
@@ -29,10 +29,14 @@ def text_part(cfg, index: int) -> str:
 class TextModality(Modality):
     name = "text"
     channels_last = False
-    fits_on_device = False             # a packed corpus is mapped from disk and may be larger than memory
     raw_name = "bag of words"
+    sample_word = "texts"
     report_panels = ("text_retrieval", "text_sample", "summaries")
     SOURCES = "a folder of .txt files, a .jsonl file (text.field) or a .txt file (one document per paragraph)"
+
+    def fits_on_device(self, data) -> bool:
+        """No: a packed corpus is mapped from disk and may be larger than memory."""
+        return False
 
     def tokenizer(self, cfg, run_dir: Path | None, texts: Callable | None = None):
         """The run's tokenizer (RUN_DIR/tokenizer.json) when it has one; else a new one (BPE is trained on texts())."""
@@ -172,5 +176,4 @@ def _same_source(a: str, b: str) -> bool:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("SELFSUP_DATA") or Path.home() / ".cache" / "selfsup"
-    return Path(root) / "token-cache"
+    return fetch.default_root() / "token-cache"

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from selfsup.data import DataError, require_class_subfolders
+from selfsup.data.cache import sidecar_of, trusted_sidecar
 from selfsup.data.jsonl import json_objects
 from selfsup.text.tokenizer import BOS, EOS, PAD, TOKENIZER_FILE
 
@@ -258,10 +259,12 @@ def pack_corpus(texts: Iterable[str], tokenizer, max_length: int, cache_file: st
     """
     _check_max_length(max_length)
     cache_file = Path(cache_file)
-    sidecar = cache_file.with_name(cache_file.name + ".json")
+    sidecar = sidecar_of(cache_file)
     dtype = _stream_dtype(tokenizer.vocab_size)
     identity = {"format": PACKED_FORMAT, "key": key, "tokenizer": _tokenizer_digest(tokenizer), "dtype": dtype.name}
-    num_tokens = _cached_length(cache_file, sidecar, identity)
+    meta = trusted_sidecar(cache_file, identity, lambda meta: meta["num_tokens"] * dtype.itemsize
+                           if isinstance(meta.get("num_tokens"), int) else -1)
+    num_tokens = meta["num_tokens"] if meta else None
     if num_tokens is None:
         num_tokens = _write_stream(texts, tokenizer, cache_file, sidecar, dtype)
         sidecar.write_text(json.dumps({**identity, "num_tokens": num_tokens}))
@@ -273,21 +276,6 @@ def pack_corpus(texts: Iterable[str], tokenizer, max_length: int, cache_file: st
     stream = np.memmap(cache_file, dtype=dtype, mode="c", shape=(rows * max_length,))
     return TextSet(torch.from_numpy(stream.reshape(rows, max_length)), None, [], name or cache_file.stem, [],
                    {TOKENIZER_FILE: tokenizer})
-
-
-def _cached_length(cache_file: Path, sidecar: Path, identity: dict) -> int | None:
-    """The token count of a reusable cache, or None."""
-    try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in identity.items()):
-        return None
-    num_tokens = meta.get("num_tokens")
-    expected_bytes = num_tokens * np.dtype(identity["dtype"]).itemsize if isinstance(num_tokens, int) else -1
-    if not cache_file.is_file() or cache_file.stat().st_size != expected_bytes:
-        return None
-    return num_tokens
 
 
 def _write_stream(texts: Iterable[str], tokenizer, cache_file: Path, sidecar: Path, dtype: np.dtype) -> int:
