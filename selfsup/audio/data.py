@@ -34,9 +34,9 @@ from selfsup.checkpoint import atomic_write
 from selfsup.data.cache import sidecar_of, trusted_sidecar
 from selfsup.data.fetch import default_root
 from selfsup.data.holdout import PARTS, part_of, path_position
+from selfsup.data.image_folder import find_image_files, warn_once
 from selfsup.data.jsonl import json_objects
 from selfsup.data.stream import too_large_for_memory
-from selfsup.data.image_folder import find_image_files, warn_once
 from selfsup.errors import DataError
 
 PROGRESS_ABOVE = 500                   # files; fewer load in a few seconds without a bar

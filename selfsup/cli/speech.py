@@ -15,9 +15,9 @@ def add_parsers(sub) -> None:
                     "transcripts' characters (or words, --units words) plus the CTC blank, fine-tune the network "
                     "with the CTC loss (a waveform encoder's convolutions stay frozen, as in wav2vec 2.0, unless "
                     "--train-features) on a share of the training clips (and each seed), keep the state with the "
-                    "lowest validation character error rate, and score the held-out clips' transcriptions with word and character "
-                    "error rates (jiwer: pip install 'selfsup[audio]'). --baseline also trains the same network "
-                    "from scratch. Rows go to RUN_DIR/eval/ctc.jsonl (docs/audio.md).")
+                    "lowest validation character error rate, and score the held-out clips' transcriptions with "
+                    "word and character error rates (jiwer: pip install 'selfsup[audio]'). --baseline also trains "
+                    "the same network from scratch. Rows go to RUN_DIR/eval/ctc.jsonl (docs/audio.md).")
     add_run_arguments(p)
     p.add_argument("--data", default="spoken-words",
                    help="spoken-words (its digit strings) or a .jsonl manifest of clips with a \"transcript\" and, "
