@@ -229,7 +229,8 @@ def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, setti
                        "seconds": round(time.perf_counter() - started, 1), "settings": vars(settings)}
                 run.folder.append_result(row, to=run.folder.dense_results_file)
                 scores = "  ".join(f"{name} {100 * row[name]:6.2f}" for name in measures)
-                print(f"  {budget.text:>5} seed {seed} {init:<12} {scores}  (validation {measures[0]} "
+                maps = f"{row['maps']} maps, " if settings.maps == "auto" and "maps" in row else ""
+                print(f"  {budget.text:>5} seed {seed} {init:<12} {scores}  ({maps}validation {measures[0]} "
                       f"{100 * row['val_' + measures[0]]:.2f}; {row['seconds']:.0f} s)")
                 rows.append(row)
     return rows

@@ -15,7 +15,7 @@ from selfsup.data.coco import find_annotations, read_coco
 from selfsup.data.scenes import SceneRecipe, compose, read_scenes, render_items, write_scenes
 from selfsup.errors import ConfigError, DataError
 from selfsup.evaluate.dense import (SegmentSettings, confusion_matrix, feature_maps, segment,
-                                    segmentation_scores)
+                                    segmentation_scores, stacked_map)
 from selfsup.evaluate.detect import centre_targets, coco_map, decode, flip_boxes, focal_loss
 from selfsup.evaluate.explain import explanation_maps
 
@@ -145,6 +145,35 @@ def test_feature_maps_of_a_resnet_and_a_vit():
         feature_maps(nn.Linear(3, 3), torch.zeros(2, 3))
 
 
+def test_a_vits_intermediate_tokens_are_its_normed_blocks_and_the_stack_ends_with_the_last_map():
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", patch_size=8, in_channels=1, image_size=32).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        tokens = vit.intermediate_tokens(x, 4)
+        by_hand = [vit.norm(vit.blocks[:depth](vit.embed_tokens(x))) for depth in (3, 6, 9, 12)]
+        stack, (last,) = stacked_map(vit, x), feature_maps(vit, x)
+    assert len(tokens) == 4
+    for got, want in zip(tokens, by_hand):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(tokens[-1], vit.forward_tokens(x))
+    assert stack.shape == (2, 4 * 192, 4, 4)
+    torch.testing.assert_close(stack[:, -192:], last)
+    torch.testing.assert_close(stack[:, :192], tokens[0][:, 1:].transpose(1, 2).reshape(2, 192, 4, 4))
+    assert len(build_backbone("vit_tiny", patch_size=8, in_channels=1, image_size=32)
+               .intermediate_tokens(x, 20)) == 12                              # at most one per block
+
+
+def test_a_resnets_stack_is_its_stages_pooled_to_the_last_grid():
+    resnet = build_backbone("resnet18", width=0.125, in_channels=1).eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        maps, stack = feature_maps(resnet, x), stacked_map(resnet, x)
+    assert stack.shape == (2, sum(m.shape[1] for m in maps), 4, 4)
+    torch.testing.assert_close(stack[:, -maps[-1].shape[1]:], maps[-1])
+    torch.testing.assert_close(stack[:, :maps[0].shape[1], :1, :1], maps[0][:, :, :8, :8].mean((-2, -1), keepdim=True))
+
+
 class Oracle(nn.Module):
     """A 'backbone' whose map one-hot encodes each pixel's grey level in steps of 20 at stride 2: enough for
     a linear head to read the class of scenes painted with grey = 20 * (class + 1)."""
@@ -178,6 +207,32 @@ def test_a_linear_head_on_informative_maps_segments_and_on_random_maps_does_not(
     assert good["steps"] == max(100, math.ceil(40 * 60 / 16))
 
 
+class EarlyOracle(Oracle):
+    """The Oracle's informative map first, then a last map of noise at stride 4: only a head that reads the
+    earlier depth can segment."""
+
+    def stage_maps(self, x):
+        (informative,) = super().stage_maps(x)
+        return [informative, torch.randn(len(x), 12, x.shape[-2] // 4, x.shape[-1] // 4) + 0 * self.anchor]
+
+
+def test_maps_auto_keeps_the_stacked_maps_when_only_an_earlier_depth_informs_the_validation_scenes():
+    train, val, test = painted_scenes(60, 0), painted_scenes(20, 1), painted_scenes(20, 2)
+    prepare = lambda u8: u8.float() / 255
+    results = {maps: segment(EarlyOracle(), train, val, test, prepare,
+                             SegmentSettings(epochs=40, steps=100, batch_size=16, lr=5e-2, maps=maps))
+               for maps in ("last", "stack", "auto")}
+    assert results["last"]["miou"] < 0.3 and results["stack"]["miou"] > 0.6
+    assert results["last"]["maps"] == "last" and "val_miou_by_maps" not in results["stack"]
+    auto = results["auto"]
+    assert auto["maps"] == "stack" and auto["val_miou_by_maps"]["stack"] > auto["val_miou_by_maps"]["last"]
+    assert auto["val_miou_by_maps"]["stack"] == auto["val_miou"]
+    with pytest.raises(ConfigError, match="--mode linear"):
+        SegmentSettings(mode="finetune", maps="stack")
+    with pytest.raises(ConfigError, match="maps must be one of"):
+        SegmentSettings(maps="middle")
+
+
 def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(tmp_path, capsys):
     write_scenes(tmp_path / "fashion-scenes", TINY, str(fake_fashion(tmp_path / "fmnist")), log=lambda _: None)
     run = tmp_path / "runs" / "scenes"
@@ -188,8 +243,15 @@ def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(
                  "--batch-size", "16", "--quiet"]) == 0
     rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
     assert [(r["init"], r["labels"], r["scenes"]) for r in rows] == [("pretrained", "50%", 54), ("random init", "50%", 54)]
-    assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" for r in rows)
+    assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" and r["maps"] == "last" for r in rows)
     capsys.readouterr()
+    assert main(["evaluate", "segment", str(run), "--labels", "50%", "--maps", "auto", "--steps", "5", "--epochs",
+                 "1", "--batch-size", "16", "--quiet"]) == 0
+    row = json.loads((run / "eval" / "dense.jsonl").read_text().splitlines()[-1])
+    assert row["settings"]["maps"] == "auto" and set(row["val_miou_by_maps"]) == {"last", "stack"}
+    assert f"{row['maps']} maps, validation miou" in capsys.readouterr().out
+    assert main(["evaluate", "segment", str(run), "--mode", "finetune", "--maps", "stack"]) != 0
+    assert "--mode linear" in capsys.readouterr().err
     assert main(["evaluate", "segment", str(run), "--labels", "5/class"]) != 0
     assert "a share (10%) or a count" in capsys.readouterr().err
     assert main(["evaluate", "detect", str(run), "--labels", "50%", "--steps", "3", "--epochs", "1", "--batch-size",

@@ -135,6 +135,19 @@ class VisionTransformer(nn.Module):
         """
         return self.norm(self.blocks(self.embed_tokens(x, keep)))
 
+    def intermediate_tokens(self, x: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """The final-LayerNorm'd tokens (B, 1 + n, dim) after `count` evenly spaced blocks, the last one last (of 12
+        blocks and count 4: the 3rd, 6th, 9th and 12th; BEiT's and MAE's segmentation read four blocks likewise);
+        fewer when the ViT has fewer blocks than `count`."""
+        depth = len(self.blocks)
+        taken = {max(0, round(depth * (i + 1) / count) - 1) for i in range(count)}
+        tokens, outputs = self.embed_tokens(x), []
+        for index, block in enumerate(self.blocks):
+            tokens = block(tokens)
+            if index in taken:
+                outputs.append(self.norm(tokens))
+        return outputs
+
     def embed_tokens(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """The sequence the blocks read: the class token, then the (kept) patches, with positions added."""
         grid_h, grid_w = self.grid_size(*x.shape[-2:])

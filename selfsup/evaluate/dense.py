@@ -3,8 +3,8 @@
 Two protocols, as MoCo, DINO and MAE report them:
 
 - ``linear``: the backbone is frozen; a batch norm and a 1x1 convolution classify every cell of its
-  last feature map, and the logits are upsampled (bilinear) to the image. The maps are computed once
-  and cached, so only the head trains.
+  last feature map (or of its maps from several depths stacked on the last map's grid), and the logits
+  are upsampled (bilinear) to the image. The maps are computed once and cached, so only the head trains.
 - ``finetune``: the backbone trains with a light FPN decoder on its last three feature maps
   (lateral 1x1 convolutions, top-down sums, one 3x3 convolution, a 1x1 classifier).
 
@@ -29,6 +29,10 @@ from selfsup.errors import ConfigError
 from selfsup.optim import lr_factor
 
 MODES = ("linear", "finetune")
+# What the linear head reads: the last map, the maps of STACK_LEVELS depths on its grid, or the one of the two the
+# validation scenes prefer.
+MAPS = ("last", "stack", "auto")
+STACK_LEVELS = 4
 
 
 # Per mode: the linear head's rate was chosen on the validation scenes (docs/dense.md); the fine-tuning
@@ -56,10 +60,16 @@ class SegmentSettings(FitSettings):
     """epochs and lr 0: the mode's (MODE_DEFAULTS)."""
     mode: str = "linear"               # linear | finetune (detection always fine-tunes)
     decoder_width: int = 64            # the FPN decoder's channels (finetune, detection)
+    maps: str = "last"                 # linear: last | stack | auto (MAPS)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"segmentation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.maps not in MAPS:
+            raise ConfigError(f"segmentation maps must be one of {', '.join(MAPS)}, got {self.maps!r}")
+        if self.maps != "last" and self.mode != "linear":
+            raise ConfigError(f"maps={self.maps} chooses what a frozen linear head reads; the fine-tuned decoder "
+                              "reads the last three maps (use --mode linear, or leave --maps out)")
         self.lr = self.lr or MODE_DEFAULTS[self.mode]["lr"]
         self.epochs = self.epochs or MODE_DEFAULTS[self.mode]["epochs"]
         if self.epochs <= 0 or self.lr <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
@@ -71,11 +81,31 @@ def feature_maps(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     if hasattr(backbone, "stage_maps"):
         return backbone.stage_maps(x)
     if hasattr(backbone, "forward_tokens") and hasattr(backbone, "grid_size"):
-        grid_h, grid_w = backbone.grid_size(*x.shape[-2:])
-        patches = backbone.forward_tokens(x)[:, 1:]
-        return [patches.transpose(1, 2).reshape(len(x), -1, grid_h, grid_w)]
+        return [patch_grid(backbone, backbone.forward_tokens(x), x)]
     raise ConfigError(f"{type(backbone).__name__} gives no feature maps; dense tasks need a ResNet (its stages) or "
                       "a ViT (its patch tokens)")
+
+
+def patch_grid(vit: nn.Module, tokens: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A ViT's (B, 1 + n, dim) tokens of images x -> its patch tokens on their grid (B, dim, grid_h, grid_w)."""
+    grid_h, grid_w = vit.grid_size(*x.shape[-2:])
+    return tokens[:, 1:].transpose(1, 2).reshape(len(x), -1, grid_h, grid_w)
+
+
+def stacked_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images -> one map (B, sum C_i, H_last, W_last): a ResNet's stage maps, or a ViT's patch tokens
+    after STACK_LEVELS evenly spaced blocks, each average-pooled to the last map's grid and stacked along the
+    channels, the last map's own channels last (so `[:, -C_last:]` is the last map)."""
+    if hasattr(backbone, "intermediate_tokens") and hasattr(backbone, "grid_size"):
+        maps = [patch_grid(backbone, tokens, x) for tokens in backbone.intermediate_tokens(x, STACK_LEVELS)]
+    else:
+        maps = feature_maps(backbone, x)
+    grid = maps[-1].shape[-2:]
+    return torch.cat([F.adaptive_avg_pool2d(m, grid) for m in maps], dim=1)
+
+
+def last_map(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return feature_maps(backbone, x)[-1]
 
 
 class LinearSegmentHead(nn.Module):
@@ -162,37 +192,68 @@ def segment(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet,
             desc: str = "segment") -> dict:
     """Train a head (and, fine-tuning, a copy of the backbone) on `train`'s masks; keep the state best on
     `val`; return mIoU and pixel accuracy on `val` (at that state) and on `test`."""
-    torch.manual_seed(seed)
     classes = train.num_classes + 1                                 # + background
     device = torch.device(device)
     backbone = backbone_copy(backbone, device).eval()
+    if settings.mode == "linear":
+        return segment_linear(backbone, train, val, test, prepare, settings, classes, seed, device, progress, desc)
+    torch.manual_seed(seed)
     with torch.no_grad():
         channels = [m.shape[1] for m in feature_maps(backbone, prepare(train.images[:2].to(device)))]
-    frozen = settings.mode == "linear"
-    head = LinearSegmentHead(channels, classes) if frozen else FPNSegmentHead(channels, classes, settings.decoder_width)
-    model = DenseModel(backbone, head, prepare).to(device)
-    backbone.requires_grad_(not frozen)
+    model = DenseModel(backbone, FPNSegmentHead(channels, classes, settings.decoder_width), prepare).to(device)
+    predictors = {name: (lambda i, j, scenes=scenes: model(scenes.images[i:j].to(device)))
+                  for name, scenes in (("val", val), ("test", test))}
+
+    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:     # mirrored scenes and masks alike
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        logits = model(flip_images(train.images[idx], flip).to(device))
+        return F.cross_entropy(logits, flip_images(train.semantic[idx], flip).long().to(device))
+
+    return train_and_score(model, batch_loss, predictors, val, test, classes, settings, len(train), seed,
+                           frozen_backbone=False, progress=progress, desc=desc)
+
+
+def segment_linear(backbone: nn.Module, train: SceneSet, val: SceneSet, test: SceneSet, prepare: Callable,
+                   settings: SegmentSettings, classes: int, seed: int, device: torch.device, progress: bool,
+                   desc: str) -> dict:
+    """The frozen backbone's map of every scene, once (stacked unless maps=last); a linear head trains on the last
+    map, the stacked maps, or (auto) on each, and the one better on `val` is kept; `maps` names it."""
+    backbone.requires_grad_(False)
+    with torch.no_grad():
+        widths = {"last": last_map(backbone, prepare(train.images[:2].to(device))).shape[1]}
+    map_of = last_map if settings.maps == "last" else stacked_map
+    cached = {name: cached_maps(backbone, scenes.images, prepare, map_of)
+              for name, scenes in (("train", train), ("val", val), ("test", test))}
+    widths["stack"] = cached["train"].shape[1]
     size = tuple(train.images.shape[-2:])
-    if frozen:      # the backbone's last maps of every scene, once; only the head trains and predicts from them
-        cached = {name: cached_maps(backbone, scenes.images, prepare) for name, scenes in
-                  (("train", train), ("val", val), ("test", test))}
-        predictors = {name: (lambda i, j, maps=maps: model.head([maps[i:j].to(device).float()], size))
-                      for name, maps in cached.items()}
-    else:
-        predictors = {name: (lambda i, j, scenes=scenes: model(scenes.images[i:j].to(device)))
-                      for name, scenes in (("val", val), ("test", test))}
+    results = {}
+    for maps in (("last", "stack") if settings.maps == "auto" else (settings.maps,)):
+        torch.manual_seed(seed)
+        model = DenseModel(backbone, LinearSegmentHead([widths[maps]], classes), prepare).to(device)
 
-    def batch_loss(idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if frozen:                                                  # the cached maps of the plain scenes
-            logits, target = model.head([cached["train"][idx].to(device).float()], size), train.semantic[idx]
-        else:                                                       # mirrored scenes and masks alike
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            logits, target = model(flip_images(train.images[idx], flip).to(device)), flip_images(train.semantic[idx], flip)
-        return F.cross_entropy(logits, target.long().to(device))
+        def logits(part: str, index, model=model, width=widths[maps]) -> torch.Tensor:
+            return model.head([cached[part][index][:, -width:].to(device).float()], size)
 
+        predictors = {part: (lambda i, j, part=part, logits=logits: logits(part, slice(i, j))) for part in ("val", "test")}
+        batch_loss = (lambda idx, gen, logits=logits:
+                      F.cross_entropy(logits("train", idx), train.semantic[idx].long().to(device)))
+        results[maps] = {**train_and_score(model, batch_loss, predictors, val, test, classes, settings, len(train),
+                                           seed, frozen_backbone=True, progress=progress, desc=f"{desc} ({maps})"),
+                         "maps": maps}
+    chosen = max(results.values(), key=lambda result: result["val_miou"])
+    if settings.maps == "auto":
+        chosen["val_miou_by_maps"] = {maps: result["val_miou"] for maps, result in results.items()}
+    return chosen
+
+
+def train_and_score(model: nn.Module, batch_loss: Callable, predictors: dict, val: SceneSet, test: SceneSet,
+                    classes: int, settings: FitSettings, count: int, seed: int, frozen_backbone: bool,
+                    progress: bool, desc: str) -> dict:
+    """`fit` the model, keeping the state best on `val`; its scores on `val` and `test` (predictors[part](i, j)
+    -> the logits of scenes i..j)."""
     steps, loss = fit(model, batch_loss, lambda: score_predictions(model, predictors["val"], val.semantic,
                                                                     classes)["miou"],
-                      settings, len(train), seed, frozen, progress, desc)
+                      settings, count, seed, frozen_backbone, progress, desc)
     val_scores = score_predictions(model, predictors["val"], val.semantic, classes)
     test_scores = score_predictions(model, predictors["test"], test.semantic, classes)
     return {"val_miou": val_scores["miou"], "val_pixel_accuracy": val_scores["pixel_accuracy"],
@@ -242,11 +303,13 @@ def flip_images(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def cached_maps(backbone: nn.Module, images: torch.Tensor, prepare: Callable, batch_size: int = 256) -> torch.Tensor:
-    """The frozen backbone's last feature map of every image, in float16 to halve the memory it takes."""
+def cached_maps(backbone: nn.Module, images: torch.Tensor, prepare: Callable, map_of: Callable = last_map,
+                batch_size: int = 256) -> torch.Tensor:
+    """map_of(backbone, x) of every image (the frozen backbone's last feature map by default), in float16 to halve
+    the memory it takes."""
     backbone.eval()
     device = next(backbone.parameters()).device
-    return torch.cat([feature_maps(backbone, prepare(images[i:i + batch_size].to(device)))[-1].half().cpu()
+    return torch.cat([map_of(backbone, prepare(images[i:i + batch_size].to(device))).half().cpu()
                       for i in range(0, len(images), batch_size)])
 
 
