@@ -196,7 +196,7 @@ def evaluate_dense(run: Run, task: str, labels: list[str], seeds: int = 1, setti
     from the run's encoder, on fashion-scenes or a COCO-style annotation file (scene_parts), with each share of
     the training scenes and each seed; with `baseline`, the same network from random initialisation too. The
     validation scenes choose the kept state; `part` is scored. Rows go to eval/dense.jsonl."""
-    settings = settings or SegmentSettings()
+    settings = settings or SegmentSettings(mode="finetune" if task == "detect" else "linear")  # detection fine-tunes
     source = source or "fashion-scenes"
     if not run.modality.dense_tasks:
         raise ConfigError(f"{run.path} is a {run.modality.name} run; dense tasks need an image encoder")

@@ -198,7 +198,7 @@ def painted_scenes(n, seed):
 
 def test_a_linear_head_on_informative_maps_segments_and_on_random_maps_does_not():
     train, val, test = painted_scenes(60, 0), painted_scenes(20, 1), painted_scenes(20, 2)
-    settings = SegmentSettings(epochs=40, steps=100, batch_size=16, lr=5e-2)
+    settings = SegmentSettings(epochs=40, steps=100, batch_size=16, lr=5e-2, maps="last")
     prepare = lambda u8: u8.float() / 255
     good = segment(Oracle(), train, val, test, prepare, settings)
     bad = segment(Oracle(informative=False), train, val, test, prepare, settings)
@@ -231,6 +231,7 @@ def test_maps_auto_keeps_the_stacked_maps_when_only_an_earlier_depth_informs_the
         SegmentSettings(mode="finetune", maps="stack")
     with pytest.raises(ConfigError, match="maps must be one of"):
         SegmentSettings(maps="middle")
+    assert SegmentSettings().maps == "auto" and SegmentSettings(mode="finetune").maps == ""
 
 
 def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(tmp_path, capsys):
@@ -243,13 +244,13 @@ def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(
                  "--batch-size", "16", "--quiet"]) == 0
     rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
     assert [(r["init"], r["labels"], r["scenes"]) for r in rows] == [("pretrained", "50%", 54), ("random init", "50%", 54)]
-    assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" and r["maps"] == "last" for r in rows)
-    capsys.readouterr()
-    assert main(["evaluate", "segment", str(run), "--labels", "50%", "--maps", "auto", "--steps", "5", "--epochs",
+    assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" for r in rows)
+    assert all(r["settings"]["maps"] == "auto" and set(r["val_miou_by_maps"]) == {"last", "stack"} for r in rows)
+    assert f"{rows[0]['maps']} maps, validation miou" in capsys.readouterr().out
+    assert main(["evaluate", "segment", str(run), "--labels", "50%", "--maps", "last", "--steps", "5", "--epochs",
                  "1", "--batch-size", "16", "--quiet"]) == 0
     row = json.loads((run / "eval" / "dense.jsonl").read_text().splitlines()[-1])
-    assert row["settings"]["maps"] == "auto" and set(row["val_miou_by_maps"]) == {"last", "stack"}
-    assert f"{row['maps']} maps, validation miou" in capsys.readouterr().out
+    assert row["maps"] == "last" and "val_miou_by_maps" not in row
     assert main(["evaluate", "segment", str(run), "--mode", "finetune", "--maps", "stack"]) != 0
     assert "--mode linear" in capsys.readouterr().err
     assert main(["evaluate", "segment", str(run), "--labels", "5/class"]) != 0

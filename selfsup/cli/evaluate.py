@@ -135,18 +135,18 @@ def add_parsers(sub) -> None:
         "segment", help="semantic segmentation of fashion-scenes from an image run's encoder: mIoU, pixel accuracy",
         description="Per-pixel classes of the fashion-scenes set (selfsup data fetch fashion-scenes) from the run's "
                     "encoder. --mode linear: the backbone is frozen and a batch norm + 1x1 convolution classifies "
-                    "its last feature map (or, --maps, its maps of several depths), upsampled to the image; "
+                    "its last feature map or its maps of four depths (--maps), upsampled to the image; "
                     "--mode finetune: the backbone trains with a "
                     "light FPN decoder on its last three maps. The validation scenes (carved from the training "
                     "scenes) choose the state kept; the test scenes give the final figure. Rows go to "
                     "RUN_DIR/eval/dense.jsonl (docs/dense.md).")
     segment_parser.add_argument("--mode", choices=SEGMENT_MODES, default=defaults.mode,
                                 help=f"frozen linear head or fine-tuned backbone + decoder [default: {defaults.mode}]")
-    segment_parser.add_argument("--maps", choices=SEGMENT_MAPS, default=defaults.maps,
-                                help="what the linear head reads: the last feature map; 'stack', the maps of four "
-                                     "depths (a ResNet's stages, a ViT's patch tokens after four evenly spaced "
-                                     "blocks) pooled to the last map's grid; 'auto', a head on each and the one "
-                                     f"better on the validation scenes kept [default: {defaults.maps}]")
+    segment_parser.add_argument("--maps", choices=SEGMENT_MAPS, default="",
+                                help="what the linear head reads: 'last', the last feature map; 'stack', the maps "
+                                     "of four depths (a ResNet's stages, a ViT's patch tokens after four evenly "
+                                     "spaced blocks) pooled to the last map's grid; 'auto', a head on each and "
+                                     "the one better on the validation scenes kept [default: auto]")
     detect_parser = protocols.add_parser(
         "detect", help="object detection on fashion-scenes, fine-tuning the run's encoder: COCO mAP",
         description="Boxes of the fashion-scenes objects: the run's backbone is fine-tuned with a CenterNet head "
@@ -276,7 +276,7 @@ def cmd_dense(args) -> int:
     if any(budget.per_class for budget in budgets):
         raise ConfigError("scene budgets are a share (10%) or a count (900) of the training scenes, "
                           "not a count per class")
-    settings = SegmentSettings(mode=getattr(args, "mode", "finetune"), maps=getattr(args, "maps", "last"),
+    settings = SegmentSettings(mode=getattr(args, "mode", "finetune"), maps=getattr(args, "maps", ""),
                                epochs=args.epochs, steps=args.steps, batch_size=args.batch_size, lr=args.lr)
     run = load_run(args.run_dir, args.checkpoint)
     evaluate_dense(run, args.task, args.labels, args.seeds, settings, args.baseline, args.on, args.data,

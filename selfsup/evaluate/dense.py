@@ -29,8 +29,8 @@ from selfsup.errors import ConfigError
 from selfsup.optim import lr_factor
 
 MODES = ("linear", "finetune")
-# What the linear head reads: the last map, the maps of STACK_LEVELS depths on its grid, or the one of the two the
-# validation scenes prefer.
+# What the linear head reads: the last map, the maps of STACK_LEVELS depths on its grid, or (the default) the one of
+# the two the validation scenes prefer: they preferred the stack on every encoder screened (docs/dense.md).
 MAPS = ("last", "stack", "auto")
 STACK_LEVELS = 4
 
@@ -60,16 +60,18 @@ class SegmentSettings(FitSettings):
     """epochs and lr 0: the mode's (MODE_DEFAULTS)."""
     mode: str = "linear"               # linear | finetune (detection always fine-tunes)
     decoder_width: int = 64            # the FPN decoder's channels (finetune, detection)
-    maps: str = "last"                 # linear: last | stack | auto (MAPS)
+    maps: str = ""                     # linear: last | stack | auto (MAPS; "" = auto); not for finetune
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ConfigError(f"segmentation mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.maps not in MAPS:
+        if self.maps and self.maps not in MAPS:
             raise ConfigError(f"segmentation maps must be one of {', '.join(MAPS)}, got {self.maps!r}")
-        if self.maps != "last" and self.mode != "linear":
+        if self.maps and self.mode != "linear":
             raise ConfigError(f"maps={self.maps} chooses what a frozen linear head reads; the fine-tuned decoder "
                               "reads the last three maps (use --mode linear, or leave --maps out)")
+        if self.mode == "linear":
+            self.maps = self.maps or "auto"
         self.lr = self.lr or MODE_DEFAULTS[self.mode]["lr"]
         self.epochs = self.epochs or MODE_DEFAULTS[self.mode]["epochs"]
         if self.epochs <= 0 or self.lr <= 0 or self.steps < 1 or self.batch_size < 1 or self.checks < 1:
