@@ -245,7 +245,8 @@ def test_segment_and_detect_commands_write_rows_for_the_run_and_its_random_init(
     rows = [json.loads(line) for line in (run / "eval" / "dense.jsonl").read_text().splitlines()]
     assert [(r["init"], r["labels"], r["scenes"]) for r in rows] == [("pretrained", "50%", 54), ("random init", "50%", 54)]
     assert all(0 <= r["miou"] <= 1 and r["scored_on"] == "test" for r in rows)
-    assert all(r["settings"]["maps"] == "auto" and set(r["val_miou_by_maps"]) == {"last", "stack"} for r in rows)
+    assert all(r["settings"]["maps"] == "auto" and set(r["val_miou_by_maps"]) == {"last", "stack"}
+               for r in rows)
     assert f"{rows[0]['maps']} maps, validation miou" in capsys.readouterr().out
     assert main(["evaluate", "segment", str(run), "--labels", "50%", "--maps", "last", "--steps", "5", "--epochs",
                  "1", "--batch-size", "16", "--quiet"]) == 0

@@ -236,7 +236,8 @@ def segment_linear(backbone: nn.Module, train: SceneSet, val: SceneSet, test: Sc
         def logits(part: str, index, model=model, width=widths[maps]) -> torch.Tensor:
             return model.head([cached[part][index][:, -width:].to(device).float()], size)
 
-        predictors = {part: (lambda i, j, part=part, logits=logits: logits(part, slice(i, j))) for part in ("val", "test")}
+        predictors = {part: (lambda i, j, part=part, logits=logits: logits(part, slice(i, j)))
+                      for part in ("val", "test")}
         batch_loss = (lambda idx, gen, logits=logits:
                       F.cross_entropy(logits("train", idx), train.semantic[idx].long().to(device)))
         results[maps] = {**train_and_score(model, batch_loss, predictors, val, test, classes, settings, len(train),
