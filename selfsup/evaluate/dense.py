@@ -234,7 +234,8 @@ def segment_linear(backbone: nn.Module, train: SceneSet, val: SceneSet, test: Sc
         model = DenseModel(backbone, LinearSegmentHead([widths[maps]], classes), prepare).to(device)
 
         def logits(part: str, index, model=model, width=widths[maps]) -> torch.Tensor:
-            return model.head([cached[part][index][:, -width:].to(device).float()], size)
+            # index the rows and the channels together: the last map's batch alone is copied, not the stack's
+            return model.head([cached[part][index, -width:].to(device).float()], size)
 
         predictors = {part: (lambda i, j, part=part, logits=logits: logits(part, slice(i, j)))
                       for part in ("val", "test")}
