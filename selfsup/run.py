@@ -12,7 +12,7 @@ from selfsup.config import Config, load_config
 from selfsup.errors import CheckpointError
 from selfsup.evaluate import knn_accuracy
 from selfsup.evaluate.datasets import labelled_eval_sets, split_labelled  # noqa: F401  (part of this module's API)
-from selfsup.evaluate.features import check_kind, feature_batches, joined, map_features
+from selfsup.evaluate.features import MAP_LAYOUTS, check_kind, feature_batches, joined, map_features
 from selfsup.evaluate.protocols import cached_features
 from selfsup.methods import Method
 from selfsup.modalities import modality_of
@@ -44,7 +44,8 @@ class Run:
               kind: str = "pooled", precision: str | None = None) -> torch.Tensor:
         """Samples (uint8 images (N, C, H, W) or streamed images, token ids (N, L), table rows (N, F)) ->
         L2-normalised backbone features (N, D), backbone in eval mode. kind: 'pooled' (the backbone's
-        output) or 'map' (images and convolutional backbones: selfsup.evaluate.features.map_features).
+        output) or a map layout such as 'map' (images and convolutional backbones: the stages
+        selfsup.evaluate.features.MAP_LAYOUTS names, joined by map_features).
         precision: of the forward pass (None: the run's training precision, as the evaluations use)."""
         return joined(self.embed_batches(samples, batch_size, device, progress, kind, precision), samples.shape[0])
 
@@ -56,7 +57,11 @@ class Run:
         dev = resolve_device(device)
         self.method.to(dev).eval()
         samples = self.modality.match_input(self.config, samples)
-        embed = self.method.embed if kind == "pooled" else lambda batch: map_features(self.method.embed_maps(batch))
+        stages = MAP_LAYOUTS.get(kind)       # None: the pooled output
+        if stages is None:
+            embed = self.method.embed
+        else:
+            embed = lambda batch: map_features(self.method.embed_maps(batch), stages)
         yield from feature_batches(embed, samples, batch_size, dev,
                                    resolve_precision(precision or self.config.train.precision, dev), progress)
 

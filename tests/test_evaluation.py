@@ -9,7 +9,7 @@ from torch import nn
 
 from selfsup.backbones import build_backbone
 from selfsup.data import ImageSet
-from selfsup.evaluate.features import map_features
+from selfsup.evaluate.features import MAP_LAYOUTS, map_features
 from selfsup.evaluate.knn import knn_predict
 from selfsup.evaluate.finetune import FinetuneSettings, finetune, lr_scales
 from selfsup.evaluate.linear import fit_logistic_regression, linear_probe
@@ -387,6 +387,18 @@ def test_map_features_join_the_two_stages_before_the_last_at_up_to_seven_cells_a
     big = torch.randn(2, 3, 14, 14, generator=gen)  # larger ones are averaged down to 7 x 7
     expected = big.unflatten(2, (7, 2)).unflatten(4, (7, 2)).mean((3, 5))
     torch.testing.assert_close(map_features([first, big, big, last]), torch.cat([unit(expected)] * 2, 1))
+
+
+def test_each_map_layout_joins_its_own_stages_in_order():
+    gen = torch.Generator().manual_seed(1)
+    maps = [torch.randn(2, channels, side, side, generator=gen) for channels, side in ((2, 14), (3, 7), (4, 7), (5, 4))]
+    unit = lambda part: F.normalize(part.flatten(1), dim=1)
+    pooled_first = F.adaptive_avg_pool2d(maps[0], 7)
+    assert MAP_LAYOUTS["map"] == (-3, -2)            # the screened default, which `auto` keeps as a candidate
+    torch.testing.assert_close(map_features(maps, MAP_LAYOUTS["map-late"]),
+                               torch.cat([unit(maps[2]), unit(maps[3])], 1))
+    torch.testing.assert_close(map_features(maps, MAP_LAYOUTS["map-all"]),
+                               torch.cat([unit(pooled_first), unit(maps[1]), unit(maps[2]), unit(maps[3])], 1))
 
 
 def left_or_right_squares(n: int, gen: torch.Generator):

@@ -280,25 +280,25 @@ def test_linear_probe_on_feature_maps_caches_them_in_half_precision(tiny_run, tm
     monkeypatch.setattr(Run, "embed", lambda *a, **k: embedded.append(k["kind"]) or real_embed(*a, **k))
     assert main(command) == 0
     assert embedded == [] and read_results(run_dir)[-1]["top1"] == first["top1"]      # the cache was reused
-    for module in (features, protocols):        # other stages: their own features, not the cached ones
-        monkeypatch.setattr(module, "MAP_STAGES", (-2,))
+    monkeypatch.setitem(features.MAP_LAYOUTS, "map", (-2,))    # other stages: their own features, not the cached ones
     assert main(command) == 0
     assert embedded == ["map", "map"]
 
 
 def test_auto_features_keep_the_probe_that_cross_validates_better_inside_the_labels(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
-    for kind in ("pooled", "map", "auto"):
+    kinds = ("pooled", "map", "map-late", "map-all")
+    for kind in (*kinds, "auto"):
         assert main(["evaluate", "linear", str(run_dir), "--labels", "5/class", "--seeds", "2", "--features", kind,
                      "--quiet"]) == 0
-    pooled, maps, auto = read_results(run_dir)[-3:]
+    *single, auto = read_results(run_dir)[-5:]
+    by_kind = dict(zip(kinds, single))
     assert auto["settings"]["features"] == "auto"
     for seed, detail in enumerate(auto["per_seed"]):
         scores = detail["cross_validated_by_features"]
-        assert scores == {"pooled": max(pooled["per_seed"][seed]["val_top1"].values()),
-                          "map": max(maps["per_seed"][seed]["val_top1"].values())}
+        assert scores == {kind: max(row["per_seed"][seed]["val_top1"].values()) for kind, row in by_kind.items()}
         assert detail["features"] == max(scores, key=scores.get)
-        assert auto["top1"][seed] == {"pooled": pooled, "map": maps}[detail["features"]]["top1"][seed]
+        assert auto["top1"][seed] == by_kind[detail["features"]]["top1"][seed]
 
 
 def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():

@@ -41,10 +41,11 @@ def add_parsers(sub) -> None:
                              "image; their features are extracted per seed [default: 0, no augmentation]")
     linear.add_argument("--features", choices=FEATURE_KINDS + ("auto",), default="pooled",
                         help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
-                             "last stage, the usual protocol), or 'map', the unpooled maps of the two stages before "
-                             "the last (each at most 7x7 cells; convolutional backbones). 'map' is the better few-label "
-                             "probe and costs more time and disk (docs/evaluation.md); 'auto' fits both and keeps, per "
-                             "draw, the one with the better cross-validated accuracy inside the labels [default: pooled]")
+                             "last stage, the usual protocol), or stage outputs kept spatial (each at most 7x7 cells; "
+                             "convolutional backbones): 'map', the two stages before the last, 'map-late', the last "
+                             "two, 'map-all', all four. Maps are the better few-label probe and cost more time and "
+                             "disk (docs/evaluation.md); 'auto' fits every kind and keeps, per draw, the one with "
+                             "the best cross-validated accuracy inside the labels [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "

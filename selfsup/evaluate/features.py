@@ -1,7 +1,8 @@
 """Frozen features: the backbone in eval mode, no augmentation, batched, L2-normalised by default.
 
-Two kinds: `pooled`, the backbone's output (a ResNet's globally averaged last stage: the usual
-protocol), and `map`, the unpooled outputs of its two stages before the last (`map_features`).
+Two sorts: `pooled`, the backbone's output (a ResNet's globally averaged last stage: the usual
+protocol), and the map layouts (`MAP_LAYOUTS`), unpooled stage outputs joined (`map_features`):
+`map` reads the two stages before the last.
 """
 from __future__ import annotations
 
@@ -76,13 +77,15 @@ def _centred_pixels(images: torch.Tensor) -> torch.Tensor:
     return F.normalize(x - x.mean(1, keepdim=True), dim=1)
 
 
-FEATURE_KINDS = ("pooled", "map")
-# The map probe reads the two stages before the last, each kept spatial up to MAP_GRID x MAP_GRID cells:
+# A map layout names the stages the map probe joins, each kept spatial up to MAP_GRID x MAP_GRID cells:
 # global pooling averages away where an object's parts are, and the middle stages keep more of that
-# layout than the last one (docs/evaluation.md). The grid caps the size for large images (a 224 px
-# ResNet-50 would otherwise give 200,000 numbers an image from one stage).
-MAP_STAGES = (-3, -2)
+# layout than the last one. 'map' (the two stages before the last) won a screen on the hidden labels of
+# unlabelled training images (docs/evaluation.md); `--features auto` weighs it against the last two stages
+# and all four by cross-validation inside each draw's labels, which a few-label user can do. The grid caps
+# the size for large images (a 224 px ResNet-50 would otherwise give 200,000 numbers an image from one stage).
+MAP_LAYOUTS = {"map": (-3, -2), "map-late": (-2, -1), "map-all": (-4, -3, -2, -1)}
 MAP_GRID = 7
+FEATURE_KINDS = ("pooled", *MAP_LAYOUTS)
 
 
 def check_kind(kind: str) -> None:
@@ -90,12 +93,13 @@ def check_kind(kind: str) -> None:
         raise ValueError(f"unknown features {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
 
 
-def map_features(maps: list[torch.Tensor], grid: int = MAP_GRID) -> torch.Tensor:
-    """Stage outputs (from Method.embed_maps) -> (B, sum of C * g * g): each MAP_STAGES map average-pooled
+def map_features(maps: list[torch.Tensor], stages: tuple[int, ...] = MAP_LAYOUTS["map"],
+                 grid: int = MAP_GRID) -> torch.Tensor:
+    """Stage outputs (from Method.embed_maps) -> (B, sum of C * g * g): each map of `stages` average-pooled
     to at most grid x grid cells (g = min(grid, its side)), flattened and L2-normalised on its own, so
     that each stage weighs the same in every image whatever its scale; concatenated."""
     parts = []
-    for stage in MAP_STAGES:
+    for stage in stages:
         chosen = maps[stage]
         cells = (min(grid, chosen.shape[-2]), min(grid, chosen.shape[-1]))
         parts.append(F.normalize(F.adaptive_avg_pool2d(chosen, cells).flatten(1), dim=1))

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
-from selfsup.evaluate.features import MAP_GRID, MAP_STAGES, check_kind
+from selfsup.evaluate.features import FEATURE_KINDS, MAP_GRID, MAP_LAYOUTS, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
@@ -41,14 +41,14 @@ SEARCH_WEIGHT_DECAY = (0.05, 0.5)
 
 
 def cached_features(run, data, description: str, progress: bool = False, kind: str = "pooled") -> torch.Tensor:
-    """The run's frozen features of `data` (kind: 'pooled' or 'map', see Run.embed), from
+    """The run's frozen features of `data` (kind: 'pooled' or a map layout, see Run.embed), from
     RUN_DIR/eval/features/ when this checkpoint already computed them for the same samples;
     `description` (e.g. 'fashion-mnist test') names the file."""
     if kind != "pooled":
         description = f"{description} {kind}"
     digest = hashlib.sha1(data.samples[:: max(1, len(data) // 64)].contiguous().numpy().tobytes())
     # Which stages a map reads is part of the key: a cache from another choice of stages is not reused.
-    layout = (MAP_STAGES, MAP_GRID) if kind == "map" else ()
+    layout = (MAP_LAYOUTS[kind], MAP_GRID) if kind in MAP_LAYOUTS else ()
     digest.update(repr((tuple(data.samples.shape), description, *layout)).encode())
     folder = run.folder.features_dir
     stem = "".join(c if c.isalnum() else "-" for c in description)
@@ -61,7 +61,7 @@ def cached_features(run, data, description: str, progress: bool = False, kind: s
         older.unlink()                   # features of an earlier checkpoint: stale
     # Map features are 37x the size of pooled ones (4704 numbers an image on Fashion-MNIST, 1.3 GB for its
     # 70,000 images in float32): they are kept in half precision, 1e-3 relative error on unit-norm rows.
-    stored = feats.half() if kind == "map" else feats
+    stored = feats.half() if kind in MAP_LAYOUTS else feats
     save_file({"features": stored.contiguous()}, str(path))
     return stored.float()
 
@@ -72,8 +72,8 @@ def check_features(run, protocol: str, features: str) -> None:
         check_kind(features)
     if features != "pooled" and protocol != "linear":
         raise ValueError(f"--features {features} applies to the linear probe only, not to {protocol}")
-    if features in ("map", "auto") and not hasattr(run.backbone, "stage_maps"):
-        raise ValueError(f"--features map reads a convolutional backbone's feature maps, and this run's "
+    if features != "pooled" and not hasattr(run.backbone, "stage_maps"):
+        raise ValueError(f"--features {features} reads a convolutional backbone's feature maps, and this run's "
                          f"{run.config.backbone.name} has none; use --features pooled")
 
 
@@ -94,7 +94,8 @@ def evaluate_protocol(run, protocol: str, train, test, labels: list[str] = ("100
     """Score `protocol` for every label budget (and every k for knn) over `seeds` class-balanced draws
     of the training labels; each result row is logged, appended to eval/results.jsonl and returned.
     augment_copies (linear): also fit on that many light crop-and-flip copies of each labelled image.
-    features (linear): which frozen features the probe reads, 'pooled' or 'map' (Run.embed).
+    features (linear): which frozen features the probe reads, 'pooled' or a map layout (Run.embed), or
+    'auto': each, the one that cross-validates best inside the draw's labels kept.
     search (finetune, supervised): {'lr': [...], 'weight_decay': [...]}, a grid tried on each budget's
     first draw and scored on `val` (the validation part); every draw then trains with the best.
     scored_on: which held-out part `test` is, 'test' or 'val'; the rows say it, and reports show test rows only."""
@@ -177,11 +178,11 @@ def _scorer(run, protocol: str, train, test, data_name, knn_ks, settings, progre
 
 
 def _frozen_features(run, protocol: str, s: Scoring) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{kind: (train, test) features}: the backbone's frozen ones ('auto' gives pooled and map), or the
+    """{kind: (train, test) features}: the backbone's frozen ones ('auto' gives every kind), or the
     raw input's for the raw baseline."""
     if protocol == "raw":                  # the no-learning baseline: the same probe on the raw input
         return {run.modality.raw_name: run.modality.raw_features(s.train, s.test)}
-    kinds = ("pooled", "map") if s.features == "auto" else (s.features,)
+    kinds = FEATURE_KINDS if s.features == "auto" else (s.features,)
     return {kind: (cached_features(run, s.train, f"{s.data_name} train", s.progress, kind),
                    cached_features(run, s.test, f"{s.data_name} test", s.progress, kind)) for kind in kinds}
 
@@ -203,8 +204,8 @@ def _propagate_scorer(run, protocol: str, s: Scoring):
 
 def _linear_scorer(run, protocol: str, s: Scoring):
     """The linear probe ('linear') or the same probe on the raw input ('raw'). With features 'auto' it fits
-    the probe on the pooled features and on the maps, and keeps the one whose cross-validated accuracy
-    inside the draw's labels is higher: a choice a few-label user can make."""
+    the probe on the pooled features and on each map layout, and keeps the one whose cross-validated accuracy
+    inside the draw's labels is highest (the first listed on a tie): a choice a few-label user can make."""
     feats = _frozen_features(run, protocol, s)
     # Standardised with every training image's statistics: the same for every draw.
     pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
