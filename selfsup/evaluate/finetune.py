@@ -162,12 +162,18 @@ def backbone_features(model: Classifier, samples: torch.Tensor, device, precisio
 
 
 @torch.no_grad()
-def accuracy(model: Classifier, test, device: torch.device, precision: str, batch_size: int = 1024) -> float:
+def class_probabilities(model: Classifier, data, device: torch.device, precision: str,
+                        batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) float32 softmax of the model's logits for every sample of `data`, on plain input, on the CPU."""
     model.eval()
-    correct = 0
-    for start in range(0, len(test), batch_size):
-        x = model.prepare(test.samples[start:start + batch_size].to(device))
+    probabilities = []
+    for start in range(0, len(data), batch_size):
+        x = model.prepare(data.samples[start:start + batch_size].to(device))
         with autocast(device.type, precision):
-            pred = model(x).argmax(1).cpu()
-        correct += (pred == test.labels[start:start + batch_size]).sum().item()
-    return correct / len(test)
+            probabilities.append(model(x).float().softmax(1).cpu())
+    return torch.cat(probabilities)
+
+
+def accuracy(model: Classifier, test, device: torch.device, precision: str, batch_size: int = 1024) -> float:
+    predicted = class_probabilities(model, test, device, precision, batch_size).argmax(1)
+    return (predicted == test.labels).float().mean().item()
