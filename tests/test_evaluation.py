@@ -350,6 +350,28 @@ def test_probe_initialised_head_predicts_what_the_probe_predicts():
     torch.testing.assert_close(probabilities, probe.logits(test_feats).softmax(1), rtol=1e-4, atol=1e-4)
 
 
+def test_averaged_probes_score_the_mean_of_their_held_out_and_test_probabilities():
+    from selfsup.evaluate.protocols import averaged_probes
+    (x, y), (xt, yt) = clusters(60, num_classes=3, dim=5), clusters(90, num_classes=3, dim=5, seed=1)
+    noisy = [x + torch.randn(x.shape, generator=torch.Generator().manual_seed(k)) for k in range(3)]
+    probes = [linear_probe(feats, y, xt, yt, weight_decays=(1e-3, 1e-1), seed=4, probabilities=True) for feats in noisy]
+    for probe in probes:                              # every label held out once, by the fit that did not see it
+        assert sorted(probe["held_out"].tolist()) == list(range(60))
+        cross_validated = (probe["held_out_probabilities"].argmax(1) == y[probe["held_out"]]).float().mean().item()
+        assert cross_validated == pytest.approx(probe["val_top1"][str(probe["weight_decay"])])
+        torch.testing.assert_close(probe["test_probabilities"].sum(1), torch.ones(90))
+    averaged = averaged_probes(probes, y, yt)
+    mean_held_out = sum(probe["held_out_probabilities"] for probe in probes) / 3
+    mean_test = sum(probe["test_probabilities"] for probe in probes) / 3
+    assert averaged["cross_validated"] == pytest.approx((mean_held_out.argmax(1) == y[probes[0]["held_out"]])
+                                                        .float().mean().item())
+    assert averaged["top1"] == pytest.approx((mean_test.argmax(1) == yt).float().mean().item())
+    other_folds = linear_probe(noisy[0], y, xt, yt, weight_decays=(1e-3,), seed=5, probabilities=True)
+    with pytest.raises(ValueError, match="same labels"):
+        averaged_probes([probes[0], other_folds], y, yt)
+    assert "held_out" not in linear_probe(x, y, xt, yt, weight_decays=(1e-3,))
+
+
 def test_augmented_copies_join_the_fit_only_for_their_own_training_images(monkeypatch):
     import selfsup.evaluate.linear as linear
     (x, y), (xt, yt) = clusters(200, num_classes=4, dim=6), clusters(100, num_classes=4, dim=6, seed=1)

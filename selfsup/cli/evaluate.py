@@ -44,8 +44,9 @@ def add_parsers(sub) -> None:
                              "last stage, the usual protocol), or stage outputs kept spatial (each at most 7x7 cells; "
                              "convolutional backbones): 'map', the two stages before the last, 'map-late', the last "
                              "two, 'map-all', all four. Maps are the better few-label probe and cost more time and "
-                             "disk (docs/evaluation.md); 'auto' fits every kind and keeps, per draw, the one with "
-                             "the best cross-validated accuracy inside the labels [default: pooled]")
+                             "disk (docs/evaluation.md); 'auto' fits every kind, adds the three map probes averaged "
+                             "('maps-averaged'), and keeps, per draw, the candidate with the best cross-validated "
+                             "accuracy inside the labels [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "

@@ -86,6 +86,8 @@ def _centred_pixels(images: torch.Tensor) -> torch.Tensor:
 MAP_LAYOUTS = {"map": (-3, -2), "map-late": (-2, -1), "map-all": (-4, -3, -2, -1)}
 MAP_GRID = 7
 FEATURE_KINDS = ("pooled", *MAP_LAYOUTS)
+# `--features auto`'s fifth candidate: the probes on every map layout, their class probabilities averaged.
+AVERAGED_MAPS = "maps-averaged"
 
 
 def check_kind(kind: str) -> None:

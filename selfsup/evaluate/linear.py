@@ -77,7 +77,7 @@ def fit_logistic_regression(feats: torch.Tensor, labels: torch.Tensor, num_class
 def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_feats: torch.Tensor,
                  test_labels: torch.Tensor, weight_decays=WEIGHT_DECAYS, val_fraction: float = 0.1,
                  seed: int = 0, augmented: torch.Tensor | None = None,
-                 scale: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                 scale: tuple[torch.Tensor, torch.Tensor] | None = None, probabilities: bool = False) -> dict:
     """Top-1 of a linear probe, the weight decay chosen on the training labels (5-fold
     cross-validation under CROSS_VALIDATE_BELOW labels, else one split of val_fraction), and each
     candidate's validation accuracy. augmented: (A, N, D) features of A augmented copies of the N
@@ -99,20 +99,23 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
             return train_feats[idx], train_labels[idx]
         return (torch.cat([train_feats[idx], augmented[:, idx].flatten(0, 1)]),
                 train_labels[idx].repeat(augmented.shape[0] + 1))
-    val_size = sum(len(val_idx) for _, val_idx in splits)
-    val_scores, val_losses = {}, {}
+    held_out = torch.cat([val_idx for _, val_idx in splits])
+    val_scores, val_losses, held_out_logits = {}, {}, {}
     for wd in weight_decays:
-        right, loss = 0.0, 0.0
-        for fit_idx, val_idx in splits:
-            classifier = fit_logistic_regression(*with_copies(fit_idx), num_classes, wd, scale=scale)
-            logits = classifier.logits(train_feats[val_idx].float())
-            right += (logits.argmax(1) == train_labels[val_idx]).sum().item()
-            loss += F.cross_entropy(logits, train_labels[val_idx], reduction="sum").item()
-        val_scores[wd], val_losses[wd] = right / val_size, loss / val_size
+        logits = torch.cat([fit_logistic_regression(*with_copies(fit_idx), num_classes, wd, scale=scale)
+                            .logits(train_feats[val_idx].float()) for fit_idx, val_idx in splits])
+        val_scores[wd] = (logits.argmax(1) == train_labels[held_out]).float().mean().item()
+        val_losses[wd] = F.cross_entropy(logits, train_labels[held_out]).item()
+        held_out_logits[wd] = logits
     # A small validation set often ties on accuracy; its cross-entropy then decides.
     best_wd = max(weight_decays, key=lambda wd: (val_scores[wd], -val_losses[wd]))
     classifier = fit_logistic_regression(*with_copies(torch.arange(len(train_labels))), num_classes, best_wd,
                                          scale=scale)
-    return {"top1": classifier.accuracy(test_feats, test_labels), "weight_decay": best_wd,
-            "val_top1": {str(wd): score for wd, score in val_scores.items()}, "val_size": val_size,
-            "folds": len(splits)}
+    test_probabilities = classifier.logits(test_feats.float()).softmax(1)
+    result = {"top1": (test_probabilities.argmax(1) == test_labels).float().mean().item(), "weight_decay": best_wd,
+              "val_top1": {str(wd): score for wd, score in val_scores.items()}, "val_size": len(held_out),
+              "folds": len(splits)}
+    if probabilities:
+        result |= {"held_out": held_out, "held_out_probabilities": held_out_logits[best_wd].softmax(1),
+                   "test_probabilities": test_probabilities}
+    return result

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
-from selfsup.evaluate.features import FEATURE_KINDS, MAP_GRID, MAP_LAYOUTS, check_kind
+from selfsup.evaluate.features import AVERAGED_MAPS, FEATURE_KINDS, MAP_GRID, MAP_LAYOUTS, check_kind
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
@@ -204,11 +204,14 @@ def _propagate_scorer(run, protocol: str, s: Scoring):
 
 def _linear_scorer(run, protocol: str, s: Scoring):
     """The linear probe ('linear') or the same probe on the raw input ('raw'). With features 'auto' it fits
-    the probe on the pooled features and on each map layout, and keeps the one whose cross-validated accuracy
-    inside the draw's labels is highest (the first listed on a tie): a choice a few-label user can make."""
+    the probe on the pooled features and on each map layout, adds the map layouts' probes averaged
+    (AVERAGED_MAPS: the mean of their class probabilities), and keeps the candidate whose cross-validated
+    accuracy inside the draw's labels is highest (the first listed on a tie): a choice a few-label user
+    can make."""
     feats = _frozen_features(run, protocol, s)
     # Standardised with every training image's statistics: the same for every draw.
     pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
+    averaging = set(MAP_LAYOUTS) <= set(feats)
 
     def linear(idx, seed, setting):
         results = {}
@@ -219,8 +222,13 @@ def _linear_scorer(run, protocol: str, s: Scoring):
                                                    run.config.eval.batch_size, kind=kind)
                                          for copy in range(s.augment_copies)])
             results[kind] = linear_probe(kind_train_f[idx], s.train.labels[idx], kind_test_f, s.test.labels,
-                                         seed=seed, augmented=augmented, scale=pool_scales[kind])
+                                         seed=seed, augmented=augmented, scale=pool_scales[kind],
+                                         probabilities=averaging)
         cross_validated = {kind: max(result["val_top1"].values()) for kind, result in results.items()}
+        if averaging:
+            results[AVERAGED_MAPS] = averaged_probes([results[kind] for kind in MAP_LAYOUTS], s.train.labels[idx],
+                                                     s.test.labels)
+            cross_validated[AVERAGED_MAPS] = results[AVERAGED_MAPS]["cross_validated"]
         chosen = max(cross_validated, key=cross_validated.get)
         result = results[chosen]
         detail = {"weight_decay": result["weight_decay"], "folds": result["folds"], "val_top1": result["val_top1"]}
@@ -232,6 +240,20 @@ def _linear_scorer(run, protocol: str, s: Scoring):
     if protocol == "raw":
         return linear, [{**setting, "features": run.modality.raw_name}]
     return linear, [{**setting, "augment_copies": s.augment_copies, "features": s.features}]
+
+
+def averaged_probes(results: list[dict], labels: torch.Tensor, test_labels: torch.Tensor) -> dict:
+    """One classifier from several linear probes of the same labels (linear_probe(..., probabilities=True),
+    each on its own features, folds alike): the mean of their class probabilities. Its cross-validated
+    accuracy is the averaged held-out probabilities' on the labels; its top-1, the averaged test ones'."""
+    held_out = results[0]["held_out"]
+    if any(not torch.equal(result["held_out"], held_out) for result in results):
+        raise ValueError("probes averaged must hold out the same labels (the same folds of one draw)")
+    mean = lambda key: torch.stack([result[key] for result in results]).mean(0)
+    return {"top1": (mean("test_probabilities").argmax(1) == test_labels).float().mean().item(),
+            "cross_validated": (mean("held_out_probabilities").argmax(1) == labels[held_out]).float().mean().item(),
+            "weight_decay": [result["weight_decay"] for result in results], "folds": results[0]["folds"],
+            "val_top1": None}
 
 
 def _training_scorer(run, protocol: str, s: Scoring):
