@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from selfsup.evaluate.features import FEATURE_KINDS, MAP_LAYOUTS
+from selfsup.evaluate.features import PROBE_FEATURES, kinds_read
 from selfsup.evaluate.finetune import FinetuneSettings
 from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHABLE, cached_features,
                                         evaluate_protocol, finetune_settings)
@@ -51,7 +51,7 @@ def main():
                         "[default: the modality's]")
     p.add_argument("--probe-init", default=True, action=argparse.BooleanOptionalAction,
                    help="finetune: start the head from a linear probe (LP-FT)")
-    p.add_argument("--features", choices=[*FEATURE_KINDS, "auto"], default="pooled",
+    p.add_argument("--features", choices=PROBE_FEATURES, default="pooled",
                    help="linear: the frozen features the probe reads (selfsup evaluate linear --features)")
     p.add_argument("--out", help="append the JSON lines to this file")
     args = p.parse_args()
@@ -69,7 +69,7 @@ def main():
         lines[0]["feature_seconds"] = round(time.time() - started, 1)
     if args.features != "pooled" and "linear" in args.protocols:
         map_started = time.time()
-        for kind in MAP_LAYOUTS if args.features == "auto" else (args.features,):
+        for kind in (kind for kind in kinds_read(args.features) if kind != "pooled"):
             for split, images in (("train", train), ("test", test)):
                 cached_features(run, images, f"{name} {split}", kind=kind)
         lines[0]["map_feature_seconds"] = round(time.time() - map_started, 1)

@@ -289,11 +289,12 @@ def test_linear_probe_on_feature_maps_caches_them_in_half_precision(tiny_run, tm
 def test_auto_features_keep_the_probe_that_cross_validates_better_inside_the_labels(tiny_run, tmp_path):
     run_dir = copy_of(tiny_run, tmp_path)
     kinds = ("pooled", "map", "map-late", "map-all")
-    for kind in (*kinds, "auto"):
+    for kind in (*kinds, AVERAGED_MAPS, "auto"):
         assert main(["evaluate", "linear", str(run_dir), "--labels", "5/class", "--seeds", "2", "--features", kind,
                      "--quiet"]) == 0
-    *single, auto = read_results(run_dir)[-5:]
+    *single, averaged, auto = read_results(run_dir)[-6:]
     by_kind = dict(zip(kinds, single))
+    assert averaged["settings"]["features"] == AVERAGED_MAPS
     assert auto["settings"]["features"] == "auto"
     for seed, detail in enumerate(auto["per_seed"]):
         scores = detail["cross_validated_by_features"]
@@ -301,8 +302,10 @@ def test_auto_features_keep_the_probe_that_cross_validates_better_inside_the_lab
         assert single_scores == {kind: max(row["per_seed"][seed]["val_top1"].values()) for kind, row in by_kind.items()}
         assert AVERAGED_MAPS in scores                # the map layouts' probes averaged: the fifth candidate
         assert detail["features"] == max(scores, key=scores.get)
-        if detail["features"] != AVERAGED_MAPS:
-            assert auto["top1"][seed] == by_kind[detail["features"]]["top1"][seed]
+        # The averaged probes alone score what auto records for them, and auto's top-1 is its chosen candidate's.
+        assert averaged["per_seed"][seed]["features"] == AVERAGED_MAPS
+        assert averaged["per_seed"][seed]["cross_validated_by_features"][AVERAGED_MAPS] == scores[AVERAGED_MAPS]
+        assert auto["top1"][seed] == {**by_kind, AVERAGED_MAPS: averaged}[detail["features"]]["top1"][seed]
 
 
 def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():
@@ -310,6 +313,8 @@ def test_map_features_are_for_the_linear_probe_of_a_convolutional_backbone():
                           config=SimpleNamespace(backbone=SimpleNamespace(name="vit_tiny")))
     with pytest.raises(ValueError, match="vit_tiny has none; use --features pooled"):
         check_features(vit, "linear", "map")
+    with pytest.raises(ValueError, match="vit_tiny has none; use --features pooled"):
+        check_features(vit, "linear", AVERAGED_MAPS)
     with pytest.raises(ValueError, match="linear probe only"):
         check_features(vit, "knn", "map")
     with pytest.raises(ValueError, match="choose one of: pooled, map"):

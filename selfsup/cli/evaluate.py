@@ -6,7 +6,7 @@ import argparse
 from selfsup.cli.common import add_run_arguments
 from selfsup.errors import ConfigError
 from selfsup.evaluate.dense import MAPS as SEGMENT_MAPS, MODES as SEGMENT_MODES, SegmentSettings
-from selfsup.evaluate.features import FEATURE_KINDS
+from selfsup.evaluate.features import PROBE_FEATURES
 from selfsup.evaluate.finetune import FinetuneSettings
 from selfsup.evaluate.protocols import (SEARCH_LR, SEARCH_WEIGHT_DECAY, SEARCHABLE, check_features, evaluate_protocol,
                                         finetune_settings)
@@ -39,14 +39,14 @@ def add_parsers(sub) -> None:
     linear.add_argument("--augment", type=int, default=0, metavar="COPIES",
                         help="also fit on this many random crop (scale 0.5-1) and flip copies of each labelled "
                              "image; their features are extracted per seed [default: 0, no augmentation]")
-    linear.add_argument("--features", choices=FEATURE_KINDS + ("auto",), default="pooled",
+    linear.add_argument("--features", choices=PROBE_FEATURES, default="pooled",
                         help="what the probe reads: 'pooled', the backbone's output (a ResNet's globally averaged "
                              "last stage, the usual protocol), or stage outputs kept spatial (each at most 7x7 cells; "
                              "convolutional backbones): 'map', the two stages before the last, 'map-late', the last "
                              "two, 'map-all', all four. Maps are the better few-label probe and cost more time and "
-                             "disk (docs/evaluation.md); 'auto' fits every kind, adds the three map probes averaged "
-                             "('maps-averaged'), and keeps, per draw, the candidate with the best cross-validated "
-                             "accuracy inside the labels [default: pooled]")
+                             "disk (docs/evaluation.md); 'maps-averaged', the three map probes' class probabilities "
+                             "averaged; 'auto' fits every kind and the average and keeps, per draw, the candidate "
+                             "with the best cross-validated accuracy inside the labels [default: pooled]")
     _evaluate_parser(protocols, "propagate", "semi-supervised: kNN over labels propagated to the unlabelled "
                                              "training images",
                      "Label propagation (Zhou et al. 2004, on deep features as in Iscen et al. 2019): the few "

@@ -86,13 +86,27 @@ def _centred_pixels(images: torch.Tensor) -> torch.Tensor:
 MAP_LAYOUTS = {"map": (-3, -2), "map-late": (-2, -1), "map-all": (-4, -3, -2, -1)}
 MAP_GRID = 7
 FEATURE_KINDS = ("pooled", *MAP_LAYOUTS)
-# `--features auto`'s fifth candidate: the probes on every map layout, their class probabilities averaged.
+# The probes on every map layout, their class probabilities averaged: a probe of its own and `--features
+# auto`'s fifth candidate.
 AVERAGED_MAPS = "maps-averaged"
+# What the linear probe's --features takes: one kind, the averaged map probes, or 'auto' (the best of them all
+# by cross-validation inside the labels).
+PROBE_FEATURES = (*FEATURE_KINDS, AVERAGED_MAPS, "auto")
 
 
 def check_kind(kind: str) -> None:
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown features {kind!r}; choose one of: {', '.join(FEATURE_KINDS)}")
+
+
+def kinds_read(features: str) -> tuple[str, ...]:
+    """The feature kinds a linear probe given `features` (one of PROBE_FEATURES) reads."""
+    if features == "auto":
+        return FEATURE_KINDS
+    if features == AVERAGED_MAPS:
+        return tuple(MAP_LAYOUTS)
+    check_kind(features)
+    return (features,)
 
 
 def map_features(maps: list[torch.Tensor], stages: tuple[int, ...] = MAP_LAYOUTS["map"],

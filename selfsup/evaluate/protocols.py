@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from selfsup.augment import light_crop_flip
 from selfsup.backbones import build_backbone_from_config
-from selfsup.evaluate.features import AVERAGED_MAPS, FEATURE_KINDS, MAP_GRID, MAP_LAYOUTS, check_kind
+from selfsup.evaluate.features import AVERAGED_MAPS, MAP_GRID, MAP_LAYOUTS, PROBE_FEATURES, kinds_read
 from selfsup.evaluate.finetune import FinetuneSettings, finetune
 from selfsup.evaluate.knn import knn_accuracy
 from selfsup.evaluate.linear import CROSS_VALIDATE_BELOW, FOLDS, feature_scale, linear_probe
@@ -68,8 +68,8 @@ def cached_features(run, data, description: str, progress: bool = False, kind: s
 
 def check_features(run, protocol: str, features: str) -> None:
     """ValueError unless `protocol` can read `features` of this run's backbone."""
-    if features != "auto":
-        check_kind(features)
+    if features not in PROBE_FEATURES:
+        raise ValueError(f"unknown features {features!r}; choose one of: {', '.join(PROBE_FEATURES)}")
     if features != "pooled" and protocol != "linear":
         raise ValueError(f"--features {features} applies to the linear probe only, not to {protocol}")
     if features != "pooled" and not hasattr(run.backbone, "stage_maps"):
@@ -178,11 +178,11 @@ def _scorer(run, protocol: str, train, test, data_name, knn_ks, settings, progre
 
 
 def _frozen_features(run, protocol: str, s: Scoring) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{kind: (train, test) features}: the backbone's frozen ones ('auto' gives every kind), or the
+    """{kind: (train, test) features}: the backbone's frozen ones of every kind s.features reads, or the
     raw input's for the raw baseline."""
     if protocol == "raw":                  # the no-learning baseline: the same probe on the raw input
         return {run.modality.raw_name: run.modality.raw_features(s.train, s.test)}
-    kinds = FEATURE_KINDS if s.features == "auto" else (s.features,)
+    kinds = kinds_read(s.features)
     return {kind: (cached_features(run, s.train, f"{s.data_name} train", s.progress, kind),
                    cached_features(run, s.test, f"{s.data_name} test", s.progress, kind)) for kind in kinds}
 
@@ -203,11 +203,11 @@ def _propagate_scorer(run, protocol: str, s: Scoring):
 
 
 def _linear_scorer(run, protocol: str, s: Scoring):
-    """The linear probe ('linear') or the same probe on the raw input ('raw'). With features 'auto' it fits
-    the probe on the pooled features and on each map layout, adds the map layouts' probes averaged
-    (AVERAGED_MAPS: the mean of their class probabilities), and keeps the candidate whose cross-validated
-    accuracy inside the draw's labels is highest (the first listed on a tie): a choice a few-label user
-    can make."""
+    """The linear probe ('linear') or the same probe on the raw input ('raw'). With features AVERAGED_MAPS it
+    fits the probe on each map layout and averages their class probabilities. With 'auto' it fits the probe
+    on the pooled features and on each map layout, adds their average, and keeps the candidate whose
+    cross-validated accuracy inside the draw's labels is highest (the first listed on a tie): a choice a
+    few-label user can make."""
     feats = _frozen_features(run, protocol, s)
     # Standardised with every training image's statistics: the same for every draw.
     pool_scales = {kind: feature_scale(kind_train_f) for kind, (kind_train_f, _) in feats.items()}
@@ -229,7 +229,7 @@ def _linear_scorer(run, protocol: str, s: Scoring):
             results[AVERAGED_MAPS] = averaged_probes([results[kind] for kind in MAP_LAYOUTS], s.train.labels[idx],
                                                      s.test.labels)
             cross_validated[AVERAGED_MAPS] = results[AVERAGED_MAPS]["cross_validated"]
-        chosen = max(cross_validated, key=cross_validated.get)
+        chosen = AVERAGED_MAPS if s.features == AVERAGED_MAPS else max(cross_validated, key=cross_validated.get)
         result = results[chosen]
         detail = {"weight_decay": result["weight_decay"], "folds": result["folds"], "val_top1": result["val_top1"]}
         if len(results) > 1:

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 PROTOCOL_STYLE = {"knn": ("kNN (frozen)", "tab:blue", "o"), "linear": ("linear probe (frozen)", "tab:orange", "s"),
                   "linear map": ("linear probe on feature maps (frozen)", "tab:brown", "P"),
                   "linear auto": ("linear probe, pooled or maps by cross-validation (frozen)", "tab:olive", "*"),
+                  "linear maps-averaged": ("linear probes on three map layouts, averaged (frozen)", "tab:cyan", "X"),
                   "propagate": ("label propagation + kNN, fixed settings (frozen)", "tab:purple", "D"),
                   "propagate cv": ("label propagation + kNN, cross-validated settings (frozen)", "tab:pink", "d"),
                   "finetune": ("fine-tune", "tab:green", "^"),
