@@ -26,7 +26,7 @@ import torch
 from json_lines import emit
 from selfsup.backbones import build_backbone_from_config
 from selfsup.evaluate.features import MAP_LAYOUTS
-from selfsup.evaluate.finetune import class_probabilities, train_classifier
+from selfsup.evaluate.finetune import class_logits, train_classifier
 from selfsup.evaluate.linear import feature_scale, fit_logistic_regression, linear_probe
 from selfsup.evaluate.protocols import cached_features, finetune_settings
 from selfsup.evaluate.splits import balanced_subset, parse_label_budget
@@ -89,14 +89,14 @@ def _networks(run, train, val, idx, seed, args) -> dict[str, torch.Tensor]:
     out = {}
     model, _ = train_classifier(run.backbone, few, num_classes, tuned, run.modality.finetune_input(cfg, tuned), seed,
                                 device, precision)
-    out["finetune"] = class_probabilities(model, val, device, precision)
+    out["finetune"] = class_logits(model, val, device, precision).softmax(1)
     for member in range(2):
         member_seed = seed + 100 * member
         torch.manual_seed(cfg.train.seed + 1000 + member_seed)   # member 0 is the protocol's own baseline
         backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
         model, _ = train_classifier(backbone, few, num_classes, scratch, run.modality.finetune_input(cfg, scratch),
                                     member_seed, device, precision)
-        out[f"supervised{member}"] = class_probabilities(model, val, device, precision)
+        out[f"supervised{member}"] = class_logits(model, val, device, precision).softmax(1)
     return out
 
 

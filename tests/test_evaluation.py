@@ -333,7 +333,7 @@ def test_vit_layer_decay_gives_earlier_blocks_smaller_learning_rates():
 
 def test_probe_initialised_head_predicts_what_the_probe_predicts():
     """LP-FT's start: with no fine-tuning steps, the classifier must give the linear probe's predictions."""
-    from selfsup.evaluate.finetune import Classifier, accuracy, class_probabilities, init_head_from_probe
+    from selfsup.evaluate.finetune import Classifier, accuracy, class_logits, init_head_from_probe
     backbone, train, test = tiny_resnet(), bright_quadrant_images(64, 0), bright_quadrant_images(64, 1)
     model = Classifier(backbone, 4, image_input(16, [0.2], [0.3], FinetuneSettings()))
     init_head_from_probe(model, train, 4, torch.device("cpu"), "fp32")
@@ -345,9 +345,9 @@ def test_probe_initialised_head_predicts_what_the_probe_predicts():
     assert accuracy(model, test, torch.device("cpu"), "fp32") == pytest.approx(probe.accuracy(test_feats, test.labels))
     with torch.no_grad():
         torch.testing.assert_close(model.head(test_feats), probe.logits(test_feats), rtol=1e-4, atol=1e-4)
-    # The same model's class probabilities, in batches smaller than the set: the probe's softmax, in order.
-    probabilities = class_probabilities(model, test, torch.device("cpu"), "fp32", batch_size=24)
-    torch.testing.assert_close(probabilities, probe.logits(test_feats).softmax(1), rtol=1e-4, atol=1e-4)
+    # The same model's logits, in batches smaller than the set: the probe's, in order.
+    logits = class_logits(model, test, torch.device("cpu"), "fp32", batch_size=24)
+    torch.testing.assert_close(logits, probe.logits(test_feats), rtol=1e-4, atol=1e-4)
 
 
 def test_averaged_probes_score_the_mean_of_their_held_out_and_test_probabilities():

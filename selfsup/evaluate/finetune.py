@@ -162,18 +162,17 @@ def backbone_features(model: Classifier, samples: torch.Tensor, device, precisio
 
 
 @torch.no_grad()
-def class_probabilities(model: Classifier, data, device: torch.device, precision: str,
-                        batch_size: int = 1024) -> torch.Tensor:
-    """(N, K) float32 softmax of the model's logits for every sample of `data`, on plain input, on the CPU."""
+def class_logits(model: Classifier, data, device: torch.device, precision: str, batch_size: int = 1024) -> torch.Tensor:
+    """(N, K) float32 logits of the model for every sample of `data`, on plain input, on the CPU."""
     model.eval()
-    probabilities = []
+    logits = []
     for start in range(0, len(data), batch_size):
         x = model.prepare(data.samples[start:start + batch_size].to(device))
         with autocast(device.type, precision):
-            probabilities.append(model(x).float().softmax(1).cpu())
-    return torch.cat(probabilities)
+            logits.append(model(x).float().cpu())
+    return torch.cat(logits)
 
 
 def accuracy(model: Classifier, test, device: torch.device, precision: str, batch_size: int = 1024) -> float:
-    predicted = class_probabilities(model, test, device, precision, batch_size).argmax(1)
+    predicted = class_logits(model, test, device, precision, batch_size).argmax(1)
     return (predicted == test.labels).float().mean().item()

@@ -111,11 +111,11 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     best_wd = max(weight_decays, key=lambda wd: (val_scores[wd], -val_losses[wd]))
     classifier = fit_logistic_regression(*with_copies(torch.arange(len(train_labels))), num_classes, best_wd,
                                          scale=scale)
-    test_probabilities = classifier.logits(test_feats.float()).softmax(1)
-    result = {"top1": (test_probabilities.argmax(1) == test_labels).float().mean().item(), "weight_decay": best_wd,
+    test_logits = classifier.logits(test_feats.float())
+    result = {"top1": (test_logits.argmax(1) == test_labels).float().mean().item(), "weight_decay": best_wd,
               "val_top1": {str(wd): score for wd, score in val_scores.items()}, "val_size": len(held_out),
               "folds": len(splits)}
     if probabilities:
         result |= {"held_out": held_out, "held_out_probabilities": held_out_logits[best_wd].softmax(1),
-                   "test_probabilities": test_probabilities}
+                   "test_probabilities": test_logits.softmax(1)}
     return result
