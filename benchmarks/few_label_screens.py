@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from dataclasses import replace
 
 import torch
 
 from json_lines import emit
-from selfsup.backbones import build_backbone_from_config
 from selfsup.evaluate.features import MAP_LAYOUTS
 from selfsup.evaluate.finetune import class_logits, train_classifier
 from selfsup.evaluate.linear import feature_scale, fit_logistic_regression, linear_probe
-from selfsup.evaluate.protocols import cached_features, finetune_settings
+from selfsup.evaluate.protocols import cached_features, finetune_settings, from_scratch, random_backbone
 from selfsup.evaluate.splits import balanced_subset, parse_label_budget
 from selfsup.run import load_run
 from selfsup.runtime import resolve_device, resolve_precision
@@ -62,15 +60,11 @@ def main():
 
 
 def _probe(train_f, val_f, train_labels, val_labels, idx, seed, scale):
-    """The few-label linear probe (weight decay cross-validated inside the draw) and its chosen decay."""
+    """The few-label linear probe as a classifier (weight decay cross-validated inside the draw) and its
+    chosen decay: what pseudo-labelling the unlabelled images needs."""
     chosen = linear_probe(train_f[idx], train_labels[idx], val_f, val_labels, seed=seed, scale=scale)["weight_decay"]
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     return fit_logistic_regression(train_f[idx], train_labels[idx], num_classes, chosen, scale=scale), chosen
-
-
-def _data_name(run) -> str:
-    """What `selfsup evaluate` names the run's data in its feature cache (so that its cache is reused)."""
-    return run.config.eval.source or run.config.data.source
 
 
 def _top1(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
@@ -83,19 +77,16 @@ def _networks(run, train, val, idx, seed, args) -> dict[str, torch.Tensor]:
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     tuned = finetune_settings(run, "finetune", lr=args.lr, weight_decay=args.weight_decay)
-    scratch = replace(finetune_settings(run, "supervised", lr=args.lr, weight_decay=args.weight_decay),
-                      backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
+    scratch = from_scratch(finetune_settings(run, "supervised", lr=args.lr, weight_decay=args.weight_decay))
     few, num_classes = train.select(idx), int(train.labels.max()) + 1
     out = {}
     model, _ = train_classifier(run.backbone, few, num_classes, tuned, run.modality.finetune_input(cfg, tuned), seed,
                                 device, precision)
     out["finetune"] = class_logits(model, val, device, precision).softmax(1)
     for member in range(2):
-        member_seed = seed + 100 * member
-        torch.manual_seed(cfg.train.seed + 1000 + member_seed)   # member 0 is the protocol's own baseline
-        backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
-        model, _ = train_classifier(backbone, few, num_classes, scratch, run.modality.finetune_input(cfg, scratch),
-                                    member_seed, device, precision)
+        member_seed = seed + 100 * member              # member 0 is the protocol's own baseline
+        model, _ = train_classifier(random_backbone(run, member_seed), few, num_classes, scratch,
+                                    run.modality.finetune_input(cfg, scratch), member_seed, device, precision)
         out[f"supervised{member}"] = class_logits(model, val, device, precision).softmax(1)
     return out
 
@@ -103,12 +94,12 @@ def _networks(run, train, val, idx, seed, args) -> dict[str, torch.Tensor]:
 def screen_ensemble(run, train, val, draws, args) -> list[dict]:
     probabilities = [{} for _ in draws]
     for kind in MAP_LAYOUTS:
-        train_f = cached_features(run, train, f"{_data_name(run)} train", False, kind)
-        val_f = cached_features(run, val, f"{_data_name(run)} val", False, kind)
+        train_f = cached_features(run, train, f"{run.data_name()} train", False, kind)
+        val_f = cached_features(run, val, f"{run.data_name()} val", False, kind)
         scale = feature_scale(train_f)
         for seed, idx in enumerate(draws):
-            probe, _ = _probe(train_f, val_f, train.labels, val.labels, idx, seed, scale)
-            probabilities[seed][kind] = probe.logits(val_f).softmax(1)
+            probabilities[seed][kind] = linear_probe(train_f[idx], train.labels[idx], val_f, val.labels, seed=seed,
+                                                     scale=scale, probabilities=True)["test_probabilities"]
         del train_f, val_f
     rows = []
     for seed, idx in enumerate(draws):
@@ -123,8 +114,8 @@ def screen_ensemble(run, train, val, draws, args) -> list[dict]:
 
 
 def screen_pseudo(run, train, val, draws, args) -> list[dict]:
-    train_f = cached_features(run, train, f"{_data_name(run)} train", False, "map")
-    val_f = cached_features(run, val, f"{_data_name(run)} val", False, "map")
+    train_f = cached_features(run, train, f"{run.data_name()} train", False, "map")
+    val_f = cached_features(run, val, f"{run.data_name()} val", False, "map")
     scale = feature_scale(train_f)
     rows = []
     for seed, idx in enumerate(draws):

@@ -132,7 +132,7 @@ def evaluate_knn(run: Run, source: str = "", data_dir: str = "", k: int | None =
         return None
     started = time.time()
     report = knn_report(run, train, test, k, temperature, baselines=baselines, progress=progress,
-                        data_name=source or run.config.eval.source or run.config.data.source)
+                        data_name=run.data_name(source))
     report["seconds"] = round(time.time() - started, 1)
     report["step"] = run.step
     written = run.folder.write_eval("knn", report)
@@ -183,7 +183,7 @@ def evaluate_ranking(run: Run, part: str = "test", source: str = "") -> dict:
 def evaluate_few_labels(run: Run, protocols: list[str], labels: list[str], progress: bool = True) -> list[dict]:
     """Each protocol at each label budget on the test part, one draw; rows go to eval/results.jsonl."""
     train, test = run.labelled_sets()
-    source = run.config.eval.source or run.config.data.source
+    source = run.data_name()
     print(f"few-label evaluation ({', '.join(protocols)} with {', '.join(labels)} of the labels):")
     return [row for protocol in protocols
             for row in evaluate_protocol(run, protocol, train, test, labels, 1, source, progress=progress)]

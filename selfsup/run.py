@@ -65,6 +65,11 @@ class Run:
         yield from feature_batches(embed, samples, batch_size, dev,
                                    resolve_precision(precision or self.config.train.precision, dev), progress)
 
+    def data_name(self, source: str = "") -> str:
+        """What the evaluations call the labelled data (`source`, else the run's eval or training source):
+        the name its cached features are filed under."""
+        return source or self.config.eval.source or self.config.data.source
+
     def labelled_sets(self, source: str = "", data_dir: str = "", max_train: int | None = None,
                       max_test: int | None = None, part: str = "test"):
         """(train, held-out) labelled data read as this run's training data was (tokenizer, normalisation):

@@ -227,7 +227,7 @@ def cmd_evaluate(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     train, test = run.labelled_sets(args.data or "", args.data_dir, part=args.on)
-    data_name = args.data or run.config.eval.source or run.config.data.source
+    data_name = run.data_name(args.data or "")
     protocols = [args.protocol] + (["supervised"] if getattr(args, "baseline", False) else [])
     search, val = None, None
     if getattr(args, "search", False):

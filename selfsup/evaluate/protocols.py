@@ -261,8 +261,8 @@ def _training_scorer(run, protocol: str, s: Scoring):
     scratch on the same labels ('supervised')."""
     cfg = run.config
     settings = s.settings or finetune_settings(run, protocol)
-    if protocol == "supervised":           # a random backbone has nothing to preserve: full rate, random head
-        settings = replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
+    if protocol == "supervised":
+        settings = from_scratch(settings)
     device = resolve_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     train, test = s.train, s.test
@@ -270,11 +270,7 @@ def _training_scorer(run, protocol: str, s: Scoring):
     def tune(idx, seed, setting):
         settings = FinetuneSettings(**setting)
         prepare = run.modality.finetune_input(cfg, settings)
-        if protocol == "supervised":
-            torch.manual_seed(cfg.train.seed + 1000 + seed)
-            backbone = build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
-        else:
-            backbone = run.backbone
+        backbone = random_backbone(run, seed) if protocol == "supervised" else run.backbone
         if protocol == "selftrain":
             result = selftrain(backbone, train, idx, test, settings, prepare, seed, device, precision, s.progress)
             return result["top1"], {"first_top1": result["first_top1"],
@@ -283,6 +279,19 @@ def _training_scorer(run, protocol: str, s: Scoring):
                           precision, s.progress, desc=f"{protocol} seed {seed}")
         return result["top1"], {"final_train_loss": round(result["final_train_loss"], 4)}
     return tune, [asdict(settings)]
+
+
+def from_scratch(settings: FinetuneSettings) -> FinetuneSettings:
+    """The supervised baseline's version of fine-tuning settings: a random backbone has nothing to
+    preserve, so it learns at the full rate with a random head."""
+    return replace(settings, backbone_lr_scale=1.0, layer_decay=0.0, probe_init=False)
+
+
+def random_backbone(run, seed: int) -> torch.nn.Module:
+    """The run's backbone at the random initialisation the supervised baseline starts draw `seed` from."""
+    cfg = run.config
+    torch.manual_seed(cfg.train.seed + 1000 + seed)
+    return build_backbone_from_config(cfg.backbone, **run.modality.backbone_inputs(cfg))
 
 
 def _propagation_scorer(train_f, train_labels, test_f, test_labels, temperature):
