@@ -127,6 +127,9 @@ def test_the_quantiser_picks_one_entry_per_codebook_with_gumbel_noise_and_passes
 def test_wav2vec2_recipe_views_and_gumbel_schedule():
     cfg = load_config(overrides=SMALL)
     assert cfg.modality == "audio" and cfg.backbone.name == "wav2vec2"
+    # The batch chosen on the validation voices, under the user's setting.
+    assert cfg.train.batch_size == 8
+    assert load_config(overrides=SMALL + ["train.batch_size=32"]).train.batch_size == 32
     method = build_method(cfg)
     assert isinstance(method.inputs, WaveformInputs)
     clips = (torch.randn(4, 16000, generator=torch.Generator().manual_seed(0)) * 3000).to(torch.int16)
