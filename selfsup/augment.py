@@ -149,12 +149,33 @@ CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS = 5, 5, 1, 2, 1
 DRAWS = CROP_DRAWS + JITTER_DRAWS + GRAY_DRAWS + BLUR_DRAWS + SOLARIZE_DRAWS
 
 
-def _between(u: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
-    return u * (hi - lo) + lo
-
+# On a GPU each op is a kernel launch, and at small images the launches, not the arithmetic, take the
+# time; at large images each pass over the batch does. So every op below computes its per-sample numbers
+# for all samples (and all of its columns) at once, from constants cached on the device, and touches the
+# images in one or two passes: a per-sample factor or blend, or a per-sample matrix times each pixel's
+# channels (one batched matmul), then a clamp in place. Factors of 1 and identity matrices leave an image
+# exactly as it was, so a sample that draws no jitter or grayscale gets those rather than a further pass
+# that picks between changed and unchanged images.
 
 def _per_sample(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
+
+
+@functools.lru_cache(maxsize=256)    # a recipe needs about 20 per device and view size
+def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A small constant on the device, copied there once (a host copy each step would sync a GPU)."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def _uniform(u: torch.Tensor, lows: tuple, highs: tuple) -> torch.Tensor:
+    """Draws U[0, 1) in the columns of u mapped onto [low, high) per column, in one kernel."""
+    low = _constant(lows, u.device, u.dtype)
+    return torch.addcmul(low, u, _constant(tuple(h - lo for lo, h in zip(lows, highs)), u.device, u.dtype))
+
+
+def _pixel_centres(side: int, like: torch.Tensor) -> torch.Tensor:
+    """The centres of `side` pixels in grid_sample's [-1, 1] coordinates (align_corners=False)."""
+    return _constant(tuple((2 * i + 1) / side - 1 for i in range(side)), like.device, like.dtype)
 
 
 def crop_flip(x: torch.Tensor, size: int | tuple[int, int], scale, ratio, flip_p: float, u: torch.Tensor) -> torch.Tensor:
@@ -168,18 +189,21 @@ def crop_flip(x: torch.Tensor, size: int | tuple[int, int], scale, ratio, flip_p
     """
     n, b, c = u.shape[0], x.shape[0], x.shape[1]
     copies = n // b
-    area = _between(u[:, 0], scale[0], scale[1])
-    aspect = torch.exp(_between(u[:, 1], math.log(ratio[0]), math.log(ratio[1])))
-    w = torch.sqrt(area * aspect).clamp(max=1.0)        # fractions of the image's width / height
-    h = torch.sqrt(area / aspect).clamp(max=1.0)
-    flip = torch.where(u[:, 4] < flip_p, -1.0, 1.0)
-    zero = torch.zeros_like(w)
-    theta = torch.stack([w * flip, zero, (1 - w) * (2 * u[:, 2] - 1),
-                         zero, h, (1 - h) * (2 * u[:, 3] - 1)], dim=1).view(n, 2, 3)
+    area, log_aspect, centres = _uniform(u[:, :4], (scale[0], math.log(ratio[0]), -1.0, -1.0),
+                                         (scale[1], math.log(ratio[1]), 1.0, 1.0)).split([1, 1, 2], dim=1)
+    # (n, 2): the box's width and height as fractions of the image's, sqrt(area * aspect) and sqrt(area / aspect)
+    sides = (area * torch.exp(log_aspect * _constant((1.0, -1.0), x.device, x.dtype))).sqrt_().clamp_(max=1.0)
+    offsets = (1 - sides) * centres
+    flip = torch.where(u[:, 4:5] < flip_p, -1.0, 1.0)
     height, width = (size, size) if isinstance(size, int) else size
-    grid = F.affine_grid(theta, [n, c, height, width], align_corners=False)
+    # The box is axis-aligned, so a sampling point's x depends on its column only and its y on its row
+    # only: the grid is two small (n, side) tensors broadcast together, not a matmul over every point.
+    xs = torch.addcmul(offsets[:, :1], sides[:, :1] * flip, _pixel_centres(width, x))
+    ys = torch.addcmul(offsets[:, 1:], sides[:, 1:], _pixel_centres(height, x))
     # The k crops of an image are sampled as one tall output of it, so the image is never copied.
-    grid = grid.view(copies, b, height, width, 2).transpose(0, 1).reshape(b, copies * height, width, 2)
+    xs = xs.view(copies, b, 1, width).transpose(0, 1)
+    ys = ys.view(copies, b, height, 1).transpose(0, 1)
+    grid = torch.stack(torch.broadcast_tensors(xs, ys), dim=-1).view(b, copies * height, width, 2)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
     return out.view(b, c, copies, height, width).permute(2, 0, 1, 3, 4).reshape(n, c, height, width)
 
@@ -189,63 +213,88 @@ def random_resized_crop_flip(x: torch.Tensor, size: int, scale, ratio, flip_p: f
     return crop_flip(x, size, scale, ratio, flip_p, torch.rand(x.shape[0], CROP_DRAWS, generator=gen, device=x.device))
 
 
-@functools.lru_cache(maxsize=64)
-def _constant(values: tuple, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A small constant on the device, copied there once (a host copy each step would sync a GPU)."""
-    return torch.tensor(values, device=device, dtype=dtype)
+_LUMA = (0.299, 0.587, 0.114)                       # ITU-R 601 weights of R, G and B in an image's luma
 
 
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, 1, H, W) grayscale (ITU-R 601 weights for RGB)."""
-    if x.shape[1] == 3:
-        return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-    return x.mean(1, keepdim=True)
+def _luma_weights(x: torch.Tensor) -> torch.Tensor:
+    """(C,) weights of each channel in an image's luma: ITU-R 601 for RGB, the plain mean otherwise."""
+    c = x.shape[1]
+    return _constant(_LUMA if c == 3 else (1 / c,) * c, x.device, x.dtype)
+
+
+def _to_luma_matrix(x: torch.Tensor) -> torch.Tensor:
+    """(C, C): every output channel is the input's luma."""
+    return _luma_weights(x).expand(x.shape[1], -1)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    c = x.shape[1]
+    return _constant(tuple(tuple(float(i == j) for j in range(c)) for i in range(c)), x.device, x.dtype)
+
+
+def _mix_channels(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) with each pixel's channels multiplied by its sample's (B, C, C) matrix."""
+    b, c, h, w = x.shape
+    return torch.bmm(matrix, x.reshape(b, c, h * w)).view(b, c, h, w)
 
 
 def adjust_brightness(x, factor):
-    return (x * _per_sample(factor)).clamp(0, 1)
+    return (x * _per_sample(factor)).clamp_(0, 1)
 
 
 def adjust_contrast(x, factor):
-    mean = _luma(x).mean(dim=(1, 2, 3), keepdim=True)
-    return ((x - mean) * _per_sample(factor) + mean).clamp(0, 1)
+    """Blend each image with its mean luma: factor * x + (1 - factor) * mean, clamped to [0, 1]."""
+    mean = x.mean(dim=(2, 3)) @ _luma_weights(x)
+    return torch.lerp(_per_sample(mean), x, _per_sample(factor)).clamp_(0, 1)   # exactly x at factor 1
 
 
 def adjust_saturation(x, factor):
+    """Blend each RGB image with its grayscale: factor * x + (1 - factor) * luma, clamped to [0, 1]."""
     if x.shape[1] != 3:
         return x
-    gray = _luma(x)
-    return ((x - gray) * _per_sample(factor) + gray).clamp(0, 1)
+    matrix = torch.lerp(_to_luma_matrix(x), _identity(x), factor.view(-1, 1, 1))  # the identity at factor 1
+    return _mix_channels(x, matrix).clamp_(0, 1)
 
 
-_RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312))
-_YIQ_TO_RGB = tuple(tuple(row) for row in torch.linalg.inv(torch.tensor(_RGB_TO_YIQ, dtype=torch.float64)).tolist())
+def _yiq_hue_terms() -> tuple:
+    """Rotating the chroma (I, Q) of YIQ by an angle a is, in RGB, the matrix identity + (cos a - 1) * C +
+    sin a * T, with C the chroma's projection and T its quarter turn (both taken into RGB): their entries
+    as two rows of nine, so that a batch of matrices is one matmul."""
+    to_yiq = torch.tensor(((0.299, 0.587, 0.114), (0.596, -0.274, -0.322), (0.211, -0.523, 0.312)),
+                          dtype=torch.float64)
+    from_yiq = torch.linalg.inv(to_yiq)
+    chroma = torch.diag(torch.tensor((0.0, 1.0, 1.0), dtype=torch.float64))
+    quarter_turn = torch.tensor(((0.0, 0.0, 0.0), (0.0, 0.0, -1.0), (0.0, 1.0, 0.0)), dtype=torch.float64)
+    return tuple(tuple((from_yiq @ m @ to_yiq).flatten().tolist()) for m in (chroma, quarter_turn))
+
+
+_HUE_TERMS = _yiq_hue_terms()
 
 
 def adjust_hue(x, shift):
-    """Rotate the chroma of RGB images by shift * 360 degrees in YIQ space (shift in [-0.5, 0.5])."""
+    """Rotate the chroma of RGB images by shift * 360 degrees in YIQ space (shift in [-0.5, 0.5]); a shift
+    of 0 gives the identity matrix, and so the image exactly as it was."""
     if x.shape[1] != 3:
         return x
-    to_yiq = _constant(_RGB_TO_YIQ, x.device, x.dtype)
-    from_yiq = _constant(_YIQ_TO_RGB, x.device, x.dtype)
-    angle = shift * 2 * math.pi
-    cos, sin = torch.cos(angle), torch.sin(angle)
-    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
-    rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], dim=1).view(-1, 3, 3)
-    m = from_yiq @ rot @ to_yiq                                  # (B, 3, 3)
-    return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
+    angle = shift * (2 * math.pi)
+    turn = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1) - _constant((1.0, 0.0), x.device, x.dtype)
+    matrix = torch.addmm(_identity(x).reshape(1, 9), turn, _constant(_HUE_TERMS, x.device, x.dtype))
+    return _mix_channels(x, matrix.view(-1, 3, 3)).clamp_(0, 1)
 
 
 def jitter(x, brightness, contrast, saturation, hue, p, u):
     """Brightness, contrast, saturation, hue, in that fixed order, on a random p of the batch.
     u: (N, JITTER_DRAWS) draws (whether, then one factor per adjustment)."""
-    out = adjust_brightness(x, _between(u[:, 1], max(0.0, 1 - brightness), 1 + brightness)) if brightness > 0 else x
-    out = adjust_contrast(out, _between(u[:, 2], max(0.0, 1 - contrast), 1 + contrast)) if contrast > 0 else out
+    lows = tuple(max(0.0, 1 - strength) for strength in (brightness, contrast, saturation)) + (-hue,)
+    highs = (1 + brightness, 1 + contrast, 1 + saturation, hue)
+    factors = torch.where(u[:, :1] < p, _uniform(u[:, 1:], lows, highs), _constant((1.0, 1.0, 1.0, 0.0), x.device, x.dtype))
+    brightness_f, contrast_f, saturation_f, hue_shift = factors.unbind(1)
+    out = adjust_brightness(x, brightness_f) if brightness > 0 else x
+    out = adjust_contrast(out, contrast_f) if contrast > 0 else out
     if x.shape[1] == 3:
-        out = adjust_saturation(out, _between(u[:, 3], max(0.0, 1 - saturation), 1 + saturation)) \
-            if saturation > 0 else out
-        out = adjust_hue(out, _between(u[:, 4], -hue, hue)) if hue > 0 else out
-    return torch.where(_per_sample(u[:, 0] < p), out, x)
+        out = adjust_saturation(out, saturation_f) if saturation > 0 else out
+        out = adjust_hue(out, hue_shift) if hue > 0 else out
+    return out
 
 
 def color_jitter(x, brightness, contrast, saturation, hue, p, gen):
@@ -258,7 +307,7 @@ def grayscale(x, p, u):
     """Colour images become their luma on a random p of the batch. u: (N, GRAY_DRAWS)."""
     if x.shape[1] != 3:
         return x
-    return torch.where(_per_sample(u[:, 0] < p), _luma(x).expand_as(x), x)
+    return _mix_channels(x, torch.where((u[:, 0] < p).view(-1, 1, 1), _to_luma_matrix(x), _identity(x)))
 
 
 def random_grayscale(x, p, gen):
@@ -269,13 +318,12 @@ def blur(x, sigma_range, p, u):
     """Separable gaussian blur on a random p of the batch, kernel side ~10% of the image (odd, >= 3),
     sigma ~U(sigma_range). u: (N, BLUR_DRAWS) draws (whether, sigma)."""
     b, c, h, w = x.shape
-    sigma = _between(u[:, 1], sigma_range[0], sigma_range[1])
     k = max(3, int(0.1 * min(h, w)) // 2 * 2 + 1)
-    offsets = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None] ** 2))
-    kernel = kernel / kernel.sum(1, keepdim=True)
-    identity = (offsets == 0).to(x.dtype).expand(b, k)
-    kernel = torch.where((u[:, 0] < p)[:, None], kernel, identity)    # (B, k)
+    half_squares = _constant(tuple(-(i - k // 2) ** 2 / 2 for i in range(k)), x.device, x.dtype)
+    sigma = _uniform(u[:, 1:], (sigma_range[0],), (sigma_range[1],))
+    kernel = torch.softmax(half_squares / sigma.square(), dim=1)     # exp(-offset^2 / (2 sigma^2)), summing to 1
+    centre = _constant(tuple(float(i == k // 2) for i in range(k)), x.device, x.dtype)
+    kernel = torch.where(u[:, :1] < p, kernel, centre)               # (B, k); the centre alone leaves x as it is
     kernel = kernel.repeat_interleave(c, 0)                          # (B*C, k)
     y = x.reshape(1, b * c, h, w)
     y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kernel.view(b * c, 1, 1, k), groups=b * c)
@@ -289,7 +337,8 @@ def gaussian_blur(x, sigma_range, p, gen):
 
 def solarize(x, p, u, threshold: float = 0.5):
     """Values at or above threshold become 1 - value on a random p of the batch. u: (N, SOLARIZE_DRAWS)."""
-    return torch.where(_per_sample(u[:, 0] < p) & (x >= threshold), 1 - x, x)
+    per_sample_threshold = torch.where(u[:, 0] < p, threshold, math.inf)     # inf: no value reaches it
+    return torch.where(x >= _per_sample(per_sample_threshold), 1 - x, x)
 
 
 def random_solarize(x, p, gen, threshold: float = 0.5):
@@ -297,15 +346,16 @@ def random_solarize(x, p, gen, threshold: float = 0.5):
 
 
 def to_float(batch_u8: torch.Tensor) -> torch.Tensor:
-    return batch_u8.float().div_(255)
+    return torch.div(batch_u8, 255.0)                  # true division: float32, in one kernel
 
 
 def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     if not mean:
         return x
-    m = _constant(tuple(mean), x.device, x.dtype).view(1, -1, 1, 1)
-    s = _constant(tuple(std), x.device, x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    # (x - mean) / std as one multiply-add
+    scale = _constant(tuple(1 / s for s in std), x.device, x.dtype).view(1, -1, 1, 1)
+    shift = _constant(tuple(-m / s for m, s in zip(mean, std)), x.device, x.dtype).view(1, -1, 1, 1)
+    return torch.addcmul(shift, x, scale)
 
 
 def views_from_draws(batch_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig,

@@ -1,6 +1,9 @@
 """Semantics of each batched augmentation on tiny uint8 batches."""
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from selfsup.augment import (DRAWS, AugmentConfig, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation,
                              augment, augment_views, color_jitter, compile_augmentation, eval_transform, gaussian_blur,
@@ -312,3 +315,80 @@ def test_byol_style_methods_take_the_papers_asymmetric_solarization(method):
     cfg = load_config(overrides=[f"method.name={method}"]).augment
     assert [cfg.for_view(i).solarize_p for i in (0, 1)] == [0.0, 0.2] and cfg.blur_p == 0.0
     assert load_config(overrides=["method.name=simclr"]).augment.views == []
+
+
+# ---------------------------------------------------------------- the fused ops against their definitions
+
+def _luma(x):
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3] if x.shape[1] == 3 else x.mean(1, keepdim=True)
+
+
+def _reference_views(batch, u, cfg):
+    """views_from_draws written op by op from each op's definition (torchvision's colour jitter with a
+    fixed order, hue as a rotation in YIQ, F.affine_grid for the crop of each copy, the blur as one 2-d
+    kernel per image), a pass per op."""
+    x = batch.float() / 255
+    b = batch.shape[0]
+    copies = u.shape[0] // b
+    crops = []
+    for j in range(copies):
+        d = u[j * b:(j + 1) * b]
+        area = cfg.crop_scale[0] + d[:, 0] * (cfg.crop_scale[1] - cfg.crop_scale[0])
+        log_lo, log_hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+        aspect = torch.exp(log_lo + d[:, 1] * (log_hi - log_lo))
+        w, h = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)
+        sign = torch.where(d[:, 4] < cfg.flip_p, -1.0, 1.0)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2] = w * sign, (1 - w) * (2 * d[:, 2] - 1)
+        theta[:, 1, 1], theta[:, 1, 2] = h, (1 - h) * (2 * d[:, 3] - 1)
+        grid = F.affine_grid(theta, [b, x.shape[1], cfg.size, cfg.size], align_corners=False)
+        crops.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False))
+    x = torch.cat(crops)
+    per = lambda v: v.view(-1, 1, 1, 1)
+    between = lambda col, lo, hi: per(lo + u[:, col] * (hi - lo))
+    y = (x * between(6, 1 - cfg.brightness, 1 + cfg.brightness)).clamp(0, 1)
+    mean = per(_luma(y).mean(dim=(1, 2, 3)))
+    y = ((y - mean) * between(7, 1 - cfg.contrast, 1 + cfg.contrast) + mean).clamp(0, 1)
+    if x.shape[1] == 3:
+        gray = _luma(y)
+        y = ((y - gray) * between(8, 1 - cfg.saturation, 1 + cfg.saturation) + gray).clamp(0, 1)
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        angle = (-cfg.hue + u[:, 9] * 2 * cfg.hue) * 2 * math.pi
+        yiq = torch.einsum("ij,bjhw->bihw", to_yiq, y)
+        cos, sin = per(torch.cos(angle))[:, 0], per(torch.sin(angle))[:, 0]
+        rotated = torch.stack([yiq[:, 0], cos * yiq[:, 1] - sin * yiq[:, 2], sin * yiq[:, 1] + cos * yiq[:, 2]], 1)
+        y = torch.einsum("ij,bjhw->bihw", torch.linalg.inv(to_yiq), rotated).clamp(0, 1)
+    x = torch.where(per(u[:, 5] < cfg.jitter_p), y, x)
+    if x.shape[1] == 3:
+        x = torch.where(per(u[:, 10] < cfg.grayscale_p), _luma(x).expand_as(x), x)
+    k = max(3, int(0.1 * cfg.size) // 2 * 2 + 1)
+    offsets = torch.arange(k, dtype=torch.float64) - k // 2
+    blurred = []
+    for i in range(x.shape[0]):                   # one 2-d gaussian per image, on its reflected border
+        if u[i, 11] >= cfg.blur_p:
+            blurred.append(x[i])
+            continue
+        sigma = cfg.blur_sigma[0] + u[i, 12].item() * (cfg.blur_sigma[1] - cfg.blur_sigma[0])
+        line = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+        square = (torch.outer(line, line) / line.sum() ** 2).float()
+        padded = F.pad(x[i:i + 1], (k // 2,) * 4, mode="reflect")
+        blurred.append(F.conv2d(padded, square.expand(x.shape[1], 1, k, k), groups=x.shape[1])[0])
+    x = torch.stack(blurred)
+    x = torch.where(per(u[:, 13] < cfg.solarize_p) & (x >= 0.5), 1 - x, x)
+    return (x - torch.tensor(cfg.mean).view(1, -1, 1, 1)) / torch.tensor(cfg.std).view(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_fused_ops_give_the_views_of_their_op_by_op_definitions(c):
+    """The colour ops run as per-sample factors and channel matrices with identity values for samples that
+    draw no jitter or grayscale, the crop's grid is built from its rows and columns and the blur's kernel
+    is a softmax: the views must be those of the plain definitions to float rounding, for jittered and
+    unjittered, blurred and unblurred samples alike."""
+    cfg = AugmentConfig(size=10, brightness=0.8, contrast=0.8, saturation=0.8, hue=0.2, jitter_p=0.6,
+                        grayscale_p=0.4, blur_p=0.5, blur_sigma=(0.3, 1.5), solarize_p=0.5, mean=[0.4] * c,
+                        std=[0.3] * c)
+    x = batch_u8(c)
+    u = torch.rand(2 * B, DRAWS, generator=gen(5))
+    for column, p in ((5, cfg.jitter_p), (10, cfg.grayscale_p), (11, cfg.blur_p), (13, cfg.solarize_p)):
+        assert 0 < int((u[:, column] < p).sum()) < 2 * B            # both kinds of sample are present
+    torch.testing.assert_close(views_from_draws(x, u, cfg), _reference_views(x, u, cfg), atol=2e-5, rtol=0)
