@@ -361,24 +361,26 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
 def views_from_draws(batch_u8: torch.Tensor, u: torch.Tensor, cfg: AugmentConfig,
                      cropped: bool = False) -> torch.Tensor:
     """uint8 (B, C, H, W) and draws (k * B, DRAWS) -> k augmented, normalised views of the batch, stacked
-    (k * B, C, size, size): view j of image i is row j * B + i. A pure function of its inputs.
+    (k * B, C, size, size): view j of image i is row j * B + i. A pure function of its inputs, in float32
+    even inside an autocast region (an online evaluation's), which would round the channel matrices.
     cropped: batch_u8 holds the k * B crops already cut and flipped (streamed images; CroppedViews),
     so the crop's draws go unused and a crop of another side is only resized."""
-    x = to_float(batch_u8)
-    size = cfg.size or x.shape[-1]
-    crop_u, jitter_u, gray_u, blur_u, solarize_u = u.split(
-        [CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS], dim=1)
-    if not cropped:
-        x = crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, crop_u)
-    elif x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    x = jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, jitter_u)
-    x = grayscale(x, cfg.grayscale_p, gray_u)
-    if cfg.blur_p > 0:
-        x = blur(x, cfg.blur_sigma, cfg.blur_p, blur_u)
-    if cfg.solarize_p > 0:
-        x = solarize(x, cfg.solarize_p, solarize_u)
-    return normalize(x, cfg.mean, cfg.std)
+    with torch.autocast(batch_u8.device.type, enabled=False):
+        x = to_float(batch_u8)
+        size = cfg.size or x.shape[-1]
+        crop_u, jitter_u, gray_u, blur_u, solarize_u = u.split(
+            [CROP_DRAWS, JITTER_DRAWS, GRAY_DRAWS, BLUR_DRAWS, SOLARIZE_DRAWS], dim=1)
+        if not cropped:
+            x = crop_flip(x, size, cfg.crop_scale, cfg.crop_ratio, cfg.flip_p, crop_u)
+        elif x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue, cfg.jitter_p, jitter_u)
+        x = grayscale(x, cfg.grayscale_p, gray_u)
+        if cfg.blur_p > 0:
+            x = blur(x, cfg.blur_sigma, cfg.blur_p, blur_u)
+        if cfg.solarize_p > 0:
+            x = solarize(x, cfg.solarize_p, solarize_u)
+        return normalize(x, cfg.mean, cfg.std)
 
 
 _views_kernel = views_from_draws

@@ -392,3 +392,16 @@ def test_fused_ops_give_the_views_of_their_op_by_op_definitions(c):
     for column, p in ((5, cfg.jitter_p), (10, cfg.grayscale_p), (11, cfg.blur_p), (13, cfg.solarize_p)):
         assert 0 < int((u[:, column] < p).sum()) < 2 * B            # both kinds of sample are present
     torch.testing.assert_close(views_from_draws(x, u, cfg), _reference_views(x, u, cfg), atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_views_inside_an_autocast_region_are_the_float32_views(c):
+    """The online monitor makes views inside bf16 autocast: the channel matrices, the contrast's mean and
+    the blur must still run in float32, or the views differ (and a lerp of mixed dtypes fails)."""
+    cfg = AugmentConfig(size=10, blur_p=0.5, solarize_p=0.5, mean=[0.5] * c, std=[0.25] * c)
+    plain = augment_views(batch_u8(c), cfg, gen(3), copies=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = augment_views(batch_u8(c), cfg, gen(3), copies=2)
+    for a, b in zip(plain, inside):
+        assert b.dtype == torch.float32
+        assert torch.equal(a, b)
