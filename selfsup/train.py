@@ -474,7 +474,8 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     """The costs of a training step, an online evaluation and a checkpoint: the first from a trial of
     `untimed` + up to `timed` real steps (fewer when they would take over 2% of the budget) starting at
     first_step, the second from an evaluation by `monitor` (0 without one), the third from the last of
-    three `checkpoint(step)` calls (0 without one), which write where the caller clears up. On a GPU the
+    three `checkpoint(step)` calls after those steps (0 without one), so with the optimizer state the
+    loop's checkpoints hold; they write where the caller clears up. On a GPU the
     evaluation is timed twice and its second, warm, time kept: a first call pays for kernel selection
     and memory pools once. Afterwards the weights, buffers, optimizer, loss scale and random generators
     are put back, so the run proper starts exactly as without the trial."""
@@ -500,6 +501,14 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
         float(loss.detach())             # waits for the device
         seconds += time.perf_counter() - start
         counted += 1
+    # Timed before the state is put back: an optimizer's state (momentum, Adam's moments) exists only after
+    # its first step, and a checkpoint without it, as at a fresh run's start, is half the loop's or less.
+    checkpoint_seconds = 0.0
+    # In a run each checkpoint also prunes an older one; the third write here does so too.
+    for step in range(first_step, first_step + 3 if checkpoint is not None else first_step):
+        start = time.perf_counter()
+        checkpoint(step)
+        checkpoint_seconds = time.perf_counter() - start
     method.load_state_dict(saved[0])
     optimizer.load_state_dict(saved[1])
     optimizer.zero_grad(set_to_none=True)
@@ -510,12 +519,6 @@ def _timed_trial(train_step, method: Method, optimizer, scaler, device: torch.de
     np.random.set_state(saved[5])
     if cuda_rng is not None:
         torch.cuda.set_rng_state_all(cuda_rng)
-    checkpoint_seconds = 0.0
-    # In a run each checkpoint also prunes an older one; the third write here does so too.
-    for step in range(first_step, first_step + 3 if checkpoint is not None else first_step):
-        start = time.perf_counter()
-        checkpoint(step)
-        checkpoint_seconds = time.perf_counter() - start
     return Costs(seconds / counted, evaluation_seconds, checkpoint_seconds)
 
 
