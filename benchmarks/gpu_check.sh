@@ -2,15 +2,18 @@
 # One prepared GPU check (one GPU, under 9.5 minutes in all, each step under its own timeout and
 # skipped when the time left would not hold it). Most important first:
 #   1. SimCLR ResNet-18 (cifar stem) at 28x28, batch 512, bf16: images/s and the step split into data,
-#      augmentation, forward+backward and optimizer, eager; then with train.compile (backbone + augmentation)
+#      augmentation, forward+backward and optimizer, eager; the augmentation alone at 28 and 224 px (its
+#      kernels counted; with BEFORE also that checkout's); then with train.compile (backbone + augmentation)
 #   2. the default recipe at width 1.0 for train.minutes=1.25 (needs Fashion-MNIST: $SELFSUP_DATA), with
 #      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN
 #   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; then ResNet-50 streamed from a packed
 #      store of 8,000 photo-like JPEGs with 14 data workers (issue 24: at least 85% of the synthetic row);
 #      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead)
-# Throughput lines go to $OUT/throughput.jsonl, everything else to $OUT/gpu-check.log.
+# Throughput lines go to $OUT/throughput.jsonl, augmentation lines to $OUT/augment.jsonl, everything else to
+# $OUT/gpu-check.log.
 #   bash benchmarks/gpu_check.sh            (needs .venv with a CUDA build of torch, or PYTHON=...)
-#   BEFORE=path/to/older/checkout bash benchmarks/gpu_check.sh    also times that checkout's step 1, eager
+#   BEFORE=path/to/older/checkout bash benchmarks/gpu_check.sh    also times that checkout's step 1, eager, and
+#                                                                  its augmentation
 set -uo pipefail          # not -e: a step that fails or times out is logged, and the next one runs
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -50,8 +53,18 @@ budget_run() {  # budget_run COMPILE
 { nvidia-smi; "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
   torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"; } >> "$log" 2>&1
 
+augmentation() {  # augmentation PYTHONPATH: the views of a training step alone, 28 and 224 px, kernels counted
+  local path=$1
+  for shape in "--batch 512 --size 28" "--batch 256 --size 224"; do
+    step 60 env PYTHONPATH="$path" "$PY" "$PWD/benchmarks/augment.py" --device cuda $shape --channels 3 \
+      --per-image-repeats 0 --repeats 50 --out "$out/augment.jsonl"
+  done
+}
+
 small=(--method simclr --backbone resnet18 --stem cifar --size 28 --channels 3 --batch 512)
 throughput "$PWD" "${small[@]}"
+augmentation "$PWD"
+[ -n "${BEFORE:-}" ] && augmentation "$BEFORE"
 budget_run false
 LIMIT=180 throughput "$PWD" "${small[@]}" --compile
 budget_run true

@@ -287,12 +287,13 @@ def jitter(x, brightness, contrast, saturation, hue, p, u):
     u: (N, JITTER_DRAWS) draws (whether, then one factor per adjustment)."""
     lows = tuple(max(0.0, 1 - strength) for strength in (brightness, contrast, saturation)) + (-hue,)
     highs = (1 + brightness, 1 + contrast, 1 + saturation, hue)
-    factors = torch.where(u[:, :1] < p, _uniform(u[:, 1:], lows, highs), _constant((1.0, 1.0, 1.0, 0.0), x.device, x.dtype))
-    brightness_f, contrast_f, saturation_f, hue_shift = factors.unbind(1)
-    out = adjust_brightness(x, brightness_f) if brightness > 0 else x
-    out = adjust_contrast(out, contrast_f) if contrast > 0 else out
+    unchanged = _constant((1.0, 1.0, 1.0, 0.0), x.device, x.dtype)        # the factors that change nothing
+    factors = torch.where(u[:, :1] < p, _uniform(u[:, 1:], lows, highs), unchanged)
+    brightness_factor, contrast_factor, saturation_factor, hue_shift = factors.unbind(1)
+    out = adjust_brightness(x, brightness_factor) if brightness > 0 else x
+    out = adjust_contrast(out, contrast_factor) if contrast > 0 else out
     if x.shape[1] == 3:
-        out = adjust_saturation(out, saturation_f) if saturation > 0 else out
+        out = adjust_saturation(out, saturation_factor) if saturation > 0 else out
         out = adjust_hue(out, hue_shift) if hue > 0 else out
     return out
 
