@@ -2,10 +2,10 @@
 # One prepared GPU check (one GPU, under 9.5 minutes in all, each step under its own timeout and
 # skipped when the time left would not hold it). Most important first:
 #   1. SimCLR ResNet-18 (cifar stem) at 28x28, batch 512, bf16: images/s and the step split into data,
-#      augmentation, forward+backward and optimizer, eager; the augmentation alone at 28 and 224 px (its
-#      kernels counted; with BEFORE also that checkout's); then with train.compile (backbone + augmentation)
+#      augmentation, forward+backward and optimizer, eager; then with train.compile (backbone + augmentation)
 #   2. the default recipe at width 1.0 for train.minutes=1.25 (needs Fashion-MNIST: $SELFSUP_DATA), with
-#      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN
+#      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN;
+#      then the augmentation alone at 28 and 224 px, its kernels counted (with BEFORE also that checkout's)
 #   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; then ResNet-50 streamed from a packed
 #      store of 8,000 photo-like JPEGs with 14 data workers (issue 24: at least 85% of the synthetic row);
 #      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead)
@@ -63,11 +63,11 @@ augmentation() {  # augmentation PYTHONPATH: the views of a training step alone,
 
 small=(--method simclr --backbone resnet18 --stem cifar --size 28 --channels 3 --batch 512)
 throughput "$PWD" "${small[@]}"
-augmentation "$PWD"
-[ -n "${BEFORE:-}" ] && augmentation "$BEFORE"
 budget_run false
 LIMIT=180 throughput "$PWD" "${small[@]}" --compile
 budget_run true
+augmentation "$PWD"
+[ -n "${BEFORE:-}" ] && augmentation "$BEFORE"
 [ -n "${BEFORE:-}" ] && throughput "$BEFORE" "${small[@]}"
 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256
 throughput "$PWD" --method simclr --backbone resnet50 --stem imagenet --size 224 --channels 3 --batch 256
