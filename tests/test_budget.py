@@ -1,9 +1,13 @@
-"""The time budget's planner (selfsup/budget.py), played with a simulated clock."""
+"""The time budget's planner (selfsup/budget.py), played with a simulated clock, and the timing trial that
+feeds it its costs."""
 import pytest
+import torch
 
 import selfsup.budget
 from selfsup.budget import Budget, Cadence, Costs, StepPlanner, mean_steps_between, steps_in_budget
 from selfsup.optim import lr_factor
+from selfsup.precision import grad_scaler
+from selfsup.train import _timed_trial
 
 
 class FakeClock:
@@ -222,11 +226,6 @@ def test_the_trial_times_its_checkpoints_with_the_optimizer_state_the_loop_saves
     SGD's momentum is half the size of the loop's (the H200's trial timed 0.146 s a checkpoint, the loop
     0.289 s). So the trial writes its checkpoints after its steps, with the state they made, and only
     then puts the state back as it found it."""
-    import torch
-
-    from selfsup.precision import grad_scaler
-    from selfsup.train import _timed_trial
-
     model = torch.nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
