@@ -117,20 +117,20 @@ def assemble(tiles, grid):
 def test_cut_tiles_takes_each_tile_at_its_offset():
     x = torch.randn(2, 3, 9, 9)
     offsets = torch.randint(0, 2, (2, 9, 2))
-    tiles = cut_tiles(x, 3, 2, offsets)
+    tiles = cut_tiles(x, 3, 2, offsets, jitter=1)
     assert tiles.shape == (2, 9, 3, 2, 2)
     for b in range(2):
         for t in range(9):
             top, left = 3 * (t // 3) + offsets[b, t, 0], 3 * (t % 3) + offsets[b, t, 1]
             assert torch.equal(tiles[b, t], x[b, :, top:top + 2, left:left + 2])
     with pytest.raises(ValueError, match="do not fit"):
-        cut_tiles(x, 3, 3, offsets)
+        cut_tiles(x, 3, 3, offsets, jitter=1)
 
 
 def test_a_shuffled_image_unshuffles_to_the_original():
     x = torch.randn(4, 1, 12, 12)
     perms = permutation_set(9, 30)[torch.tensor([0, 5, 17, 29])]
-    tiles = cut_tiles(x, 3, 4, torch.zeros(4, 9, 2, dtype=torch.long))
+    tiles = cut_tiles(x, 3, 4, torch.zeros(4, 9, 2, dtype=torch.long), jitter=0)
     torch.testing.assert_close(assemble(tiles, 3), x)
     shuffled = shuffle_tiles(tiles, perms)
     for b in range(4):
@@ -148,7 +148,7 @@ def test_jigsaw_views_are_the_view_tiled_and_shuffled_by_the_labelled_permutatio
     assert tiles.shape == (5 * 9, 1, 9, 9) and labels.shape == (5,)
     restored = unshuffle_tiles(tiles.view(5, 9, 1, 9, 9), method.permutations[labels])
     view = crop_flip_view(batch, method.augment_cfg, generator(2))
-    in_place = normalize_tiles(cut_tiles(view, 3, 9, torch.zeros(5, 9, 2, dtype=torch.long)))
+    in_place = normalize_tiles(cut_tiles(view, 3, 9, torch.zeros(5, 9, 2, dtype=torch.long), jitter=0))
     torch.testing.assert_close(restored, in_place)
 
 

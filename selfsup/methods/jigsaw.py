@@ -69,13 +69,14 @@ def permutation_set(num_tiles: int, size: int, seed: int = _PERMUTATION_SEED) ->
     return torch.from_numpy(pool[chosen]).long()
 
 
-def cut_tiles(images: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor) -> torch.Tensor:
+def cut_tiles(images: torch.Tensor, grid: int, tile: int, offsets: torch.Tensor, jitter: int) -> torch.Tensor:
     """(B, C, S, S) -> (B, grid*grid, C, tile, tile), row-major; tile t of sample b starts offsets[b, t]
-    = (dy, dx) pixels into its cell of side S // grid."""
+    = (dy, dx) pixels into its cell of side S // grid, each offset in [0, jitter]. (The bound is checked
+    from `jitter`, not from the offsets: reading them back would wait for the device every step.)"""
     b, c, s, _ = images.shape
     cell = s // grid
-    if tile + int(offsets.max()) > cell:
-        raise ValueError(f"tiles of {tile} px shifted by up to {int(offsets.max())} px do not fit cells of {cell} px")
+    if tile + jitter > cell:
+        raise ValueError(f"tiles of {tile} px shifted by up to {jitter} px do not fit cells of {cell} px")
     origin = torch.arange(grid, device=images.device) * cell
     top = origin.repeat_interleave(grid)[None] + offsets[..., 0]                 # (B, T)
     left = origin.repeat(grid)[None] + offsets[..., 1]
@@ -129,7 +130,7 @@ class Jigsaw(Method):
                              f"tile_jitter={jitter}; use a larger augment.size")
         offsets = torch.randint(0, jitter + 1, (b, grid * grid, 2), generator=gen, device=x.device)
         labels = torch.randint(0, self.cfg.num_permutations, (b,), generator=gen, device=x.device)
-        tiles = shuffle_tiles(normalize_tiles(cut_tiles(x, grid, tile, offsets)), self.permutations[labels])
+        tiles = shuffle_tiles(normalize_tiles(cut_tiles(x, grid, tile, offsets, jitter)), self.permutations[labels])
         return [self._layout(tiles.flatten(0, 1)), labels]
 
     def loss(self, views: list[torch.Tensor]):

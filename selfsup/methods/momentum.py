@@ -42,7 +42,10 @@ class Queue(nn.Module):
     """A FIFO ring of the last `size` embeddings (size, dim), saved with the model's state.
 
     `push` writes without gradient and wraps around; `filled` says how many rows hold real
-    entries, so a method can ignore the empty ones at the start of training.
+    entries, so a method can ignore the empty ones at the start of training. The pointer and count
+    follow from the pushes alone, so a host copy of them is kept (and re-read after a state dict is
+    loaded): a push or a `filled` then reads nothing back from the device, which on a GPU would wait
+    for every step queued before it.
     """
 
     def __init__(self, size: int, dim: int, normalize: bool = True):
@@ -53,30 +56,39 @@ class Queue(nn.Module):
         self.register_buffer("items", nn.functional.normalize(init, dim=1) if normalize else init)
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._host: tuple[int, int] | None = (0, 0)          # (pointer, count)
+        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
 
     @property
     def size(self) -> int:
         return self.items.shape[0]
 
+    def _pointer_and_count(self) -> tuple[int, int]:
+        if self._host is None:
+            self._host = (int(self.pointer), int(self.count))
+        return self._host
+
     @property
     def filled(self) -> int:
-        return int(self.count)
+        return self._pointer_and_count()[1]
 
     @torch.no_grad()
     def push(self, batch: torch.Tensor) -> None:
         """Enqueue (B, dim) rows, oldest overwritten first; B > size keeps the last `size` rows."""
         batch = batch.detach().to(self.items.dtype)[-self.size:]
-        n, start = batch.shape[0], int(self.pointer)
+        (start, count), n = self._pointer_and_count(), batch.shape[0]
         idx = (torch.arange(n, device=self.items.device) + start) % self.size
         self.items[idx] = batch
-        self.pointer.fill_((start + n) % self.size)
-        self.count.fill_(min(self.size, int(self.count) + n))
+        self._host = ((start + n) % self.size, min(self.size, count + n))
+        self.pointer.fill_(self._host[0])
+        self.count.fill_(self._host[1])
 
     def contents(self) -> torch.Tensor:
         """The filled rows, oldest first."""
-        if self.filled < self.size:
-            return self.items[:self.filled]
-        return torch.roll(self.items, -int(self.pointer), dims=0)
+        pointer, filled = self._pointer_and_count()
+        if filled < self.size:
+            return self.items[:filled]
+        return torch.roll(self.items, -pointer, dims=0)
 
 
 class TrainingProgress(nn.Module):
