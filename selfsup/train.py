@@ -17,6 +17,8 @@ import shutil
 import signal
 import sys
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,15 +158,60 @@ class EpochBatches:
         return batch.to(self.device, non_blocking=True)
 
 
+def read_later(value: torch.Tensor) -> Callable[[], float | bool | int]:
+    """Start copying a one-element tensor to the host; the function returned waits for that copy alone
+    (on a GPU not for the work queued after it, as `.item()` would) and gives the value."""
+    if value.device.type != "cuda":
+        return value.item
+    host = torch.empty_like(value, device="cpu", pin_memory=True)
+    host.copy_(value, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def read():
+        copied.synchronize()
+        return host.item()
+    return read
+
+
+class LateChecks:
+    """Whether each step's loss and gradient norm were finite, read on the host `lag` steps after the
+    step queued its check. Reading a value back from a GPU waits for the work queued before it: read in
+    the step itself, the host could not queue the next step's augmentation and forward while the GPU
+    still runs this step's backward, and the GPU would idle while they are launched. Read a step late,
+    a NaN's update has already been queued when it is found, so the weights in memory are lost then;
+    the loop reads every check before it writes or evaluates the weights (TrainStep.settle), so a NaN
+    never reaches a checkpoint. lag=0 reads each check before its step's update."""
+
+    def __init__(self, lag: int = 1):
+        self.lag = lag
+        self._queued: deque = deque()
+
+    def queue(self, step: int, values: dict[str, torch.Tensor]) -> None:
+        values = {name: value.detach() for name, value in values.items()}
+        finite = torch.isfinite(torch.stack([value.float() for value in values.values()])).all()
+        self._queued.append((step, values, read_later(finite)))
+
+    def first_failure(self, keep: int) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """Read all but the newest `keep` checks: (step, values) of the first that failed, else None."""
+        while len(self._queued) > keep:
+            step, values, finite = self._queued.popleft()
+            if not finite():
+                self._queued.clear()
+                return step, values
+        return None
+
+
 class TrainStep:
     """One optimizer step: learning rates, views, loss, backward, clipping, the finiteness check, update."""
 
     def __init__(self, cfg: Config, method: Method, objective: torch.nn.Module, optimizer, scaler,
-                 batches: EpochBatches | StreamBatches, warmup_steps: int, folder: RunFolder, rank: int,
-                 device: torch.device, precision: str):
+                 batches: EpochBatches | StreamBatches | Callable[[int], torch.Tensor], warmup_steps: int,
+                 folder: RunFolder, rank: int, device: torch.device, precision: str, check_lag: int = 1):
         self.cfg, self.method, self.objective, self.optimizer, self.scaler = cfg, method, objective, optimizer, scaler
         self.batches, self.warmup_steps, self.folder = batches, warmup_steps, folder
         self.rank, self.device, self.precision = rank, device, precision
+        self.checks = LateChecks(check_lag)
 
     def __call__(self, step: int, total_steps: int) -> tuple[torch.Tensor, dict, float]:
         """Returns the loss, the method's logs and the step's learning rate."""
@@ -179,21 +226,29 @@ class TrainStep:
         self.scaler.unscale_(self.optimizer)
         grad_norm = distributed.whole(
             torch.nn.utils.clip_grad_norm_(self.method.parameters(), optim.grad_clip or float("inf")))
-        # Checked before the update (one host sync), so a NaN never reaches the weights or a checkpoint.
         # With fp16 an overflowing gradient is the scaler's business: it skips the step and lowers the scale.
-        checked = [loss.detach().float()] + ([] if self.scaler.is_enabled() else [grad_norm.float()])
-        if not torch.isfinite(torch.stack(checked)).all():
-            kept = self.folder.latest_checkpoint()
-            what = f"loss became {loss.item()}" if not torch.isfinite(loss) else \
-                f"the gradient norm became {grad_norm.item()}"
-            raise TrainingError(
-                f"{what} at step {step}; training stopped before updating the weights. "
-                + (f"The last good checkpoint is {kept}.safetensors; " if kept else "No checkpoint was written yet; ")
-                + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
+        self.checks.queue(step, {"loss": loss, **({} if self.scaler.is_enabled() else {"gradient norm": grad_norm})})
+        self._stop_on_a_failed_check(keep=self.checks.lag)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.method.after_step((step + 1) / total_steps)
         return loss, logs, lr
+
+    def settle(self) -> None:
+        """Read every outstanding finiteness check; before the weights are saved or evaluated."""
+        self._stop_on_a_failed_check(keep=0)
+
+    def _stop_on_a_failed_check(self, keep: int) -> None:
+        failure = self.checks.first_failure(keep)
+        if failure is None:
+            return
+        step, values = failure
+        name, value = next((name, value) for name, value in values.items() if not torch.isfinite(value))
+        kept = self.folder.latest_checkpoint()
+        raise TrainingError(
+            f"the {name} became {value.item()} at step {step}; training stopped before any checkpoint held it. "
+            + (f"The last good checkpoint is {kept}.safetensors; " if kept else "No checkpoint was written yet; ")
+            + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
 
 
 # ----------------------------------------------------------------------------- pretraining
@@ -252,6 +307,7 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
         folder.keep_metrics_until(start_step)
 
     def checkpoint(step: int, online_knn: float | None, into: Path | None = None) -> Path | None:
+        train_step.settle()              # a NaN never reaches a checkpoint
         return folder.save_training_state(step, method, optimizer, scaler, device, epoch=step / steps_per_epoch,
                                           identity=identity, online_knn=online_knn, config=cfg.to_dict(),
                                           keep=cfg.train.keep_checkpoints, write=main, into=into)
@@ -305,12 +361,14 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
             bar.update(1)
             online_knn = None
             if online is not None and online.due(step, total_steps):
+                train_step.settle()      # the monitor scores finite weights, and the wait is the steps' time
                 started = time.perf_counter()
                 online_knn = online(step, method, log, bar.write)
                 if planner is not None:
                     planner.spent_apart("evaluation", time.perf_counter() - started)
             if step % cfg.train.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total_steps \
                     or online_knn is not None:
+                train_step.settle()      # the wait for the device's queue is the steps' time, not the checkpoint's
                 started = time.perf_counter()
                 saved = checkpoint(step, online_knn)
                 log.checkpointed(step)

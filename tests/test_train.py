@@ -48,6 +48,41 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tiny_fa
     assert all(torch.isfinite(p).all() for p in run.method.parameters())
 
 
+@pytest.mark.parametrize("lag", [0, 1])
+def test_a_step_reads_its_finiteness_check_a_step_late_and_a_nan_never_reaches_a_checkpoint(lag, tiny_fashion,
+                                                                                             tmp_path, monkeypatch):
+    """With the default lag of 1 the NaN's step returns (its update queued, its check unread) and the next
+    one stops the run, naming the NaN's step; with lag 0 the NaN's step stops before its update."""
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    corrupt_loss_at_call(monkeypatch, 3, float("nan"))              # step 2
+    returned, real_init = [], train_module.TrainStep.__init__
+
+    def with_lag(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.checks.lag = lag
+    monkeypatch.setattr(train_module.TrainStep, "__init__", with_lag)
+    real_step = train_module.TrainStep.__call__
+    monkeypatch.setattr(train_module.TrainStep, "__call__",
+                        lambda self, step, total: (real_step(self, step, total), returned.append(step))[0])
+    with pytest.raises(TrainingError, match="the loss became nan at step 2; training stopped before any checkpoint"):
+        pretrain(small_config("train.steps=10", "train.checkpoint_every=2"), tmp_path / "run", data=data,
+                 progress=False)
+    assert returned == [0, 1, 2][:2 + lag]
+    run = load_run(tmp_path / "run")
+    assert run.step == 2 and all(torch.isfinite(p).all() for p in run.method.parameters())
+
+
+def test_late_checks_read_all_but_the_newest_and_report_the_first_failure():
+    checks = train_module.LateChecks(lag=1)
+    checks.queue(0, {"loss": torch.tensor(1.0)})
+    checks.queue(1, {"loss": torch.tensor(float("nan")), "gradient norm": torch.tensor(2.0)})
+    assert checks.first_failure(keep=1) is None                      # step 0 read, step 1 not yet
+    checks.queue(2, {"loss": torch.tensor(float("inf"))})
+    step, values = checks.first_failure(keep=0)
+    assert step == 1 and torch.isnan(values["loss"]) and values["gradient norm"] == 2.0
+    assert checks.first_failure(keep=0) is None                      # a failure ends the run: nothing is left
+
+
 def test_existing_run_is_not_overwritten_without_resume(tiny_fashion, tmp_path):
     data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
     pretrain(small_config("train.steps=1"), tmp_path / "run", data=data, progress=False)
