@@ -8,12 +8,20 @@ memory, and model FLOP/s (counted by torch's FlopCounterMode on one step) as a f
 this machine's matmul peak, which the script measures itself in the same precision. A large 3x3
 convolution is timed too: on some CPUs (MKL on AMD) the convolution library beats the matmul
 library, so the fraction of the better of the two peaks is given as well; it is the stricter one.
+
+The split waits for the device between the parts, so it adds up each part's full time. The training
+loop does not: `loop` times the loop's own step (selfsup.train.TrainStep: learning rates, views, loss,
+backward, clipping, finiteness check, update) over the same number of steps, waiting only at the end,
+once with each step's finiteness check read in the step (`check_read_at_once`, the loop before
+2026-12-07) and once read a step late (`check_read_a_step_late`, the loop now), which lets the host
+queue the next step while a GPU still computes this one.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import tempfile
 import time
 
 import torch
@@ -24,8 +32,9 @@ from selfsup.config import load_config
 from selfsup.optim import build_optimizer
 from selfsup.precision import autocast, grad_scaler
 from selfsup.build import build_method
+from selfsup.run_folder import RunFolder
 from selfsup.runtime import peak_memory_mb, prepare_device, resolve_device, resolve_precision
-from selfsup.train import Objective, compile_training, step_generator
+from selfsup.train import Objective, TrainStep, compile_training, step_generator
 
 
 def sync(device):
@@ -95,10 +104,13 @@ def measure(args, precision: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    def batch_of(step: int) -> torch.Tensor:
+        idx = torch.randint(0, images.shape[0], (args.batch,), device=images.device)
+        return images[idx].to(device, non_blocking=True)
+
     def one_step(step: int, timings: dict | None):
         t0 = time.perf_counter()
-        idx = torch.randint(0, images.shape[0], (args.batch,), device=images.device)
-        batch = images[idx].to(device, non_blocking=True)
+        batch = batch_of(step)
         sync(device)
         t1 = time.perf_counter()
         views = method.views(batch, step_generator(0, step, 0, device))
@@ -130,6 +142,8 @@ def measure(args, precision: str) -> dict:
     for step in range(args.steps):
         one_step(args.warmup + 1 + step, timings)
     step_time = sum(timings.values()) / args.steps
+    loop = {name: timed_loop(cfg, method, objective, optimizer, scaler, batch_of, device, precision, args, lag)
+            for name, lag in (("check_read_at_once", 0), ("check_read_a_step_late", 1))}
     peak = matmul_peak(precision, device)
     best_peak = max(peak, conv_peak(precision, device))
     model_flops = flops_per_step / (timings["forward_backward"] / args.steps)
@@ -147,7 +161,28 @@ def measure(args, precision: str) -> dict:
         "conv_or_matmul_peak_tflop_s": round(best_peak / 1e12, 3),
         "fraction_of_best_peak": round(model_flops / best_peak, 3),
         "peak_memory_mb": round(peak_memory_mb(device)),
+        "loop": loop,
     }
+
+
+def timed_loop(cfg, method, objective, optimizer, scaler, batch_of, device, precision: str, args, lag: int) -> dict:
+    """The training loop's step, `args.steps` of them after `args.warmup`, with its finiteness check read
+    `lag` steps late; the device is waited for at the end only, as in training."""
+    with tempfile.TemporaryDirectory() as scratch:       # where a failed check would look for a checkpoint
+        train_step = TrainStep(cfg, method, objective, optimizer, scaler, batch_of, warmup_steps=0,
+                               folder=RunFolder(scratch), rank=0, device=device, precision=precision, check_lag=lag)
+        total = args.warmup + args.steps
+        for step in range(args.warmup):
+            train_step(step, total)
+        train_step.settle()
+        sync(device)
+        start = time.perf_counter()
+        for step in range(args.warmup, total):
+            train_step(step, total)
+        train_step.settle()
+        sync(device)
+        seconds = (time.perf_counter() - start) / args.steps
+    return {"images_per_s": round(args.batch / seconds, 1), "step_ms": round(1000 * seconds, 2)}
 
 
 def main():
