@@ -163,7 +163,7 @@ def read_later(value: torch.Tensor) -> Callable[[], float | bool | int]:
     (on a GPU not for the work queued after it, as `.item()` would) and gives the value."""
     if value.device.type != "cuda":
         return value.item
-    host = torch.empty_like(value, device="cpu", pin_memory=True)
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)     # page-locked: the copy need not wait
     host.copy_(value, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()
