@@ -158,19 +158,19 @@ class EpochBatches:
         return batch.to(self.device, non_blocking=True)
 
 
-def read_later(value: torch.Tensor) -> Callable[[], float | bool | int]:
-    """Start copying a one-element tensor to the host; the function returned waits for that copy alone
-    (on a GPU not for the work queued after it, as `.item()` would) and gives the value."""
-    if value.device.type != "cuda":
-        return value.item
-    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)     # page-locked: the copy need not wait
-    host.copy_(value, non_blocking=True)
+def read_later(values: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Start copying a small tensor to the host; the function returned waits for that copy alone (on a
+    GPU not for the work queued after it, as `.item()` would) and gives the host copy."""
+    if values.device.type != "cuda":
+        return lambda: values
+    host = torch.empty(values.shape, dtype=values.dtype, pin_memory=True)   # page-locked: the copy need not wait
+    host.copy_(values, non_blocking=True)
     copied = torch.cuda.Event()
     copied.record()
 
     def read():
         copied.synchronize()
-        return host.item()
+        return host
     return read
 
 
@@ -181,25 +181,33 @@ class LateChecks:
     still runs this step's backward, and the GPU would idle while they are launched. Read a step late,
     a NaN's update has already been queued when it is found, so the weights in memory are lost then;
     the loop reads every check before it writes or evaluates the weights (TrainStep.settle), so a NaN
-    never reaches a checkpoint. lag=0 reads each check before its step's update."""
+    never reaches a checkpoint. lag=0 reads each check before its step's update. The values are copied
+    as the step makes them: a later step may reuse their device memory (CUDA graphs do)."""
 
     def __init__(self, lag: int = 1):
         self.lag = lag
         self._queued: deque = deque()
 
     def queue(self, step: int, values: dict[str, torch.Tensor]) -> None:
-        values = {name: value.detach() for name, value in values.items()}
-        finite = torch.isfinite(torch.stack([value.float() for value in values.values()])).all()
-        self._queued.append((step, values, read_later(finite)))
+        copy = read_later(torch.stack([value.detach().float() for value in values.values()]))
+        self._queued.append((step, list(values), copy))
 
-    def first_failure(self, keep: int) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """Read all but the newest `keep` checks: (step, values) of the first that failed, else None."""
-        while len(self._queued) > keep:
-            step, values, finite = self._queued.popleft()
-            if not finite():
-                self._queued.clear()
-                return step, values
-        return None
+    def first_failure(self, keep: int = 0, consume: bool = True) -> tuple[int, dict[str, float]] | None:
+        """Read all but the newest `keep` checks: (step, values) of the first that failed, else None.
+        Read checks are dropped (all of them once one failed), unless `consume` is false."""
+        readable = list(self._queued)[:max(0, len(self._queued) - keep)]
+        failure = None
+        for step, names, copy in readable:
+            values = dict(zip(names, copy().tolist()))
+            if not all(math.isfinite(value) for value in values.values()):
+                failure = step, values
+                break
+        if consume and failure is not None:
+            self._queued.clear()
+        elif consume:
+            for _ in readable:
+                self._queued.popleft()
+        return failure
 
 
 class TrainStep:
@@ -235,18 +243,24 @@ class TrainStep:
         return loss, logs, lr
 
     def settle(self) -> None:
-        """Read every outstanding finiteness check; before the weights are saved or evaluated."""
+        """Read every outstanding finiteness check; before the weights are saved."""
         self._stop_on_a_failed_check(keep=0)
+
+    def finite_so_far(self) -> bool:
+        """Whether every step so far was finite; before the weights are evaluated. A failure is left for
+        the next step or checkpoint to stop the run at, where every torchrun rank reads it together (the
+        online monitor runs on rank 0 alone)."""
+        return self.checks.first_failure(consume=False) is None
 
     def _stop_on_a_failed_check(self, keep: int) -> None:
         failure = self.checks.first_failure(keep)
         if failure is None:
             return
         step, values = failure
-        name, value = next((name, value) for name, value in values.items() if not torch.isfinite(value))
+        name, value = next((name, value) for name, value in values.items() if not math.isfinite(value))
         kept = self.folder.latest_checkpoint()
         raise TrainingError(
-            f"the {name} became {value.item()} at step {step}; training stopped before any checkpoint held it. "
+            f"the {name} became {value} at step {step}; training stopped before any checkpoint held it. "
             + (f"The last good checkpoint is {kept}.safetensors; " if kept else "No checkpoint was written yet; ")
             + "lower optim.lr, raise optim.warmup_epochs or set optim.grad_clip, then --resume or restart.")
 
@@ -360,8 +374,8 @@ def _pretrain(cfg: Config, folder: RunFolder, data, resume: bool, progress: bool
             step_log(step, total_steps, loss, logs, lr)
             bar.update(1)
             online_knn = None
-            if online is not None and online.due(step, total_steps):
-                train_step.settle()      # the monitor scores finite weights, and the wait is the steps' time
+            # The monitor scores finite weights only; the wait for the device is the steps' time.
+            if online is not None and online.due(step, total_steps) and train_step.finite_so_far():
                 started = time.perf_counter()
                 online_knn = online(step, method, log, bar.write)
                 if planner is not None:

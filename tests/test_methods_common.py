@@ -190,8 +190,8 @@ def test_a_from_scratch_baseline_draws_its_weights_from_its_own_seed_and_leaves_
 # Text, sequence and wav2vec2 methods select their masked positions with a boolean mask, a data-dependent
 # size the device reports to the host; each step of theirs waits for the device there.
 READS_MASKED_POSITIONS = {"bart", "t5", "clm", "mlm", "simcse", "cl4srec", "nextitem", "maskeditem", "wav2vec2"}
-HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "nonzero", "unique",
-              "masked_select", "__array__"}
+HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__", "numpy", "cpu",
+              "nonzero", "unique", "unique_consecutive", "masked_select", "equal", "allclose", "__array__"}
 
 
 class HostReads(torch.overrides.TorchFunctionMode):
@@ -206,16 +206,23 @@ class HostReads(torch.overrides.TorchFunctionMode):
         name = getattr(func, "__name__", "")
         masked = name == "__getitem__" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
                                                for i in (args[1] if isinstance(args[1], tuple) else (args[1],)))
-        if name in HOST_READS or masked:
+        nonzero = name == "where" and len(args) + len(kwargs or {}) == 1          # torch.where(condition)
+        if name in HOST_READS or masked or nonzero:
             caller = traceback.extract_stack(limit=2)[0]
             if "selfsup" in Path(caller.filename).parts:
                 self.seen.append(f"{Path(caller.filename).name}:{caller.name}")
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("method", sorted(set(method_names()) - READS_MASKED_POSITIONS))
-def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_s_check(method, tiny_fashion,
-                                                                                        tmp_path, monkeypatch):
+# Parts off by default, switched on: SwAV's queue.
+SWITCHED_ON = {"swav": ["method.queue_size=48", "method.queue_start=0"]}
+
+
+@pytest.mark.parametrize("method, switched_on", [(m, []) for m in sorted(set(method_names()) - READS_MASKED_POSITIONS)]
+                         + [pytest.param(m, extra, id=f"{m}-{'-'.join(extra)}") for m, extra in SWITCHED_ON.items()])
+def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_s_check(method, switched_on,
+                                                                                        tiny_fashion, tmp_path,
+                                                                                        monkeypatch):
     """So that on a GPU the host queues a step's augmentation and forward while the device still runs
     the step before (no log row, evaluation or checkpoint inside the steps watched)."""
     from selfsup.train import TrainStep
@@ -229,7 +236,7 @@ def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_
         reads[step] = mode.seen
         return out
     monkeypatch.setattr(TrainStep, "__call__", watched)
-    quiet = ["train.steps=4", "train.log_every=100", "train.checkpoint_every=100"]
+    quiet = ["train.steps=4", "train.log_every=100", "train.checkpoint_every=100", *switched_on]
     if method_class(method).modality == "image":
         cfg, data = tiny_config(method, *quiet), load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
     else:

@@ -255,3 +255,26 @@ def test_loss_under_bf16_autocast_is_fp32_and_close_to_the_fp32_loss():
             half, _ = method.loss(views)
     assert half.dtype == torch.float32 and torch.isfinite(half)
     assert half.item() == pytest.approx(full.item(), rel=0.05)
+
+
+def test_a_compiled_step_with_the_queue_stops_compiling_once_the_queue_is_full():
+    """The queue's pointer and count are host numbers; traced as constants, every push would compile the
+    step's graph again (8 times, then torch gives up and runs eagerly)."""
+    from torch._dynamo.utils import counters
+    from selfsup.train import Objective
+    method = build_method(small_config("method.queue_size=48", "method.queue_start=0", "augment.local_crops=0",
+                                       "augment.mean=[0.5]", "augment.std=[0.25]"), in_channels=1)
+    method.train()
+    objective = torch.compile(Objective(method), backend="eager")    # dynamo alone: no code generation
+    torch._dynamo.reset()
+    counters.clear()
+    images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    graphs = []
+    for step in range(14):                   # 8 rows a view each push: the queue is full after the 6th
+        loss, _ = objective(method.views(images, torch.Generator().manual_seed(step)))
+        loss.backward()
+        method.after_step((step + 1) / 14)
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert counters["frames"]["total"] == counters["frames"]["ok"]
+    assert graphs[8:] == [graphs[8]] * 6 and graphs[-1] <= 12, graphs
+    torch._dynamo.reset()

@@ -1,6 +1,8 @@
 """The training loop: it learns, resumes exactly, stops cleanly on a NaN loss, keeps checkpoints."""
 import dataclasses
 import json
+import math
+import signal
 
 import pytest
 import torch
@@ -72,14 +74,48 @@ def test_a_step_reads_its_finiteness_check_a_step_late_and_a_nan_never_reaches_a
     assert run.step == 2 and all(torch.isfinite(p).all() for p in run.method.parameters())
 
 
+def test_an_online_evaluation_after_a_nan_is_skipped_and_the_next_step_stops_the_run(tiny_fashion, tmp_path,
+                                                                                     monkeypatch):
+    """The monitor never scores weights a NaN reached; the run stops where every rank reads the check."""
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    corrupt_loss_at_call(monkeypatch, 3, float("nan"))              # step 2
+    with pytest.raises(TrainingError, match="the loss became nan at step 2; .* No checkpoint was written yet"):
+        pretrain(small_config("train.steps=10", "train.checkpoint_every=100", f"eval.online_every={1 / 11}"),
+                 tmp_path / "run", data=data, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "rankme" in row] == [1, 2]
+
+
+def test_a_stop_requested_at_a_nan_step_saves_nothing_of_it(tiny_fashion, tmp_path, monkeypatch):
+    """Ctrl-C during the NaN's step: the stop's checkpoint reads the check first."""
+    from selfsup.methods.simclr import SimCLR
+    data = load_images("fashion-mnist", data_dir=str(tiny_fashion))
+    real_loss, calls = SimCLR.loss, []
+
+    def nan_and_stop_at_step_2(self, views):
+        calls.append(1)
+        loss, logs = real_loss(self, views)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)                        # the loop finishes the step, then stops
+            return loss * float("nan"), logs
+        return loss, logs
+    monkeypatch.setattr(SimCLR, "loss", nan_and_stop_at_step_2)
+    with pytest.raises(TrainingError, match="the loss became nan at step 2"):
+        pretrain(small_config("train.steps=10", "train.checkpoint_every=2"), tmp_path / "run", data=data,
+                 progress=False)
+    assert [c.stem for c in list_checkpoints(tmp_path / "run" / "checkpoints")] == ["step-0000002"]
+
+
 def test_late_checks_read_all_but_the_newest_and_report_the_first_failure():
     checks = train_module.LateChecks(lag=1)
     checks.queue(0, {"loss": torch.tensor(1.0)})
     checks.queue(1, {"loss": torch.tensor(float("nan")), "gradient norm": torch.tensor(2.0)})
     assert checks.first_failure(keep=1) is None                      # step 0 read, step 1 not yet
     checks.queue(2, {"loss": torch.tensor(float("inf"))})
-    step, values = checks.first_failure(keep=0)
-    assert step == 1 and torch.isnan(values["loss"]) and values["gradient norm"] == 2.0
+    for _ in range(2):                                               # a look that leaves the checks queued
+        step, values = checks.first_failure(keep=0, consume=False)
+        assert step == 1 and math.isnan(values["loss"]) and values == {"loss": values["loss"], "gradient norm": 2.0}
+    assert checks.first_failure(keep=0)[0] == 1
     assert checks.first_failure(keep=0) is None                      # a failure ends the run: nothing is left
 
 

@@ -63,6 +63,9 @@ class Queue(nn.Module):
     def size(self) -> int:
         return self.items.shape[0]
 
+    # Not traced by torch.compile: traced, the host copy would be a constant of the graph, and each push
+    # would compile it again; run here, a graph break hands the numbers on as inputs.
+    @torch.compiler.disable
     def _pointer_and_count(self) -> tuple[int, int]:
         if self._host is None:
             self._host = (int(self.pointer), int(self.count))
