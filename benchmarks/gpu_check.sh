@@ -5,12 +5,14 @@
 #      augmentation, forward+backward and optimizer, eager; then with train.compile (backbone + augmentation)
 #   2. the default recipe at width 1.0 for train.minutes=1.25 (needs Fashion-MNIST: $SELFSUP_DATA), with
 #      train.compile=false and =true: how much of the budget it used, the loop's seconds, images/s, kNN;
-#      then the augmentation alone at 28 and 224 px, its kernels counted (with BEFORE also that checkout's)
+#      then the augmentation alone at 28 and 224 px, its kernels counted (with BEFORE also that checkout's),
+#      and the late finiteness check on CUDA (benchmarks/late_check.py: a NaN at step 2 stops the run there)
 #   3. ResNet-18 and ResNet-50 at 224x224 (imagenet stem), batch 256; then ResNet-50 streamed from a packed
 #      store of 8,000 photo-like JPEGs with 14 data workers (issue 24: at least 85% of the synthetic row);
-#      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead)
-# Throughput lines go to $OUT/throughput.jsonl, augmentation lines to $OUT/augment.jsonl, everything else to
-# $OUT/gpu-check.log.
+#      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead); the late
+#      check again under CUDA graphs
+# Throughput lines go to $OUT/throughput.jsonl, augmentation lines to $OUT/augment.jsonl, the late checks to
+# $OUT/late-check.jsonl, everything else to $OUT/gpu-check.log.
 #   bash benchmarks/gpu_check.sh            (needs .venv with a CUDA build of torch, or PYTHON=...)
 #   BEFORE=path/to/older/checkout bash benchmarks/gpu_check.sh    also times that checkout's step 1, eager, and
 #                                                                  its augmentation
@@ -67,6 +69,8 @@ budget_run false
 LIMIT=180 throughput "$PWD" "${small[@]}" --compile
 budget_run true
 augmentation "$PWD"
+# the late finiteness check's CUDA path (pinned copy, event): a NaN at step 2 must stop the run naming it
+step 60 env PYTHONPATH="$PWD" "$PY" benchmarks/late_check.py --device cuda --out "$out/late-check.jsonl"
 [ -n "${BEFORE:-}" ] && augmentation "$BEFORE"
 [ -n "${BEFORE:-}" ] && throughput "$BEFORE" "${small[@]}"
 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256
@@ -78,5 +82,7 @@ LIMIT=180 throughput "$PWD" "${small[@]}" --compile --compile-mode reduce-overhe
 LIMIT=180 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet --size 224 --channels 3 --batch 256 \
   --compile
 throughput "$PWD" --method mae --backbone vit_small --patch-size 16 --size 224 --channels 3 --batch 256
+step 150 env PYTHONPATH="$PWD" "$PY" benchmarks/late_check.py --device cuda --compile --compile-mode reduce-overhead \
+  --out "$out/late-check.jsonl"
 echo "== done $(date +%T)" >> "$log"
-echo "wrote $log and $out/throughput.jsonl"
+echo "wrote $log, $out/throughput.jsonl, $out/augment.jsonl and $out/late-check.jsonl"
