@@ -11,7 +11,6 @@ checkpoints every 2 steps the answer to expect is: "at step 2", checkpoints [2] 
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 import selfsup
+from json_lines import emit
 from selfsup.checkpoint import list_checkpoints
 from selfsup.errors import TrainingError
 from selfsup.methods.simclr import SimCLR
@@ -62,10 +62,7 @@ def main():
            "error": message, "names_step_2": message is not None and "at step 2;" in message,
            "checkpoints": kept, "checkpoint_weights_finite": finite,
            "as_expected": message is not None and "at step 2;" in message and kept == [2] and bool(finite)}
-    print(json.dumps(out, indent=1))
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write(json.dumps(out) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":
