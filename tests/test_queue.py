@@ -78,3 +78,18 @@ def test_empty_and_bad_size():
     assert q.contents().shape == (0, 4)
     with pytest.raises(ValueError, match="queue size"):
         Queue(0, 4)
+
+
+def test_a_queue_pickles_with_its_host_copy_and_rereads_it_after_a_load():
+    import io
+    q = Queue(5, 2)
+    q.push(rows(1, 2, 3))
+    buffer = io.BytesIO()
+    torch.save(q, buffer)                  # the whole module: its load hook must pickle too
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)
+    assert saved.filled == 3
+    torch.testing.assert_close(saved.contents(), rows(1, 2, 3))
+    fresh = Queue(5, 2)
+    fresh.load_state_dict(q.state_dict())
+    assert fresh._host is None and fresh.filled == 3

@@ -38,6 +38,12 @@ def cosine_momentum(base: float, progress: float, final: float = 1.0) -> float:
     return final - (final - base) * (math.cos(math.pi * progress) + 1) / 2
 
 
+def forget_host_copy(module: nn.Module, incompatible_keys) -> None:
+    """A load_state_dict post hook: the module's host copy of its buffers (`_host`) is read again from
+    them when next needed. (A function, not a lambda, so the module still pickles.)"""
+    module._host = None
+
+
 class Queue(nn.Module):
     """A FIFO ring of the last `size` embeddings (size, dim), saved with the model's state.
 
@@ -57,7 +63,7 @@ class Queue(nn.Module):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self._host: tuple[int, int] | None = (0, 0)          # (pointer, count)
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
+        self.register_load_state_dict_post_hook(forget_host_copy)
 
     @property
     def size(self) -> int:
@@ -103,7 +109,7 @@ class TrainingProgress(nn.Module):
         super().__init__()
         self.register_buffer("value", torch.zeros((), dtype=torch.float64))
         self._host: float | None = 0.0
-        self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "_host", None))
+        self.register_load_state_dict_post_hook(forget_host_copy)
 
     def get(self) -> float:
         if self._host is None:
