@@ -13,8 +13,9 @@ from selfsup.config import TrainConfig, load_config
 from selfsup.data import load_images
 from selfsup.evaluate.representation import CollapseWatch, representation_metrics
 from selfsup.methods import embed_views, method_class, method_names
+from selfsup.methods.masking import IGNORE, at_chosen, ignoring_unreal
 from selfsup.run import load_run
-from selfsup.build import build_method, load_training_data
+from selfsup.build import build_method, complete_config, load_training_data
 from selfsup.train import pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
@@ -187,8 +188,10 @@ def test_a_from_scratch_baseline_draws_its_weights_from_its_own_seed_and_leaves_
 
 
 # What a step may still read back: the step before's finiteness check (TrainStep reads it a step late).
-# Text, sequence and wav2vec2 methods select their masked positions with a boolean mask, a data-dependent
-# size the device reports to the host; each step of theirs waits for the device there.
+# Text, sequence and wav2vec2 methods, run eagerly, pick their masked positions with a boolean mask, a
+# data-dependent size the device reports to the host, and their text backbone checks for padding: each
+# eager step of theirs waits for the device there. Compiled, they do neither
+# (test_a_compiled_training_step_is_one_graph).
 READS_MASKED_POSITIONS = {"bart", "t5", "clm", "mlm", "simcse", "cl4srec", "nextitem", "maskeditem", "wav2vec2"}
 HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "__format__", "numpy", "cpu",
               "nonzero", "unique", "unique_consecutive", "masked_select", "equal", "allclose", "__array__"}
@@ -247,3 +250,67 @@ def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_
     # An epoch's end checkpoints, and reads every check before it: the step after has none to read.
     assert reads == {step: [] if step % steps_per_epoch == 0 else ["train.py:first_failure"] for step in (2, 3)}
     assert any(reads.values())
+
+
+def test_at_chosen_picks_the_chosen_rows_eagerly_and_a_fixed_number_under_compile(monkeypatch):
+    chosen = torch.tensor([[False, True, False], [True, True, False]])
+    values = torch.arange(6.0).view(2, 3, 1).expand(2, 3, 2)
+    (picked,), real = at_chosen(chosen, values, capacity=4)
+    assert real is None and torch.equal(picked, values[chosen])
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    (picked,), real = at_chosen(chosen, values, capacity=4)
+    assert picked[:, 0].tolist() == [1.0, 3.0, 4.0, 0.0] and real.tolist() == [True, True, True, False]
+    (picked,), real = at_chosen(chosen, values, capacity=2)              # fewer rows than chosen: the last dropped
+    assert picked[:, 0].tolist() == [1.0, 3.0] and real.tolist() == [True, True]
+    (picked,), real = at_chosen(chosen, values)                          # every position
+    assert picked[:, 0].tolist() == list(range(6)) and torch.equal(real, chosen.flatten())
+    assert ignoring_unreal(torch.tensor([7, 8, 9]), torch.tensor([True, False, True])).tolist() == [7, IGNORE, 9]
+
+
+@pytest.mark.parametrize("method, settings", [("mlm", []), ("clm", ["text.pack=off", "text.max_length=64"]),
+                                              ("bart", []), ("wav2vec2", [])])
+def test_the_loss_a_compiled_step_computes_at_a_fixed_number_of_positions_is_the_eager_one(method, settings, tmp_path,
+                                                                                        monkeypatch):
+    """The rows picked beyond the masked ones (at_chosen) must not count: clm's (one row per document)
+    and bart's would be PAD targets, wav2vec2's unmasked frames; mlm's capacity exceeds its masked positions."""
+    make_config, data = small_text_or_table(method, tmp_path, *settings)
+    cfg = make_config()
+    complete_config(cfg, data)
+    model = build_method(cfg)
+    views = model.views(data.samples[:8], torch.Generator().manual_seed(0))
+    results = []
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: compiling)
+        torch.manual_seed(1)                           # the same dropout in both
+        loss, _ = model.loss(views)
+        loss.backward()
+        results.append([loss.detach(), *(p.grad.clone() for p in model.parameters() if p.grad is not None)])
+        model.zero_grad(set_to_none=True)
+    eager, fixed = results
+    assert len(eager) == len(fixed) > 10
+    for a, b in zip(eager, fixed):
+        torch.testing.assert_close(a, b)
+
+
+# The methods whose masked positions and padding once split the graph, and the main image methods (every
+# image, audio and table method traced as one graph when this test was written; all of them take a minute).
+ONE_GRAPH = sorted(READS_MASKED_POSITIONS | {"simclr", "byol", "moco2", "mae"})
+
+
+@pytest.mark.parametrize("method", ONE_GRAPH)
+def test_a_compiled_training_step_is_one_graph(method, tiny_fashion, tmp_path, monkeypatch):
+    """No branch on a value and no data-dependent shape in the compiled step (fullgraph raises at a graph
+    break), so that on a GPU it can run as one graph, CUDA graphs included. Dynamo alone traces it
+    (backend="eager"): the test checks the graph, not the generated code. Each method's defaults: SwAV's
+    queue (off by default) breaks the graph where it reads its host numbers (tests/test_swav.py)."""
+    import selfsup.train
+    torch._dynamo.reset()                # a fresh recompile budget: past it dynamo would run eagerly, silently
+    monkeypatch.setattr(selfsup.train, "compile_training",
+                        lambda objective, mode: torch.compile(objective, backend="eager", fullgraph=True))
+    settings = ["train.steps=2", "train.compile=true", "train.log_every=100"]
+    if method_class(method).modality == "image":
+        cfg, data = tiny_config(method, *settings), load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
+    else:
+        make_config, data = small_text_or_table(method, tmp_path, *settings, "train.batch_size=8")
+        cfg = make_config()
+    pretrain(cfg, tmp_path / "run", data=data, progress=False)

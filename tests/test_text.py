@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from selfsup.backbones import build_backbone
 from selfsup.data import DataError
 from selfsup.methods.clm import CLM, CLMConfig
-from selfsup.methods.mlm import IGNORE, MLM, MLMConfig, bert_mask
+from selfsup.methods.mlm import IGNORE, MLM, MLMConfig, bert_mask, most_chosen
 from selfsup.methods.simcse import SimCSE, SimCSEConfig
 from selfsup.text import (BOS, EOS, MASK, PAD, ByteTokenizer, bag_of_words, build_tokenizer,
                           encode_documents, generate, iter_documents, load_tokenizer, pack_corpus, perplexity,
@@ -292,6 +292,8 @@ def test_bert_mask_counts_and_80_10_10_split():
     assert not (chosen & ~eligible).any() and torch.equal(targets[chosen], ids[chosen])
     expected = [max(1, round(0.15 * int(n))) if n else 0 for n in eligible.sum(1)]
     assert chosen.sum(1).tolist() == expected
+    assert int(chosen.sum()) <= most_chosen(*ids.shape, 0.15)            # what a compiled mlm step makes room for
+    assert int(chosen[lengths == 40].sum(1).max()) == most_chosen(1, 40, 0.15)
     assert torch.equal(corrupted[~chosen], ids[~chosen])
     n = int(chosen.sum())
     masked = (corrupted[chosen] == MASK).float().mean()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup.backbones.registry import register_backbone
-from selfsup.backbones.text import (Block, _check_sizes, _init_weights, attention_mask,
+from selfsup.backbones.text import (Block, _check_sizes, _init_weights, attention_mask, nothing_padded,
                                     language_model_head, mean_over_tokens)
 from selfsup.text.tokenizer import PAD
 
@@ -63,8 +63,9 @@ class DecoderBlock(Block):
         self.norm_cross = nn.LayerNorm(dim)
         self.cross = CrossAttention(dim, heads, dropout)
 
-    def forward(self, x, allowed, memory, visible, cache: dict | None = None) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), allowed, True, cache))
+    def forward(self, x, memory, visible, cache: dict | None = None) -> torch.Tensor:
+        # Causal over right-padded targets, so no padding mask (see text.attention_mask).
+        x = x + self.drop(self.attn(self.norm1(x), None, True, cache))
         x = x + self.drop(self.cross(self.norm_cross(x), memory, visible, cache))
         return x + self.drop(self.mlp(self.norm2(x)))
 
@@ -124,10 +125,9 @@ class EncoderDecoder(nn.Module):
         self._check_length(target_in, "target", start)
         x = self.drop(self.token_embedding(target_in)
                       + self.decoder_positions[start:start + target_in.shape[1]])
-        allowed = None if caches is not None else attention_mask(target_in, causal=True)
         visible = memory_mask(source)
         for i, block in enumerate(self.decoder_blocks):
-            x = block(x, allowed, memory, visible, caches[i] if caches is not None else None)
+            x = block(x, memory, visible, caches[i] if caches is not None else None)
         return self.decoder_norm(x)
 
     def logits(self, source: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
@@ -136,10 +136,10 @@ class EncoderDecoder(nn.Module):
 
 
 def memory_mask(source: torch.Tensor) -> torch.Tensor | None:
-    """bool (B, 1, 1, S): the source tokens the decoder may attend to (not PAD); None when none is PAD.
-    An all-PAD source shows its first position, so no query has an empty row (NaN)."""
+    """bool (B, 1, 1, S): the source tokens the decoder may attend to (not PAD); None when none is PAD
+    (nothing_padded). An all-PAD source shows its first position, so no query has an empty row (NaN)."""
     padded = source == PAD
-    if not padded.any():
+    if nothing_padded(padded):
         return None
     visible = ~padded
     visible[:, 0] |= padded.all(1)

@@ -6,7 +6,8 @@
 
 Every text backbone has ``vocab_size``, ``causal``, ``feature_dim`` (= dim), ``tokens(ids)`` (the final
 hidden states) and ``forward(ids)``: the mean of tokens() over the non-PAD positions, the sentence
-embedding that evaluation uses. PAD (id 0) is never attended to, so padding changes nothing.
+embedding that evaluation uses. Rows are right padded, and no real token attends to PAD (id 0), so
+padding changes nothing.
 """
 from __future__ import annotations
 
@@ -27,18 +28,29 @@ def mean_over_tokens(states: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return (states * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+def nothing_padded(padded: torch.Tensor) -> bool:
+    """Whether no position of `padded` (bool) is set, so attention can do without a mask and torch can
+    use its fused kernels. Read back from the device eagerly; never claimed under torch.compile, where
+    a branch on a tensor's value would split the graph (and rule out CUDA graphs): there the mask is
+    always built, which gives the same result."""
+    return not torch.compiler.is_compiling() and not bool(padded.any())
+
+
 def attention_mask(ids: torch.Tensor, causal: bool) -> torch.Tensor | None:
-    """bool (B, 1, L, L), True where query i may attend to key j of ids (B, L): keys that are PAD are
-    hidden (and later ones too when causal); every position still sees itself, so a PAD query (whose
-    output nobody reads) never has an empty row, which would give NaN. None when nothing is PAD: then
-    the attention's `causal` flag alone decides, which lets torch use its fused kernels."""
-    padded = ids == PAD
-    if not padded.any():
-        return None
-    length = ids.shape[1]
-    allowed = ~padded[:, None, :] | torch.eye(length, dtype=torch.bool, device=ids.device)
+    """bool (B, 1, L, L), True where query i may attend to key j of ids (B, L), or None where the
+    attention's `causal` flag alone decides, which lets torch use its fused kernels.
+
+    Bidirectional: keys that are PAD are hidden; every position still sees itself, so a PAD query (whose
+    output nobody reads) never has an empty row, which would give NaN. None when nothing is PAD
+    (nothing_padded). Causal: always None. Rows are right padded (every row selfsup makes: documents,
+    histories, targets), so the keys at or before a real token are all real: hiding PAD keys would only
+    change what PAD queries see, which nobody reads. Nor does it have to read the ids back to decide."""
     if causal:
-        allowed = allowed & torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
+        return None
+    padded = ids == PAD
+    if nothing_padded(padded):
+        return None
+    allowed = ~padded[:, None, :] | torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
     return allowed.unsqueeze(1)
 
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from selfsup.backbones.text import CAUSAL_BACKBONES, language_model_head
 from selfsup.methods import MethodConfig, register_method
-from selfsup.methods.token_prediction import TokenPrediction
+from selfsup.methods.token_prediction import TokenPrediction, summed_cross_entropy
 from selfsup.text.tokenizer import PAD
 
 
@@ -60,9 +59,4 @@ class CLM(TokenPrediction):
         """(sum of the next-token cross-entropies over non-PAD targets, their number)."""
         ids = views[0]
         targets = ids[:, 1:]
-        predicted = targets != PAD
-        states = self.backbone.tokens(ids)[:, :-1][predicted]        # only the rows that have a target
-        logits = self.head(states)
-        with torch.autocast(logits.device.type, enabled=False):
-            total = F.cross_entropy(logits.float(), targets[predicted], reduction="sum")
-        return total, predicted.sum()
+        return summed_cross_entropy(self.head, self.backbone.tokens(ids)[:, :-1], targets, targets != PAD)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from selfsup.methods.token_prediction import TokenPrediction
+from selfsup.methods.token_prediction import TokenPrediction, summed_cross_entropy
 from selfsup.text.tokenizer import BOS, EOS, NUM_SPECIAL, PAD
 
 
@@ -62,11 +62,15 @@ def spans_mask(starts: torch.Tensor, lengths: torch.Tensor, width: int) -> torch
     return torch.cumsum(delta, dim=1)[:, :width] > 0
 
 
+def teacher_forced(backbone, source: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+    """An encoder-decoder's decoder states (B, T, dim), the decoder reading target_in (teacher forcing)
+    over the encoded source."""
+    return backbone.decode(target_in, backbone.tokens(source), source)
+
+
 def target_logits(backbone, source: torch.Tensor, target_in: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
-    """An encoder-decoder's output logits (N, vocab) at the `predicted` (bool (B, T)) target positions, the
-    decoder reading target_in (teacher forcing) over the encoded source."""
-    states = backbone.decode(target_in, backbone.tokens(source), source)[predicted]
-    return backbone.lm_head(states)
+    """An encoder-decoder's output logits (N, vocab) at the `predicted` (bool (B, T)) target positions."""
+    return backbone.lm_head(teacher_forced(backbone, source, target_in)[predicted])
 
 
 def shift_right(target: torch.Tensor) -> torch.Tensor:
@@ -113,8 +117,5 @@ class Denoising(TokenPrediction):
     def summed_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the cross-entropies of the non-PAD target tokens, their number)."""
         source, target_in, target = views
-        predicted = target != PAD
-        logits = target_logits(self.backbone, source, target_in, predicted)
-        with torch.autocast(logits.device.type, enabled=False):
-            total = F.cross_entropy(logits.float(), target[predicted], reduction="sum")
-        return total, predicted.sum()
+        return summed_cross_entropy(self.backbone.lm_head, teacher_forced(self.backbone, source, target_in), target,
+                                    target != PAD)

@@ -1,6 +1,7 @@
-"""Shared pieces of the predictive methods: random patch masking (MAE), patchify / unpatchify, and
-the geometry-only view (random resized crop + flip, no colour changes) that MAE, rotation and jigsaw
-train on. Every random draw comes from the step's generator, so a resumed run masks the same patches.
+"""Shared pieces of the predictive methods: random patch masking (MAE), patchify / unpatchify, the
+geometry-only view (random resized crop + flip, no colour changes) that MAE, rotation and jigsaw
+train on, and the picking of the masked positions a loss is computed at (at_chosen). Every random
+draw comes from the step's generator, so a resumed run masks the same patches.
 """
 from __future__ import annotations
 
@@ -16,6 +17,34 @@ def num_masked(num_patches: int, ratio: float) -> int:
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must lie in [0, 1), got {ratio}")
     return min(int(round(num_patches * ratio)), num_patches - 1)
+
+
+IGNORE = -100        # the target of a position that is not predicted (torch's cross_entropy ignore_index)
+
+
+def at_chosen(chosen: torch.Tensor, *tensors: torch.Tensor,
+              capacity: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """Each tensor (shaped like chosen, plus trailing dimensions) at chosen's True positions, in
+    row-major order, and which of the rows picked are real (None: all of them).
+
+    Eagerly, exactly those rows: their number is data, read back from the device, which a step can
+    afford there. Under torch.compile that read would split the graph (and rule out CUDA graphs), so a
+    fixed `capacity` of rows is picked instead (every position when None): the rows after the chosen
+    ones repeat the first position and are marked not real, and a loss must ignore them
+    (ignoring_unreal). Should more positions be chosen than the capacity holds, the last are dropped."""
+    if not torch.compiler.is_compiling():
+        return [tensor[chosen] for tensor in tensors], None
+    flat = chosen.flatten()
+    rows = [tensor.flatten(0, chosen.dim() - 1) for tensor in tensors]
+    if capacity is None or capacity >= flat.numel():
+        return rows, flat
+    picked = torch.nonzero_static(flat, size=capacity, fill_value=0).squeeze(1)
+    return [row[picked] for row in rows], torch.arange(capacity, device=flat.device) < flat.sum()
+
+
+def ignoring_unreal(targets: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Class targets of the rows at_chosen picked, IGNORE where a row is not real."""
+    return targets if real is None else targets.masked_fill(~real, IGNORE)
 
 
 def random_masking(batch: int, num_patches: int, ratio: float, gen: torch.Generator,

@@ -11,14 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from selfsup.backbones.text import BIDIRECTIONAL_BACKBONES, language_model_head
 from selfsup.methods import MethodConfig, register_method
-from selfsup.methods.token_prediction import TokenPrediction
+from selfsup.methods.masking import IGNORE
+from selfsup.methods.token_prediction import TokenPrediction, summed_cross_entropy
 from selfsup.text.tokenizer import MASK, NUM_SPECIAL
-
-IGNORE = -100        # target of positions that are not predicted (torch's ignore_index)
 
 
 @dataclass
@@ -57,6 +55,12 @@ def bert_mask(ids: torch.Tensor, vocab_size: int, gen: torch.Generator, mask_rat
     return corrupted, ids.masked_fill(~chosen, IGNORE)
 
 
+def most_chosen(rows: int, length: int, mask_ratio: float) -> int:
+    """The most positions bert_mask chooses in `rows` sequences of `length` tokens (a row's count grows
+    with its number of ordinary tokens, at most length)."""
+    return rows * max(1, round(mask_ratio * length))
+
+
 @register_method("mlm")
 class MLM(TokenPrediction):
     config_class = MLMConfig
@@ -91,8 +95,5 @@ class MLM(TokenPrediction):
     def summed_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of the cross-entropies at the chosen positions, their number)."""
         corrupted, targets = views
-        chosen = targets != IGNORE
-        logits = self.head(self.backbone.tokens(corrupted)[chosen])
-        with torch.autocast(logits.device.type, enabled=False):
-            total = F.cross_entropy(logits.float(), targets[chosen], reduction="sum")
-        return total, chosen.sum()
+        return summed_cross_entropy(self.head, self.backbone.tokens(corrupted), targets, targets != IGNORE,
+                                    capacity=most_chosen(*corrupted.shape, self.cfg.mask_ratio))

@@ -32,6 +32,7 @@ from torch import nn
 
 from selfsup.errors import ConfigError
 from selfsup.methods import Method, MethodConfig, register_method
+from selfsup.methods.masking import at_chosen, ignoring_unreal
 
 
 @dataclass
@@ -79,10 +80,11 @@ def span_mask(batch: int, frames: int, mask_prob: float, mask_length: int, u: to
 
 def distractor_frames(mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """(B, T, K) frame indices: for each masked frame, K other masked frames of the same clip, drawn
-    uniformly with replacement by u (B, T, K) in [0, 1). Rows of unmasked frames are meaningless."""
+    uniformly with replacement by u (B, T, K) in [0, 1). Rows of unmasked frames are meaningless.
+    Every clip needs two masked frames or more, which spans of two frames or more give (span_mask with
+    mask_length >= 2 and frames >= 2, as Wav2Vec2Config and views ensure); checking the mask itself would
+    wait for the device every step."""
     counts = mask.sum(1)
-    if int(counts.min()) < 2:
-        raise ValueError("every clip needs at least two masked frames to draw distractors from")
     masked_first = (~mask).to(torch.int8).argsort(dim=1, stable=True)      # the masked frames' indices, in order
     own = (mask.cumsum(1) - 1).clamp_min(0)                              # each masked frame's rank among them
     draw = (u * (counts - 1)[:, None, None]).long()
@@ -91,13 +93,15 @@ def distractor_frames(mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def contrastive_loss(context: torch.Tensor, targets: torch.Tensor, distractors: torch.Tensor,
-                     temperature: float) -> torch.Tensor:
-    """L_m over M masked frames: context (M, D), targets (M, D), distractors (M, K, D)."""
+                     temperature: float, real: torch.Tensor | None = None) -> torch.Tensor:
+    """L_m over M masked frames: context (M, D), targets (M, D), distractors (M, K, D); the mean over the
+    rows that are real (bool (M,), None: all; see at_chosen)."""
     candidates = torch.cat([targets[:, None], distractors], 1)
     logits = F.cosine_similarity(context[:, None].float(), candidates.float(), dim=-1) / temperature
     same = (distractors == targets[:, None]).all(-1)
     logits[:, 1:] = logits[:, 1:].masked_fill(same, float("-inf"))
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+    first = torch.zeros(len(logits), dtype=torch.long, device=logits.device)    # the target is candidate 0
+    return F.cross_entropy(logits, ignoring_unreal(first, real))
 
 
 def codebook_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -186,9 +190,10 @@ class Wav2Vec2(Method):
         latents = self.backbone.feature_norm(raw)
         context = self.final_proj(self.backbone.contextualize(latents, mask))
         quantised, probabilities = self.quantizer(latents, uniform, self.gumbel_tau)
-        rows = mask.nonzero()[:, :1]                                           # each masked frame's clip
-        others = quantised[rows, distractors[mask]]                            # (M, K, D)
-        matching = contrastive_loss(context[mask], quantised[mask], others, self.cfg.temperature)
+        clip = torch.arange(len(mask), device=mask.device)[:, None].expand_as(mask)
+        (clip, drawn, context, target), real = at_chosen(mask, clip, distractors, context, quantised)
+        others = quantised[clip[:, None], drawn]                                # (M, K, D)
+        matching = contrastive_loss(context, target, others, self.cfg.temperature, real)
         entropy = codebook_entropy(probabilities.flatten(0, 1))        # one pass for the loss and the log
         diversity = diversity_loss(entropy, self.cfg.codebook_entries)
         loss = matching + self.cfg.diversity_weight * diversity + self.cfg.feature_penalty * penalty
