@@ -217,6 +217,14 @@ class HostReads(torch.overrides.TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def small_config_and_data(method, tiny_fashion, tmp_path, *settings):
+    """(config, data) of a few small steps of any method: 64 Fashion-MNIST images or a small synthetic file."""
+    if method_class(method).modality == "image":
+        return tiny_config(method, *settings), load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
+    make_config, data = small_text_or_table(method, tmp_path, *settings, "train.batch_size=8")
+    return make_config(), data
+
+
 # Parts off by default, switched on: SwAV's queue.
 SWITCHED_ON = {"swav": ["method.queue_size=48", "method.queue_start=0"]}
 
@@ -239,12 +247,8 @@ def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_
         reads[step] = mode.seen
         return out
     monkeypatch.setattr(TrainStep, "__call__", watched)
-    quiet = ["train.steps=4", "train.log_every=100", "train.checkpoint_every=100", *switched_on]
-    if method_class(method).modality == "image":
-        cfg, data = tiny_config(method, *quiet), load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
-    else:
-        make_config, data = small_text_or_table(method, tmp_path, *quiet, "train.batch_size=8")
-        cfg = make_config()
+    cfg, data = small_config_and_data(method, tiny_fashion, tmp_path, "train.steps=4", "train.log_every=100",
+                                      "train.checkpoint_every=100", *switched_on)
     pretrain(cfg, tmp_path / "run", data=data, progress=False)
     steps_per_epoch = len(data) // cfg.train.batch_size
     # An epoch's end checkpoints, and reads every check before it: the step after has none to read.
@@ -307,10 +311,6 @@ def test_a_compiled_training_step_is_one_graph(method, tiny_fashion, tmp_path, m
     torch._dynamo.reset()                # a fresh recompile budget: past it dynamo would run eagerly, silently
     monkeypatch.setattr(selfsup.train, "compile_training",
                         lambda objective, mode: torch.compile(objective, backend="eager", fullgraph=True))
-    settings = ["train.steps=2", "train.compile=true", "train.log_every=100"]
-    if method_class(method).modality == "image":
-        cfg, data = tiny_config(method, *settings), load_images("fashion-mnist", data_dir=str(tiny_fashion)).subset(64)
-    else:
-        make_config, data = small_text_or_table(method, tmp_path, *settings, "train.batch_size=8")
-        cfg = make_config()
+    cfg, data = small_config_and_data(method, tiny_fashion, tmp_path, "train.steps=2", "train.compile=true",
+                                      "train.log_every=100")
     pretrain(cfg, tmp_path / "run", data=data, progress=False)
