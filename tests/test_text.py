@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from selfsup.backbones import build_backbone
 from selfsup.data import DataError
 from selfsup.methods.clm import CLM, CLMConfig
+from selfsup.methods.masking import lowest
 from selfsup.methods.mlm import IGNORE, MLM, MLMConfig, bert_mask, most_chosen
 from selfsup.methods.simcse import SimCSE, SimCSEConfig
 from selfsup.text import (BOS, EOS, MASK, PAD, ByteTokenizer, bag_of_words, build_tokenizer,
@@ -308,6 +309,12 @@ def test_bert_mask_counts_and_80_10_10_split():
     assert replaced.min() >= 4 and replaced.max() < vocab
     again, _ = bert_mask(ids, vocab, torch.Generator().manual_seed(0))
     assert torch.equal(again, corrupted)                  # all randomness from the generator
+
+
+def test_lowest_takes_exactly_count_positions_even_when_scores_tie():
+    # float32 draws tie now and then; a threshold at the count-th lowest score would take all tied ones
+    scores = torch.tensor([[0.5, 0.1, 0.5, 0.5], [0.3, 0.3, 0.3, 0.3]])
+    assert lowest(scores, torch.tensor([2, 3])).tolist() == [[True, True, False, False], [True, True, True, False]]
 
 
 def test_mlm_loss_only_at_chosen_positions():

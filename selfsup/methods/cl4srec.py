@@ -18,6 +18,7 @@ import torch
 
 from selfsup.methods import register_method
 from selfsup.methods.losses import nt_xent
+from selfsup.methods.masking import lowest
 from selfsup.methods.nextitem import NextItem, NextItemConfig, last_positions, states_at
 from selfsup.text.tokenizer import MASK, PAD
 
@@ -56,8 +57,7 @@ def item_mask(ids: torch.Tensor, share: float, gen: torch.Generator) -> torch.Te
     real = ids != PAD
     count = (real.sum(1).double() * share).floor().long()
     scores = torch.rand(ids.shape, generator=gen, device=ids.device).masked_fill(~real, 2.0)
-    order = scores.argsort(1).argsort(1)           # each position's rank among its row's scores
-    return ids.masked_fill(real & (order < count[:, None]), MASK)
+    return ids.masked_fill(real & lowest(scores, count), MASK)
 
 
 def item_reorder(ids: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:

@@ -19,6 +19,13 @@ def num_masked(num_patches: int, ratio: float) -> int:
     return min(int(round(num_patches * ratio)), num_patches - 1)
 
 
+def lowest(scores: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """bool (B, L), True at the count[b] lowest scores of each row b of scores (B, L): exactly that many,
+    a tie going to the earlier position (a threshold at the count-th lowest score would take every score
+    tied with it, and float32 draws do tie)."""
+    return scores.argsort(dim=1, stable=True).argsort(dim=1) < count[:, None]
+
+
 IGNORE = -100        # the target of a position that is not predicted (torch's cross_entropy ignore_index)
 
 

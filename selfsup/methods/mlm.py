@@ -14,7 +14,7 @@ import torch
 
 from selfsup.backbones.text import BIDIRECTIONAL_BACKBONES, language_model_head
 from selfsup.methods import MethodConfig, register_method
-from selfsup.methods.masking import IGNORE
+from selfsup.methods.masking import IGNORE, lowest
 from selfsup.methods.token_prediction import TokenPrediction, summed_cross_entropy
 from selfsup.text.tokenizer import MASK, NUM_SPECIAL
 
@@ -44,8 +44,7 @@ def bert_mask(ids: torch.Tensor, vocab_size: int, gen: torch.Generator, mask_rat
     # float64, so the rounding is Python's round(mask_ratio * n) exactly
     count = (eligible.sum(1).double() * mask_ratio).round().long().clamp_min(1)
     scores = torch.rand(ids.shape, generator=gen, device=ids.device).masked_fill(~eligible, 2.0)
-    kth_smallest = scores.sort(dim=1).values.gather(1, (count - 1).clamp(max=ids.shape[1] - 1)[:, None])
-    chosen = eligible & (scores <= kth_smallest)
+    chosen = eligible & lowest(scores, count)
 
     action = torch.rand(ids.shape, generator=gen, device=ids.device)
     random_ids = torch.randint(NUM_SPECIAL, vocab_size, ids.shape, generator=gen, device=ids.device)
