@@ -152,6 +152,10 @@ def test_wav2vec2_recipe_views_and_gumbel_schedule():
         method.views(clips[:, :700], torch.Generator().manual_seed(3))
     with pytest.raises(ConfigError, match="mask_length must be >= 2"):
         load_config(overrides=SMALL + ["method.mask_length=1"])
+    set_in_python = load_config(overrides=SMALL)
+    set_in_python.method.mask_length = 1             # past load_config's check: the method checks it again
+    with pytest.raises(ConfigError, match="mask_length must be >= 2"):
+        build_method(set_in_python)
     with pytest.raises(ConfigError, match="waveform encoder"):
         build_method(load_config(overrides=["method.name=wav2vec2", "data.source=x", "backbone.name=audio_cnn"]))
 

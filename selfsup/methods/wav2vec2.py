@@ -82,8 +82,8 @@ def distractor_frames(mask: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """(B, T, K) frame indices: for each masked frame, K other masked frames of the same clip, drawn
     uniformly with replacement by u (B, T, K) in [0, 1). Rows of unmasked frames are meaningless.
     Every clip needs two masked frames or more, which spans of two frames or more give (span_mask with
-    mask_length >= 2 and frames >= 2, as Wav2Vec2Config and views ensure); checking the mask itself would
-    wait for the device every step."""
+    mask_length >= 2 and frames >= 2: Wav2Vec2Config.validate, run by the method, and views check them);
+    checking the mask itself would wait for the device every step."""
     counts = mask.sum(1)
     masked_first = (~mask).to(torch.int8).argsort(dim=1, stable=True)      # the masked frames' indices, in order
     own = (mask.cumsum(1) - 1).clamp_min(0)                              # each masked frame's rank among them
@@ -163,6 +163,7 @@ class Wav2Vec2(Method):
 
     def __init__(self, backbone, cfg: Wav2Vec2Config, augment_cfg):
         super().__init__(backbone, cfg, augment_cfg)
+        cfg.validate()           # also when built in Python: distractor_frames relies on spans of >= 2 frames
         if not hasattr(backbone, "conv_features"):
             raise ValueError("wav2vec2 needs the waveform encoder (backbone.name=wav2vec2)")
         self.quantizer = GumbelQuantizer(backbone.feature_channels, cfg.codebooks, cfg.codebook_entries, cfg.final_dim)

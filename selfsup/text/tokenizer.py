@@ -1,7 +1,9 @@
 """Tokenizers: text <-> integer ids, with four special ids fixed for every tokenizer.
 
-    PAD=0  padding (never attended to, never a target)     BOS=1  start of a document
-    EOS=2  end of a document (packed corpora)               MASK=3 masked-LM's hidden token
+    PAD=0  padding, at a row's end: never a target, and no real token attends to it
+    BOS=1  start of a document
+    EOS=2  end of a document (packed corpora)
+    MASK=3 masked-LM's hidden token
 
 ``ByteTokenizer`` needs nothing: the UTF-8 bytes of any language at ids 4..259. ``BPETokenizer``
 (optional extra 'bpe', the `tokenizers` package) learns byte-level BPE merges on the user's corpus,
