@@ -11,8 +11,8 @@
 #      store of 8,000 photo-like JPEGs with 14 data workers (issue 24: at least 85% of the synthetic row);
 #      MAE ViT-S/16 at 224x224; the 28 px step with CUDA graphs (compile mode reduce-overhead); the late
 #      check again under CUDA graphs
-#   4. (if time is left) a clm step (GPT, 6 x 512, 512 tokens, batch 32), packed and padded rows: eager,
-#      compiled and under CUDA graphs (benchmarks/text_step.py)
+#   4. (if time is left) a clm step (GPT, 6 x 512, 512 tokens, batch 32) on packed and on padded rows, and
+#      mlm on padded rows: eager, compiled and under CUDA graphs (benchmarks/text_step.py)
 # Throughput lines go to $OUT/throughput.jsonl, augmentation lines to $OUT/augment.jsonl, the late checks to
 # $OUT/late-check.jsonl, the text steps to $OUT/text-step.jsonl, everything else to $OUT/gpu-check.log.
 #   bash benchmarks/gpu_check.sh            (needs .venv with a CUDA build of torch, or PYTHON=...)
@@ -86,9 +86,10 @@ LIMIT=180 throughput "$PWD" --method simclr --backbone resnet18 --stem imagenet 
 throughput "$PWD" --method mae --backbone vit_small --patch-size 16 --size 224 --channels 3 --batch 256
 step 150 env PYTHONPATH="$PWD" "$PY" benchmarks/late_check.py --device cuda --compile --compile-mode reduce-overhead \
   --out "$out/late-check.jsonl"
-for padded in 0 1; do    # a GPT-style clm step, packed rows and padded ones: eager, compiled, CUDA graphs
-  step 150 env PYTHONPATH="$PWD" "$PY" benchmarks/text_step.py --device cuda --precision bf16 --method clm \
-    --padded $padded --dim 512 --depth 6 --heads 8 --length 512 --batch 32 --compile-modes default reduce-overhead \
+# A GPT-style clm step on packed and on padded rows, and mlm on padded rows: eager, compiled, CUDA graphs
+for text in "--method clm --padded 0" "--method clm --padded 1" "--method mlm --padded 1"; do
+  step 150 env PYTHONPATH="$PWD" "$PY" benchmarks/text_step.py --device cuda --precision bf16 $text \
+    --dim 512 --depth 6 --heads 8 --length 512 --batch 32 --compile-modes default reduce-overhead \
     --out "$out/text-step.jsonl"
 done
 echo "== done $(date +%T)" >> "$log"
