@@ -296,21 +296,21 @@ def test_the_loss_a_compiled_step_computes_at_a_fixed_number_of_positions_is_the
         torch.testing.assert_close(a, b)
 
 
-# The methods whose masked positions and padding once split the graph, and the main image methods (every
-# image, audio and table method traced as one graph when this test was written; all of them take a minute).
-ONE_GRAPH = sorted(READS_MASKED_POSITIONS | {"simclr", "byol", "moco2", "mae"})
+# The methods whose masked positions, padding or queue once split the graph, and the main image methods
+# (every image, audio and table method traced as one graph when this test was written; all of them take a
+# minute). SwAV with its queue on, which is off by default.
+ONE_GRAPH = sorted(READS_MASKED_POSITIONS | {"simclr", "byol", "moco2", "mae", "swav"})
 
 
 @pytest.mark.parametrize("method", ONE_GRAPH)
 def test_a_compiled_training_step_is_one_graph(method, tiny_fashion, tmp_path, monkeypatch):
     """No branch on a value and no data-dependent shape in the compiled step (fullgraph raises at a graph
     break), so that on a GPU it can run as one graph, CUDA graphs included. Dynamo alone traces it
-    (backend="eager"): the test checks the graph, not the generated code. Each method's defaults: SwAV's
-    queue (off by default) breaks the graph where it reads its host numbers (tests/test_swav.py)."""
+    (backend="eager"): the test checks the graph, not the generated code."""
     import selfsup.train
     torch._dynamo.reset()                # a fresh recompile budget: past it dynamo would run eagerly, silently
     monkeypatch.setattr(selfsup.train, "compile_training",
                         lambda objective, mode: torch.compile(objective, backend="eager", fullgraph=True))
     cfg, data = small_config_and_data(method, tiny_fashion, tmp_path, "train.steps=2", "train.compile=true",
-                                      "train.log_every=100")
+                                      "train.log_every=100", *SWITCHED_ON.get(method, []))
     pretrain(cfg, tmp_path / "run", data=data, progress=False)

@@ -13,7 +13,7 @@ def rows(*values):
 def test_fifo_order_before_the_queue_is_full():
     q = Queue(5, 2)
     q.push(rows(1, 2))
-    assert q.filled == 2 and int(q.pointer) == 2
+    assert q.filled == 2 and int(q.pointer) == 2 and not q.full
     q.push(rows(3))
     torch.testing.assert_close(q.contents(), rows(1, 2, 3))
     torch.testing.assert_close(q.items[:3], rows(1, 2, 3))
@@ -23,7 +23,7 @@ def test_wrap_around_overwrites_the_oldest_and_contents_is_oldest_first():
     q = Queue(4, 2)
     q.push(rows(1, 2, 3))
     q.push(rows(4, 5, 6))                  # 5, 6 wrap to slots 0, 1 and overwrite 1, 2
-    assert q.filled == 4 and int(q.pointer) == 2
+    assert q.filled == 4 and int(q.pointer) == 2 and q.full
     torch.testing.assert_close(q.items, rows(5, 6, 3, 4))
     torch.testing.assert_close(q.contents(), rows(3, 4, 5, 6))
     q.push(rows(7, 8))                     # lands exactly at the end: pointer back to 0
@@ -92,4 +92,7 @@ def test_a_queue_pickles_with_its_host_copy_and_rereads_it_after_a_load():
     torch.testing.assert_close(saved.contents(), rows(1, 2, 3))
     fresh = Queue(5, 2)
     fresh.load_state_dict(q.state_dict())
-    assert fresh._host is None and fresh.filled == 3
+    assert fresh._host is None and fresh.filled == 3 and not fresh.full
+    q.push(rows(4, 5))
+    fresh.load_state_dict(q.state_dict())
+    assert fresh.full                      # read at once: a compiled step reads it, a graph cannot read lazily

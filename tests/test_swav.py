@@ -178,20 +178,27 @@ def test_loss_of_the_method_is_swav_loss_on_its_own_codes():
     torch.testing.assert_close(loss.detach(), swav_loss(scores, codes, 0.1), rtol=1e-5, atol=1e-6)
 
 
-def test_queue_fills_from_its_start_with_the_global_views_and_feeds_the_codes():
-    method = small_method("method.queue_size=12", "method.queue_start=0.5", "method.freeze_prototypes=0")
+def test_queue_fills_from_its_start_with_the_global_views_and_feeds_the_codes_once_full():
+    method = small_method("method.queue_size=16", "method.queue_start=0.5", "method.freeze_prototypes=0")
     views = views_of(method)
     method.loss(views)
     method.after_step(0.25)
     assert [q.filled for q in method.queues] == [0, 0]           # before queue_start nothing is kept
     method.after_step(0.5)
-    method.loss(views)                                           # kept for the queue in after_step
-    with torch.no_grad():
-        z = F.normalize(method.projector(torch.cat(encode_views(method.backbone, views))), dim=1).view(4, 8, -1)
-    method.after_step(0.6)
-    assert [q.filled for q in method.queues] == [8, 8]
+    z = []
+    for seed in (0, 3):                                          # two batches of 8 fill the 16 rows
+        method.loss(views_of(method, seed=seed))                 # kept for the queue in after_step
+        with torch.no_grad():
+            z.append(F.normalize(method.projector(torch.cat(encode_views(method.backbone, views_of(method, seed=seed)))),
+                                 dim=1).view(4, 8, -1))
+        method.after_step(0.6)
+        if seed == 0:                     # half full: the codes are the batch's own, as the authors' code does
+            assert [q.filled for q in method.queues] == [8, 8] and not method.queues[0].full
+            half_full_loss, _ = method.loss(views_of(method, seed=5))
+    assert [q.filled for q in method.queues] == [16, 16] and method.queues[0].full
+    kept = [torch.cat([z[0][i], z[1][i]]) for i in range(2)]
     for i in range(2):
-        torch.testing.assert_close(method.queues[i].contents(), z[i], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(method.queues[i].contents(), kept[i], rtol=1e-5, atol=1e-6)
     # With the queue, Sinkhorn spreads the batch and the queue together over the prototypes:
     # the batch's codes are the last B rows of the codes of [queue; batch].
     other_views = views_of(method, seed=5)
@@ -200,10 +207,13 @@ def test_queue_fills_from_its_start_with_the_global_views_and_feeds_the_codes():
         w = method.prototypes.weight
         scores = (F.normalize(method.projector(torch.cat(encode_views(method.backbone, other_views))), dim=1)
                   @ w.T).view(4, 8, -1)
-        codes = torch.stack([sinkhorn(torch.cat([z[i] @ w.T, scores[i]]), 0.05, 3)[-8:] for i in range(2)])
+        codes = torch.stack([sinkhorn(torch.cat([kept[i] @ w.T, scores[i]]), 0.05, 3)[-8:] for i in range(2)])
         codes_without_queue = torch.stack([sinkhorn(scores[i], 0.05, 3) for i in range(2)])
     torch.testing.assert_close(loss_with_queue.detach(), swav_loss(scores, codes, 0.1), rtol=1e-5, atol=1e-6)
     assert abs(loss_with_queue.item() - swav_loss(scores, codes_without_queue, 0.1).item()) > 1e-3
+    # The weights did not change in between (no optimizer here): half full, the queue was left out.
+    torch.testing.assert_close(half_full_loss.detach(), swav_loss(scores, codes_without_queue, 0.1), rtol=1e-5,
+                               atol=1e-6)
 
 
 def test_config_has_the_recipe_and_user_settings_win():
@@ -257,15 +267,17 @@ def test_loss_under_bf16_autocast_is_fp32_and_close_to_the_fp32_loss():
     assert half.item() == pytest.approx(full.item(), rel=0.05)
 
 
-def test_a_compiled_step_with_the_queue_stops_compiling_once_the_queue_is_full():
+def test_a_compiled_step_with_the_queue_is_one_graph_and_stops_compiling_once_the_queue_is_full():
     """The queue's pointer and count are host numbers; traced as constants, every push would compile the
-    step's graph again (8 times, then torch gives up and runs eagerly)."""
+    step's graph again (8 times, then torch gives up and runs eagerly), and read outside the graph they
+    would break it. The step reads only whether the queue is full: one recompile when it fills."""
     from torch._dynamo.utils import counters
     from selfsup.train import Objective
     method = build_method(small_config("method.queue_size=48", "method.queue_start=0", "augment.local_crops=0",
                                        "augment.mean=[0.5]", "augment.std=[0.25]"), in_channels=1)
     method.train()
-    objective = torch.compile(Objective(method), backend="eager")    # dynamo alone: no code generation
+    # dynamo alone (no code generation); fullgraph: a graph break raises
+    objective = torch.compile(Objective(method), backend="eager", fullgraph=True)
     torch._dynamo.reset()
     counters.clear()
     images = torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))

@@ -44,14 +44,22 @@ def forget_host_copy(module: nn.Module, incompatible_keys) -> None:
     module._host = None
 
 
+def reread_fullness(queue: "Queue", incompatible_keys) -> None:
+    """A Queue's load_state_dict post hook: its host copy of pointer and count is read again when next
+    needed, and whether it is full is read now: a compiled step reads `full`, and a graph cannot read a
+    device value lazily without breaking. (A function, not a lambda, so the module still pickles.)"""
+    queue._host = None
+    queue._full = int(queue.count) == queue.size
+
+
 class Queue(nn.Module):
     """A FIFO ring of the last `size` embeddings (size, dim), saved with the model's state.
 
     `push` writes without gradient and wraps around; `filled` says how many rows hold real
-    entries, so a method can ignore the empty ones at the start of training. The pointer and count
-    follow from the pushes alone, so a host copy of them is kept (and re-read after a state dict is
-    loaded): a push or a `filled` then reads nothing back from the device, which on a GPU would wait
-    for every step queued before it.
+    entries, so a method can ignore the empty ones at the start of training, and `full` whether all
+    do. The pointer and count follow from the pushes alone, so a host copy of them is kept (and re-read
+    after a state dict is loaded): a push, `filled` or `full` then reads nothing back from the device,
+    which on a GPU would wait for every step queued before it.
     """
 
     def __init__(self, size: int, dim: int, normalize: bool = True):
@@ -63,7 +71,8 @@ class Queue(nn.Module):
         self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         self._host: tuple[int, int] | None = (0, 0)          # (pointer, count)
-        self.register_load_state_dict_post_hook(forget_host_copy)
+        self._full = False
+        self.register_load_state_dict_post_hook(reread_fullness)
 
     @property
     def size(self) -> int:
@@ -81,6 +90,12 @@ class Queue(nn.Module):
     def filled(self) -> int:
         return self._pointer_and_count()[1]
 
+    @property
+    def full(self) -> bool:
+        """Whether every row holds an entry: a plain attribute, so torch.compile guards on it (one
+        recompile when it turns True) instead of breaking the graph to read the count."""
+        return self._full
+
     @torch.no_grad()
     def push(self, batch: torch.Tensor) -> None:
         """Enqueue (B, dim) rows, oldest overwritten first; B > size keeps the last `size` rows."""
@@ -89,6 +104,7 @@ class Queue(nn.Module):
         idx = (torch.arange(n, device=self.items.device) + start) % self.size
         self.items[idx] = batch
         self._host = ((start + n) % self.size, min(self.size, count + n))
+        self._full = self._host[1] == self.size
         self.pointer.fill_(self._host[0])
         self.count.fill_(self._host[1])
 

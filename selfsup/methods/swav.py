@@ -7,7 +7,8 @@ image (the other global view and all local crops, multi-crop) must then predict 
 from its own scores: a swapped prediction, with no negatives and no target network. The
 codes are computed without gradient; the prototypes are frozen for the first part of
 training and re-normalised after every step. An optional queue of past projections gives
-Sinkhorn more samples to spread over the prototypes when the batch is small.
+Sinkhorn more samples to spread over the prototypes when the batch is small; it is filled from
+`queue_start` on and used once full.
 """
 from __future__ import annotations
 
@@ -127,8 +128,10 @@ class SwAV(Method):
             codes = []
             for i in range(g):
                 s = scores[i].detach()
-                if use_queue and self.queues[i].filled:
-                    s = torch.cat([self.queues[i].contents() @ prototypes.detach().T, s])
+                # The queue joins once it is full, as in the authors' code (which waits for its last
+                # row); Sinkhorn treats samples alike, so the ring's order does not matter.
+                if use_queue and self.queues[i].full:
+                    s = torch.cat([self.queues[i].items @ prototypes.detach().T, s])
                 codes.append(sinkhorn(s, self.cfg.sinkhorn_epsilon, self.cfg.sinkhorn_iterations)[-b:])
             self._to_enqueue = z_global if use_queue else None
         codes = torch.stack(codes)
