@@ -16,12 +16,14 @@ import argparse
 import time
 
 import torch
+from torch._dynamo.utils import counters
 
 from json_lines import emit
 from selfsup.build import build_method
 from selfsup.config import load_config
 from selfsup.text.tokenizer import BOS, NUM_SPECIAL, PAD
 from selfsup.train import Objective, step_generator
+from throughput import sync
 
 
 def token_rows(count: int, length: int, vocab: int, padded: float, seed: int = 0) -> torch.Tensor:
@@ -38,10 +40,7 @@ def token_rows(count: int, length: int, vocab: int, padded: float, seed: int = 0
 def time_steps(method, objective, optimizer, rows: torch.Tensor, batch: int, first: int, steps: int,
                device: torch.device) -> float:
     """Seconds a step, mean over `steps` steps from step `first`."""
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-    sync()
+    sync(device)
     started = time.perf_counter()
     for step in range(first, first + steps):
         start = (step * batch) % (len(rows) - batch)
@@ -50,7 +49,7 @@ def time_steps(method, objective, optimizer, rows: torch.Tensor, batch: int, fir
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-    sync()
+    sync(device)
     return (time.perf_counter() - started) / steps
 
 
@@ -85,7 +84,6 @@ def main():
               "length": args.length, "vocab": args.vocab, "padded": args.padded, "batch": args.batch,
               "precision": args.precision, "device": str(device), "torch": torch.__version__}
     for mode in ["eager", *args.compile_modes]:
-        from torch._dynamo.utils import counters
         torch._dynamo.reset()
         counters.clear()
         method = build_method(cfg).to(device).train()

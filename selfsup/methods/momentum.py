@@ -78,8 +78,8 @@ class Queue(nn.Module):
     def size(self) -> int:
         return self.items.shape[0]
 
-    # Not traced by torch.compile: traced, the host copy would be a constant of the graph, and each push
-    # would compile it again; run here, a graph break hands the numbers on as inputs.
+    # A compiled step reads `full` instead. Were it to read these, this keeps them out of the traced graph:
+    # traced, the host copy would be a constant of the graph, and each push would compile it again.
     @torch.compiler.disable
     def _pointer_and_count(self) -> tuple[int, int]:
         if self._host is None:
