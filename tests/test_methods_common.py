@@ -16,7 +16,7 @@ from selfsup.methods import embed_views, method_class, method_names
 from selfsup.methods.masking import IGNORE, at_chosen, ignoring_unreal
 from selfsup.run import load_run
 from selfsup.build import build_method, complete_config, load_training_data
-from selfsup.train import pretrain
+from selfsup.train import TrainStep, pretrain
 
 from resume import assert_bitwise_equal, straight_and_resumed
 from small_data import write_corpus, write_interactions, write_table, write_tones
@@ -236,7 +236,6 @@ def test_a_training_step_reads_nothing_back_from_the_device_but_the_step_before_
                                                                                         monkeypatch):
     """So that on a GPU the host queues a step's augmentation and forward while the device still runs
     the step before (no log row, evaluation or checkpoint inside the steps watched)."""
-    from selfsup.train import TrainStep
     reads, real_step = {}, TrainStep.__call__
 
     def watched(self, step, total_steps):
@@ -307,9 +306,8 @@ def test_a_compiled_training_step_is_one_graph(method, tiny_fashion, tmp_path, m
     """No branch on a value and no data-dependent shape in the compiled step (fullgraph raises at a graph
     break), so that on a GPU it can run as one graph, CUDA graphs included. Dynamo alone traces it
     (backend="eager"): the test checks the graph, not the generated code."""
-    import selfsup.train
     torch._dynamo.reset()                # a fresh recompile budget: past it dynamo would run eagerly, silently
-    monkeypatch.setattr(selfsup.train, "compile_training",
+    monkeypatch.setattr("selfsup.train.compile_training",
                         lambda objective, mode: torch.compile(objective, backend="eager", fullgraph=True))
     cfg, data = small_config_and_data(method, tiny_fashion, tmp_path, "train.steps=2", "train.compile=true",
                                       "train.log_every=100", *SWITCHED_ON.get(method, []))

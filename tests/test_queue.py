@@ -1,4 +1,6 @@
 """The shared FIFO Queue (momentum.py): order, wrap-around, oversized pushes, no gradient, state round-trip."""
+import io
+
 import pytest
 import torch
 
@@ -81,7 +83,6 @@ def test_empty_and_bad_size():
 
 
 def test_a_queue_pickles_with_its_host_copy_and_rereads_it_after_a_load():
-    import io
     q = Queue(5, 2)
     q.push(rows(1, 2, 3))
     buffer = io.BytesIO()

@@ -48,7 +48,7 @@ def reread_fullness(queue: "Queue", incompatible_keys) -> None:
     """A Queue's load_state_dict post hook: its host copy of pointer and count is read again when next
     needed, and whether it is full is read now: a compiled step reads `full`, and a graph cannot read a
     device value lazily without breaking. (A function, not a lambda, so the module still pickles.)"""
-    queue._host = None
+    forget_host_copy(queue, incompatible_keys)
     queue._full = int(queue.count) == queue.size
 
 
